@@ -1,0 +1,284 @@
+//! One simulated member: a real WebSocket client with its own yrs document, speaking y-sync
+//! (and `hello` for Balint Room).
+//!
+//! Every edit appends [`EDIT_LEN`] ASCII characters to `notes`, so edit number `k` of a member
+//! ends at clock `(k + 1) * EDIT_LEN` of that member's client id. The sender writes the time of
+//! each edit into [`Shared::sent`] just before sending it; a receiver, after applying a frame,
+//! compares its document's state vector with what it had seen and counts every edit the frame
+//! completed: one delivery each, with its latency. An edit can therefore be counted at most once
+//! per receiver, and only once it is really applied (its causal predecessors included).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use balint_proto::sync::{self, Message as YMessage, SyncMessage};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, ReadTxn, Text, Transact, Update};
+
+/// Characters appended by one edit.
+pub const EDIT_LEN: u32 = 8;
+
+/// What every member of a run shares: the send times of every edit, and counters.
+pub struct Shared {
+    /// The run's clock origin.
+    pub epoch: Instant,
+    /// Per member (index = client id - 1): the send time of each edit, in µs since `epoch`.
+    pub sent: Vec<Mutex<Vec<u64>>>,
+    /// Deliveries counted so far.
+    pub delivered: AtomicU64,
+    /// Edits sent so far.
+    pub edits: AtomicU64,
+    /// What went wrong (closes, refusals), for the report.
+    pub problems: Mutex<Vec<String>>,
+}
+
+impl Shared {
+    /// State for `members` members.
+    pub fn new(members: usize) -> Arc<Shared> {
+        Arc::new(Shared {
+            epoch: Instant::now(),
+            sent: (0..members).map(|_| Mutex::new(Vec::new())).collect(),
+            delivered: AtomicU64::new(0),
+            edits: AtomicU64::new(0),
+            problems: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// µs since the epoch.
+    pub fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// Records a problem (kept to the first 20).
+    pub fn problem(&self, what: String) {
+        let mut problems = self.problems.lock().expect("problems lock");
+        if problems.len() < 20 {
+            problems.push(what);
+        }
+    }
+}
+
+type Sink = SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>;
+/// The receiving half of a member's socket.
+pub type Stream = SplitStream<WebSocketStream<MaybeTlsStream<TcpStream>>>;
+
+/// A member, minus the receiving half of its socket (kept apart so that a `select!` can wait
+/// on the socket while the member is borrowed by another branch).
+pub struct Member {
+    sink: Sink,
+    /// Its document.
+    pub doc: Doc,
+    shared: Arc<Shared>,
+    client_id: u64,
+    seen: HashMap<u64, u32>,
+    /// Latencies of the deliveries this member counted, in µs.
+    pub latencies: Vec<u32>,
+    /// Sync step 2 frames received.
+    pub step2s: u32,
+    /// Edits sent.
+    pub sent: u32,
+    /// `error` messages received from Balint Room.
+    pub errors: u32,
+}
+
+/// Client socket settings: small read buffers (there may be 10,000 of us), no size limit on
+/// what the server sends (a late joiner gets the whole board at once).
+fn config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(16 << 10)
+        .write_buffer_size(0)
+        .max_message_size(Some(512 << 20))
+        .max_frame_size(Some(512 << 20))
+}
+
+impl Member {
+    /// Connects to `url` as client id `client_id` (≥ 1), says `hello` if asked, and sends sync
+    /// step 1.
+    pub async fn connect(url: &str, hello: bool, client_id: u64, shared: Arc<Shared>) -> anyhow::Result<(Member, Stream)> {
+        let (socket, _) = tokio_tungstenite::connect_async_with_config(url, Some(config()), true)
+            .await
+            .with_context(|| format!("connecting member {client_id}"))?;
+        let (mut sink, stream) = socket.split();
+        if hello {
+            sink.send(Message::text(r#"{"type":"hello"}"#)).await?;
+        }
+        let doc = Doc::with_client_id(client_id);
+        doc.get_or_insert_text("notes");
+        let step1 = sync::encode_step1(&doc.transact().state_vector());
+        sink.send(Message::Binary(step1)).await?;
+        let member = Member {
+            sink,
+            doc,
+            shared,
+            client_id,
+            seen: HashMap::new(),
+            latencies: Vec::new(),
+            step2s: 0,
+            sent: 0,
+            errors: 0,
+        };
+        Ok((member, stream))
+    }
+
+    /// Handles one frame from the server. `Ok(false)` when the socket closed.
+    pub async fn handle(&mut self, frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) -> anyhow::Result<bool> {
+        let message = match frame {
+            None => return Ok(false),
+            Some(Err(e)) => bail!("member {}: socket error: {e}", self.client_id),
+            Some(Ok(m)) => m,
+        };
+        match message {
+            Message::Binary(frame) => self.handle_binary(&frame).await?,
+            Message::Text(text) if text.as_str().contains(r#""type":"error""#) => {
+                self.errors += 1;
+                self.shared.problem(format!("member {}: {}", self.client_id, text.as_str()));
+            }
+            Message::Close(close) => {
+                if let Some(close) = close {
+                    self.shared.problem(format!("member {} closed: {} {}", self.client_id, close.code, close.reason));
+                }
+                return Ok(false);
+            }
+            _ => {}
+        }
+        Ok(true)
+    }
+
+    async fn handle_binary(&mut self, frame: &[u8]) -> anyhow::Result<()> {
+        let messages = sync::decode_frame(frame).with_context(|| format!("member {}: bad frame", self.client_id))?;
+        let mut applied = false;
+        for message in messages {
+            match message {
+                YMessage::Sync(SyncMessage::SyncStep1(sv)) => {
+                    let update = self.doc.transact().encode_state_as_update_v1(&sv);
+                    self.sink.send(Message::Binary(sync::encode_step2(&update))).await?;
+                }
+                YMessage::Sync(SyncMessage::SyncStep2(payload)) => {
+                    self.step2s += 1;
+                    self.apply(&payload)?;
+                    applied = true;
+                }
+                YMessage::Sync(SyncMessage::Update(payload)) => {
+                    self.apply(&payload)?;
+                    applied = true;
+                }
+                _ => {}
+            }
+        }
+        if applied {
+            self.count_deliveries();
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, payload: &[u8]) -> anyhow::Result<()> {
+        let update = Update::decode_v1(payload)?;
+        self.doc.transact_mut().apply_update(update)?;
+        Ok(())
+    }
+
+    /// Counts every edit of another member that the document now holds and had not before.
+    fn count_deliveries(&mut self) {
+        let now = self.shared.now_us();
+        let sv = self.doc.transact().state_vector();
+        for (client, &clock) in sv.iter() {
+            let client = client.get();
+            if client == self.client_id {
+                continue;
+            }
+            let seen = self.seen.entry(client).or_insert(0);
+            if clock <= *seen {
+                continue;
+            }
+            let (from, to) = (*seen / EDIT_LEN, clock / EDIT_LEN);
+            *seen = clock;
+            let Some(log) = self.shared.sent.get((client as usize).wrapping_sub(1)) else { continue };
+            let log = log.lock().expect("sent lock");
+            let mut counted = 0;
+            for seq in from..to {
+                if let Some(&at) = log.get(seq as usize) {
+                    self.latencies.push(now.saturating_sub(at).min(u32::MAX as u64) as u32);
+                    counted += 1;
+                }
+            }
+            drop(log);
+            self.shared.delivered.fetch_add(counted, Ordering::Relaxed);
+        }
+    }
+
+    /// Appends one edit to `notes` and sends it.
+    pub async fn edit(&mut self) -> anyhow::Result<()> {
+        let seq = self.sent;
+        let text = self.doc.get_or_insert_text("notes");
+        let update = {
+            let mut txn = self.doc.transact_mut();
+            let end = text.len(&txn);
+            // EDIT_LEN ASCII characters: the member and its edit number.
+            let typed = format!("{:03x}{:04x} ", self.client_id % 0x1000, seq % 0x10000);
+            debug_assert_eq!(typed.len() as u32, EDIT_LEN);
+            text.insert(&mut txn, end, &typed);
+            txn.encode_update_v1()
+        };
+        let frame = sync::encode_update(&update);
+        self.shared.sent[(self.client_id - 1) as usize].lock().expect("sent lock").push(self.shared.now_us());
+        self.sink.send(Message::Binary(frame)).await?;
+        self.sent += 1;
+        self.shared.edits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Appends `chunk` characters to `notes` in one update and sends it.
+    pub async fn upload_chunk(&mut self, chunk: usize) -> anyhow::Result<()> {
+        let text = self.doc.get_or_insert_text("notes");
+        let update = {
+            let mut txn = self.doc.transact_mut();
+            let end = text.len(&txn);
+            let line: String = (0..chunk).map(|i| if i % 64 == 63 { '\n' } else { (b'a' + (i % 26) as u8) as char }).collect();
+            text.insert(&mut txn, end, &line);
+            txn.encode_update_v1()
+        };
+        self.sink.send(Message::Binary(sync::encode_update(&update))).await?;
+        Ok(())
+    }
+
+    /// Sends a sync step 1, as a client does to ask for what it lacks.
+    pub async fn send_step1(&mut self) -> anyhow::Result<()> {
+        let step1 = sync::encode_step1(&self.doc.transact().state_vector());
+        self.sink.send(Message::Binary(step1)).await?;
+        Ok(())
+    }
+
+    /// The length of `notes`.
+    pub fn notes_len(&self) -> u32 {
+        let text = self.doc.get_or_insert_text("notes");
+        let txn = self.doc.transact();
+        text.len(&txn)
+    }
+
+    /// Closes the socket politely.
+    pub async fn close(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.sink.close()).await;
+    }
+}
+
+/// Connects and waits for the first sync step 2 (the server's answer to our step 1).
+pub async fn join(url: &str, hello: bool, client_id: u64, shared: Arc<Shared>, timeout: Duration) -> anyhow::Result<(Member, Stream)> {
+    let (mut member, mut stream) = Member::connect(url, hello, client_id, shared).await?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    while member.step2s == 0 {
+        let frame = tokio::time::timeout_at(deadline, stream.next()).await.context("no sync step 2 in time")?;
+        if !member.handle(frame).await? {
+            bail!("member {client_id}: closed before sync");
+        }
+    }
+    Ok((member, stream))
+}

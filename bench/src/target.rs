@@ -1,0 +1,289 @@
+//! The servers under test, each started as a child process on loopback, and what `/proc` says
+//! about them.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+
+/// A kind of server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `balint-room`, this workspace's server.
+    Balint,
+    /// `balint-relay`, the floor.
+    Relay,
+    /// The reference `y-websocket` 1.5.4 server (`bin/server.js`).
+    YWebsocket,
+    /// y-sweet, the yrs-based Rust peer.
+    YSweet,
+}
+
+impl Kind {
+    /// Every kind, in table order.
+    pub const ALL: [Kind; 4] = [Kind::Balint, Kind::Relay, Kind::YWebsocket, Kind::YSweet];
+
+    /// The name used on the command line and in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Balint => "balint-room",
+            Kind::Relay => "relay",
+            Kind::YWebsocket => "y-websocket",
+            Kind::YSweet => "y-sweet",
+        }
+    }
+
+    /// Whether this is one of the peer servers (not ours, not the floor).
+    pub fn is_peer(self) -> bool {
+        matches!(self, Kind::YWebsocket | Kind::YSweet)
+    }
+
+    /// Parses a name from the command line.
+    pub fn parse(name: &str) -> anyhow::Result<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == name).ok_or_else(|| anyhow!("unknown target {name}"))
+    }
+}
+
+/// Where the programs are.
+#[derive(Debug, Clone)]
+pub struct Programs {
+    /// `target/release/balint-room`.
+    pub server: PathBuf,
+    /// `target/release/balint-relay`.
+    pub relay: PathBuf,
+    /// `bench/peers/node_modules/y-websocket/bin/server.js`.
+    pub y_websocket: PathBuf,
+    /// `y-sweet` on PATH, if any.
+    pub y_sweet: Option<PathBuf>,
+    /// Where logs and data directories go.
+    pub work: PathBuf,
+    /// Whether the relay sets TCP_NODELAY.
+    pub relay_nodelay: bool,
+    /// The relay's per-socket read buffer, if not its default.
+    pub relay_read_buffer: Option<usize>,
+}
+
+impl Programs {
+    /// Whether `kind` can be run on this machine, or why not.
+    pub fn available(&self, kind: Kind) -> Result<(), String> {
+        let check = |p: &Path| if p.exists() { Ok(()) } else { Err(format!("{} not found", p.display())) };
+        match kind {
+            Kind::Balint => check(&self.server),
+            Kind::Relay => check(&self.relay),
+            Kind::YWebsocket => check(&self.y_websocket),
+            Kind::YSweet => self.y_sweet.as_ref().map(|_| ()).ok_or_else(|| "y-sweet is not on PATH".to_owned()),
+        }
+    }
+}
+
+/// Limits given to `balint-room` so that the generator, not a limit, is what is measured.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// `--max-board-bytes`.
+    pub max_board_bytes: usize,
+}
+
+/// A running server.
+pub struct Running {
+    /// Which one.
+    pub kind: Kind,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    child: Child,
+    http: reqwest::Client,
+    data_dir: Option<PathBuf>,
+    next_room: usize,
+}
+
+/// A room on a running server: how each member reaches it.
+#[derive(Debug, Clone)]
+pub struct RoomLink {
+    base: String,
+    /// Whether members open the room protocol with `hello`.
+    pub hello: bool,
+}
+
+impl RoomLink {
+    /// The WebSocket URL of member `name`.
+    pub fn url(&self, name: &str) -> String {
+        if self.base.contains('?') {
+            format!("{}&name={name}", self.base)
+        } else {
+            self.base.clone()
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Running {
+    /// Starts `kind` on a free loopback port and waits until it listens.
+    pub fn start(kind: Kind, programs: &Programs, label: &str, limits: ServerLimits) -> anyhow::Result<Running> {
+        std::fs::create_dir_all(&programs.work)?;
+        let log = std::fs::File::create(programs.work.join(format!("{}-{label}.log", kind.name())))?;
+        let mut data_dir = None;
+        let mut command;
+        let mut known_port = None;
+        match kind {
+            Kind::Balint => {
+                let dir = programs.work.join(format!("data-{}-{label}", std::process::id()));
+                let _ = std::fs::remove_dir_all(&dir);
+                std::fs::create_dir_all(&dir)?;
+                command = Command::new(&programs.server);
+                command
+                    .args(["--bind", "127.0.0.1:0"])
+                    .arg("--data-dir")
+                    .arg(&dir)
+                    .args(["--rooms-per-ip-per-minute", "1000000"])
+                    .args(["--messages-per-sec", "1000000"])
+                    .args(["--bytes-per-sec", "1073741824"])
+                    .args(["--max-rooms", "100000"])
+                    .args(["--max-board-bytes", &limits.max_board_bytes.to_string()]);
+                data_dir = Some(dir);
+            }
+            Kind::Relay => {
+                command = Command::new(&programs.relay);
+                command.args(["--bind", "127.0.0.1:0", "--nodelay", if programs.relay_nodelay { "true" } else { "false" }]);
+                if let Some(bytes) = programs.relay_read_buffer {
+                    command.args(["--read-buffer-bytes", &bytes.to_string()]);
+                }
+            }
+            Kind::YWebsocket => {
+                let port = free_port()?;
+                known_port = Some(port);
+                command = Command::new("node");
+                command.arg(&programs.y_websocket).env("HOST", "127.0.0.1").env("PORT", port.to_string());
+            }
+            Kind::YSweet => {
+                let port = free_port()?;
+                known_port = Some(port);
+                command = Command::new(programs.y_sweet.as_ref().context("y-sweet is not on PATH")?);
+                command.args(["serve", "--host", "127.0.0.1", "--port", &port.to_string()]);
+            }
+        }
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::from(log)).stdin(Stdio::null()).spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addr: SocketAddr = match known_port {
+            None => loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let line = match rx.recv_timeout(left) {
+                    Ok(line) => line,
+                    Err(_) => {
+                        let _ = child.kill();
+                        bail!("{} did not print its address", kind.name());
+                    }
+                };
+                if let Some(rest) = line.split("running on http://").nth(1) {
+                    break rest.trim().parse()?;
+                }
+            },
+            Some(port) => {
+                let addr = SocketAddr::from(([127, 0, 0, 1], port));
+                while std::net::TcpStream::connect(addr).is_err() {
+                    if Instant::now() > deadline {
+                        let _ = child.kill();
+                        bail!("{} did not listen on {addr}", kind.name());
+                    }
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                addr
+            }
+        };
+        // Keep draining standard output so the child never blocks on it.
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+        let http = reqwest::Client::builder().no_proxy().build()?;
+        Ok(Running { kind, addr, child, http, data_dir, next_room: 0 })
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Creates a room (where the server has rooms to create) and says how to join it.
+    pub async fn room(&mut self) -> anyhow::Result<RoomLink> {
+        self.next_room += 1;
+        let addr = self.addr;
+        match self.kind {
+            Kind::Balint => {
+                let answer: serde_json::Value = self
+                    .http
+                    .post(format!("http://{addr}/api/rooms"))
+                    .json(&serde_json::json!({}))
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json()
+                    .await?;
+                let room = answer["room"].as_str().context("room")?;
+                let token = answer["invite_token"].as_str().context("invite_token")?;
+                Ok(RoomLink { base: format!("ws://{addr}/ws/{room}?token={token}"), hello: true })
+            }
+            Kind::Relay | Kind::YWebsocket => {
+                Ok(RoomLink { base: format!("ws://{addr}/room-{}", self.next_room), hello: false })
+            }
+            Kind::YSweet => {
+                let answer: serde_json::Value = self
+                    .http
+                    .post(format!("http://{addr}/doc/new"))
+                    .json(&serde_json::json!({}))
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json()
+                    .await?;
+                let doc = answer["docId"].as_str().context("docId")?;
+                Ok(RoomLink { base: format!("ws://{addr}/d/{doc}/ws/{doc}"), hello: false })
+            }
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(dir) = &self.data_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// CPU time (user + system) a process has used, in seconds.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return f64::NAN };
+    // Fields after the command name (which may hold spaces) start at field 3 (state).
+    let Some((_, rest)) = stat.rsplit_once(')') else { return f64::NAN };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    // utime is field 14 and stime field 15: indexes 11 and 12 here.
+    let total = ticks(11) + ticks(12);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    total as f64 / hz
+}
+
+/// Resident set size of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,17 @@
+//! The Balint Room wire protocol, sans-IO.
+//!
+//! # Layout
+//! - [`sync`]: the y-sync codec spoken on binary WebSocket frames. It wraps yrs's own
+//!   `sync` message types and adds what a server needs on untrusted input: strict framing
+//!   (several messages per frame, truncation detected), refusal of unknown message types, and
+//!   encoders that produce shareable [`bytes::Bytes`].
+//! - [`room`]: the room protocol spoken on text frames: JSON messages tagged by `"type"`,
+//!   shared by the server and the browser client.
+//! - [`close`]: the WebSocket close codes the server uses, so that clients can tell a
+//!   malformed frame from a slow connection from an ended meeting.
+//!
+//! Nothing in this crate performs I/O or reads a clock. It builds for `wasm32-unknown-unknown`.
+
+pub mod close;
+pub mod room;
+pub mod sync;

@@ -1,0 +1,462 @@
+//! The y-sync codec for binary frames.
+//!
+//! The message types themselves are yrs's own ([`yrs::sync::Message`]); this module adds the
+//! strict framing a server needs on untrusted input. A frame holds one or more messages back to
+//! back. [`decode_frame`] refuses a frame that ends inside a message (yrs's `MessageReader`
+//! would silently stop there), a message type outside the four of the standard protocol, and
+//! an update payload that is not a well-formed Yjs v1 update.
+//!
+//! The encoders return [`Bytes`], so one encoding of a broadcast can be shared by every
+//! recipient.
+
+use bytes::Bytes;
+use yrs::encoding::read::{self, Cursor, Read};
+use yrs::updates::decoder::Decode;
+use yrs::encoding::write::Write;
+use yrs::updates::encoder::{Encode, Encoder, EncoderV1};
+use yrs::{StateVector, Update};
+
+pub use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
+pub use yrs::sync::{Message, SyncMessage};
+
+/// Tag of a sync message (step 1, step 2 or update).
+pub const MSG_SYNC: u32 = 0;
+/// Tag of an awareness message.
+pub const MSG_AWARENESS: u32 = 1;
+/// Tag of an auth message.
+pub const MSG_AUTH: u32 = 2;
+/// Tag of a query-awareness message.
+pub const MSG_QUERY_AWARENESS: u32 = 3;
+
+/// Why a binary frame was refused. The text is safe to show to a client: it never quotes the
+/// frame's content.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The frame carried no bytes at all.
+    #[error("empty y-sync frame")]
+    Empty,
+    /// The frame ended in the middle of a message.
+    #[error("truncated y-sync message")]
+    Truncated,
+    /// A message did not decode as the y-sync protocol says it must.
+    #[error("malformed y-sync message")]
+    Malformed,
+    /// The message type is not one of sync, awareness, auth or query-awareness.
+    #[error("unknown y-sync message type {0}")]
+    UnknownType(u32),
+}
+
+impl From<read::Error> for FrameError {
+    fn from(e: read::Error) -> Self {
+        match e {
+            read::Error::EndOfBuffer(_) => FrameError::Truncated,
+            _ => FrameError::Malformed,
+        }
+    }
+}
+
+/// Decodes every message of a binary frame, refusing the whole frame on the first bad one.
+pub fn decode_frame(frame: &[u8]) -> Result<Vec<Message>, FrameError> {
+    if frame.is_empty() {
+        return Err(FrameError::Empty);
+    }
+    let mut cursor = Cursor::new(frame);
+    let mut messages = Vec::with_capacity(1);
+    while cursor.has_content() {
+        messages.push(decode_message(&mut cursor)?);
+    }
+    Ok(messages)
+}
+
+/// Reads one message. The framing is read here rather than through yrs's `Message::decode`,
+/// because that one cannot tell where a message ended nor refuse an unknown type.
+fn decode_message(cursor: &mut Cursor<'_>) -> Result<Message, FrameError> {
+    let tag: u32 = cursor.read_var()?;
+    match tag {
+        MSG_SYNC => {
+            let kind: u32 = cursor.read_var()?;
+            let payload = cursor.read_buf()?;
+            match kind {
+                0 => {
+                    check_state_vector(payload)?;
+                    Ok(Message::Sync(SyncMessage::SyncStep1(StateVector::decode_v1(payload)?)))
+                }
+                1 | 2 => {
+                    // Validate the payload now, so a bad update is refused before any state is
+                    // touched.
+                    decode_update(payload)?;
+                    let payload = payload.to_vec();
+                    Ok(Message::Sync(if kind == 1 {
+                        SyncMessage::SyncStep2(payload)
+                    } else {
+                        SyncMessage::Update(payload)
+                    }))
+                }
+                _ => Err(FrameError::Malformed),
+            }
+        }
+        MSG_AWARENESS => {
+            let payload = cursor.read_buf()?;
+            check_awareness(payload)?;
+            Ok(Message::Awareness(AwarenessUpdate::decode_v1(payload)?))
+        }
+        MSG_AUTH => {
+            let permission: u32 = cursor.read_var()?;
+            let reason = if permission == 0 {
+                Some(cursor.read_string()?.to_owned())
+            } else {
+                None
+            };
+            Ok(Message::Auth(reason))
+        }
+        MSG_QUERY_AWARENESS => Ok(Message::AwarenessQuery),
+        other => Err(FrameError::UnknownType(other)),
+    }
+}
+
+/// Decodes a Yjs v1 update payload, after checking its counts (see [`check_update`]).
+///
+/// The update must also survive yrs's own round trip. A document keeps what it cannot integrate
+/// yet (pending) and re-encodes it into every later diff and snapshot, decoding that again
+/// with an `unwrap`; an update that yrs re-encodes into bytes it cannot read back (found by
+/// `cargo fuzz`: a block whose parent is itself, among others) would make every later sync
+/// step 2 and save of the board panic.
+pub fn decode_update(payload: &[u8]) -> Result<Update, FrameError> {
+    check_update(payload)?;
+    let update = Update::decode_v1(payload).map_err(|_| FrameError::Malformed)?;
+    Update::decode_v1(&update.encode_v1()).map_err(|_| FrameError::Malformed)?;
+    Ok(update)
+}
+
+// Bounds on what the decoders of yrs allocate.
+//
+// yrs reserves room for a collection from the count written before it: a few bytes can declare
+// a billion entries. It reserves fallibly, but with overcommit a large reservation succeeds,
+// the hash maps' control bytes are written at once, and the server's wiping allocator zeroes
+// the whole block when it is freed: an 11-byte frame made a process touch gigabytes. yrs also
+// decodes nested `Any` values by recursion, without a depth limit. So every count is checked
+// here against the bytes that are left (each entry takes at least a byte or two), the nesting
+// of `Any` values is bounded, and so are client ids (53 bits, as in Yjs) and clocks (no
+// overflow), before yrs decodes anything. The walk follows yrs's v1 decoders exactly and
+// refuses nothing they would accept from a Yjs client.
+
+/// Deepest nesting of `Any` values (arrays and maps in arrays and maps) accepted.
+pub const MAX_ANY_DEPTH: usize = 64;
+
+/// Client ids are 53-bit numbers (JavaScript's safe integers).
+const MAX_CLIENT_ID: u64 = (1 << 53) - 1;
+
+fn remaining(cursor: &Cursor<'_>) -> usize {
+    cursor.buf.len() - cursor.next
+}
+
+/// Reads a count of entries that each take at least `min_bytes` bytes, refusing one the rest
+/// of the payload cannot hold.
+fn read_count(cursor: &mut Cursor<'_>, min_bytes: usize) -> Result<usize, FrameError> {
+    let count: u64 = cursor.read_var()?;
+    match usize::try_from(count) {
+        Ok(count) if count <= remaining(cursor) / min_bytes => Ok(count),
+        _ => Err(FrameError::Malformed),
+    }
+}
+
+fn read_client(cursor: &mut Cursor<'_>) -> Result<(), FrameError> {
+    let client: u64 = cursor.read_var()?;
+    if client > MAX_CLIENT_ID {
+        return Err(FrameError::Malformed);
+    }
+    Ok(())
+}
+
+fn read_id(cursor: &mut Cursor<'_>) -> Result<(), FrameError> {
+    read_client(cursor)?;
+    let _clock: u32 = cursor.read_var()?;
+    Ok(())
+}
+
+/// Checks the counts of a state vector (sync step 1): `(client, clock)` pairs.
+fn check_state_vector(payload: &[u8]) -> Result<(), FrameError> {
+    let mut cursor = Cursor::new(payload);
+    let _entries = read_count(&mut cursor, 2)?;
+    Ok(())
+}
+
+/// Checks the counts of an awareness update: `(client, clock, state)` triples.
+fn check_awareness(payload: &[u8]) -> Result<(), FrameError> {
+    let mut cursor = Cursor::new(payload);
+    let _entries = read_count(&mut cursor, 3)?;
+    Ok(())
+}
+
+/// Walks a Yjs v1 update as yrs decodes it, checking every count, client id, clock and
+/// nesting depth. Structure yrs would refuse is refused here too (or left for yrs to refuse).
+pub fn check_update(payload: &[u8]) -> Result<(), FrameError> {
+    let mut cursor = Cursor::new(payload);
+    let c = &mut cursor;
+    // Blocks, by client: block count, client, first clock, blocks.
+    for _ in 0..read_count(c, 3)? {
+        let blocks = read_count(c, 2)?;
+        read_client(c)?;
+        let mut clock: u32 = c.read_var()?;
+        for _ in 0..blocks {
+            let len = check_block(c)?;
+            clock = clock.checked_add(len).ok_or(FrameError::Malformed)?;
+        }
+    }
+    // The delete set: by client, ranges of `(clock, len)`.
+    for _ in 0..read_count(c, 2)? {
+        read_client(c)?;
+        for _ in 0..read_count(c, 2)? {
+            let clock: u32 = c.read_var()?;
+            let len: u32 = c.read_var()?;
+            clock.checked_add(len).ok_or(FrameError::Malformed)?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks one block and returns its length in clock units, as yrs counts it.
+fn check_block(c: &mut Cursor<'_>) -> Result<u32, FrameError> {
+    const GC: u8 = 0;
+    const SKIP: u8 = 10;
+    const HAS_ORIGIN: u8 = 0b1000_0000;
+    const HAS_RIGHT_ORIGIN: u8 = 0b0100_0000;
+    const HAS_PARENT_SUB: u8 = 0b0010_0000;
+    let info = c.read_u8()?;
+    if info == GC || info == SKIP {
+        return Ok(c.read_var()?);
+    }
+    if info & HAS_ORIGIN != 0 {
+        read_id(c)?;
+    }
+    if info & HAS_RIGHT_ORIGIN != 0 {
+        read_id(c)?;
+    }
+    if info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0 {
+        let named: u32 = c.read_var()?;
+        if named == 1 {
+            c.read_string()?;
+        } else {
+            read_id(c)?;
+        }
+        if info & HAS_PARENT_SUB != 0 {
+            c.read_string()?;
+        }
+    }
+    match info & 0b1111 {
+        // Deleted content: its length only.
+        1 => Ok(c.read_var()?),
+        // Legacy JSON content, which Yjs has not written since version 13 (it writes Any
+        // content). yrs 0.28.1 reads one string more than the count says but writes the count
+        // it holds, so a board holding such a block encodes into a snapshot that yrs cannot
+        // read back: a persistent board that never loads again, a sync step 2 that Rust clients
+        // cannot apply (found by `cargo fuzz`). Refused.
+        2 => Err(FrameError::Malformed),
+        // Binary.
+        3 => {
+            c.read_buf()?;
+            Ok(1)
+        }
+        // A string, counted in UTF-16 code units.
+        4 => {
+            let text = c.read_string()?;
+            u32::try_from(text.encode_utf16().count()).map_err(|_| FrameError::Malformed)
+        }
+        // Embed: a JSON string.
+        5 => {
+            c.read_string()?;
+            Ok(1)
+        }
+        // Format: a key and a JSON string.
+        6 => {
+            c.read_string()?;
+            c.read_string()?;
+            Ok(1)
+        }
+        // A shared type: array, map, text, XML fragment, hook and text, subdocument,
+        // undefined; an XML element carries its tag name.
+        7 => match c.read_u8()? {
+            0 | 1 | 2 | 4 | 5 | 6 | 9 | 15 => Ok(1),
+            3 => {
+                c.read_string()?;
+                Ok(1)
+            }
+            _ => Err(FrameError::Malformed),
+        },
+        // Any values.
+        8 => {
+            let count = read_count(c, 1)?;
+            for _ in 0..count {
+                check_any(c, 0)?;
+            }
+            Ok(count as u32)
+        }
+        // A subdocument: its guid and options.
+        9 => {
+            c.read_string()?;
+            check_any(c, 0)?;
+            Ok(1)
+        }
+        _ => Err(FrameError::Malformed),
+    }
+}
+
+/// Checks one `Any` value nested `depth` deep.
+fn check_any(c: &mut Cursor<'_>, depth: usize) -> Result<(), FrameError> {
+    match c.read_u8()? {
+        // Undefined, null, false, true.
+        127 | 126 | 121 | 120 => {}
+        // Integer.
+        125 => {
+            let _: i64 = c.read_var()?;
+        }
+        // Float32.
+        124 => {
+            c.read_exact(4)?;
+        }
+        // Float64, bigint.
+        123 | 122 => {
+            c.read_exact(8)?;
+        }
+        // String.
+        119 => {
+            c.read_string()?;
+        }
+        // Map: entries of a key and a value.
+        118 => {
+            if depth >= MAX_ANY_DEPTH {
+                return Err(FrameError::Malformed);
+            }
+            for _ in 0..read_count(c, 2)? {
+                c.read_string()?;
+                check_any(c, depth + 1)?;
+            }
+        }
+        // Array.
+        117 => {
+            if depth >= MAX_ANY_DEPTH {
+                return Err(FrameError::Malformed);
+            }
+            for _ in 0..read_count(c, 1)? {
+                check_any(c, depth + 1)?;
+            }
+        }
+        // Buffer.
+        116 => {
+            c.read_buf()?;
+        }
+        _ => return Err(FrameError::Malformed),
+    }
+    Ok(())
+}
+
+/// Encodes one message as a frame.
+pub fn encode(message: &Message) -> Bytes {
+    Bytes::from(message.encode_v1())
+}
+
+/// Encodes several messages as one frame.
+pub fn encode_all<'a>(messages: impl IntoIterator<Item = &'a Message>) -> Bytes {
+    let mut encoder = EncoderV1::new();
+    for message in messages {
+        message.encode(&mut encoder);
+    }
+    Bytes::from(encoder.to_vec())
+}
+
+/// A sync step 1 frame carrying `state_vector`.
+pub fn encode_step1(state_vector: &StateVector) -> Bytes {
+    encode(&Message::Sync(SyncMessage::SyncStep1(state_vector.clone())))
+}
+
+/// A sync step 2 frame carrying `update`.
+pub fn encode_step2(update: &[u8]) -> Bytes {
+    encode_sync(1, update)
+}
+
+/// A sync update frame carrying `update`.
+pub fn encode_update(update: &[u8]) -> Bytes {
+    encode_sync(2, update)
+}
+
+fn encode_sync(kind: u8, payload: &[u8]) -> Bytes {
+    let mut encoder = EncoderV1::new();
+    encoder.write_var(MSG_SYNC);
+    encoder.write_var(kind);
+    encoder.write_buf(payload);
+    Bytes::from(encoder.to_vec())
+}
+
+/// An awareness frame carrying `update`.
+pub fn encode_awareness(update: &AwarenessUpdate) -> Bytes {
+    encode(&Message::Awareness(update.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::{Doc, GetString, ReadTxn, Text, Transact};
+
+    fn sample_update() -> Vec<u8> {
+        let doc = Doc::new();
+        let notes = doc.get_or_insert_text("notes");
+        notes.push(&mut doc.transact_mut(), "hello");
+        let update = doc.transact().encode_state_as_update_v1(&StateVector::default());
+        update
+    }
+
+    #[test]
+    fn several_messages_in_one_frame_decode_in_order() {
+        let update = sample_update();
+        let frame = encode_all(&[
+            Message::Sync(SyncMessage::SyncStep1(StateVector::default())),
+            Message::Sync(SyncMessage::Update(update.clone())),
+            Message::AwarenessQuery,
+        ]);
+        let messages = decode_frame(&frame).unwrap();
+        assert_eq!(messages.len(), 3);
+        assert_eq!(messages[1], Message::Sync(SyncMessage::Update(update)));
+        assert_eq!(messages[2], Message::AwarenessQuery);
+    }
+
+    #[test]
+    fn update_round_trips_into_a_document() {
+        let frame = encode_update(&sample_update());
+        let Message::Sync(SyncMessage::Update(payload)) = &decode_frame(&frame).unwrap()[0] else {
+            panic!("expected an update");
+        };
+        let doc = Doc::new();
+        let notes = doc.get_or_insert_text("notes");
+        doc.transact_mut().apply_update(decode_update(payload).unwrap()).unwrap();
+        assert_eq!(notes.get_string(&doc.transact()), "hello");
+    }
+
+    #[test]
+    fn truncated_frame_is_refused() {
+        let frame = encode_update(&sample_update());
+        for cut in 1..frame.len() {
+            let result = decode_frame(&frame[..cut]);
+            assert!(
+                matches!(result, Err(FrameError::Truncated | FrameError::Malformed)),
+                "cut at {cut}: {result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_message_type_is_refused() {
+        assert_eq!(decode_frame(&[7, 0]), Err(FrameError::UnknownType(7)));
+        assert_eq!(decode_frame(&[0x80, 0x01]), Err(FrameError::UnknownType(128)));
+    }
+
+    #[test]
+    fn garbage_update_payload_is_refused() {
+        let frame = encode_update(&[0xff, 0xff, 0xff, 0x01, 0x02]);
+        assert!(decode_frame(&frame).is_err());
+    }
+
+    #[test]
+    fn empty_frame_is_refused() {
+        assert_eq!(decode_frame(&[]), Err(FrameError::Empty));
+    }
+}

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Runs the whole test suite. On a machine that has only the Rust toolchain it first installs
+# what the tests need: Redis, Node.js and the JavaScript Yjs client used by the interop test,
+# Chromium and playwright-core for the browser test, and builds the wasm client into
+# web/assets/pkg (installing the wasm32 target and wasm-bindgen-cli if missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_updated=
+apt_install() {
+  if [ -z "$apt_updated" ]; then as_root apt-get update -qq; apt_updated=1; fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+  echo "test.sh: installing Redis"
+  apt_install redis-server
+fi
+
+# The backend suite needs a running Redis: use the one on 6379 if it answers, else start one
+# of our own on a free port, keeping nothing on disk. Cluster tests start their own as well.
+export BALINT_TEST_REDIS_URL="${BALINT_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
+redis_port="${BALINT_TEST_REDIS_URL##*:}"
+if ! redis-cli -p "$redis_port" ping >/dev/null 2>&1; then
+  redis_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo 16379)
+  redis_dir=$(mktemp -d)
+  echo "test.sh: starting redis-server on port $redis_port"
+  redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$redis_dir" --daemonize yes \
+    --pidfile "$redis_dir/redis.pid" >/dev/null
+  trap 'kill "$(cat "$redis_dir/redis.pid" 2>/dev/null)" 2>/dev/null || true; rm -rf "$redis_dir"' EXIT
+  for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  export BALINT_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
+fi
+
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "test.sh: installing Node.js"
+  apt_install nodejs npm
+fi
+
+# The JavaScript peers of the interop test, pinned by tests/js/package-lock.json.
+if [ ! -d tests/js/node_modules ] || [ tests/js/package-lock.json -nt tests/js/node_modules ]; then
+  echo "test.sh: installing the JavaScript test packages"
+  (cd tests/js && npm ci --omit=optional --ignore-scripts --no-audit --no-fund --loglevel=error)
+fi
+
+# The browser test drives Debian's Chromium with playwright-core (pinned by
+# tests/browser/package-lock.json); it never downloads a browser of its own.
+if [ ! -x /usr/bin/chromium ] && [ -z "${BALINT_CHROMIUM:-}" ]; then
+  echo "test.sh: installing Chromium"
+  apt_install chromium
+fi
+if [ ! -d tests/browser/node_modules ] || [ tests/browser/package-lock.json -nt tests/browser/node_modules ]; then
+  echo "test.sh: installing the browser test packages"
+  (cd tests/browser && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+fi
+
+# The web UI's wasm client, which the browser test loads from web/assets/pkg.
+client-wasm/build-web.sh
+
+# A short fuzz run of the decoders (y-sync frames, room messages, tokens): a crash fails it.
+bash scripts/fuzz.sh 20
+
+cargo test --workspace --locked

@@ -1,0 +1,104 @@
+//! The embedded board store: one file per persistent room in the data directory.
+//!
+//! A save writes a temporary file beside the target, flushes it to disk, renames it over the
+//! target and flushes the directory, so a crash leaves either the old copy or the new one.
+//! The file is `BRB1`, the settings' length (u32, big-endian), the settings (JSON), then the
+//! board (a Yjs v1 update).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures_util::future::{BoxFuture, FutureExt};
+
+use super::{BackendError, BackendResult, BoardStore, StoredBoard};
+
+const MAGIC: &[u8; 4] = b"BRB1";
+
+/// Boards as files under `<data dir>/rooms/`.
+pub struct FileStore {
+    dir: PathBuf,
+}
+
+impl FileStore {
+    /// A store under `data_dir`.
+    pub fn new(data_dir: &Path) -> Self {
+        FileStore { dir: data_dir.join("rooms") }
+    }
+
+    fn path(&self, room: &str) -> PathBuf {
+        // Room ids are checked to be alphanumeric before they reach a store.
+        self.dir.join(format!("{room}.board"))
+    }
+}
+
+fn encode(stored: &StoredBoard) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + stored.settings.len() + stored.board.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(stored.settings.len() as u32).to_be_bytes());
+    out.extend_from_slice(&stored.settings);
+    out.extend_from_slice(&stored.board);
+    out
+}
+
+fn decode(bytes: Vec<u8>) -> BackendResult<StoredBoard> {
+    if bytes.len() < 8 || &bytes[..4] != MAGIC {
+        return Err(BackendError::Corrupt);
+    }
+    let len = u32::from_be_bytes(bytes[4..8].try_into().expect("four bytes")) as usize;
+    if bytes.len() < 8 + len {
+        return Err(BackendError::Corrupt);
+    }
+    let bytes = Bytes::from(bytes);
+    Ok(StoredBoard { settings: bytes.slice(8..8 + len), board: bytes.slice(8 + len..) })
+}
+
+fn write_atomically(dir: &Path, target: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let temporary = target.with_extension("board.tmp");
+    {
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&temporary, target)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+impl BoardStore for FileStore {
+    fn save(&self, room: &str, stored: StoredBoard) -> BoxFuture<'_, BackendResult<()>> {
+        let (dir, target) = (self.dir.clone(), self.path(room));
+        async move {
+            let bytes = encode(&stored);
+            tokio::task::spawn_blocking(move || write_atomically(&dir, &target, &bytes))
+                .await
+                .map_err(|e| BackendError::Io(std::io::Error::other(e)))??;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn load(&self, room: &str) -> BoxFuture<'_, BackendResult<Option<StoredBoard>>> {
+        let target = self.path(room);
+        async move {
+            match tokio::fs::read(&target).await {
+                Ok(bytes) => decode(bytes).map(Some),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        }
+        .boxed()
+    }
+
+    fn delete(&self, room: &str) -> BoxFuture<'_, BackendResult<()>> {
+        let target = self.path(room);
+        async move {
+            match tokio::fs::remove_file(&target).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,155 @@
+//! Server configuration: one struct, from flags or environment variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::limits;
+
+/// Balint Room server.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "balint-room", version, about)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "BALINT_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+
+    /// Directory for the generated signing secret (and, for persistent rooms, their boards).
+    #[arg(long, env = "BALINT_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    /// Secret that signs room links, at least 32 characters. Every node of a deployment needs
+    /// the same one. When unset, one is generated and kept in the data directory.
+    #[arg(long, env = "BALINT_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+
+    /// Redis URL (for example `redis://127.0.0.1:6379`). When set, presence, room state and
+    /// board fan-out go through Redis, so several nodes can serve one deployment. When unset,
+    /// everything stays in this process.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Base URL of the links handed out (for example `https://rooms.example.org`). When unset,
+    /// links are built from the request's Host header.
+    #[arg(long, env = "BALINT_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// Directory of the web UI (HTML, CSS, JS and the built wasm client).
+    #[arg(long, env = "BALINT_WEB_DIR", default_value = "web")]
+    pub web_dir: PathBuf,
+
+    /// Largest WebSocket frame a client may send, in bytes.
+    #[arg(long, env = "BALINT_MAX_FRAME_BYTES", default_value_t = limits::MAX_FRAME_BYTES)]
+    pub max_frame_bytes: usize,
+
+    /// Largest board a room may have, in bytes; an edit past it is refused with `board_full`.
+    #[arg(long, env = "BALINT_MAX_BOARD_BYTES", default_value_t = limits::MAX_BOARD_BYTES)]
+    pub max_board_bytes: usize,
+
+    /// Most members (including those waiting in the lobby) a room holds.
+    #[arg(long, env = "BALINT_MAX_MEMBERS", default_value_t = limits::MAX_MEMBERS)]
+    pub max_members: usize,
+
+    /// Most rooms this node serves at once.
+    #[arg(long, env = "BALINT_MAX_ROOMS", default_value_t = limits::MAX_ROOMS)]
+    pub max_rooms: usize,
+
+    /// Rooms one client address may create per minute.
+    #[arg(long, env = "BALINT_ROOMS_PER_IP_PER_MINUTE", default_value_t = limits::ROOMS_PER_IP_PER_MINUTE)]
+    pub rooms_per_ip_per_minute: u32,
+
+    /// Take the client address from `X-Forwarded-For` (set this only behind a reverse proxy
+    /// that sets the header).
+    #[arg(long, env = "BALINT_TRUST_FORWARDED_FOR", default_value_t = false)]
+    pub trust_forwarded_for: bool,
+
+    /// Largest HTTP request body, in bytes.
+    #[arg(long, env = "BALINT_MAX_BODY_BYTES", default_value_t = limits::MAX_HTTP_BODY_BYTES)]
+    pub max_body_bytes: usize,
+
+    /// Messages per second one connection may send, sustained (bursts of four seconds' worth).
+    #[arg(long, env = "BALINT_MESSAGES_PER_SEC", default_value_t = limits::MESSAGES_PER_SEC)]
+    pub messages_per_sec: u32,
+
+    /// Bytes per second one connection may send, sustained (bursts of four seconds' worth).
+    #[arg(long, env = "BALINT_BYTES_PER_SEC", default_value_t = limits::BYTES_PER_SEC)]
+    pub bytes_per_sec: u32,
+
+    /// Milliseconds a write to a client's socket may block before the client counts as too slow.
+    #[arg(long, env = "BALINT_WRITE_TIMEOUT_MS", default_value_t = limits::SOCKET_WRITE_TIMEOUT_MS)]
+    pub write_timeout_ms: u64,
+
+    /// Origins allowed to open WebSockets from a browser, comma-separated (for example
+    /// `https://rooms.example.org`). When empty, only pages served by this host (or by
+    /// `--public-url`) may. Clients that send no `Origin` (not browsers) are not affected.
+    #[arg(long, env = "BALINT_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Frames a connection may fall behind before it is closed as too slow.
+    #[arg(long, env = "BALINT_OUTBOUND_QUEUE", default_value_t = limits::OUTBOUND_QUEUE_FRAMES)]
+    pub outbound_queue: usize,
+
+    /// Seconds after which an awareness state that was not renewed is removed.
+    #[arg(long, env = "BALINT_AWARENESS_TIMEOUT_SECS", default_value_t = limits::AWARENESS_TIMEOUT.as_secs())]
+    pub awareness_timeout_secs: u64,
+
+    /// Seconds a dropped member keeps their identity, role, queue place and floor.
+    #[arg(long, env = "BALINT_RECONNECT_GRACE_SECS", default_value_t = limits::RECONNECT_GRACE.as_secs())]
+    pub reconnect_grace_secs: u64,
+
+    /// Seconds an ephemeral meeting may stay empty before it ends and its content is wiped.
+    #[arg(long, env = "BALINT_EMPTY_GRACE_SECS", default_value_t = limits::EMPTY_ROOM_GRACE.as_secs())]
+    pub empty_grace_secs: u64,
+
+    /// The longest an ephemeral meeting may last, in seconds from its first member.
+    #[arg(long, env = "BALINT_MAX_MEETING_SECS", default_value_t = limits::MAX_MEETING_LENGTH.as_secs())]
+    pub max_meeting_secs: u64,
+
+    /// Seconds a persistent room stays in memory with nobody connected (saved first).
+    #[arg(long, env = "BALINT_IDLE_UNLOAD_SECS", default_value_t = limits::IDLE_UNLOAD.as_secs())]
+    pub idle_unload_secs: u64,
+
+    /// Seconds a room link stays valid.
+    #[arg(long, env = "BALINT_TOKEN_TTL_SECS", default_value_t = limits::TOKEN_TTL.as_secs())]
+    pub token_ttl_secs: u64,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "BALINT_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Config {
+    /// The defaults, as if no flag or variable were given, with `data_dir` set. For tests.
+    pub fn for_tests(data_dir: PathBuf) -> Self {
+        let mut config = Config::parse_from(["balint-room"]);
+        config.data_dir = data_dir;
+        config.bind = "127.0.0.1:0".parse().expect("valid address");
+        config
+    }
+
+    /// [`Self::awareness_timeout_secs`] as a duration.
+    pub fn awareness_timeout(&self) -> Duration {
+        Duration::from_secs(self.awareness_timeout_secs)
+    }
+
+    /// [`Self::reconnect_grace_secs`] as a duration.
+    pub fn reconnect_grace(&self) -> Duration {
+        Duration::from_secs(self.reconnect_grace_secs)
+    }
+
+    /// [`Self::token_ttl_secs`] as a duration.
+    pub fn token_ttl(&self) -> Duration {
+        Duration::from_secs(self.token_ttl_secs)
+    }
+}

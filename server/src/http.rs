@@ -1,0 +1,403 @@
+//! HTTP routes: the room API, the WebSocket upgrade and the operations endpoints.
+
+use axum::body::Bytes;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use std::net::{IpAddr, SocketAddr};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use std::sync::Arc;
+use balint_proto::room::{Role, Template};
+use serde::{Deserialize, Serialize};
+use tracing::Instrument;
+
+use crate::connection::{self, ConnectionLimits, Participant};
+use crate::error::AppError;
+use crate::limits;
+use crate::rooms::{self, Lookup, RoomSettings};
+use crate::AppState;
+
+/// The body of `POST /api/rooms`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRoom {
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default = "default_true")]
+    ephemeral: bool,
+    #[serde(default)]
+    template: Template,
+    #[serde(default)]
+    lobby: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The answer to `POST /api/rooms`.
+#[derive(Debug, Serialize)]
+pub struct CreatedRoom {
+    room: String,
+    leader_token: String,
+    invite_token: String,
+    observer_token: String,
+    leader_url: String,
+    invite_url: String,
+    observer_url: String,
+    ephemeral: bool,
+    template: Template,
+    lobby: bool,
+    expires_at: u64,
+}
+
+/// `POST /api/rooms`: creates a room and hands out its links.
+pub async fn create_room(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    let client = client_address(&state, peer, &headers);
+    if state.creation_limit.check_key(&client).is_err() {
+        state.metrics.refused("room_creation_rate");
+        return Err(AppError::bad_request_status(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_rooms_created",
+            format!("at most {} rooms per minute may be created from one address", state.config.rooms_per_ip_per_minute),
+        ));
+    }
+    if state.rooms.is_full() {
+        state.metrics.refused("node_full");
+        return Err(AppError::bad_request_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_rooms",
+            "this server holds as many rooms as it may; try again later",
+        ));
+    }
+    let request: CreateRoom = if body.iter().all(u8::is_ascii_whitespace) {
+        serde_json::from_str("{}").expect("empty object parses")
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| AppError::bad_request("bad_json", describe_json_error(&e)))?
+    };
+    let title = match request.title.map(|t| t.trim().to_owned()) {
+        Some(t) if t.chars().count() > limits::MAX_TITLE_CHARS => {
+            return Err(AppError::bad_request(
+                "bad_title",
+                format!("the title must be at most {} characters", limits::MAX_TITLE_CHARS),
+            ))
+        }
+        Some(t) if t.chars().any(char::is_control) => {
+            return Err(AppError::bad_request("bad_title", "the title must not contain control characters"))
+        }
+        Some(t) if t.is_empty() => None,
+        other => other,
+    };
+    let room = state
+        .rooms
+        .create(RoomSettings { title, ephemeral: request.ephemeral, template: request.template, lobby: request.lobby })
+        .await
+        .map_err(|e| AppError::Unavailable(e.to_string()))?;
+    let expires_at = crate::unix_now() + state.config.token_ttl().as_secs();
+    let token = |role| state.signer.issue(room.id(), role, expires_at);
+    let (leader_token, invite_token, observer_token) =
+        (token(Role::Leader), token(Role::Member), token(Role::Observer));
+    let base = public_base(&state, &headers);
+    let url = |token: &str| format!("{base}/r/{}#t={token}", room.id());
+    tracing::info!(room = room.id(), ephemeral = request.ephemeral, "room created");
+    let created = CreatedRoom {
+        room: room.id().to_owned(),
+        leader_url: url(&leader_token),
+        invite_url: url(&invite_token),
+        observer_url: url(&observer_token),
+        leader_token,
+        invite_token,
+        observer_token,
+        ephemeral: request.ephemeral,
+        template: request.template,
+        lobby: request.lobby,
+        expires_at,
+    };
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+/// The client's address: the peer's, or with `--trust-forwarded-for` the first address of
+/// `X-Forwarded-For`.
+fn client_address(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    if state.config.trust_forwarded_for {
+        let forwarded = headers
+            .get("x-forwarded-for")
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.split(',').next())
+            .and_then(|first| first.trim().parse().ok());
+        if let Some(address) = forwarded {
+            return address;
+        }
+    }
+    peer.ip()
+}
+
+/// Whether a browser page from `origin` may open a WebSocket here.
+fn origin_allowed(state: &AppState, headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(axum::http::header::ORIGIN).and_then(|h| h.to_str().ok()) else {
+        // Not a browser: origins protect browser users from other sites' pages.
+        return true;
+    };
+    let origin = origin.trim_end_matches('/');
+    if !state.config.allowed_origins.is_empty() {
+        return state.config.allowed_origins.iter().any(|allowed| allowed.trim_end_matches('/') == origin);
+    }
+    if let Some(public) = &state.config.public_url {
+        if public.trim_end_matches('/') == origin {
+            return true;
+        }
+    }
+    // Same host as the request: the page was served by this server.
+    let host = headers.get(axum::http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+    origin.split_once("://").is_some_and(|(_, rest)| rest == host)
+}
+
+/// Says which field was wrong without echoing the body, which may hold a title.
+fn describe_json_error(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    // serde's messages name fields and expected types, never values, except for unknown
+    // variants where they quote the offending string; keep only the part before the quote.
+    let cut = text.find(" `").map_or(text.as_str(), |i| &text[..i]);
+    let cut = cut.split(" at line ").next().unwrap_or(cut);
+    format!("invalid request body: {cut}")
+}
+
+fn public_base(state: &AppState, headers: &HeaderMap) -> String {
+    if let Some(base) = &state.config.public_url {
+        return base.trim_end_matches('/').to_owned();
+    }
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b)))
+        .map(str::to_owned)
+        .unwrap_or_else(|| state.config.bind.to_string());
+    format!("http://{host}")
+}
+
+/// Query parameters of the WebSocket endpoint.
+#[derive(Debug, Deserialize)]
+pub struct JoinParams {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// `GET /ws/{room}?token=&name=`: checks the room and the token, then upgrades.
+pub async fn join_room(
+    State(state): State<AppState>,
+    Path(room_id): Path<String>,
+    Query(params): Query<JoinParams>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, AppError> {
+    let token = params.token.as_deref().unwrap_or_default();
+    let now = crate::unix_now();
+    if !rooms::is_room_id(&room_id) {
+        return Err(AppError::NotFound);
+    }
+    let lookup = state.rooms.lookup(&room_id).await.map_err(unavailable)?;
+    let room = match lookup {
+        Lookup::Live(room) => room,
+        Lookup::Ended => return Err(AppError::Gone),
+        // A valid token proves the room existed: it was created here and is gone now.
+        Lookup::Unknown if state.signer.verify(token, &room_id, now).is_ok() => {
+            return Err(AppError::Gone)
+        }
+        Lookup::Unknown => return Err(AppError::NotFound),
+    };
+    let grant = state.signer.verify(token, &room_id, now).inspect_err(|_| state.metrics.refused("bad_token"))?;
+    if !origin_allowed(&state, &headers) {
+        state.metrics.refused("origin");
+        return Err(AppError::bad_request_status(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "this page's origin may not open a room here",
+        ));
+    }
+    let name = validate_name(params.name.as_deref())?;
+    let upgrade = upgrade.map_err(|_| AppError::UpgradeRequired)?;
+    let conn = state.rooms.next_conn_id();
+    let participant = Participant { role: grant.role, name };
+    let conn_limits = ConnectionLimits {
+        max_frame_bytes: state.config.max_frame_bytes,
+        write_timeout: std::time::Duration::from_millis(state.config.write_timeout_ms),
+        messages_per_sec: state.config.messages_per_sec,
+        bytes_per_sec: state.config.bytes_per_sec,
+    };
+    let metrics = state.metrics.clone();
+    let rooms = state.rooms.clone();
+    let shutdown = state.shutdown.clone();
+    let tracker = state.tracker.clone();
+    // The transport refuses frames far over the limit outright; frames just over it reach the
+    // handler, which closes with a clear code.
+    let transport_limit = state.config.max_frame_bytes.saturating_mul(2).max(64 * 1024);
+    Ok(upgrade
+        // The transport zero-fills its whole read buffer, so its size is resident memory for
+        // every connection, idle or not.
+        .read_buffer_size(limits::WS_READ_BUFFER_BYTES)
+        .max_message_size(transport_limit)
+        .max_frame_size(transport_limit)
+        .on_upgrade(move |socket| {
+            // Every log line of the connection carries the room and connection ids, and nothing else.
+            let span = tracing::info_span!("conn", room = %room.id(), conn = %conn);
+            tracker.track_future(
+                async move {
+                    let clock = move || rooms.now_ms();
+                    connection::serve(socket, room, conn, participant, clock, conn_limits, metrics, shutdown).await;
+                }
+                .instrument(span),
+            )
+        }))
+}
+
+/// Checks a display name: 1 to 64 characters, no control characters. A stock Yjs client that
+/// sends none is called "Guest".
+fn validate_name(name: Option<&str>) -> Result<String, AppError> {
+    let Some(name) = name.map(str::trim) else {
+        return Ok("Guest".to_owned());
+    };
+    let chars = name.chars().count();
+    if chars == 0 || chars > limits::MAX_NAME_CHARS {
+        return Err(AppError::bad_request(
+            "bad_name",
+            format!("the name must be 1 to {} characters", limits::MAX_NAME_CHARS),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(AppError::bad_request("bad_name", "the name must not contain control characters"));
+    }
+    Ok(name.to_owned())
+}
+
+/// `GET /healthz`: the process is up.
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /readyz`: the node can serve rooms: its room backend (Redis, when configured) and its
+/// board store answer, each within a short deadline so that a load balancer's check never
+/// hangs. The body says which part is not ready.
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let backend = matches!(tokio::time::timeout(limits::READINESS_TIMEOUT, state.rooms.check_backend()).await, Ok(Ok(())));
+    let store = matches!(tokio::time::timeout(limits::READINESS_TIMEOUT, state.rooms.check_board_store()).await, Ok(Ok(())));
+    let name = if state.config.redis_url.is_some() { "redis" } else { "embedded" };
+    let body = serde_json::json!({
+        "ready": backend && store,
+        "backend": { "kind": name, "ok": backend },
+        "store": { "ok": store },
+    });
+    let status = if backend && store { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    if status != StatusCode::OK {
+        tracing::warn!(backend, store, "not ready");
+    }
+    (status, Json(body))
+}
+
+/// `GET /metrics`: Prometheus text.
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.metrics.encode(),
+    )
+}
+
+/// `GET /api/rooms/{room}/presence` with the leader token as a Bearer header (or `?token=`):
+/// the members and their status, the same on every node.
+pub async fn presence(
+    State(state): State<AppState>,
+    Path(room_id): Path<String>,
+    Query(params): Query<JoinParams>,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let token = bearer(&headers).or(params.token.as_deref()).unwrap_or_default().to_owned();
+    let grant = state.signer.verify(&token, &room_id, crate::unix_now())?;
+    if grant.role != Role::Leader {
+        return Err(AppError::Forbidden);
+    }
+    let lookup = state.rooms.lookup(&room_id).await.map_err(|e| AppError::Unavailable(e.to_string()))?;
+    let room = match lookup {
+        Lookup::Live(room) => room,
+        Lookup::Ended => return Err(AppError::Gone),
+        Lookup::Unknown => return Err(AppError::NotFound),
+    };
+    let view = room.leader_view();
+    Ok(Json(serde_json::json!({ "version": view.version, "members": view.members, "waiting": view.waiting }))
+        .into_response())
+}
+
+/// The token of an `Authorization: Bearer` header.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// Checks a leader's Bearer token for `room_id` and finds the room.
+async fn leader_room(state: &AppState, room_id: &str, headers: &HeaderMap) -> Result<Arc<crate::rooms::Room>, AppError> {
+    if !rooms::is_room_id(room_id) {
+        return Err(AppError::NotFound);
+    }
+    let token = bearer(headers).unwrap_or_default();
+    let grant = state.signer.verify(token, room_id, crate::unix_now())?;
+    if grant.role != Role::Leader {
+        return Err(AppError::Forbidden);
+    }
+    match state.rooms.lookup(room_id).await.map_err(unavailable)? {
+        Lookup::Live(room) => Ok(room),
+        Lookup::Ended => Err(AppError::Gone),
+        Lookup::Unknown => Err(AppError::Gone),
+    }
+}
+
+/// `GET /api/rooms/{room}/export.md` with the leader token as a Bearer header: the notes and
+/// the observation cards, grouped by phase. Ephemeral rooms keep nothing to export.
+pub async fn export(
+    State(state): State<AppState>,
+    Path(room_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let room = leader_room(&state, &room_id, &headers).await?;
+    if room.is_ephemeral() {
+        return Err(AppError::bad_request_status(
+            StatusCode::CONFLICT,
+            "ephemeral",
+            "this meeting is ephemeral: nothing of it is kept, so there is nothing to export",
+        ));
+    }
+    tracing::info!(room = %room_id, "board exported");
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/markdown; charset=utf-8")], room.export_markdown()).into_response())
+}
+
+/// `DELETE /api/rooms/{room}` with the leader token as a Bearer header: ends the meeting for
+/// everyone, wipes it and deletes its stored board for good.
+pub async fn delete_room(
+    State(state): State<AppState>,
+    Path(room_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let room = leader_room(&state, &room_id, &headers).await?;
+    state.rooms.delete(&room).await.map_err(|e| AppError::Unavailable(e.to_string()))?;
+    tracing::info!(room = %room_id, "room deleted");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// A backend failure as answered to clients: a board that cannot be read is said plainly (and
+/// stays stored as it is); anything else is "briefly unavailable".
+fn unavailable(e: crate::backend::BackendError) -> AppError {
+    match e {
+        crate::backend::BackendError::Corrupt | crate::backend::BackendError::Io(_) => AppError::Unreadable,
+        other => AppError::Unavailable(other.to_string()),
+    }
+}

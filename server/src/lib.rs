@@ -1,0 +1,250 @@
+//! Balint Room server.
+//!
+//! # Layout
+//! - [`config`]: the one `Config` struct, from flags or environment.
+//! - [`limits`]: every timeout, interval and limit, named, as `Config`'s defaults.
+//! - [`token`]: HMAC-signed room links.
+//! - [`room`]: the sans-IO room core (board, awareness, the meeting); no tokio, no sockets,
+//!   no clock.
+//! - [`rooms`]: the registry of rooms and the thin driver around each core: plan, write by
+//!   compare-and-set, install; fan-out to other nodes.
+//! - [`backend`]: where shared state lives: embedded in memory, or Redis.
+//! - [`fanout`]: the messages nodes exchange on a room's bus channel.
+//! - [`connection`]: the task that serves one WebSocket.
+//! - [`http`]: the routes; [`app`] assembles them into a `Router`.
+//! - [`error`]: `AppError`, the one error type answered to clients.
+//! - [`wipe`]: the allocator that zeroes freed memory, so ended meetings leave nothing behind.
+//!
+//! `main.rs` only parses the configuration, sets up logging and calls [`Server::bind`].
+
+pub mod backend;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod fanout;
+pub mod http;
+pub mod limits;
+pub mod metrics;
+pub mod room;
+pub mod rooms;
+pub mod token;
+pub mod wipe;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::services::{ServeDir, ServeFile};
+use tower_http::trace::TraceLayer;
+
+pub use config::Config;
+use metrics::Metrics;
+use backend::embedded::Embedded;
+use backend::files::FileStore;
+use backend::redis::RedisBackend;
+use rooms::{Cluster, RoomOptions, Rooms};
+use token::Signer;
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The configuration the server started with.
+    pub config: Arc<Config>,
+    /// Every room of this node.
+    pub rooms: Rooms,
+    /// Signs and verifies room links.
+    pub signer: Signer,
+    /// Cancelled when the server shuts down; connections close with 1012.
+    pub shutdown: CancellationToken,
+    /// Tracks connection tasks, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// Operational metrics.
+    pub metrics: Metrics,
+    /// Room creation per client address.
+    pub creation_limit: Arc<governor::DefaultKeyedRateLimiter<std::net::IpAddr>>,
+}
+
+impl AppState {
+    /// State for `config`: loads or generates the signing secret and connects the backend
+    /// (Redis when configured, else the embedded one). Bus messages for this node's rooms are
+    /// delivered by a task tracked with the connections.
+    pub async fn new(config: Config) -> anyhow::Result<Self> {
+        let signer = Signer::from_config(config.secret.as_deref(), &config.data_dir)?;
+        let options = RoomOptions {
+            outbound_queue: config.outbound_queue,
+            reconnect_grace: config.reconnect_grace(),
+            empty_grace: Duration::from_secs(config.empty_grace_secs),
+            max_length: Duration::from_secs(config.max_meeting_secs),
+            max_members: config.max_members,
+            max_board_bytes: config.max_board_bytes,
+            max_rooms: config.max_rooms,
+            idle_unload: Duration::from_secs(config.idle_unload_secs),
+        };
+        let metrics = Metrics::new();
+        let per_minute = std::num::NonZeroU32::new(config.rooms_per_ip_per_minute.max(1)).expect("at least one");
+        let creation_limit = Arc::new(governor::RateLimiter::keyed(governor::Quota::per_minute(per_minute)));
+        let node: Arc<str> = rooms::random_node_id().into();
+        let tracker = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let rooms = match &config.redis_url {
+            None => {
+                let embedded = Arc::new(Embedded::default());
+                let boards = Arc::new(FileStore::new(&config.data_dir));
+                Rooms::new(Cluster {
+                    store: embedded.clone(),
+                    presence: embedded.clone(),
+                    bus: embedded,
+                    boards,
+                    metrics: metrics.clone(),
+                    node,
+                    options,
+                })
+            }
+            Some(url) => {
+                let (redis, mut bus) = RedisBackend::connect(url)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot reach Redis: {e}"))?;
+                let redis = Arc::new(redis);
+                let rooms = Rooms::new(Cluster {
+                    store: redis.clone(),
+                    presence: redis.clone(),
+                    bus: redis.clone(),
+                    boards: redis,
+                    metrics: metrics.clone(),
+                    node,
+                    options,
+                });
+                let dispatch = rooms.clone();
+                let stop = shutdown.clone();
+                tracker.spawn(async move {
+                    loop {
+                        tokio::select! {
+                            () = stop.cancelled() => break,
+                            message = bus.recv() => match message {
+                                Some(message) => dispatch.dispatch(&message.room, message.payload).await,
+                                None => break,
+                            },
+                        }
+                    }
+                });
+                rooms
+            }
+        };
+        tracing::info!(node = rooms.node(), redis = config.redis_url.is_some(), "node started");
+        Ok(AppState { rooms, config: Arc::new(config), signer, shutdown, tracker, metrics, creation_limit })
+    }
+}
+
+/// The router, without a listener, so tests can drive it in memory.
+pub fn app(state: AppState) -> Router {
+    let web = state.config.web_dir.clone();
+    // The room page is one file for every room; the token stays in the URL fragment, which
+    // never reaches the server.
+    let room_page = ServeFile::new(web.join("room.html"));
+    Router::new()
+        .route_service("/", ServeFile::new(web.join("index.html")))
+        .route_service("/r/{room}", room_page)
+        .nest_service("/assets", ServeDir::new(web.join("assets")))
+        .route("/api/rooms", post(http::create_room))
+        .route("/ws/{room}", get(http::join_room))
+        .route("/api/rooms/{room}/presence", get(http::presence))
+        .route("/api/rooms/{room}/export.md", get(http::export))
+        .route("/api/rooms/{room}", axum::routing::delete(http::delete_room))
+        .route("/healthz", get(http::healthz))
+        .route("/readyz", get(http::readyz))
+        .route("/metrics", get(http::metrics))
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(
+            // Log the method and path only: query strings carry tokens and names.
+            TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
+                tracing::info_span!("http", method = %request.method(), path = %request.uri().path())
+            }),
+        )
+        .with_state(state)
+}
+
+/// A bound server, ready to run.
+pub struct Server {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Server {
+    /// Binds `config.bind` and prepares the state.
+    pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.bind).await?;
+        let state = AppState::new(config).await?;
+        Ok(Server { listener, state })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The token that shuts this server down when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.state.shutdown.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled, then closes every connection with 1012
+    /// and waits for them, at most [`limits::SHUTDOWN_GRACE`].
+    pub async fn run(self) -> anyhow::Result<()> {
+        let Server { listener, state } = self;
+        let rooms = state.rooms.clone();
+        let shutdown = state.shutdown.clone();
+        let tracker = state.tracker.clone();
+        let ticker = tokio::spawn(tick_rooms(state.clone()));
+        // Frames are small and already coalesced per connection (fed in a batch, flushed
+        // once): Nagle's algorithm would only hold them back.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
+        axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .await?;
+        ticker.abort();
+        tracker.close();
+        if tokio::time::timeout(limits::SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+            tracing::warn!("connections still open after the shutdown grace period");
+        }
+        // Every persistent board is saved before the process goes.
+        rooms.save_all().await;
+        Ok(())
+    }
+}
+
+/// Drives every room's timers.
+async fn tick_rooms(state: AppState) {
+    let mut interval = tokio::time::interval(limits::TICK_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        state.rooms.tick(state.config.awareness_timeout()).await;
+    }
+}
+
+/// Seconds since the Unix epoch, for token expiry.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// Milliseconds since the Unix epoch, the clock of the room cores.
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}

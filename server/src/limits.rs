@@ -1,0 +1,80 @@
+//! Every timeout, interval and limit of the server, in one place.
+//!
+//! `Config` takes its defaults from here, so an operator can override each one.
+
+use std::time::Duration;
+
+/// Largest WebSocket frame a client may send.
+pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
+/// Frames a connection may fall behind the room's feed before it is closed as too slow.
+pub const OUTBOUND_QUEUE_FRAMES: usize = 1024;
+/// How long one write to a socket may block before the client counts as too slow.
+pub const SOCKET_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Queued frames written to a socket before one flush, when the writer is behind.
+pub const WRITE_BATCH_FRAMES: usize = 64;
+/// An awareness state not renewed within this long is removed (y-protocols renews every 15 s).
+pub const AWARENESS_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a dropped member keeps their identity, role, queue place and floor.
+pub const RECONNECT_GRACE: Duration = Duration::from_secs(120);
+/// How often rooms are checked for timers (awareness sweep and later meeting timers).
+pub const TICK_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a leader or invite link stays valid.
+pub const TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Largest HTTP request body the API accepts.
+pub const MAX_HTTP_BODY_BYTES: usize = 16 * 1024;
+/// How long one write to a socket may block, in milliseconds (see [`SOCKET_WRITE_TIMEOUT`]).
+pub const SOCKET_WRITE_TIMEOUT_MS: u64 = 10_000;
+/// Longest room title, in characters.
+pub const MAX_TITLE_CHARS: usize = 200;
+/// Longest display name, in characters.
+pub const MAX_NAME_CHARS: usize = 64;
+/// How long an ended room keeps answering 410 in this process.
+pub const TOMBSTONE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long a graceful shutdown waits for connections to close.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often a node refreshes the presence entries of the members it serves.
+pub const PRESENCE_HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long a presence entry lives without a refresh: a dead node's members show as
+/// reconnecting this long after its last heartbeat.
+pub const PRESENCE_TTL: Duration = Duration::from_secs(15);
+/// Compare-and-set attempts for one change before giving up.
+pub const CAS_ATTEMPTS: usize = 16;
+/// Safety-net expiry of a room's record in the backend, refreshed by every write.
+pub const RECORD_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long an ephemeral meeting may stay empty before it ends and its content is wiped.
+pub const EMPTY_ROOM_GRACE: Duration = Duration::from_secs(10 * 60);
+/// The longest an ephemeral meeting may last, from its first member.
+pub const MAX_MEETING_LENGTH: Duration = Duration::from_secs(6 * 3600);
+/// How long `/readyz` waits for the backend before answering not ready.
+pub const READINESS_TIMEOUT: Duration = Duration::from_millis(500);
+/// A persistent board is saved this long after its last change...
+pub const SAVE_DEBOUNCE: Duration = Duration::from_secs(2);
+/// ...and at most this long after its first unsaved change.
+pub const SAVE_MAX_DELAY: Duration = Duration::from_secs(10);
+/// The most a board may grow to, in bytes of applied updates.
+pub const MAX_BOARD_BYTES: usize = 16 * 1024 * 1024;
+/// The most members (including those waiting in the lobby) a room holds.
+pub const MAX_MEMBERS: usize = 50;
+/// The most rooms one node serves at once.
+pub const MAX_ROOMS: usize = 10_000;
+/// Rooms one client address may create per minute.
+pub const ROOMS_PER_IP_PER_MINUTE: u32 = 10;
+/// Messages per second a connection may send, sustained.
+pub const MESSAGES_PER_SEC: u32 = 100;
+/// Bytes per second a connection may send, sustained.
+pub const BYTES_PER_SEC: u32 = 1024 * 1024;
+/// A connection may send this many seconds' worth of its rate at once.
+pub const RATE_BURST_SECONDS: u32 = 4;
+/// Messages over the rate limit (less one per message within it) before the connection is
+/// closed with 4429.
+pub const RATE_LIMIT_STRIKES: u32 = 50;
+/// A client over the limit is warned on the first strike and then every this many strikes.
+pub const RATE_LIMIT_WARN_EVERY: u32 = 10;
+/// How long a closing connection waits for the client's close frame.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(1);
+/// A persistent room with nobody connected to a node for this long leaves that node's memory
+/// (its board is saved first; the next connection loads it again).
+pub const IDLE_UNLOAD: Duration = Duration::from_secs(60);
+/// Read buffer of each WebSocket: resident per connection, so small (larger frames still
+/// arrive, over several reads).
+pub const WS_READ_BUFFER_BYTES: usize = 8 * 1024;

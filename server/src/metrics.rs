@@ -1,0 +1,140 @@
+//! Operational metrics, served as Prometheus text on `GET /metrics`.
+//!
+//! Counters and gauges carry no room ids, names or content: only totals and reasons.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// The label of a refusal: why something was refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    /// A stable reason, such as `malformed_frame` or `rate_limited`.
+    pub reason: &'static str,
+}
+
+/// Every metric of the process. Cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    connections: Gauge,
+    rooms: Gauge,
+    messages_in: Counter,
+    messages_out: Counter,
+    bytes_in: Counter,
+    bytes_out: Counter,
+    fanout_seconds: Histogram,
+    refusals: Family<Reason, Counter>,
+    slow_client_closes: Counter,
+    backend_errors: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh set of metrics.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("balint");
+        let connections = Gauge::default();
+        let rooms = Gauge::default();
+        let messages_in = Counter::default();
+        let messages_out = Counter::default();
+        let bytes_in = Counter::default();
+        let bytes_out = Counter::default();
+        // From 50 µs to about 3 s.
+        let fanout_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        let refusals = Family::<Reason, Counter>::default();
+        let slow_client_closes = Counter::default();
+        let backend_errors = Counter::default();
+        registry.register("connections", "Open WebSocket connections", connections.clone());
+        registry.register("rooms", "Rooms open on this node", rooms.clone());
+        registry.register("messages_in", "WebSocket messages received", messages_in.clone());
+        registry.register("messages_out", "WebSocket messages sent", messages_out.clone());
+        registry.register("bytes_in", "WebSocket payload bytes received", bytes_in.clone());
+        registry.register("bytes_out", "WebSocket payload bytes sent", bytes_out.clone());
+        registry.register(
+            "fanout_seconds",
+            "Delay from a frame's publication in its room to its write on each recipient's socket",
+            fanout_seconds.clone(),
+        );
+        registry.register("refusals", "Refused frames, commands and requests, by reason", refusals.clone());
+        registry.register("slow_client_closes", "Connections closed because they could not keep up", slow_client_closes.clone());
+        registry.register("backend_errors", "Failed calls to the backend (Redis, the board store)", backend_errors.clone());
+        Metrics {
+            inner: Arc::new(Inner {
+                registry,
+                connections,
+                rooms,
+                messages_in,
+                messages_out,
+                bytes_in,
+                bytes_out,
+                fanout_seconds,
+                refusals,
+                slow_client_closes,
+                backend_errors,
+            }),
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry);
+        out
+    }
+
+    /// A connection opened (`+1`) or closed (`-1`).
+    pub fn connection(&self, delta: i64) {
+        self.inner.connections.inc_by(delta);
+    }
+
+    /// The number of open rooms.
+    pub fn set_rooms(&self, rooms: usize) {
+        self.inner.rooms.set(rooms as i64);
+    }
+
+    /// A message of `bytes` received.
+    pub fn received(&self, bytes: usize) {
+        self.inner.messages_in.inc();
+        self.inner.bytes_in.inc_by(bytes as u64);
+    }
+
+    /// A message of `bytes` sent, `delay` after its publication.
+    pub fn sent(&self, bytes: usize, delay: Option<std::time::Duration>) {
+        self.inner.messages_out.inc();
+        self.inner.bytes_out.inc_by(bytes as u64);
+        if let Some(delay) = delay {
+            self.inner.fanout_seconds.observe(delay.as_secs_f64());
+        }
+    }
+
+    /// Something was refused, for `reason`.
+    pub fn refused(&self, reason: &'static str) {
+        self.inner.refusals.get_or_create(&Reason { reason }).inc();
+    }
+
+    /// A connection was closed as too slow.
+    pub fn slow_client_closed(&self) {
+        self.inner.slow_client_closes.inc();
+    }
+
+    /// A backend call failed.
+    pub fn backend_error(&self) {
+        self.inner.backend_errors.inc();
+    }
+}

@@ -1,0 +1,1225 @@
+//! The meeting: presence, roles, the lobby, the hand queue and the floor, and the phases of a
+//! Balint session. A sans-IO state machine: connections, commands and the current time come
+//! in; messages for audiences of connections come out.
+//!
+//! The state is in two parts:
+//! - [`Shared`] is what every node of a deployment agrees on: members, roles, the queue, the
+//!   floor, the phase, the lobby, the lock, the timers. It is the room's record in the backend,
+//!   written by compare-and-set on a version.
+//! - [`Meeting`] adds what only this node knows: its connections and which member each speaks
+//!   for.
+//!
+//! A change is *planned* on a copy of the shared part ([`Meeting::plan_command`] and friends),
+//! written by the driver (compare-and-set, retried on conflict) and then *installed*
+//! ([`Meeting::install`]). Installing compares the old and the new shared state and derives
+//! what this node's connections must be told: the new snapshot, an admission, a removal, a
+//! `time_up`, the end. Because those effects are derived from the state and not carried as
+//! events, a node that skips versions (after a conflict, or a lost bus message) still does the
+//! right thing.
+//!
+//! Every permission is checked here, never only in a UI. A refused command produces one
+//! `error` for its sender and changes nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use balint_proto::close;
+use balint_proto::room::{
+    ClientMessage, ErrorCode, Floor, MemberView, Participation, Phase, PhaseState, QueueEntry, Role,
+    RoomState, ServerMessage, Status, Template, Waiting,
+};
+use rand::distributions::{Alphanumeric, DistString};
+use serde::{Deserialize, Serialize};
+
+use super::ConnId;
+
+/// A set of connections that a message is for. Sorted, so membership is a binary search.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audience(Arc<[ConnId]>);
+
+impl Audience {
+    /// The connections in `conns`.
+    pub fn of(mut conns: Vec<ConnId>) -> Self {
+        conns.sort_unstable();
+        conns.dedup();
+        Audience(conns.into())
+    }
+
+    /// One connection.
+    pub fn one(conn: ConnId) -> Self {
+        Audience(Arc::new([conn]))
+    }
+
+    /// Whether `conn` is in the audience.
+    pub fn contains(&self, conn: ConnId) -> bool {
+        self.0.binary_search(&conn).is_ok()
+    }
+
+    /// Whether nobody is in the audience.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// What the meeting asks its driver to do.
+// Outputs live for one call and are consumed at once; boxing the large variant would cost an
+// allocation per message for nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Send a room-protocol message to these connections.
+    Send(Audience, ServerMessage),
+    /// Start the board sync of a connection that may now see the board. `full` asks for the
+    /// whole board to be pushed as well, for a client that was held in the lobby and whose own
+    /// sync step 1 went unanswered.
+    Greet {
+        /// The connection.
+        conn: ConnId,
+        /// Push the whole board too.
+        full: bool,
+    },
+    /// Close a connection with a code and a reason.
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// The close code.
+        code: u16,
+        /// The close reason.
+        reason: &'static str,
+    },
+    /// The meeting is over: every connection gets `ended` and a close with 4410.
+    End {
+        /// `ended_by_leader`, `empty`, `max_length` or `deleted`.
+        reason: String,
+    },
+}
+
+/// How a meeting is set up.
+#[derive(Debug, Clone)]
+pub struct MeetingSettings {
+    /// The room's title.
+    pub title: Option<String>,
+    /// The session template.
+    pub template: Template,
+    /// Whether the meeting leaves nothing behind.
+    pub ephemeral: bool,
+    /// Whether newcomers wait for a leader.
+    pub lobby: bool,
+    /// How long a dropped member keeps their place, in milliseconds.
+    pub reconnect_grace_ms: u64,
+    /// How long an ephemeral meeting may stay empty before it ends, in milliseconds.
+    pub empty_grace_ms: u64,
+    /// The longest an ephemeral meeting may last from its first member, in milliseconds.
+    pub max_length_ms: u64,
+    /// The most members (including those in the lobby) the room holds.
+    pub max_members: usize,
+}
+
+/// Why a member was removed by a leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Removal {
+    /// Kicked from the room.
+    Kicked,
+    /// Turned away from the lobby.
+    Declined,
+}
+
+impl Removal {
+    fn reason(self) -> &'static str {
+        match self {
+            Removal::Kicked => "removed by a leader",
+            Removal::Declined => "declined by a leader",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Member {
+    name: String,
+    role: Role,
+    resume_token: String,
+    /// Order of arrival, for the member list.
+    arrival: u64,
+    /// When the member was last seen connected nowhere, while reconnecting.
+    dropped_at_ms: Option<u64>,
+    away: bool,
+    /// False while the member waits in the lobby.
+    admitted: bool,
+    turns: u32,
+    speaking_ms: u64,
+    /// Whether the member had the floor in the current phase, for fair order.
+    spoke_in_phase: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Hand {
+    member: String,
+    raised_at_ms: u64,
+    /// Breaks ties between hands raised in the same millisecond.
+    seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Turn {
+    member: String,
+    since_ms: u64,
+    limit_secs: Option<u32>,
+    time_up_sent: bool,
+    /// Distinguishes two turns of the same member that start in the same millisecond.
+    seq: u64,
+}
+
+/// The part of a meeting every node shares, stored as the room's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shared {
+    title: Option<String>,
+    template: Template,
+    ephemeral: bool,
+    lobby: bool,
+    reconnect_grace_ms: u64,
+    empty_grace_ms: u64,
+    max_length_ms: u64,
+    /// Records written before this limit existed read as the default.
+    #[serde(default = "default_max_members")]
+    max_members: usize,
+    /// When the first member arrived: the meeting's start.
+    started_at_ms: Option<u64>,
+    /// Since when nobody has been connected, once the meeting started.
+    empty_since_ms: Option<u64>,
+    members: BTreeMap<String, Member>,
+    queue: Vec<Hand>,
+    floor: Option<Turn>,
+    phase: PhaseState,
+    presenter: Option<String>,
+    speaking_limit_secs: Option<u32>,
+    fair_order: bool,
+    board_locked: bool,
+    next_seq: u64,
+    /// Members a leader removed, by id, so every node closes their connections and their
+    /// resume tokens stay dead.
+    removed: BTreeMap<String, Removal>,
+    /// Set once the meeting has ended, with the reason.
+    ended: Option<String>,
+    /// The version at which the floor last changed, for `if_version` on floor commands.
+    floor_version: u64,
+}
+
+type Refusal = (ErrorCode, &'static str);
+
+/// A connection newly bound to a member, recorded when its plan is installed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    conn: ConnId,
+    member: String,
+    hello: bool,
+}
+
+impl Binding {
+    /// The member the connection speaks for.
+    pub fn member(&self) -> &str {
+        &self.member
+    }
+}
+
+/// A change to make: the next shared state to write, and what only this node must do once it
+/// is written.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// The next shared state, when the change alters it.
+    pub next: Option<Shared>,
+    /// A connection to bind to a member once `next` is installed.
+    pub binding: Option<Binding>,
+    /// Outputs for this node that do not depend on the write (refusals, `welcome` for an
+    /// already bound connection).
+    pub immediate: Vec<Output>,
+}
+
+impl Plan {
+    fn refused(conn: ConnId, refusal: Refusal) -> Self {
+        Plan { immediate: vec![refuse(conn, refusal)], ..Plan::default() }
+    }
+}
+
+#[derive(Debug)]
+struct Connection {
+    /// The role the link grants a newcomer arriving on this connection.
+    link_role: Role,
+    /// The name from the query string, used when this connection creates a member.
+    name: String,
+    /// The member this connection speaks for, once it sent its first message.
+    member: Option<String>,
+    /// Whether the client opened the room protocol.
+    hello: bool,
+}
+
+/// One node's view of a meeting: the shared state plus this node's connections.
+#[derive(Debug)]
+pub struct Meeting {
+    shared: Shared,
+    version: u64,
+    connections: BTreeMap<ConnId, Connection>,
+}
+
+impl Shared {
+    /// The first state of a meeting that starts at `now_ms`.
+    pub fn new(settings: MeetingSettings, now_ms: u64) -> Self {
+        let first = settings.template.phases()[0];
+        Shared {
+            title: settings.title,
+            template: settings.template,
+            ephemeral: settings.ephemeral,
+            lobby: settings.lobby,
+            reconnect_grace_ms: settings.reconnect_grace_ms,
+            empty_grace_ms: settings.empty_grace_ms,
+            max_length_ms: settings.max_length_ms,
+            max_members: settings.max_members,
+            started_at_ms: None,
+            empty_since_ms: None,
+            members: BTreeMap::new(),
+            queue: Vec::new(),
+            floor: None,
+            phase: PhaseState { name: first, started_at_ms: now_ms, duration_secs: first.suggested_secs() },
+            presenter: None,
+            speaking_limit_secs: None,
+            fair_order: false,
+            board_locked: false,
+            next_seq: 0,
+            removed: BTreeMap::new(),
+            ended: None,
+            floor_version: 0,
+        }
+    }
+
+    /// Whether the meeting has ended.
+    pub fn is_ended(&self) -> bool {
+        self.ended.is_some()
+    }
+
+    /// Whether the meeting leaves nothing behind.
+    pub fn is_ephemeral(&self) -> bool {
+        self.ephemeral
+    }
+
+    /// The room's title.
+    pub fn title(&self) -> Option<&str> {
+        self.title.as_deref()
+    }
+
+    /// The session template.
+    pub fn template(&self) -> Template {
+        self.template
+    }
+
+    /// Ids of the members, for presence.
+    pub fn member_ids(&self) -> impl Iterator<Item = &str> {
+        self.members.keys().map(String::as_str)
+    }
+
+    /// Ends the meeting; `false` if it had ended already. Everything the meeting knew of its
+    /// people goes at once: names, roles, resume tokens, the queue, the title. What stays is
+    /// the fact that it ended, and why.
+    pub fn end(&mut self, reason: &str) -> bool {
+        if self.ended.is_some() {
+            return false;
+        }
+        self.ended = Some(reason.to_owned());
+        self.title = None;
+        self.members.clear();
+        self.removed.clear();
+        self.queue.clear();
+        self.floor = None;
+        self.presenter = None;
+        true
+    }
+
+    fn bump_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    fn add_member(&mut self, link_role: Role, name: &str) -> String {
+        let id = random_string(12);
+        let member = Member {
+            name: name.to_owned(),
+            role: link_role,
+            resume_token: random_string(32),
+            arrival: self.bump_seq(),
+            dropped_at_ms: None,
+            away: false,
+            // Leaders hold the leader link and never wait.
+            admitted: !self.lobby || link_role == Role::Leader,
+            turns: 0,
+            speaking_ms: 0,
+            spoke_in_phase: false,
+        };
+        self.members.insert(id.clone(), member);
+        id
+    }
+
+    fn member_by_resume(&self, token: &str) -> Option<String> {
+        self.members.iter().find(|(_, m)| m.resume_token == token).map(|(id, _)| id.clone())
+    }
+
+    /// Applies a command of member `me`. `Ok(false)` means valid but nothing changed.
+    fn command(&mut self, me: &str, message: ClientMessage, now: u64) -> Result<bool, Refusal> {
+        use ClientMessage as C;
+        match message {
+            C::Hello { .. } => Ok(false),
+            C::EndMeeting {} => {
+                self.require_leader(me)?;
+                Ok(self.end("ended_by_leader"))
+            }
+            C::RaiseHand {} => self.raise_hand(me, now),
+            C::LowerHand { member: None } => Ok(self.lower_hand(me)),
+            C::LowerHand { member: Some(target) } => {
+                if target != me {
+                    self.require_leader(me)?;
+                }
+                self.require_member(&target)?;
+                Ok(self.lower_hand(&target))
+            }
+            C::LowerAllHands {} => {
+                self.require_leader(me)?;
+                let changed = !self.queue.is_empty();
+                self.queue.clear();
+                Ok(changed)
+            }
+            C::YieldFloor {} => {
+                if self.floor.as_ref().is_some_and(|t| t.member == me) {
+                    self.end_turn(now);
+                    Ok(true)
+                } else {
+                    Err((ErrorCode::Conflict, "you do not hold the floor"))
+                }
+            }
+            C::GrantFloor { member, .. } => {
+                self.require_leader(me)?;
+                self.require_member(&member)?;
+                self.grant(&member, now)?;
+                Ok(true)
+            }
+            C::NextSpeaker { .. } => {
+                self.require_leader(me)?;
+                let next = self
+                    .ordered_queue()
+                    .into_iter()
+                    .find(|h| self.can_hold_floor(&h.member).is_ok() && self.is_connected(&h.member))
+                    .map(|h| h.member);
+                let Some(next) = next else {
+                    return Err((ErrorCode::QueueEmpty, "no raised hand can take the floor now"));
+                };
+                self.grant(&next, now)?;
+                Ok(true)
+            }
+            C::RevokeFloor {} => {
+                self.require_leader(me)?;
+                if self.floor.is_none() {
+                    return Err((ErrorCode::Conflict, "nobody holds the floor"));
+                }
+                self.end_turn(now);
+                Ok(true)
+            }
+            C::SetSpeakingLimit { seconds } => {
+                self.require_leader(me)?;
+                if seconds == Some(0) {
+                    return Err((ErrorCode::BadMessage, "a speaking limit must be at least one second"));
+                }
+                let changed = self.speaking_limit_secs != seconds;
+                self.speaking_limit_secs = seconds;
+                if let Some(turn) = &mut self.floor {
+                    if turn.limit_secs != seconds {
+                        turn.limit_secs = seconds;
+                        // A new limit gets its own `time_up`.
+                        turn.time_up_sent = false;
+                        return Ok(true);
+                    }
+                }
+                Ok(changed)
+            }
+            C::SetFairOrder { enabled } => {
+                self.require_leader(me)?;
+                Ok(std::mem::replace(&mut self.fair_order, enabled) != enabled)
+            }
+            C::SetPhase { phase, duration_secs } => {
+                self.require_leader(me)?;
+                self.set_phase(phase, duration_secs, now)?;
+                Ok(true)
+            }
+            C::PickPresenter { member } => {
+                self.require_leader(me)?;
+                if let Some(target) = &member {
+                    self.require_member(target)?;
+                    if self.members[target].role == Role::Observer {
+                        return Err((ErrorCode::NotEligible, "an observer cannot present a case"));
+                    }
+                }
+                let changed = self.presenter != member;
+                self.presenter = member;
+                self.push_back_presenter(now);
+                Ok(changed)
+            }
+            C::SetRole { member, role } => {
+                self.require_leader(me)?;
+                self.require_member(&member)?;
+                if member == me {
+                    return Err((ErrorCode::Forbidden, "a leader cannot change their own role"));
+                }
+                let target = self.members.get_mut(&member).expect("checked");
+                if target.role == role {
+                    return Ok(false);
+                }
+                target.role = role;
+                if role == Role::Observer {
+                    self.lower_hand(&member);
+                    if self.floor.as_ref().is_some_and(|t| t.member == member) {
+                        self.end_turn(now);
+                    }
+                    if self.presenter.as_deref() == Some(&member) {
+                        self.presenter = None;
+                    }
+                }
+                Ok(true)
+            }
+            C::SetLobby { enabled } => {
+                self.require_leader(me)?;
+                let mut changed = std::mem::replace(&mut self.lobby, enabled) != enabled;
+                if !enabled {
+                    for member in self.members.values_mut().filter(|m| !m.admitted) {
+                        member.admitted = true;
+                        changed = true;
+                    }
+                }
+                Ok(changed)
+            }
+            C::Admit { member } => {
+                self.require_leader(me)?;
+                self.require_waiting(&member)?;
+                self.members.get_mut(&member).expect("checked").admitted = true;
+                Ok(true)
+            }
+            C::Decline { member } => {
+                self.require_leader(me)?;
+                self.require_waiting(&member)?;
+                self.remove_member(&member, now);
+                self.removed.insert(member, Removal::Declined);
+                Ok(true)
+            }
+            C::LockBoard { locked } => {
+                self.require_leader(me)?;
+                Ok(std::mem::replace(&mut self.board_locked, locked) != locked)
+            }
+            C::Kick { member } => {
+                self.require_leader(me)?;
+                self.require_member(&member)?;
+                if member == me {
+                    return Err((ErrorCode::Forbidden, "a leader cannot remove themselves"));
+                }
+                self.remove_member(&member, now);
+                self.removed.insert(member, Removal::Kicked);
+                Ok(true)
+            }
+            C::SetAway { away } => {
+                let member = self.members.get_mut(me).expect("sender is a member");
+                Ok(std::mem::replace(&mut member.away, away) != away)
+            }
+        }
+    }
+
+    fn raise_hand(&mut self, me: &str, now: u64) -> Result<bool, Refusal> {
+        if self.members[me].role == Role::Observer {
+            return Err((ErrorCode::Forbidden, "observers cannot raise a hand"));
+        }
+        if self.is_pushed_back(me) {
+            return Err((ErrorCode::NotEligible, "the presenter listens during reflection"));
+        }
+        if self.queue.iter().any(|h| h.member == me) {
+            return Ok(false);
+        }
+        let seq = self.bump_seq();
+        self.queue.push(Hand { member: me.to_owned(), raised_at_ms: now, seq });
+        Ok(true)
+    }
+
+    fn lower_hand(&mut self, member: &str) -> bool {
+        let before = self.queue.len();
+        self.queue.retain(|h| h.member != member);
+        before != self.queue.len()
+    }
+
+    fn is_connected(&self, member: &str) -> bool {
+        self.members.get(member).is_some_and(|m| m.dropped_at_ms.is_none())
+    }
+
+    fn grant(&mut self, member: &str, now: u64) -> Result<(), Refusal> {
+        self.can_hold_floor(member)?;
+        if !self.is_connected(member) {
+            return Err((ErrorCode::NotEligible, "that member is reconnecting"));
+        }
+        self.end_turn(now);
+        self.lower_hand(member);
+        let seq = self.bump_seq();
+        let m = self.members.get_mut(member).expect("checked");
+        m.turns += 1;
+        m.spoke_in_phase = true;
+        self.floor = Some(Turn {
+            member: member.to_owned(),
+            since_ms: now,
+            limit_secs: self.speaking_limit_secs,
+            time_up_sent: false,
+            seq,
+        });
+        Ok(())
+    }
+
+    fn can_hold_floor(&self, member: &str) -> Result<(), Refusal> {
+        let m = &self.members[member];
+        if m.role == Role::Observer {
+            return Err((ErrorCode::NotEligible, "observers cannot take the floor"));
+        }
+        if !m.admitted {
+            return Err((ErrorCode::NotEligible, "that member waits in the lobby"));
+        }
+        if self.is_pushed_back(member) {
+            return Err((ErrorCode::NotEligible, "the presenter listens during reflection"));
+        }
+        if self.phase.name == Phase::Presentation && self.presenter.as_deref() != Some(member) {
+            return Err((ErrorCode::NotEligible, "only the presenter holds the floor during presentation"));
+        }
+        Ok(())
+    }
+
+    fn end_turn(&mut self, now: u64) {
+        if let Some(turn) = self.floor.take() {
+            if let Some(member) = self.members.get_mut(&turn.member) {
+                member.speaking_ms += now.saturating_sub(turn.since_ms);
+            }
+        }
+    }
+
+    fn set_phase(&mut self, phase: Phase, duration_secs: Option<u32>, now: u64) -> Result<(), Refusal> {
+        if !self.template.phases().contains(&phase) {
+            return Err((ErrorCode::InvalidPhase, "that phase is not part of this room's template"));
+        }
+        let duration = duration_secs.unwrap_or_else(|| phase.suggested_secs());
+        if !(1..=24 * 3600).contains(&duration) {
+            return Err((ErrorCode::BadMessage, "a phase lasts between one second and 24 hours"));
+        }
+        self.phase = PhaseState { name: phase, started_at_ms: now, duration_secs: duration };
+        for member in self.members.values_mut() {
+            member.spoke_in_phase = false;
+        }
+        match phase {
+            Phase::Reflection => self.push_back_presenter(now),
+            Phase::Presentation | Phase::Response => {
+                // The presenter speaks first; anyone else's turn ends.
+                if self.floor.as_ref().is_some_and(|t| Some(&t.member) != self.presenter.as_ref()) {
+                    self.end_turn(now);
+                }
+                if let Some(presenter) = self.presenter.clone() {
+                    if self.floor.is_none() {
+                        // A reconnecting presenter leaves the floor free for a leader to grant.
+                        let _ = self.grant(&presenter, now);
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// During reflection the presenter leaves the queue and the floor.
+    fn push_back_presenter(&mut self, now: u64) {
+        let Some(presenter) = self.presenter.clone() else { return };
+        if !self.is_pushed_back(&presenter) {
+            return;
+        }
+        self.lower_hand(&presenter);
+        if self.floor.as_ref().is_some_and(|t| t.member == presenter) {
+            self.end_turn(now);
+        }
+    }
+
+    fn is_pushed_back(&self, member: &str) -> bool {
+        self.phase.name == Phase::Reflection && self.presenter.as_deref() == Some(member)
+    }
+
+    fn remove_member(&mut self, member_id: &str, now: u64) {
+        self.lower_hand(member_id);
+        if self.floor.as_ref().is_some_and(|t| t.member == member_id) {
+            self.end_turn(now);
+        }
+        if self.presenter.as_deref() == Some(member_id) {
+            self.presenter = None;
+        }
+        self.members.remove(member_id);
+    }
+
+    fn require_leader(&self, member_id: &str) -> Result<(), Refusal> {
+        match self.members.get(member_id) {
+            Some(m) if m.role == Role::Leader => Ok(()),
+            _ => Err((ErrorCode::Forbidden, "only a leader can do that")),
+        }
+    }
+
+    fn require_member(&self, member_id: &str) -> Result<(), Refusal> {
+        match self.members.get(member_id) {
+            Some(m) if m.admitted => Ok(()),
+            _ => Err((ErrorCode::UnknownMember, "no such member in the room")),
+        }
+    }
+
+    fn require_waiting(&self, member_id: &str) -> Result<(), Refusal> {
+        match self.members.get(member_id) {
+            Some(m) if !m.admitted => Ok(()),
+            _ => Err((ErrorCode::UnknownMember, "nobody by that id waits in the lobby")),
+        }
+    }
+
+    /// The queue in the order everyone sees: by time raised, and with fair order on, those who
+    /// have not spoken in this phase first.
+    fn ordered_queue(&self) -> Vec<Hand> {
+        let mut queue = self.queue.clone();
+        queue.sort_by_key(|h| {
+            let spoke = self.fair_order && self.members.get(&h.member).is_some_and(|m| m.spoke_in_phase);
+            (spoke, h.raised_at_ms, h.seq)
+        });
+        queue
+    }
+
+    /// Advances timers: the speaking limit, presence and the reconnect grace. `live` says
+    /// whether a member is connected anywhere.
+    fn tick(&mut self, now: u64, live: impl Fn(&str) -> bool) -> bool {
+        let mut changed = false;
+        if let Some(turn) = &mut self.floor {
+            if let Some(limit) = turn.limit_secs {
+                if !turn.time_up_sent && now.saturating_sub(turn.since_ms) >= u64::from(limit) * 1000 {
+                    turn.time_up_sent = true;
+                    changed = true;
+                }
+            }
+        }
+        for (id, member) in self.members.iter_mut() {
+            match (live(id), member.dropped_at_ms) {
+                (true, Some(_)) => {
+                    member.dropped_at_ms = None;
+                    changed = true;
+                }
+                (false, None) => {
+                    member.dropped_at_ms = Some(now);
+                    changed = true;
+                }
+                _ => {}
+            }
+        }
+        let grace = self.reconnect_grace_ms;
+        let expired: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.dropped_at_ms.is_some_and(|t| now.saturating_sub(t) >= grace))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &expired {
+            self.remove_member(id, now);
+            changed = true;
+        }
+        changed | self.tick_meeting_length(now)
+    }
+
+    /// Ends an ephemeral meeting that stayed empty past its grace period or reached its
+    /// maximum length. Persistent rooms keep their board; they never end by themselves.
+    fn tick_meeting_length(&mut self, now: u64) -> bool {
+        if !self.ephemeral || self.ended.is_some() {
+            return false;
+        }
+        let Some(started) = self.started_at_ms else {
+            if self.members.is_empty() {
+                return false;
+            }
+            self.started_at_ms = Some(now);
+            return true;
+        };
+        if now.saturating_sub(started) >= self.max_length_ms {
+            return self.end("max_length");
+        }
+        let anyone_here = self.members.values().any(|m| m.dropped_at_ms.is_none());
+        match (anyone_here, self.empty_since_ms) {
+            (true, Some(_)) => {
+                self.empty_since_ms = None;
+                true
+            }
+            (false, None) => {
+                self.empty_since_ms = Some(now);
+                true
+            }
+            (false, Some(since)) if now.saturating_sub(since) >= self.empty_grace_ms => self.end("empty"),
+            _ => false,
+        }
+    }
+
+    /// The room state at `version`, as a leader (`for_leader`) or anyone else sees it.
+    pub fn state(&self, version: u64, for_leader: bool) -> RoomState {
+        let mut admitted: Vec<(&String, &Member)> = self.members.iter().filter(|(_, m)| m.admitted).collect();
+        admitted.sort_by_key(|(_, m)| m.arrival);
+        let members = admitted
+            .iter()
+            .map(|(id, m)| MemberView {
+                id: (*id).clone(),
+                name: m.name.clone(),
+                role: m.role,
+                status: self.status(id, m),
+            })
+            .collect();
+        let waiting = for_leader.then(|| {
+            let mut waiting: Vec<(&String, &Member)> = self.members.iter().filter(|(_, m)| !m.admitted).collect();
+            waiting.sort_by_key(|(_, m)| m.arrival);
+            waiting.into_iter().map(|(id, m)| Waiting { id: id.clone(), name: m.name.clone() }).collect()
+        });
+        let participation = for_leader.then(|| {
+            admitted
+                .iter()
+                .map(|(id, m)| Participation { member: (*id).clone(), turns: m.turns, speaking_ms: m.speaking_ms })
+                .collect()
+        });
+        RoomState {
+            version,
+            title: self.title.clone(),
+            template: self.template,
+            ephemeral: self.ephemeral,
+            phase: self.phase.clone(),
+            presenter: self.presenter.clone(),
+            members,
+            queue: self
+                .ordered_queue()
+                .into_iter()
+                .map(|h| QueueEntry { member: h.member, raised_at_ms: h.raised_at_ms })
+                .collect(),
+            floor: self.floor.as_ref().map(|t| Floor {
+                member: t.member.clone(),
+                since_ms: t.since_ms,
+                limit_secs: t.limit_secs,
+            }),
+            speaking_limit_secs: self.speaking_limit_secs,
+            fair_order: self.fair_order,
+            lobby: self.lobby,
+            board_locked: self.board_locked,
+            waiting,
+            participation,
+        }
+    }
+
+    fn status(&self, id: &str, member: &Member) -> Status {
+        if member.dropped_at_ms.is_some() {
+            Status::Reconnecting
+        } else if self.is_pushed_back(id) {
+            Status::OutsideCircle
+        } else if member.away {
+            Status::Away
+        } else {
+            Status::Here
+        }
+    }
+
+    /// Why `member_id` may not write on the board now, if they may not.
+    fn write_refusal(&self, member_id: &str) -> Option<&'static str> {
+        let Some(member) = self.members.get(member_id) else {
+            return Some("join the room before writing");
+        };
+        if !member.admitted {
+            Some("wait for a leader to admit you")
+        } else if member.role == Role::Observer {
+            Some("observers cannot write on the board")
+        } else if self.is_pushed_back(member_id) {
+            Some("the presenter does not write during reflection")
+        } else if self.board_locked && member.role != Role::Leader {
+            Some("a leader has locked the board")
+        } else {
+            None
+        }
+    }
+}
+
+impl Meeting {
+    /// A meeting that starts in the template's first phase at `now_ms`.
+    pub fn new(settings: MeetingSettings, now_ms: u64) -> Self {
+        Self::from_shared(Shared::new(settings, now_ms), 1)
+    }
+
+    /// This node's view of a meeting whose shared state is `shared` at `version`.
+    pub fn from_shared(shared: Shared, version: u64) -> Self {
+        Meeting { shared, version, connections: BTreeMap::new() }
+    }
+
+    /// The shared state.
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// The version of the installed shared state.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Registers a connection that passed the link check. It joins as a member with its first
+    /// message: `hello` (possibly resuming) or, for a stock Yjs client, its first binary frame.
+    pub fn connect(&mut self, conn: ConnId, link_role: Role, name: String) {
+        self.connections.insert(conn, Connection { link_role, name, member: None, hello: false });
+    }
+
+    /// Whether `conn` is registered and has not been removed.
+    pub fn is_connected(&self, conn: ConnId) -> bool {
+        self.connections.contains_key(&conn)
+    }
+
+    /// Whether `conn` speaks for a member already.
+    pub fn is_bound(&self, conn: ConnId) -> bool {
+        self.connections.get(&conn).is_some_and(|c| c.member.is_some())
+    }
+
+    /// Plans binding a connection to a member: the one `resume` names, or a new one. Called
+    /// with the connection's first message, and again when a bound connection says `hello`.
+    pub fn plan_bind(&self, conn: ConnId, hello: bool, resume: Option<&str>) -> Plan {
+        let Some(connection) = self.connections.get(&conn) else { return Plan::default() };
+        if let Some(member) = &connection.member {
+            if hello && !connection.hello {
+                // Recorded at install time; nothing shared changes.
+                return Plan {
+                    binding: Some(Binding { conn, member: member.clone(), hello }),
+                    ..Plan::default()
+                };
+            }
+            return Plan::default();
+        }
+        let resumed = resume.and_then(|token| self.shared.member_by_resume(token));
+        if resumed.is_none() && self.shared.members.len() >= self.shared.max_members {
+            let reason = "the room is full";
+            return Plan { immediate: vec![Output::Close { conn, code: close::ROOM_FULL, reason }], ..Plan::default() };
+        }
+        let mut next = self.shared.clone();
+        let member = match resume.and_then(|token| next.member_by_resume(token)) {
+            Some(id) => {
+                next.members.get_mut(&id).expect("found above").dropped_at_ms = None;
+                id
+            }
+            None => next.add_member(connection.link_role, &connection.name),
+        };
+        // Someone is here: an empty meeting's countdown starts over.
+        next.empty_since_ms = None;
+        Plan { next: Some(next), binding: Some(Binding { conn, member, hello }), immediate: Vec::new() }
+    }
+
+    /// Plans a room-protocol message from `conn`.
+    pub fn plan_command(&self, conn: ConnId, message: ClientMessage, now_ms: u64) -> Plan {
+        if let ClientMessage::Hello { resume } = &message {
+            return self.plan_bind(conn, true, resume.as_deref());
+        }
+        let member_id = match self.connections.get(&conn) {
+            Some(Connection { member: Some(id), hello: true, .. })
+                if self.shared.members.get(id).is_some_and(|m| m.admitted) =>
+            {
+                id
+            }
+            // Text frames go only to connections that said hello: a command before it closes
+            // the connection, as any other text frame would.
+            Some(Connection { hello: false, .. }) => {
+                let reason = "expected a hello message";
+                return Plan { immediate: vec![Output::Close { conn, code: close::INVALID_TEXT, reason }], ..Plan::default() };
+            }
+            Some(_) => return Plan::refused(conn, (ErrorCode::NotInRoom, "wait for a leader to admit you")),
+            None => return Plan::default(),
+        };
+        if let ClientMessage::GrantFloor { if_version: Some(seen), .. } | ClientMessage::NextSpeaker { if_version: Some(seen) } =
+            &message
+        {
+            if self.shared.floor_version > *seen {
+                return Plan::refused(conn, (ErrorCode::Conflict, "the floor changed since you looked; nothing was done"));
+            }
+        }
+        let mut next = self.shared.clone();
+        match next.command(member_id, message, now_ms) {
+            Ok(true) => {
+                if next.floor != self.shared.floor {
+                    next.floor_version = self.version + 1;
+                }
+                Plan { next: Some(next), ..Plan::default() }
+            }
+            Ok(false) => Plan::default(),
+            Err(refusal) => Plan::refused(conn, refusal),
+        }
+    }
+
+    /// Plans the end of the meeting, for `reason` (`ended_by_leader`, `deleted`, ...).
+    pub fn plan_end(&self, reason: &str) -> Plan {
+        let mut next = self.shared.clone();
+        if next.end(reason) {
+            Plan { next: Some(next), ..Plan::default() }
+        } else {
+            Plan::default()
+        }
+    }
+
+    /// Forgets a closed connection. Returns the member it spoke for if that member has no
+    /// other connection on this node.
+    pub fn forget(&mut self, conn: ConnId) -> Option<String> {
+        let member = self.connections.remove(&conn)?.member?;
+        (!self.connections.values().any(|c| c.member.as_deref() == Some(&member))).then_some(member)
+    }
+
+    /// Plans the timers up to `now_ms`. `elsewhere` says whether a member is connected on
+    /// another node.
+    pub fn plan_tick(&self, now_ms: u64, elsewhere: impl Fn(&str) -> bool) -> Plan {
+        let mut next = self.shared.clone();
+        let local = |id: &str| self.connections.values().any(|c| c.member.as_deref() == Some(id));
+        if next.tick(now_ms, |id| local(id) || elsewhere(id)) {
+            Plan { next: Some(next), ..Plan::default() }
+        } else {
+            Plan::default()
+        }
+    }
+
+    /// Installs a shared state written at `version` (by this node or another) and the binding
+    /// it was planned with, and returns what this node's connections must be told.
+    pub fn install(&mut self, version: u64, next: Option<Shared>, binding: Option<Binding>) -> Vec<Output> {
+        let mut out = Vec::new();
+        let old = match next {
+            Some(next) if version > self.version => {
+                self.version = version;
+                Some(std::mem::replace(&mut self.shared, next))
+            }
+            _ => None,
+        };
+        if let Some(Binding { conn, member, hello }) = binding {
+            if let Some(connection) = self.connections.get_mut(&conn) {
+                let newly_bound = connection.member.is_none();
+                connection.member = Some(member.clone());
+                connection.hello |= hello;
+                if hello {
+                    out.extend(self.introduction(conn, &member));
+                }
+                if newly_bound && self.shared.members.get(&member).is_some_and(|m| m.admitted) {
+                    out.push(Output::Greet { conn, full: false });
+                }
+            }
+        }
+        if let Some(old) = old {
+            out.extend(self.reconcile(&old));
+        }
+        out
+    }
+
+    /// What this node's connections must be told about the change from `old` to the current
+    /// shared state.
+    fn reconcile(&mut self, old: &Shared) -> Vec<Output> {
+        let mut out = Vec::new();
+        if let Some(reason) = &self.shared.ended {
+            if old.ended.is_none() {
+                out.push(Output::End { reason: reason.clone() });
+            }
+            return out;
+        }
+        // Removals by a leader close the member's connections here.
+        let removed: Vec<(ConnId, Removal)> = self
+            .connections
+            .iter()
+            .filter_map(|(&conn, c)| Some((conn, *self.shared.removed.get(c.member.as_ref()?)?)))
+            .collect();
+        for (conn, removal) in removed {
+            self.connections.remove(&conn);
+            out.push(Output::Close { conn, code: close::KICKED, reason: removal.reason() });
+        }
+        // Admissions let the member's connections in.
+        let admitted: Vec<(ConnId, String)> = self
+            .connections
+            .iter()
+            .filter_map(|(&conn, c)| {
+                let id = c.member.as_ref()?;
+                let now_in = self.shared.members.get(id).is_some_and(|m| m.admitted);
+                let was_in = old.members.get(id).is_some_and(|m| m.admitted);
+                (now_in && !was_in).then(|| (conn, id.clone()))
+            })
+            .collect();
+        for (conn, member) in admitted {
+            out.extend(self.introduction(conn, &member));
+            out.push(Output::Greet { conn, full: true });
+        }
+        // A speaking limit passed.
+        if let Some(turn) = &self.shared.floor {
+            let already = old.floor.as_ref().is_some_and(|t| t.seq == turn.seq && t.time_up_sent && t.limit_secs == turn.limit_secs);
+            if let (Some(limit), true, false) = (turn.limit_secs, turn.time_up_sent, already) {
+                let event = ServerMessage::TimeUp { member: turn.member.clone(), limit_secs: limit };
+                out.push(Output::Send(self.audience(|_| true), event));
+            }
+        }
+        out.extend(self.snapshots());
+        out
+    }
+
+    /// `welcome` for an admitted member, `waiting` for one in the lobby, sent only to a
+    /// connection that said hello.
+    fn introduction(&self, conn: ConnId, member_id: &str) -> Option<Output> {
+        if !self.connections.get(&conn).is_some_and(|c| c.hello) {
+            return None;
+        }
+        let member = self.shared.members.get(member_id)?;
+        let message = if member.admitted {
+            ServerMessage::Welcome {
+                member_id: member_id.to_owned(),
+                role: member.role,
+                resume_token: member.resume_token.clone(),
+                state: self.shared.state(self.version, member.role == Role::Leader),
+            }
+        } else {
+            ServerMessage::Waiting { member_id: member_id.to_owned(), resume_token: member.resume_token.clone() }
+        };
+        Some(Output::Send(Audience::one(conn), message))
+    }
+
+    /// The current state, for leaders and for everyone else on this node.
+    fn snapshots(&self) -> Vec<Output> {
+        let mut out = Vec::with_capacity(2);
+        let leaders = self.audience(|r| r == Role::Leader);
+        if !leaders.is_empty() {
+            let state = self.shared.state(self.version, true);
+            out.push(Output::Send(leaders, ServerMessage::State { state }));
+        }
+        let others = self.audience(|r| r != Role::Leader);
+        if !others.is_empty() {
+            let state = self.shared.state(self.version, false);
+            out.push(Output::Send(others, ServerMessage::State { state }));
+        }
+        out
+    }
+
+    /// Admitted connections that said hello and match `filter` on their member's role.
+    fn audience(&self, filter: impl Fn(Role) -> bool) -> Audience {
+        Audience::of(
+            self.connections
+                .iter()
+                .filter(|(_, c)| c.hello)
+                .filter_map(|(&id, c)| {
+                    let member = self.shared.members.get(c.member.as_ref()?)?;
+                    (member.admitted && filter(member.role)).then_some(id)
+                })
+                .collect(),
+        )
+    }
+
+    /// Applies a plan at once, as a single node with no other writer does.
+    fn apply_locally(&mut self, plan: Plan) -> Vec<Output> {
+        let mut out = plan.immediate;
+        let version = if plan.next.is_some() { self.version + 1 } else { self.version };
+        out.extend(self.install(version, plan.next, plan.binding));
+        out
+    }
+
+    /// Binds a connection and applies the change at once (one node, no concurrent writer).
+    pub fn bind(&mut self, conn: ConnId, hello: bool, resume: Option<&str>) -> Vec<Output> {
+        let plan = self.plan_bind(conn, hello, resume);
+        self.apply_locally(plan)
+    }
+
+    /// Handles a room-protocol message and applies the change at once.
+    pub fn handle(&mut self, conn: ConnId, message: ClientMessage, now_ms: u64) -> Vec<Output> {
+        let plan = self.plan_command(conn, message, now_ms);
+        self.apply_locally(plan)
+    }
+
+    /// A connection closed; applies the change at once. The member keeps everything for the
+    /// grace period once their last connection is gone.
+    pub fn disconnect(&mut self, conn: ConnId, now_ms: u64) -> Vec<Output> {
+        if self.forget(conn).is_none() {
+            return Vec::new();
+        }
+        let plan = self.plan_tick(now_ms, |_| false);
+        self.apply_locally(plan)
+    }
+
+    /// Advances timers to `now_ms` and applies the change at once.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<Output> {
+        let plan = self.plan_tick(now_ms, |_| false);
+        self.apply_locally(plan)
+    }
+
+    /// Whether `conn` may change the board now, and if not, why.
+    pub fn can_write(&self, conn: ConnId) -> Result<(), &'static str> {
+        let member_id = self
+            .connections
+            .get(&conn)
+            .and_then(|c| c.member.as_deref())
+            .ok_or("join the room before writing")?;
+        match self.shared.write_refusal(member_id) {
+            Some(reason) => Err(reason),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether `conn` may see the board.
+    pub fn can_read(&self, conn: ConnId) -> bool {
+        self.connections
+            .get(&conn)
+            .and_then(|c| c.member.as_ref())
+            .is_some_and(|id| self.shared.members.get(id).is_some_and(|m| m.admitted))
+    }
+
+    /// Whether `conn` opened the room protocol.
+    pub fn said_hello(&self, conn: ConnId) -> bool {
+        self.connections.get(&conn).is_some_and(|c| c.hello)
+    }
+
+    /// Connections that may see the board.
+    pub fn board_audience(&self) -> Audience {
+        Audience::of(self.connections.keys().copied().filter(|&c| self.can_read(c)).collect())
+    }
+
+    /// Every registered connection that opened the room protocol.
+    pub fn everyone_with_hello(&self) -> Vec<ConnId> {
+        self.connections.iter().filter(|(_, c)| c.hello).map(|(&id, _)| id).collect()
+    }
+
+    /// Every registered connection.
+    pub fn everyone(&self) -> Audience {
+        Audience::of(self.connections.keys().copied().collect())
+    }
+
+    /// Members with a connection on this node.
+    pub fn local_members(&self) -> Vec<String> {
+        let mut members: Vec<String> = self.connections.values().filter_map(|c| c.member.clone()).collect();
+        members.sort();
+        members.dedup();
+        members
+    }
+
+    /// The room state as a leader (`for_leader`) or anyone else sees it.
+    pub fn state(&self, for_leader: bool) -> RoomState {
+        self.shared.state(self.version, for_leader)
+    }
+
+    /// The member id a connection speaks for.
+    pub fn member_of(&self, conn: ConnId) -> Option<&str> {
+        self.connections.get(&conn)?.member.as_deref()
+    }
+
+    /// Whether no connection of this node is registered.
+    pub fn has_no_connections(&self) -> bool {
+        self.connections.is_empty()
+    }
+}
+
+fn refuse(conn: ConnId, (code, message): Refusal) -> Output {
+    Output::Send(Audience::one(conn), ServerMessage::Error { code, message: message.to_owned() })
+}
+
+fn default_max_members() -> usize {
+    crate::limits::MAX_MEMBERS
+}
+
+fn random_string(len: usize) -> String {
+    Alphanumeric.sample_string(&mut rand::thread_rng(), len)
+}
+
+#[cfg(test)]
+#[path = "meeting_tests.rs"]
+mod tests;
+#[cfg(test)]
+#[path = "meeting_props.rs"]
+mod props;

@@ -1,0 +1,338 @@
+// A whole Balint session in headless Chromium: a leader and two members, each in their own
+// browser context, against a running balint-room at BASE_URL.
+//
+//   node session.mjs BASE_URL [SCREENSHOT_DIR]
+//
+// Run by the Rust test tests/tests/browser.rs, which starts the server. Exits 0 when every step
+// passed; otherwise prints the failed step and exits 1. A screenshot of every page at every step
+// goes to SCREENSHOT_DIR (default: target/browser-screenshots). Every wait has a deadline; no
+// request may leave the loopback interface.
+
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const base = process.argv[2];
+const shotDir = process.argv[3] || path.join(here, '..', '..', 'target', 'browser-screenshots');
+const chromiumPath = process.env.BALINT_CHROMIUM || '/usr/bin/chromium';
+const TIMEOUT = 10_000;
+
+if (!base || !/^http:\/\/(127\.0\.0\.1|localhost|\[::1\]):\d+$/.test(base)) {
+  console.error('usage: node session.mjs http://127.0.0.1:PORT [screenshot-dir] (loopback only)');
+  process.exit(2);
+}
+
+const pages = {};
+const problems = [];
+let step = 'launch';
+
+function check(condition, message) {
+  if (!condition) throw new Error(message);
+}
+
+/** Waits until `fn(arg)` is truthy in the page, failing with `what` after the deadline. */
+async function waitIn(page, what, fn, arg) {
+  try {
+    await page.waitForFunction(fn, arg, { timeout: TIMEOUT, polling: 50 });
+  } catch (error) {
+    throw new Error(`${what}: not true within ${TIMEOUT} ms (${error.message.split('\n')[0]})`);
+  }
+}
+
+async function shoot(name) {
+  for (const [who, page] of Object.entries(pages)) {
+    if (page.url() === 'about:blank') continue;
+    await page.screenshot({ path: path.join(shotDir, `${name}-${who}.png`), fullPage: true });
+  }
+}
+
+/** The names in the hand queue, as a page shows them. */
+function queueOf(page) {
+  return page.$$eval('#queue li .name', (items) => items.map((li) => li.textContent.replace(/ \(you\)$/, '')));
+}
+
+async function sameQueueEverywhere(expected) {
+  for (const [who, page] of Object.entries(pages)) {
+    await waitIn(page, `${who} sees the queue ${JSON.stringify(expected)}`, (names) => {
+      const shown = [...document.querySelectorAll('#queue li .name')]
+        .map((li) => li.textContent.replace(/ \(you\)$/, ''));
+      return JSON.stringify(shown) === JSON.stringify(names);
+    }, expected);
+    check(JSON.stringify(await queueOf(page)) === JSON.stringify(expected), `${who}'s queue`);
+  }
+}
+
+async function join(page, url, name) {
+  if (url) await page.goto(url);
+  await page.getByLabel('Your name').fill(name);
+  await page.getByRole('button', { name: 'Join' }).click();
+  await waitIn(page, `${name} is in the room`, () => {
+    const room = document.getElementById('room');
+    return room && !room.hidden && document.getElementById('connection').textContent === 'Connected';
+  });
+}
+
+/** What the page keeps: storage, IndexedDB, the DOM's board and the wasm client's board. */
+function leftovers(page) {
+  return page.evaluate(async () => {
+    const { roomClient } = await import('/assets/room.js');
+    const client = roomClient();
+    const databases = indexedDB.databases ? await indexedDB.databases() : [];
+    return {
+      localStorage: localStorage.length,
+      sessionStorage: sessionStorage.length,
+      indexedDB: databases.length,
+      boardInDom: Boolean(document.getElementById('board') || document.getElementById('notes')
+        || document.querySelector('.obs')),
+      clientBoardEmpty: client ? client.boardIsEmpty() : true,
+      clientNotes: client ? client.notes() : '',
+      clientCards: client ? client.cards().length : 0,
+      clientState: client ? client.state() : null,
+    };
+  });
+}
+
+const browser = await chromium.launch({
+  executablePath: chromiumPath,
+  args: [
+    '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync',
+  ],
+});
+
+try {
+  // A laptop for the leader, a tablet in portrait for Ann, a small laptop for Ben.
+  const viewports = {
+    leader: { width: 1366, height: 900 },
+    ann: { width: 834, height: 1194 },
+    ben: { width: 1280, height: 800 },
+  };
+  for (const [who, viewport] of Object.entries(viewports)) {
+    const context = await browser.newContext({ viewport });
+    context.setDefaultTimeout(TIMEOUT);
+    await context.route('**/*', (route) => {
+      const host = new URL(route.request().url()).hostname;
+      if (['127.0.0.1', 'localhost', '[::1]'].includes(host)) return route.continue();
+      problems.push(`${who}: a request left loopback: ${route.request().url()}`);
+      return route.abort();
+    });
+    const page = await context.newPage();
+    page.on('pageerror', (error) => problems.push(`${who}: uncaught error in the page: ${error.message}`));
+    pages[who] = page;
+  }
+  const { leader, ann, ben } = pages;
+  await mkdir(shotDir, { recursive: true });
+
+  // 1. The leader creates a room on the front page and gets the links.
+  step = 'create a room on /';
+  await leader.goto(`${base}/`);
+  await leader.getByLabel('Title').fill('Tuesday group');
+  check(await leader.getByLabel(/Ephemeral/).isChecked(), 'ephemeral is the default');
+  check(await leader.getByLabel(/Balint session/).isChecked(), 'the Balint template is the default');
+  await leader.getByRole('button', { name: 'Create the room' }).click();
+  await waitIn(leader, 'the links are shown', () => !document.getElementById('created').hidden);
+  const leaderLink = await leader.getByLabel(/^Leader link/).inputValue();
+  const inviteLink = await leader.getByLabel(/^Invite link/).inputValue();
+  check(leaderLink.startsWith(`${base}/r/`) && leaderLink.includes('#t='), `leader link: ${leaderLink}`);
+  check(inviteLink.startsWith(`${base}/r/`) && inviteLink.includes('#t='), `invite link: ${inviteLink}`);
+  check(leaderLink !== inviteLink, 'two different links');
+  await shoot('01-created');
+
+  // 2. Everyone joins through their link.
+  step = 'join through both links';
+  await leader.getByRole('link', { name: 'Open the room as leader' }).click();
+  await join(leader, null, 'Lea');
+  await join(ann, inviteLink, 'Ann');
+  await join(ben, inviteLink, 'Ben');
+  for (const [who, page] of Object.entries(pages)) {
+    await waitIn(page, `${who} sees three people`, () => document.querySelectorAll('#members li').length === 3);
+    check((await page.textContent('#room-title')) === 'Tuesday group', `${who} sees the title`);
+    const notice = await page.textContent('#ephemeral-notice');
+    check(/screenshots/.test(notice) && /copying/.test(notice), `${who} is told what ephemeral cannot prevent`);
+  }
+  check(await leader.isVisible('#leader-panel'), 'the leader has the leader panel');
+  check(!(await ann.isVisible('#leader-panel')), 'a member has no leader panel');
+  await shoot('02-joined');
+
+  // 3. A member types in the notes; the leader sees it. A card travels too.
+  step = 'a member writes in the notes';
+  const typed = 'Dr K. dreads the Monday visits. ';
+  await ann.getByLabel('Running notes').click();
+  await ann.keyboard.type(typed);
+  for (const who of ['leader', 'ben']) {
+    await waitIn(pages[who], `${who} sees Ann's notes`, (text) => document.getElementById('notes').value === text, typed);
+  }
+  // The leader types at the start while Ann keeps typing at her caret: both edits survive and
+  // Ann's caret stays with her text.
+  await leader.getByLabel('Running notes').focus();
+  await leader.evaluate(() => document.getElementById('notes').setSelectionRange(0, 0));
+  await leader.keyboard.type('Case 1: ');
+  await ann.keyboard.type('She feels guilty.');
+  const expectedNotes = `Case 1: ${typed}She feels guilty.`;
+  for (const [who, page] of Object.entries(pages)) {
+    await waitIn(page, `${who} has both edits`, (text) => document.getElementById('notes').value === text, expectedNotes);
+  }
+  const annCaret = await ann.evaluate(() => document.getElementById('notes').selectionEnd);
+  check(annCaret === expectedNotes.length, `Ann's caret stayed at the end of her text (at ${annCaret})`);
+
+  await ann.getByLabel('New observation').fill('I felt tired just listening.');
+  await ann.getByRole('button', { name: 'Add observation' }).click();
+  for (const [who, page] of Object.entries(pages)) {
+    await waitIn(page, `${who} sees the observation card`, () => {
+      const card = document.querySelector('#cards .obs');
+      return card && card.querySelector('textarea').value === 'I felt tired just listening.'
+        && /Ann · Gathering/.test(card.querySelector('.obs-head').textContent);
+    });
+  }
+  await shoot('03-notes');
+
+  // 4. Hands go up; everyone sees the same queue, and each their own place.
+  step = 'raise hands';
+  await ann.getByRole('button', { name: 'Raise hand' }).click();
+  await sameQueueEverywhere(['Ann']);
+  // Ben uses the keyboard only.
+  await ben.getByRole('button', { name: 'Raise hand' }).focus();
+  await ben.keyboard.press('Enter');
+  await sameQueueEverywhere(['Ann', 'Ben']);
+  await waitIn(ben, 'Ben is told he is 2nd', () => /you are 2nd/.test(document.getElementById('my-position').textContent));
+  await waitIn(ann, 'Ann is told she is 1st', () => /you are 1st/.test(document.getElementById('my-position').textContent));
+  await shoot('04-hands');
+
+  // A reload (or a dropped connection) rejoins as the same member, hand still up.
+  step = 'reload and resume';
+  const benBefore = await ben.evaluate(async () => (await import('/assets/room.js')).roomClient().memberId());
+  await ben.reload();
+  await waitIn(ben, 'Ben is back without the join form', () => {
+    const room = document.getElementById('room');
+    return room && !room.hidden && document.getElementById('connection').textContent === 'Connected';
+  });
+  const benAfter = await ben.evaluate(async () => (await import('/assets/room.js')).roomClient().memberId());
+  check(benBefore && benBefore === benAfter, `Ben resumed as the same member (${benBefore} → ${benAfter})`);
+  await sameQueueEverywhere(['Ann', 'Ben']);
+  await waitIn(ben, 'Ben is still 2nd', () => /you are 2nd/.test(document.getElementById('my-position').textContent));
+  await waitIn(ben, 'Ben has the board again', (text) => document.getElementById('notes').value === text, expectedNotes);
+  for (const [who, page] of Object.entries(pages)) {
+    await waitIn(page, `${who} still sees three people`, () => document.querySelectorAll('#members li').length === 3);
+  }
+
+  // 5. The leader gives the floor with "Next speaker".
+  step = 'next speaker';
+  await leader.getByRole('button', { name: 'Next speaker' }).click();
+  await sameQueueEverywhere(['Ben']);
+  for (const [who, page] of Object.entries(pages)) {
+    const expected = who === 'ann' ? 'You have the floor.' : 'Ann has the floor.';
+    await waitIn(page, `${who} sees Ann on the floor`, (text) => document.getElementById('floor-holder').textContent === text, expected);
+    await waitIn(page, `${who} sees the speaking timer`, () => /Speaking for \d+:\d\d/.test(document.getElementById('floor-timer').textContent));
+  }
+  await waitIn(ben, 'Ben is now 1st', () => /you are 1st/.test(document.getElementById('my-position').textContent));
+  await shoot('05-floor');
+
+  // 6. Ben presents; in reflection he is outside the circle and his editor is read-only.
+  step = 'reflection';
+  await leader.getByLabel('Presenter').selectOption({ label: 'Ben' });
+  await waitIn(leader, 'Ben is the presenter', () => /presenter/.test(
+    [...document.querySelectorAll('#members li')].find((li) => li.querySelector('.name').textContent === 'Ben')
+      ?.querySelector('.badges').textContent || ''));
+  await leader.getByRole('button', { name: 'Reflection' }).click();
+  for (const [who, page] of Object.entries(pages)) {
+    await waitIn(page, `${who} sees the reflection banner`, () => {
+      const banner = document.getElementById('reflection-banner');
+      return !banner.hidden && banner.textContent.startsWith('Presenter is outside the circle');
+    });
+    await waitIn(page, `${who} sees the phase`, () => document.getElementById('phase-name').textContent === 'Reflection');
+  }
+  await waitIn(ben, "the presenter's notes are read-only", () => document.getElementById('notes').readOnly);
+  await waitIn(ben, "the presenter's cards are read-only", () => document.querySelector('#cards .obs textarea').readOnly
+    && document.getElementById('new-card').readOnly);
+  check(await ben.getByRole('button', { name: 'Raise hand' }).isDisabled(), 'the presenter cannot raise a hand');
+  check(!(await ann.evaluate(() => document.getElementById('notes').readOnly)), 'a member still writes');
+  // Ben tries to type anyway: nothing changes, here or anywhere.
+  await ben.getByLabel('Running notes').click();
+  await ben.keyboard.type('not allowed');
+  check((await ben.inputValue('#notes')) === expectedNotes, 'the read-only editor did not change');
+  await leader.getByLabel('Running notes').click();
+  await leader.keyboard.press('End');
+  await leader.keyboard.type(' Group: anger?');
+  await waitIn(ben, 'the presenter still reads the board', (text) => document.getElementById('notes').value === text,
+    `${expectedNotes} Group: anger?`);
+  check(!(await ann.inputValue('#notes')).includes('not allowed'), "the presenter's keystrokes went nowhere");
+  await waitIn(leader, 'the leader sees Ben outside the circle', () => /outside the circle/.test(
+    [...document.querySelectorAll('#members li')].find((li) => li.querySelector('.name').textContent === 'Ben')
+      ?.querySelector('.badges').textContent || ''));
+  await shoot('06-reflection');
+
+  // The lobby: with it on, a newcomer waits, sees nothing of the board, and comes in when let in.
+  step = 'lobby';
+  await leader.getByLabel(/Lobby: let newcomers in/).check();
+  const dora = await ann.context().newPage();
+  dora.on('pageerror', (error) => problems.push(`dora: uncaught error in the page: ${error.message}`));
+  await dora.goto(inviteLink);
+  await dora.getByLabel('Your name').fill('Dora');
+  await dora.getByRole('button', { name: 'Join' }).click();
+  await waitIn(dora, 'Dora waits in the lobby', () => !document.getElementById('waiting-screen').hidden);
+  check((await dora.inputValue('#notes')) === '', 'nothing of the board reaches the lobby');
+  await waitIn(leader, 'the leader sees Dora waiting', () => /Dora/.test(document.getElementById('waiting').textContent));
+  pages.dora = dora;
+  await shoot('07-lobby');
+  await leader.getByRole('button', { name: 'Let in Dora' }).click();
+  await waitIn(dora, 'Dora is let in and gets the board', (text) => {
+    const room = document.getElementById('room');
+    return room && !room.hidden && document.getElementById('notes').value === text;
+  }, `${expectedNotes} Group: anger?`);
+  for (const [who, page] of Object.entries(pages)) {
+    await waitIn(page, `${who} sees four people`, () => document.querySelectorAll('#members li').length === 4);
+  }
+  await shoot('08-admitted');
+
+  // 7. End for all, with confirmation.
+  step = 'end for all';
+  await leader.getByRole('button', { name: /End the meeting for everyone/ }).click();
+  await waitIn(leader, 'the confirmation is shown', () => document.getElementById('end-dialog').open);
+  await shoot('09-confirm');
+  await leader.getByRole('button', { name: 'End the meeting', exact: true }).click();
+  for (const [who, page] of Object.entries(pages)) {
+    await waitIn(page, `${who} sees the ended screen`, () => {
+      const screen = document.getElementById('message-screen');
+      return !screen.hidden && document.getElementById('message-title').textContent === 'The meeting has ended'
+        && /discarded/.test(screen.textContent);
+    });
+    const left = await leftovers(page);
+    check(!left.boardInDom, `${who}: the board is gone from the DOM`);
+    check(left.clientBoardEmpty && left.clientNotes === '' && left.clientCards === 0 && left.clientState === null,
+      `${who}: the client wiped its board: ${JSON.stringify(left)}`);
+    check(left.localStorage === 0, `${who}: localStorage is empty`);
+    check(left.indexedDB === 0, `${who}: IndexedDB is empty`);
+    check(left.sessionStorage === 0, `${who}: the resume token is forgotten`);
+  }
+  await shoot('10-ended');
+
+  // 8. Opening the link again after the end says so, without a board.
+  step = 'reopen after the end';
+  await ann.goto('about:blank');
+  await ann.goto(inviteLink);
+  await ann.getByLabel('Your name').fill('Ann');
+  await ann.getByRole('button', { name: 'Join' }).click();
+  await waitIn(ann, 'a late visitor is told the meeting ended', () => {
+    const screen = document.getElementById('message-screen');
+    return !screen.hidden && document.getElementById('message-title').textContent === 'The meeting has ended';
+  });
+  await shoot('11-reopened');
+
+  check(problems.length === 0, problems.join('\n'));
+  console.log(JSON.stringify({ ok: true, screenshots: shotDir }));
+} catch (error) {
+  console.error(`FAILED at step "${step}": ${error.message}`);
+  for (const problem of problems) console.error(problem);
+  try {
+    await mkdir(shotDir, { recursive: true });
+    await shoot('failure');
+    console.error(`screenshots of the failure: ${shotDir}/failure-*.png`);
+  } catch {
+    // The browser may be gone; the message above is what matters.
+  }
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}

@@ -1,0 +1,259 @@
+//! Real processes for cluster tests: `balint-room` nodes and a `redis-server` of their own.
+//!
+//! Nodes are the real binary, so a test can kill one with SIGKILL. Each test starts its own
+//! Redis on a free port when it needs to restart it.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+
+/// The `balint-room` binary, built once per test run.
+pub fn server_binary() -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+            let status = Command::new(cargo)
+                .args(["build", "--quiet", "-p", "balint-server", "--bin", "balint-room"])
+                .status()
+                .map_err(|e| format!("cannot run cargo: {e}"))?;
+            if !status.success() {
+                return Err("building balint-room failed".to_owned());
+            }
+            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+            let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+            Ok(target.join("debug").join("balint-room"))
+        })
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// A `redis-server` owned by the test, on its own port, keeping nothing on disk.
+pub struct RedisProcess {
+    /// Its port.
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisProcess {
+    /// Starts a Redis on a free port and waits until it answers.
+    pub fn start() -> anyhow::Result<Self> {
+        let mut redis = RedisProcess { port: free_port(), child: None };
+        redis.restart()?;
+        Ok(redis)
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (its data goes with it).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port, empty.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("redis-server is needed for this test (scripts/test.sh installs it)")?;
+        self.child = Some(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        bail!("redis-server did not start")
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A `balint-room` node running as its own process.
+pub struct NodeProcess {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    child: Child,
+    /// Every log line the node wrote, for tests that look for leaks.
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl NodeProcess {
+    /// Starts a node with `args` (flags of `balint-room`) on a free port and waits until it
+    /// listens.
+    pub fn start(args: &[&str]) -> anyhow::Result<Self> {
+        let binary = server_binary()?;
+        let port = free_port();
+        let mut child = Command::new(binary)
+            .args(["--bind", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("piped");
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().expect("log lock").push(line);
+            }
+        });
+        let stdout = child.stdout.take().expect("piped");
+        let mut banner = String::new();
+        BufReader::new(stdout).read_line(&mut banner)?;
+        if !banner.contains("running on") {
+            let _ = child.kill();
+            bail!("node did not start: {:?}", logs.lock().expect("log lock"));
+        }
+        Ok(NodeProcess { addr: format!("127.0.0.1:{port}").parse()?, child, logs })
+    }
+
+    /// `http://ADDR`.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The WebSocket URL of a room.
+    pub fn ws_url(&self, room: &str, token: &str, name: &str) -> String {
+        format!("ws://{}/ws/{room}?token={token}&name={name}", self.addr)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: the node dies at once, with no chance to tidy up.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the process to exit.
+    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        Ok(self.child.wait()?)
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl crate::YClient {
+    /// Joins as a room-protocol client resuming `resume`, with a document that may hold edits
+    /// made while disconnected.
+    pub async fn join_resuming_with_doc(url: &str, resume: Option<&str>, doc: yrs::Doc) -> anyhow::Result<Self> {
+        let mut client = Self::open(url, doc).await?;
+        client.hello(resume).await?;
+        client.wait_until(|c| c.member_id().is_some()).await?;
+        client.send_step1().await?;
+        if client.is_admitted() {
+            client.wait_until(|c| c.synced).await?;
+        }
+        Ok(client)
+    }
+}
+
+impl crate::YClient {
+    /// Adds an observation card `{id, author, phase, body, created_ms}` to the board and sends
+    /// the update.
+    pub async fn add_card(&mut self, author: &str, phase: &str, body: &str) -> anyhow::Result<()> {
+        use yrs::{Array, Map, MapPrelim, ReadTxn, TextPrelim, Transact};
+        let observations = self.doc.get_or_insert_array("observations");
+        let before = self.doc.transact().state_vector();
+        {
+            let mut txn = self.doc.transact_mut();
+            let id = format!("card-{}", observations.len(&txn));
+            let card = observations.push_back(
+                &mut txn,
+                MapPrelim::from([
+                    ("id", yrs::Any::from(id)),
+                    ("author", yrs::Any::from(author)),
+                    ("phase", yrs::Any::from(phase)),
+                    ("created_ms", yrs::Any::from(0.0)),
+                ]),
+            );
+            card.insert(&mut txn, "body", TextPrelim::new(body));
+        }
+        let update = self.doc.transact().encode_state_as_update_v1(&before);
+        self.send_binary(balint_proto::sync::encode_update(&update).to_vec()).await
+    }
+}
+
+/// Whether the memory of process `pid` contains `needle`, read through `/proc/PID/maps` and
+/// `/proc/PID/mem`. Regions that cannot be read (guard pages, device mappings) are skipped.
+pub fn memory_contains(pid: u32, needle: &[u8]) -> anyhow::Result<bool> {
+    Ok(!memory_matches(pid, needle)?.is_empty())
+}
+
+/// Where `needle` is in the memory of process `pid`: the mapping line and a few bytes around
+/// each match, to say where content hides when a leak test fails.
+pub fn memory_matches(pid: u32, needle: &[u8]) -> anyhow::Result<Vec<String>> {
+    let mut found = Vec::new();
+    use std::io::{Read, Seek, SeekFrom};
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem"))?;
+    let finder = memchr::memmem::Finder::new(needle);
+    let mut buffer = Vec::new();
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else { continue };
+        if !perms.starts_with('r') || line.ends_with("[vvar]") || line.ends_with("[vsyscall]") {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else { continue };
+        let (start, end) = (u64::from_str_radix(start, 16)?, u64::from_str_radix(end, 16)?);
+        // Read in chunks that overlap by the needle's length.
+        let chunk = 8 << 20;
+        let mut at = start;
+        while at < end {
+            let len = ((end - at) as usize).min(chunk + needle.len());
+            buffer.resize(len, 0);
+            if mem.seek(SeekFrom::Start(at)).is_err() {
+                break;
+            }
+            let Ok(read) = mem.read(&mut buffer) else { break };
+            for index in finder.find_iter(&buffer[..read]) {
+                let from = index.saturating_sub(48);
+                let to = (index + needle.len() + 48).min(read);
+                found.push(format!("{line} @{:#x}: {:?}", at + index as u64, String::from_utf8_lossy(&buffer[from..to])));
+            }
+            if read == 0 {
+                break;
+            }
+            at += chunk as u64;
+        }
+    }
+    Ok(found)
+}

@@ -1,0 +1,86 @@
+//! The web UI in a real browser: headless Chromium, driven by `playwright-core` from Node
+//! (`tests/browser/session.mjs`), runs a whole session against a real server: a leader and two
+//! members in three browser contexts create a room on `/`, join through the links, write in the
+//! notes, raise hands, take the floor, go through reflection, and end the meeting for all.
+//!
+//! Needs `node`, `tests/browser/node_modules` (`npm ci`), Debian's `chromium` and the built wasm
+//! client in `web/assets/pkg`. `scripts/test.sh` provides all four. When one is missing this
+//! test fails with that advice rather than skipping. Screenshots of every step go to
+//! `target/browser-screenshots/`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use balint_e2e::TestServer;
+
+/// The whole session may take this long; each of its steps has its own 10 s deadline.
+const SESSION_DEADLINE: Duration = Duration::from_secs(180);
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+fn chromium() -> PathBuf {
+    std::env::var_os("BALINT_CHROMIUM").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
+}
+
+/// Fails the test, with the fix, when something the browser test needs is missing.
+fn require_browser_setup(root: &Path) {
+    let advice = "run `scripts/test.sh`, which builds the wasm client and installs Chromium and the npm packages";
+    match std::process::Command::new("node").arg("--version").output() {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => panic!("`node --version` failed ({}): {advice}", out.status),
+        Err(e) => panic!("`node` cannot be run ({e}): Node.js drives the browser test; {advice}"),
+    }
+    let playwright = root.join("tests/browser/node_modules/playwright-core");
+    assert!(playwright.is_dir(), "{} is missing: {advice}", playwright.display());
+    let chromium = chromium();
+    assert!(chromium.is_file(), "Chromium is missing at {} (or set BALINT_CHROMIUM): {advice}", chromium.display());
+    for file in ["balint_client.js", "balint_client_bg.wasm"] {
+        let built = root.join("web/assets/pkg").join(file);
+        assert!(
+            built.is_file(),
+            "the wasm client is not built ({} is missing): {advice}, or `client-wasm/build-web.sh`",
+            built.display()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_in_three_browsers() {
+    let root = repo_root();
+    require_browser_setup(&root);
+    let web = root.join("web");
+    let server = TestServer::start_with(|config| config.web_dir = web).await;
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let screenshots = target.join("browser-screenshots");
+
+    let node = tokio::process::Command::new("node")
+        .arg("session.mjs")
+        .arg(server.base())
+        .arg(&screenshots)
+        .current_dir(root.join("tests/browser"))
+        .env("BALINT_CHROMIUM", chromium())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn node");
+    let output = tokio::time::timeout(SESSION_DEADLINE, node.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("the browser session did not finish within {SESSION_DEADLINE:?}"))
+        .expect("node output");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the browser session failed ({}); screenshots in {}\nstdout: {stdout}\nstderr: {stderr}",
+        output.status,
+        screenshots.display()
+    );
+    assert!(stdout.contains(r#""ok":true"#), "unexpected report: {stdout}\nstderr: {stderr}");
+
+    server.stop().await;
+}
