@@ -92,13 +92,7 @@ pub async fn serve<S, E>(
             // cannot starve its own feed into a false "too slow".
             biased;
             () = shutdown.cancelled() => {
-                // What the client sent before the restart is still the room's: apply every
-                // frame already received before saying goodbye.
-                while let Some(Some(Ok(message))) = socket.next().now_or_never() {
-                    if session.handle(&mut socket, &room, message, &clock, &limits).await.is_some() {
-                        break;
-                    }
-                }
+                // Frames already received are applied before the goodbye (below).
                 break Some(closing(close::SERVICE_RESTART, "server restarting"));
             }
             outbound = feed.recv() => {
@@ -137,11 +131,21 @@ pub async fn serve<S, E>(
     };
 
     match close {
+        Some(frame) if frame.code == LOST => {
+            // The client is gone, but what it sent before it went is the room's: apply every
+            // frame already received.
+            info!(room = room.id(), conn = %conn, "connection lost");
+            apply_received(&mut socket, &mut session, &room, &clock, &limits).await;
+        }
         Some(frame) => {
             info!(room = room.id(), conn = %conn, code = frame.code, reason = frame.reason.as_str(), "closing");
-            // On a restart, what the client sent before it saw the close is still the room's:
-            // it is applied. Otherwise it is read and dropped.
-            let keep = frame.code == close::SERVICE_RESTART;
+            // Unless the client is closed for what it sent (a bad frame, a flood), what it
+            // sent before it saw the close is still the room's: it is applied. Otherwise it is
+            // read and dropped.
+            let keep = matches!(frame.code, close::SERVICE_RESTART | close::TOO_SLOW | 1000);
+            if keep {
+                apply_received(&mut socket, &mut session, &room, &clock, &limits).await;
+            }
             if write(&mut socket, Message::Close(Some(frame)), limits.write_timeout).await.is_ok() {
                 // Wait briefly for the client's own close frame, so that ours is not lost to a
                 // reset connection.
@@ -163,6 +167,27 @@ pub async fn serve<S, E>(
     }
     room.leave(conn, clock()).await;
     metrics.connection(-1);
+}
+
+/// Applies the frames that have already arrived from the client, without waiting for more,
+/// until one of them ends the connection.
+async fn apply_received<S, E>(
+    socket: &mut S,
+    session: &mut Session,
+    room: &Room,
+    clock: &impl Fn() -> u64,
+    limits: &ConnectionLimits,
+) where
+    S: Sink<Message, Error = E> + Stream<Item = Result<Message, E>> + Unpin,
+{
+    while let Some(Some(Ok(message))) = socket.next().now_or_never() {
+        match session.handle(socket, room, message, clock, limits).await {
+            // Replies cannot reach a client that is gone; its updates still count.
+            None => {}
+            Some(frame) if frame.code == LOST || frame.code == close::TOO_SLOW => {}
+            Some(_) => break,
+        }
+    }
 }
 
 struct Session {
@@ -249,8 +274,8 @@ impl Session {
                 Ok(outcome) => {
                     for frame in outcome.reply {
                         let len = frame.len();
-                        if write(socket, Message::Binary(frame), limits.write_timeout).await.is_err() {
-                            return Some(self.too_slow("client too slow"));
+                        if let Err(e) = write(socket, Message::Binary(frame), limits.write_timeout).await {
+                            return Some(e.ending(self, "client too slow"));
                         }
                         self.metrics.sent(len, None);
                     }
@@ -332,8 +357,8 @@ impl Session {
                     _ => 0,
                 };
                 let fed = tokio::time::timeout(limits.write_timeout, socket.feed(outbound.message)).await;
-                if !matches!(fed, Ok(Ok(()))) {
-                    return Some(self.too_slow("client too slow"));
+                if let Err(e) = written(fed) {
+                    return Some(e.ending(self, "client too slow"));
                 }
                 self.metrics.sent(len, Some(outbound.published.elapsed()));
                 batched += 1;
@@ -348,8 +373,10 @@ impl Session {
                 Err(TryRecvError::Closed) => return Some(closing(close::MEETING_ENDED, "this meeting has ended")),
             };
         }
-        if batched > 0 && !matches!(tokio::time::timeout(limits.write_timeout, socket.flush()).await, Ok(Ok(()))) {
-            return Some(self.too_slow("client too slow"));
+        if batched > 0 {
+            if let Err(e) = written(tokio::time::timeout(limits.write_timeout, socket.flush()).await) {
+                return Some(e.ending(self, "client too slow"));
+            }
         }
         None
     }
@@ -378,17 +405,153 @@ impl Session {
                 self.metrics.sent(len, None);
                 None
             }
-            Err(()) => Some(self.too_slow("client too slow")),
+            Err(e) => Some(e.ending(self, "client too slow")),
         }
     }
 }
 
-async fn write<S, E>(socket: &mut S, message: Message, timeout: Duration) -> Result<(), ()>
+/// Why a write did not go through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteError {
+    /// The socket blocked for longer than the write timeout: the client does not read.
+    Blocked,
+    /// The transport failed: the client is gone.
+    Gone,
+}
+
+impl WriteError {
+    /// The frame that ends the connection after this failure.
+    fn ending(self, session: &Session, reason: &'static str) -> CloseFrame {
+        match self {
+            WriteError::Blocked => session.too_slow(reason),
+            WriteError::Gone => connection_lost(),
+        }
+    }
+}
+
+async fn write<S, E>(socket: &mut S, message: Message, timeout: Duration) -> Result<(), WriteError>
 where
     S: Sink<Message, Error = E> + Unpin,
 {
     match tokio::time::timeout(timeout, socket.send(message)).await {
         Ok(Ok(())) => Ok(()),
-        _ => Err(()),
+        Ok(Err(_)) => Err(WriteError::Gone),
+        Err(_) => Err(WriteError::Blocked),
+    }
+}
+
+/// Whether a feed or flush finished in time, and if not, why.
+fn written<E>(result: Result<Result<(), E>, tokio::time::error::Elapsed>) -> Result<(), WriteError> {
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(WriteError::Gone),
+        Err(_) => Err(WriteError::Blocked),
+    }
+}
+
+/// Stands for "the transport failed": 1006 is reserved for exactly this and never goes on
+/// the wire, so no close frame is written for it.
+const LOST: u16 = 1006;
+
+fn connection_lost() -> CloseFrame {
+    closing(LOST, "connection lost")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use balint_proto::sync;
+    use yrs::{Doc, ReadTxn, StateVector, Text, Transact};
+
+    use super::*;
+    use crate::backend::embedded::Embedded;
+    use crate::backend::files::FileStore;
+    use crate::rooms::{Cluster, RoomOptions, RoomSettings, Rooms};
+
+    /// A client that sent `incoming` and is gone: every write fails.
+    struct Vanished {
+        incoming: VecDeque<Message>,
+    }
+
+    impl Stream for Vanished {
+        type Item = Result<Message, std::io::Error>;
+        fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            Poll::Ready(self.incoming.pop_front().map(Ok))
+        }
+    }
+
+    impl Sink<Message> for Vanished {
+        type Error = std::io::Error;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
+        }
+        fn start_send(self: Pin<&mut Self>, _: Message) -> Result<(), Self::Error> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
+        }
+    }
+
+    fn rooms(data: &std::path::Path) -> Rooms {
+        let embedded = Arc::new(Embedded::default());
+        Rooms::new(Cluster {
+            store: embedded.clone(),
+            presence: embedded.clone(),
+            bus: embedded,
+            boards: Arc::new(FileStore::new(data)),
+            metrics: Metrics::new(),
+            node: "test".into(),
+            options: RoomOptions {
+                outbound_queue: 64,
+                reconnect_grace: Duration::from_secs(120),
+                empty_grace: Duration::from_secs(600),
+                max_length: Duration::from_secs(3600),
+                max_members: 50,
+                max_board_bytes: 1 << 20,
+                max_rooms: 10,
+                idle_unload: Duration::from_secs(60),
+            },
+        })
+    }
+
+    #[tokio::test]
+    async fn what_a_vanished_client_sent_is_applied() {
+        let data = tempfile::tempdir().unwrap();
+        let rooms = rooms(data.path());
+        let settings = RoomSettings { title: None, ephemeral: true, template: Default::default(), lobby: false };
+        let room = rooms.create(settings).await.unwrap();
+
+        // The client's first frame asks for the board; the answer cannot be written, because
+        // the client is gone. The edit it sent right after must still count.
+        let doc = Doc::new();
+        let notes = doc.get_or_insert_text("notes");
+        notes.insert(&mut doc.transact_mut(), 0, "said before leaving");
+        let update = doc.transact().encode_state_as_update_v1(&StateVector::default());
+        let socket = Vanished {
+            incoming: VecDeque::from([
+                Message::Binary(sync::encode_step1(&StateVector::default())),
+                Message::Binary(sync::encode_update(&update)),
+            ]),
+        };
+        let limits = ConnectionLimits {
+            max_frame_bytes: 1 << 20,
+            write_timeout: Duration::from_secs(1),
+            messages_per_sec: 100,
+            bytes_per_sec: 1 << 20,
+        };
+        let participant = Participant { role: Role::Member, name: "ada".to_owned() };
+        let conn = rooms.next_conn_id();
+        serve(socket, room.clone(), conn, participant, crate::unix_now_ms, limits, Metrics::new(), CancellationToken::new())
+            .await;
+
+        let board = room.export_markdown();
+        assert!(board.contains("said before leaving"), "{board}");
     }
 }

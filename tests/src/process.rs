@@ -110,7 +110,7 @@ impl NodeProcess {
         let mut child = Command::new(binary)
             .args(["--bind", &format!("127.0.0.1:{port}")])
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", std::env::var("BALINT_TEST_LOG").unwrap_or_else(|_| "info".to_owned()))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
@@ -208,6 +208,12 @@ impl crate::YClient {
         }
         let update = self.doc.transact().encode_state_as_update_v1(&before);
         self.send_binary(balint_proto::sync::encode_update(&update).to_vec()).await
+    }
+
+    /// How many observation cards this client's board holds.
+    pub fn card_count(&self) -> u32 {
+        use yrs::{Array, Transact};
+        self.doc.get_or_insert_array("observations").len(&self.doc.transact())
     }
 }
 

@@ -141,3 +141,20 @@ async fn awareness_not_renewed_is_swept() {
     watcher.wait_until(|c| !c.awareness.contains_key(&quiet_id)).await.unwrap();
     quiet.close().await;
 }
+
+#[tokio::test]
+async fn what_a_member_sent_before_vanishing_is_kept() {
+    let server = TestServer::start().await;
+    let (_room, url) = room_and_url(&server).await;
+    let mut witness = YClient::connect(&url("lena")).await.unwrap();
+    for round in 0..10 {
+        // The member's connection drops without a close right after it typed, while the
+        // room has frames on their way to it (the witness's edit).
+        let mut member = YClient::connect(&url("ada")).await.unwrap();
+        member.type_text(&format!("<m{round}>")).await.unwrap();
+        member.drop_connection();
+        witness.type_text(&format!("<w{round}>")).await.unwrap();
+        let expected = format!("<m{round}>");
+        witness.wait_until(|c| c.notes().contains(&expected)).await.unwrap();
+    }
+}

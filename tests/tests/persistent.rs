@@ -62,6 +62,7 @@ async fn survives_restarts(redis: Option<&RedisProcess>, files_hold_board: bool)
     let mut node = start(data.path(), redis);
     let reader = YClient::join(&node.ws_url(&id, &invite, "ben")).await.unwrap();
     assert_eq!(reader.notes(), "first session. ");
+    assert_eq!(reader.card_count(), 1, "the card written just before the restart");
 
     // After a SIGKILL, at most the save window is lost: what was saved is there.
     let mut writer = reader;
