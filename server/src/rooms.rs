@@ -156,6 +156,10 @@ pub struct Room {
     /// from one reading is not gone yet: after a Redis restart, entries come back only with
     /// the next heartbeats.
     seen_elsewhere: Mutex<HashMap<String, u64>>,
+    /// Set when a presence reading failed: the store may lose entries while it is away.
+    presence_lost: AtomicBool,
+    /// Until when (ms) presence readings may still miss other nodes' members after an outage.
+    presence_settles_ms: AtomicU64,
 }
 
 impl Room {
@@ -177,6 +181,8 @@ impl Room {
             cluster,
             resync: AtomicBool::new(false),
             seen_elsewhere: Mutex::default(),
+            presence_lost: AtomicBool::new(false),
+            presence_settles_ms: AtomicU64::new(0),
         }
     }
 
@@ -430,8 +436,18 @@ impl Room {
         let live = match self.cluster.presence.live(&self.id, now_ms).await {
             Ok(live) => live,
             // Without presence, nobody is marked gone: skip this round.
-            Err(_) => return,
+            Err(_) => {
+                self.presence_lost.store(true, Ordering::Relaxed);
+                return;
+            }
         };
+        if self.presence_lost.swap(false, Ordering::Relaxed) {
+            self.settle_presence(now_ms);
+        }
+        // Right after an outage, the store may have lost other nodes' entries, and they come
+        // back only with those nodes' next heartbeats: until then, nobody present is marked
+        // gone (those already gone can still come back, and their grace still runs).
+        let settling = now_ms < self.presence_settles_ms.load(Ordering::Relaxed);
         let node_suffix = format!("@{}", self.cluster.node);
         let elsewhere: HashSet<String> = live
             .into_iter()
@@ -449,7 +465,10 @@ impl Room {
             seen.retain(|_, at| now_ms.saturating_sub(*at) < window);
             seen.keys().filter(|m| Some(m.as_str()) != leaving).cloned().collect()
         };
-        self.commit(None, false, |m| m.plan_tick(now_ms, |id| elsewhere.contains(id) || recently.contains(id))).await;
+        self.commit(None, false, |m| {
+            m.plan_tick(now_ms, |id| elsewhere.contains(id) || recently.contains(id) || (settling && m.shared().is_present(id)))
+        })
+        .await;
     }
 
     fn presence_entry(&self, member: &str) -> String {
@@ -548,9 +567,17 @@ impl Room {
         }
     }
 
+    /// Gives every node one heartbeat (and a tick) to re-announce its members before a
+    /// missing presence entry counts.
+    fn settle_presence(&self, now_ms: u64) {
+        let window = (limits::PRESENCE_HEARTBEAT + limits::TICK_INTERVAL).as_millis() as u64;
+        self.presence_settles_ms.fetch_max(now_ms + window, Ordering::Relaxed);
+    }
+
     /// Re-announces everything this node holds after the backend came back: the record,
     /// presence, and a catch-up request for the board.
     pub async fn rebuild(&self, now_ms: u64) {
+        self.settle_presence(now_ms);
         self.restore().await;
         let members = {
             let mut core = self.lock();
@@ -581,9 +608,12 @@ impl Room {
         self.lock().board.doc().transact().state_vector().encode_v1()
     }
 
-    /// Notes that a bus message may have been lost; the next tick resynchronizes.
+    /// Notes that a bus message may have been lost (a failed publish, a dropped connection to
+    /// the backend): the next tick resynchronizes, and the first presence reading after it
+    /// starts a settling window, since the backend may have lost other nodes' entries too.
     pub fn mark_resync(&self) {
         self.resync.store(true, Ordering::Relaxed);
+        self.presence_lost.store(true, Ordering::Relaxed);
     }
 
     /// Handles a message from another node.

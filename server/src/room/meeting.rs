@@ -296,6 +296,11 @@ impl Shared {
         self.ended.is_some()
     }
 
+    /// Whether `member` is in the room and not dropped (here, away or outside the circle).
+    pub fn is_present(&self, member: &str) -> bool {
+        self.members.get(member).is_some_and(|m| m.dropped_at_ms.is_none())
+    }
+
     /// Whether the meeting leaves nothing behind.
     pub fn is_ephemeral(&self) -> bool {
         self.ephemeral
