@@ -3,6 +3,10 @@
 //! A message is `[kind][node id length][node id][body]`. The node id lets a node skip its own
 //! messages, and lets a catch-up reply name the node that asked. Board updates and awareness
 //! are the y-sync payloads as they are; they cross Redis only inside these pub/sub messages.
+//!
+//! Envelopes queued together go as one batch: `[6][node id length][node id][count]` followed
+//! by each envelope's own `[kind][body]`, prefixed with its length (count and lengths are u32,
+//! big-endian). A batch of one is sent as the plain envelope.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -11,6 +15,7 @@ const AWARENESS: u8 = 2;
 const SYNC_REQUEST: u8 = 3;
 const SYNC_REPLY: u8 = 4;
 const STATE: u8 = 5;
+const BATCH: u8 = 6;
 
 /// What travels between nodes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,23 +49,61 @@ pub enum Envelope {
     },
 }
 
+impl Envelope {
+    /// The size of its body in bytes, as encoded.
+    pub fn len(&self) -> usize {
+        match self {
+            Envelope::Update(b) | Envelope::Awareness(b) => b.len(),
+            Envelope::SyncRequest { state_vector, .. } => state_vector.len() + 1,
+            Envelope::SyncReply { to, update } => to.len() + 1 + update.len(),
+            Envelope::State { record, .. } => record.len() + 8,
+        }
+    }
+
+    /// Whether its body is empty (it never is once encoded: there is always a kind).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn kind(&self) -> u8 {
+        match self {
+            Envelope::Update(_) => UPDATE,
+            Envelope::Awareness(_) => AWARENESS,
+            Envelope::SyncRequest { .. } => SYNC_REQUEST,
+            Envelope::SyncReply { .. } => SYNC_REPLY,
+            Envelope::State { .. } => STATE,
+        }
+    }
+}
+
 /// Encodes `envelope` as sent by `node`.
 pub fn encode(node: &str, envelope: &Envelope) -> Bytes {
-    let extra = match envelope {
-        Envelope::Update(b) | Envelope::Awareness(b) => b.len(),
-        Envelope::SyncRequest { state_vector, .. } => state_vector.len() + 1,
-        Envelope::SyncReply { to, update } => to.len() + 1 + update.len(),
-        Envelope::State { record, .. } => record.len() + 8,
-    };
-    let mut out = BytesMut::with_capacity(2 + node.len() + extra);
-    out.put_u8(match envelope {
-        Envelope::Update(_) => UPDATE,
-        Envelope::Awareness(_) => AWARENESS,
-        Envelope::SyncRequest { .. } => SYNC_REQUEST,
-        Envelope::SyncReply { .. } => SYNC_REPLY,
-        Envelope::State { .. } => STATE,
-    });
+    let mut out = BytesMut::with_capacity(2 + node.len() + envelope.len());
+    out.put_u8(envelope.kind());
     put_short(&mut out, node.as_bytes());
+    put_body(&mut out, envelope);
+    out.freeze()
+}
+
+/// Encodes `envelopes` (in order) as one bus message sent by `node`.
+pub fn encode_batch(node: &str, envelopes: &[Envelope]) -> Bytes {
+    if let [one] = envelopes {
+        return encode(node, one);
+    }
+    let size: usize = envelopes.iter().map(|e| 5 + e.len()).sum();
+    let mut out = BytesMut::with_capacity(6 + node.len() + size);
+    out.put_u8(BATCH);
+    put_short(&mut out, node.as_bytes());
+    out.put_u32(u32::try_from(envelopes.len()).unwrap_or(u32::MAX));
+    for envelope in envelopes {
+        out.put_u32(u32::try_from(1 + envelope.len()).unwrap_or(u32::MAX));
+        out.put_u8(envelope.kind());
+        put_body(&mut out, envelope);
+    }
+    out.freeze()
+}
+
+fn put_body(out: &mut BytesMut, envelope: &Envelope) {
     match envelope {
         Envelope::Update(b) | Envelope::Awareness(b) => out.put_slice(b),
         Envelope::SyncRequest { state_vector, mutual } => {
@@ -68,7 +111,7 @@ pub fn encode(node: &str, envelope: &Envelope) -> Bytes {
             out.put_slice(state_vector);
         }
         Envelope::SyncReply { to, update } => {
-            put_short(&mut out, to.as_bytes());
+            put_short(out, to.as_bytes());
             out.put_slice(update);
         }
         Envelope::State { version, record } => {
@@ -76,7 +119,6 @@ pub fn encode(node: &str, envelope: &Envelope) -> Bytes {
             out.put_slice(record);
         }
     }
-    out.freeze()
 }
 
 fn put_short(out: &mut BytesMut, bytes: &[u8]) {
@@ -95,14 +137,46 @@ fn take_short(payload: &mut Bytes) -> Option<String> {
     String::from_utf8(bytes[1..].to_vec()).ok()
 }
 
-/// Decodes a bus message into its sender and envelope; `None` for anything malformed.
-pub fn decode(mut payload: Bytes) -> Option<(String, Envelope)> {
+/// Decodes a bus message into its sender and envelopes, in order; `None` for anything
+/// malformed (a batch with one bad envelope is refused whole).
+pub fn decode(mut payload: Bytes) -> Option<(String, Vec<Envelope>)> {
     if payload.is_empty() {
         return None;
     }
     let kind = payload.split_to(1)[0];
     let node = take_short(&mut payload)?;
-    let envelope = match kind {
+    if kind != BATCH {
+        return Some((node, vec![body(kind, payload)?]));
+    }
+    if payload.len() < 4 {
+        return None;
+    }
+    let count = u32::from_be_bytes(payload.split_to(4)[..].try_into().ok()?) as usize;
+    // Each envelope takes at least five bytes: a bogus count cannot reserve much.
+    let mut envelopes = Vec::with_capacity(count.min(payload.len() / 5));
+    for _ in 0..count {
+        if payload.len() < 4 {
+            return None;
+        }
+        let len = u32::from_be_bytes(payload.split_to(4)[..].try_into().ok()?) as usize;
+        if len == 0 || payload.len() < len {
+            return None;
+        }
+        let mut item = payload.split_to(len);
+        let kind = item.split_to(1)[0];
+        if kind == BATCH {
+            return None;
+        }
+        envelopes.push(body(kind, item)?);
+    }
+    if !payload.is_empty() {
+        return None;
+    }
+    Some((node, envelopes))
+}
+
+fn body(kind: u8, mut payload: Bytes) -> Option<Envelope> {
+    Some(match kind {
         UPDATE => Envelope::Update(payload),
         AWARENESS => Envelope::Awareness(payload),
         SYNC_REQUEST => {
@@ -124,8 +198,7 @@ pub fn decode(mut payload: Bytes) -> Option<(String, Envelope)> {
             Envelope::State { version, record: payload }
         }
         _ => return None,
-    };
-    Some((node, envelope))
+    })
 }
 
 #[cfg(test)]
@@ -141,9 +214,28 @@ mod tests {
             Envelope::SyncReply { to: "n2".into(), update: Bytes::from_static(b"diff") },
             Envelope::State { version: 42, record: Bytes::from_static(b"{}") },
         ];
-        for envelope in cases {
-            assert_eq!(decode(encode("node1", &envelope)), Some(("node1".to_owned(), envelope)));
+        for envelope in cases.clone() {
+            assert_eq!(decode(encode("node1", &envelope)), Some(("node1".to_owned(), vec![envelope])));
         }
+        // Several at once go as one batch and come back in order.
+        let batch = encode_batch("node1", &cases);
+        assert_eq!(batch[0], BATCH);
+        assert_eq!(decode(batch), Some(("node1".to_owned(), cases.to_vec())));
+        // A batch of one is the plain envelope.
+        assert_eq!(encode_batch("node1", &cases[..1]), encode("node1", &cases[0]));
+    }
+
+    #[test]
+    fn a_damaged_batch_is_refused_whole() {
+        let cases = [Envelope::Update(Bytes::from_static(b"u1")), Envelope::Update(Bytes::from_static(b"u2"))];
+        let batch = encode_batch("n", &cases);
+        for cut in 1..batch.len() {
+            assert_eq!(decode(batch.slice(..cut)), None, "cut at {cut}");
+        }
+        let longer = [&batch[..], b"x"].concat();
+        assert_eq!(decode(Bytes::from(longer)), None, "trailing bytes");
+        let nested = [&[BATCH, 1, b'n', 0, 0, 0, 1, 0, 0, 0, 7][..], &[BATCH, 1, b'n', 0, 0, 0, 0][..]].concat();
+        assert_eq!(decode(Bytes::from(nested)), None, "no batch inside a batch");
     }
 
     #[test]

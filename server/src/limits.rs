@@ -78,3 +78,11 @@ pub const IDLE_UNLOAD: Duration = Duration::from_secs(60);
 /// Read buffer of each WebSocket: resident per connection, so small (larger frames still
 /// arrive, over several reads).
 pub const WS_READ_BUFFER_BYTES: usize = 8 * 1024;
+
+/// Envelopes a room may have waiting for the bus (Redis) before it stops queueing and
+/// resyncs instead. Internal tuning, not a setting.
+pub const BUS_QUEUE_MESSAGES: usize = 4096;
+/// The most envelopes one bus message carries.
+pub const BUS_BATCH_MESSAGES: usize = 256;
+/// A bus message takes no more envelopes once it holds this many bytes.
+pub const BUS_BATCH_BYTES: usize = 64 * 1024;

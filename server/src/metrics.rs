@@ -36,6 +36,8 @@ struct Inner {
     refusals: Family<Reason, Counter>,
     slow_client_closes: Counter,
     backend_errors: Counter,
+    bus_messages: Counter,
+    bus_envelopes: Counter,
 }
 
 impl Default for Metrics {
@@ -59,6 +61,8 @@ impl Metrics {
         let refusals = Family::<Reason, Counter>::default();
         let slow_client_closes = Counter::default();
         let backend_errors = Counter::default();
+        let bus_messages = Counter::default();
+        let bus_envelopes = Counter::default();
         registry.register("connections", "Open WebSocket connections", connections.clone());
         registry.register("rooms", "Rooms open on this node", rooms.clone());
         registry.register("messages_in", "WebSocket messages received", messages_in.clone());
@@ -73,6 +77,12 @@ impl Metrics {
         registry.register("refusals", "Refused frames, commands and requests, by reason", refusals.clone());
         registry.register("slow_client_closes", "Connections closed because they could not keep up", slow_client_closes.clone());
         registry.register("backend_errors", "Failed calls to the backend (Redis, the board store)", backend_errors.clone());
+        registry.register("bus_messages", "Messages published on the bus to other nodes", bus_messages.clone());
+        registry.register(
+            "bus_envelopes",
+            "Updates, awareness and catch-up messages published on the bus (several per message when batched)",
+            bus_envelopes.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -86,6 +96,8 @@ impl Metrics {
                 refusals,
                 slow_client_closes,
                 backend_errors,
+                bus_messages,
+                bus_envelopes,
             }),
         }
     }
@@ -131,6 +143,12 @@ impl Metrics {
     /// A connection was closed as too slow.
     pub fn slow_client_closed(&self) {
         self.inner.slow_client_closes.inc();
+    }
+
+    /// A bus message carrying `envelopes` was published.
+    pub fn bus_published(&self, envelopes: usize) {
+        self.inner.bus_messages.inc();
+        self.inner.bus_envelopes.inc_by(envelopes as u64);
     }
 
     /// A backend call failed.

@@ -31,7 +31,7 @@ use balint_proto::sync::{self, FrameError};
 use bytes::Bytes;
 use rand::distributions::{Alphanumeric, DistString};
 use serde::Serialize;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, info, warn};
 use yrs::updates::decoder::Decode;
 use yrs::StateVector;
@@ -160,11 +160,65 @@ pub struct Room {
     presence_lost: AtomicBool,
     /// Until when (ms) presence readings may still miss other nodes' members after an outage.
     presence_settles_ms: AtomicU64,
+    /// What this node has for the other nodes, on its way to the bus.
+    outbox: Outbox,
+}
+
+/// The queue in front of a room's publisher task ([`publish_batches`]).
+struct Outbox {
+    queue: mpsc::Sender<Envelope>,
+    /// Set by the publisher when a publish failed; the room resyncs at its next tick.
+    failed: Arc<AtomicBool>,
+}
+
+impl Outbox {
+    /// Starts the room's publisher task; it ends when the room (the sender) goes.
+    fn start(room: &str, cluster: &Cluster) -> Self {
+        let (queue, pending) = mpsc::channel(limits::BUS_QUEUE_MESSAGES);
+        let failed = Arc::new(AtomicBool::new(false));
+        tokio::spawn(publish_batches(room.to_owned(), cluster.clone(), pending, failed.clone()));
+        Outbox { queue, failed }
+    }
+}
+
+/// Publishes a room's queued envelopes in order: one bus message for whatever is queued when
+/// the previous publish returns (up to [`limits::BUS_BATCH_MESSAGES`] envelopes and
+/// [`limits::BUS_BATCH_BYTES`]), so a busy room costs one Redis command per batch, not one per
+/// update, and no member waits for Redis.
+async fn publish_batches(room: String, cluster: Cluster, mut pending: mpsc::Receiver<Envelope>, failed: Arc<AtomicBool>) {
+    let mut batch = Vec::new();
+    while let Some(first) = pending.recv().await {
+        let mut bytes = first.len();
+        batch.push(first);
+        while batch.len() < limits::BUS_BATCH_MESSAGES && bytes < limits::BUS_BATCH_BYTES {
+            match pending.try_recv() {
+                Ok(next) => {
+                    bytes += next.len();
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let payload = fanout::encode_batch(&cluster.node, &batch);
+        cluster.metrics.bus_published(batch.len());
+        batch.clear();
+        match cluster.bus.publish(&room, payload).await {
+            Ok(()) => {}
+            // The room was retired here: what was still queued has nobody to resync for.
+            Err(BackendError::NotOpen) => debug!(room = %room, "bus message for a retired room dropped"),
+            Err(e) => {
+                debug!(room = %room, error = %e, "bus publish failed");
+                cluster.metrics.backend_error();
+                failed.store(true, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 impl Room {
     fn new(id: String, meeting: Meeting, cluster: Cluster) -> Self {
         let (feed, _) = broadcast::channel(cluster.options.outbound_queue.max(1));
+        let outbox = Outbox::start(&id, &cluster);
         let core = RoomCore {
             board: Board::with_limit(cluster.options.max_board_bytes),
             meeting,
@@ -183,6 +237,7 @@ impl Room {
             seen_elsewhere: Mutex::default(),
             presence_lost: AtomicBool::new(false),
             presence_settles_ms: AtomicU64::new(0),
+            outbox,
         }
     }
 
@@ -247,7 +302,6 @@ impl Room {
                 reply = self.lock().board.greeting();
             }
         }
-        let relay: Vec<Envelope>;
         let board_full;
         let refused = {
             let mut guard = self.lock();
@@ -274,23 +328,20 @@ impl Room {
                 }
             }
             board_full = effects.board_full;
-            relay = effects
-                .relay
-                .into_iter()
-                .map(|r| match r {
+            // Queued for the bus under the lock: other nodes get this node's changes in the
+            // order they were applied here.
+            for relay in effects.relay {
+                self.send_bus(match relay {
                     Relay::Update(update) => Envelope::Update(update),
                     Relay::Awareness(payload) => Envelope::Awareness(payload),
-                })
-                .collect();
+                });
+            }
             reply.extend(effects.reply);
             match permission {
                 Err(reason) if effects.write_refused && core.meeting.said_hello(conn) => Some(reason),
                 _ => None,
             }
         };
-        for envelope in relay {
-            self.send_bus(envelope).await;
-        }
         Ok(BinaryOutcome { reply, refused, board_full })
     }
 
@@ -302,19 +353,16 @@ impl Room {
     /// Unregisters a connection, removes its awareness states for everyone and, if it was the
     /// member's last connection anywhere, starts their grace period.
     pub async fn leave(&self, conn: ConnId, now_ms: u64) {
-        let (last_here, removal) = {
+        let last_here = {
             let mut guard = self.lock();
             let core = &mut *guard;
             let last_here = core.meeting.forget(conn);
-            let removal = core.board.leave(conn);
-            if let Some(removal) = &removal {
-                self.publish(Some(conn), core.meeting.board_audience(), Message::Binary(removal.frame.clone()));
+            if let Some(removal) = core.board.leave(conn) {
+                self.publish(Some(conn), core.meeting.board_audience(), Message::Binary(removal.frame));
+                self.send_bus(Envelope::Awareness(removal.payload));
             }
-            (last_here, removal)
+            last_here
         };
-        if let Some(removal) = removal {
-            self.send_bus(Envelope::Awareness(removal.payload)).await;
-        }
         if let Some(member) = last_here {
             let entry = self.presence_entry(&member);
             if let Err(e) = self.cluster.presence.remove(&self.id, &entry).await {
@@ -327,34 +375,33 @@ impl Room {
     /// Runs the room's timers up to `now_ms`: awareness sweep, presence heartbeat, and the
     /// meeting's timers (once in the cluster, by compare-and-set).
     pub async fn tick(&self, now_ms: u64, awareness_timeout: Duration) {
-        let (sweep, heartbeat) = {
+        if self.outbox.failed.swap(false, Ordering::Relaxed) {
+            self.mark_resync();
+        }
+        let heartbeat = {
             let mut guard = self.lock();
             let core = &mut *guard;
             if core.ended {
                 return;
             }
-            let sweep = core.board.sweep(now_ms, awareness_timeout.as_millis() as u64);
-            if let Some(removal) = &sweep {
-                self.publish(None, core.meeting.board_audience(), Message::Binary(removal.frame.clone()));
+            if let Some(removal) = core.board.sweep(now_ms, awareness_timeout.as_millis() as u64) {
+                self.publish(None, core.meeting.board_audience(), Message::Binary(removal.frame));
+                self.send_bus(Envelope::Awareness(removal.payload));
             }
             // After a possible loss (Redis restarted), announce presence again at once.
             let lost = self.resync.load(Ordering::Relaxed);
             let due = lost || now_ms.saturating_sub(core.last_heartbeat_ms) >= limits::PRESENCE_HEARTBEAT.as_millis() as u64;
-            let heartbeat = due.then(|| {
+            due.then(|| {
                 core.last_heartbeat_ms = now_ms;
                 core.meeting.local_members()
-            });
-            (sweep, heartbeat)
+            })
         };
-        if let Some(removal) = sweep {
-            self.send_bus(Envelope::Awareness(removal.payload)).await;
-        }
         if let Some(members) = heartbeat {
             self.heartbeat(&members, now_ms).await;
         }
         self.tick_meeting(now_ms, None).await;
         if self.resync.swap(false, Ordering::Relaxed) {
-            self.request_catch_up(true).await;
+            self.request_catch_up(true);
         }
         self.save(now_ms, false).await;
     }
@@ -419,13 +466,11 @@ impl Room {
         core.board.to_markdown(shared.title(), &phases)
     }
 
+    /// Refreshes the presence entries of this node's members, in one backend call.
     async fn heartbeat(&self, members: &[String], now_ms: u64) {
-        for member in members {
-            let entry = self.presence_entry(member);
-            if let Err(e) = self.cluster.presence.heartbeat(&self.id, &entry, now_ms, limits::PRESENCE_TTL).await {
-                debug!(room = %self.id, error = %e, "presence heartbeat failed");
-                return;
-            }
+        let entries: Vec<String> = members.iter().map(|m| self.presence_entry(m)).collect();
+        if let Err(e) = self.cluster.presence.heartbeat(&self.id, &entries, now_ms, limits::PRESENCE_TTL).await {
+            debug!(room = %self.id, error = %e, "presence heartbeat failed");
         }
     }
 
@@ -505,7 +550,7 @@ impl Room {
             if let Some(binding) = &binding {
                 // Announce the member here before the write, so that no node's timer sees a
                 // member without presence.
-                let entry = self.presence_entry(binding.member());
+                let entry = [self.presence_entry(binding.member())];
                 let _ = self.cluster.presence.heartbeat(&self.id, &entry, crate::unix_now_ms(), limits::PRESENCE_TTL).await;
             }
             let announce = fanout::encode(&self.cluster.node, &Envelope::State { version: version + 1, record: record.clone() });
@@ -585,7 +630,7 @@ impl Room {
             core.meeting.local_members()
         };
         self.heartbeat(&members, now_ms).await;
-        self.request_catch_up(true).await;
+        self.request_catch_up(true);
         self.reload().await;
     }
 
@@ -597,15 +642,12 @@ impl Room {
 
     /// Asks the other nodes for whatever of the board this node lacks (and, with `mutual`,
     /// has them ask back for what they lack).
-    pub async fn request_catch_up(&self, mutual: bool) {
-        let state_vector = Bytes::from(self.state_vector());
-        self.send_bus(Envelope::SyncRequest { state_vector, mutual }).await;
-    }
-
-    fn state_vector(&self) -> Vec<u8> {
+    pub fn request_catch_up(&self, mutual: bool) {
         use yrs::updates::encoder::Encode;
         use yrs::{ReadTxn, Transact};
-        self.lock().board.doc().transact().state_vector().encode_v1()
+        let core = self.lock();
+        let state_vector = Bytes::from(core.board.doc().transact().state_vector().encode_v1());
+        self.send_bus(Envelope::SyncRequest { state_vector, mutual });
     }
 
     /// Notes that a bus message may have been lost (a failed publish, a dropped connection to
@@ -636,15 +678,15 @@ impl Room {
             }
             Envelope::SyncRequest { state_vector, mutual } => {
                 let Ok(remote) = StateVector::decode_v1(&state_vector) else { return };
-                let (diff, pending) = {
+                {
                     let core = self.lock();
-                    (Bytes::from(core.board.diff(&remote)), core.board.pending().to_vec())
-                };
-                for update in std::iter::once(diff).chain(pending) {
-                    self.send_bus(Envelope::SyncReply { to: from.to_owned(), update }).await;
+                    let diff = Bytes::from(core.board.diff(&remote));
+                    for update in std::iter::once(diff).chain(core.board.pending().iter().cloned()) {
+                        self.send_bus(Envelope::SyncReply { to: from.to_owned(), update });
+                    }
                 }
                 if mutual {
-                    self.request_catch_up(false).await;
+                    self.request_catch_up(false);
                 }
             }
             Envelope::SyncReply { to, update } if *to == *self.cluster.node => {
@@ -663,10 +705,12 @@ impl Room {
         }
     }
 
-    async fn send_bus(&self, envelope: Envelope) {
-        let payload = fanout::encode(&self.cluster.node, &envelope);
-        if let Err(e) = self.cluster.bus.publish(&self.id, payload).await {
-            debug!(room = %self.id, error = %e, "bus publish failed");
+    /// Queues `envelope` for the other nodes. It never waits: the room's publisher task sends
+    /// what is queued, several envelopes per bus message when they pile up. If the queue is
+    /// full (the backend is away or slow), the envelope is dropped and the room resyncs at
+    /// its next tick, so the other nodes still get the change.
+    fn send_bus(&self, envelope: Envelope) {
+        if self.outbox.queue.try_send(envelope).is_err() {
             self.cluster.metrics.backend_error();
             self.mark_resync();
         }
@@ -890,7 +934,7 @@ impl Rooms {
         };
         cluster.metrics.set_rooms(self.len());
         info!(room = id, "room opened on this node");
-        opened.request_catch_up(false).await;
+        opened.request_catch_up(false);
         Ok(Lookup::Live(opened))
     }
 
@@ -903,13 +947,15 @@ impl Rooms {
             }
             return;
         }
-        let Some((from, envelope)) = fanout::decode(payload) else { return };
+        let Some((from, envelopes)) = fanout::decode(payload) else { return };
         if from == self.node() {
             return;
         }
         let room = lock(&self.shared.rooms).get(room).cloned();
         if let Some(room) = room {
-            room.on_bus(&from, envelope).await;
+            for envelope in envelopes {
+                room.on_bus(&from, envelope).await;
+            }
         }
     }
 

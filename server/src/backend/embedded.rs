@@ -90,11 +90,12 @@ impl RoomStore for Embedded {
 }
 
 impl Presence for Embedded {
-    fn heartbeat(&self, room: &str, entry: &str, now_ms: u64, ttl: Duration) -> BoxFuture<'_, BackendResult<()>> {
-        lock(&self.presence)
-            .entry(room.to_owned())
-            .or_default()
-            .insert(entry.to_owned(), now_ms + ttl.as_millis() as u64);
+    fn heartbeat(&self, room: &str, entries: &[String], now_ms: u64, ttl: Duration) -> BoxFuture<'_, BackendResult<()>> {
+        let mut presence = lock(&self.presence);
+        let room = presence.entry(room.to_owned()).or_default();
+        for entry in entries {
+            room.insert(entry.clone(), now_ms + ttl.as_millis() as u64);
+        }
         ready(())
     }
 

@@ -30,6 +30,9 @@ pub enum BackendError {
     /// A stored record did not decode.
     #[error("stored room record is corrupt")]
     Corrupt,
+    /// The room has no open bus subscription on this node (it was retired or unloaded).
+    #[error("room is not open on this node")]
+    NotOpen,
     /// The data directory could not be read or written.
     #[error("data directory: {0}")]
     Io(#[from] std::io::Error),
@@ -83,8 +86,9 @@ pub trait RoomStore: Send + Sync + 'static {
 
 /// Presence entries: one per member and node.
 pub trait Presence: Send + Sync + 'static {
-    /// Creates or refreshes `entry` of `room`, valid until `now_ms + ttl`.
-    fn heartbeat(&self, room: &str, entry: &str, now_ms: u64, ttl: Duration) -> BoxFuture<'_, BackendResult<()>>;
+    /// Creates or refreshes `entries` of `room`, valid until `now_ms + ttl`, in one call (one
+    /// round trip for Redis, however many members a node holds in the room).
+    fn heartbeat(&self, room: &str, entries: &[String], now_ms: u64, ttl: Duration) -> BoxFuture<'_, BackendResult<()>>;
 
     /// Removes `entry` of `room`.
     fn remove(&self, room: &str, entry: &str) -> BoxFuture<'_, BackendResult<()>>;

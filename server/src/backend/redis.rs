@@ -296,15 +296,19 @@ impl RoomStore for RedisBackend {
 }
 
 impl Presence for RedisBackend {
-    fn heartbeat(&self, room: &str, entry: &str, now_ms: u64, ttl: Duration) -> BoxFuture<'_, BackendResult<()>> {
+    fn heartbeat(&self, room: &str, entries: &[String], now_ms: u64, ttl: Duration) -> BoxFuture<'_, BackendResult<()>> {
         let key = presence_key(room);
-        let entry = entry.to_owned();
         let expiry = now_ms + ttl.as_millis() as u64;
+        let scored: Vec<(u64, String)> = entries.iter().map(|e| (expiry, e.clone())).collect();
         let room = room.to_owned();
         async move {
+            if scored.is_empty() {
+                return Ok(());
+            }
             let mut connection = self.room(&room).await?;
+            // One ZADD for every member this node holds in the room.
             redis::pipe()
-                .zadd(&key, &entry, expiry)
+                .zadd_multiple(&key, &scored)
                 .ignore()
                 .cmd("ZREMRANGEBYSCORE")
                 .arg(&key)
@@ -351,8 +355,11 @@ impl Bus for RedisBackend {
     fn publish(&self, room: &str, payload: Bytes) -> BoxFuture<'_, BackendResult<()>> {
         let channel = room_channel(room);
         let room = room.to_owned();
+        // Only on the connection the room's subscription opened: a message still queued when
+        // the room was retired must not open a new connection for a room that is gone.
+        let connection = lock(&self.rooms).get(&room).cloned();
         async move {
-            let mut connection = self.room(&room).await?;
+            let mut connection = connection.ok_or(BackendError::NotOpen)?;
             connection.publish::<_, _, ()>(channel, payload.as_ref()).await?;
             Ok(())
         }

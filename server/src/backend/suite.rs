@@ -71,7 +71,7 @@ async fn an_ended_room_leaves_only_a_tombstone() {
     for (name, store, presence) in backends().await {
         let room = unique_room();
         store.create(&room, Bytes::from_static(b"x"), TTL).await.unwrap();
-        presence.heartbeat(&room, "m1@n1", 0, TTL).await.unwrap();
+        presence.heartbeat(&room, &["m1@n1".to_owned()], 0, TTL).await.unwrap();
         assert!(!store.is_ended(&room).await.unwrap(), "{name}");
         store.end(&room, TTL).await.unwrap();
         assert!(store.is_ended(&room).await.unwrap(), "{name}");
@@ -87,11 +87,11 @@ async fn presence_entries_expire_unless_refreshed() {
     for (name, _, presence) in backends().await {
         let room = unique_room();
         let ttl = Duration::from_secs(30);
-        presence.heartbeat(&room, "a@n1", 1_000, ttl).await.unwrap();
-        presence.heartbeat(&room, "b@n2", 1_000, ttl).await.unwrap();
+        // One call refreshes several entries (a node's members of the room).
+        presence.heartbeat(&room, &["a@n1".to_owned(), "b@n2".to_owned()], 1_000, ttl).await.unwrap();
         assert_eq!(presence.live(&room, 2_000).await.unwrap(), ["a@n1", "b@n2"], "{name}");
         // Only a refreshes: b's node died.
-        presence.heartbeat(&room, "a@n1", 25_000, ttl).await.unwrap();
+        presence.heartbeat(&room, &["a@n1".to_owned()], 25_000, ttl).await.unwrap();
         assert_eq!(presence.live(&room, 31_000).await.unwrap(), ["a@n1"], "{name}");
         presence.remove(&room, "a@n1").await.unwrap();
         assert!(presence.live(&room, 31_000).await.unwrap().is_empty(), "{name}");
