@@ -20,9 +20,9 @@ use target::{Kind, Programs, Running, ServerLimits};
 #[derive(Parser, Debug)]
 #[command(about = "Load benchmark: Balint Room side by side with a bare relay and the peer servers")]
 struct Args {
-    /// Targets, comma-separated: balint-room, relay, y-websocket, y-sweet. Unavailable ones are
-    /// reported and skipped.
-    #[arg(long, default_value = "balint-room,relay,y-websocket,y-sweet", value_delimiter = ',')]
+    /// Targets, comma-separated: balint-room, balint-room+redis, relay, y-websocket, y-sweet.
+    /// Unavailable ones are reported and skipped.
+    #[arg(long, default_value = "balint-room,balint-room+redis,relay,y-websocket,y-sweet", value_delimiter = ',')]
     targets: Vec<String>,
     /// Scenarios, comma-separated: group, many, late, idle.
     #[arg(long, default_value = "group,many,late,idle", value_delimiter = ',')]
@@ -88,6 +88,9 @@ struct Args {
     /// The relay's per-socket read buffer in bytes (default: axum's 128 KiB, as balint-room).
     #[arg(long)]
     relay_read_buffer: Option<usize>,
+    /// The Redis for the `balint-room+redis` target (`bench/run.sh` starts one of its own).
+    #[arg(long)]
+    redis_url: Option<String>,
     /// Where logs go, and the report (`results.md`).
     #[arg(long)]
     work: Option<PathBuf>,
@@ -158,6 +161,7 @@ async fn main() -> anyhow::Result<()> {
         y_sweet: find_on_path("y-sweet"),
         work: args.work.clone().unwrap_or_else(|| root.join("target").join("bench")),
         relay_nodelay: args.relay_nodelay,
+        redis_url: args.redis_url.clone(),
         relay_read_buffer: args.relay_read_buffer,
     };
     let scenarios = args.scenarios.iter().map(|s| Scenario::parse(s)).collect::<anyhow::Result<Vec<_>>>()?;
@@ -233,12 +237,19 @@ async fn run_one(
     let mut server = Running::start(kind, programs, scenario.label(), limits)?;
     // Let the process finish starting before its baseline RSS is read.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    match scenario {
+    let redis = programs.redis_url.as_deref().filter(|_| kind == Kind::BalintRedis);
+    let commands_before = redis.and_then(target::redis_commands);
+    let mut outcome = match scenario {
         Scenario::Group => scenario::traffic(&mut server, 1, args.group_members, args.group_hz, args.group_secs).await,
         Scenario::Many => scenario::traffic(&mut server, args.rooms, args.room_members, args.many_hz, args.many_secs).await,
         Scenario::Late => scenario::late_joiner(&mut server, board_bytes, args.chunk.max(1), args.joins.max(1)).await,
         Scenario::Idle => scenario::idle(&mut server, args.idle, args.idle_room_size, args.idle_secs).await,
+    }?;
+    if let (Some(url), Some(before)) = (redis, commands_before) {
+        // Everything the node asked of Redis during the scenario (set-up included).
+        outcome.redis_commands = target::redis_commands(url).map(|after| after.saturating_sub(before));
     }
+    Ok(outcome)
 }
 
 fn fmt(v: f64, digits: usize) -> String {
@@ -293,6 +304,7 @@ fn table(scenario: Scenario, title: &str, results: &[(Kind, anyhow::Result<Outco
         }
     }
     let mut problems = String::new();
+    let mut notes = String::new();
     for (kind, outcome) in results {
         let o = match outcome {
             Ok(o) => o,
@@ -359,9 +371,21 @@ fn table(scenario: Scenario, title: &str, results: &[(Kind, anyhow::Result<Outco
                 );
             }
         }
+        if let Some(commands) = o.redis_commands {
+            let per = if o.delivered > 0 { commands as f64 / o.delivered as f64 } else { f64::NAN };
+            let _ = writeln!(
+                notes,
+                "- {}: Redis processed {commands} commands, {} per delivery",
+                kind.name(),
+                fmt(per, 4)
+            );
+        }
         for p in &o.problems {
             let _ = writeln!(problems, "- {}: {p}", kind.name());
         }
+    }
+    if !notes.is_empty() {
+        let _ = writeln!(t, "\n{notes}");
     }
     if !problems.is_empty() {
         let _ = writeln!(t, "\nproblems:\n{problems}");

@@ -48,6 +48,8 @@ pub struct Outcome {
     pub setup_secs: f64,
     /// What went wrong.
     pub problems: Vec<String>,
+    /// Commands Redis processed during the scenario, for a target that uses Redis.
+    pub redis_commands: Option<u64>,
 }
 
 impl Outcome {

@@ -12,8 +12,11 @@ use anyhow::{anyhow, bail, Context};
 /// A kind of server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// `balint-room`, this workspace's server.
+    /// `balint-room`, this workspace's server, in its default embedded mode.
     Balint,
+    /// `balint-room` with `--redis-url`: every update is also published on the room's Redis
+    /// channel (and comes back to the node, which skips its own), presence lives in Redis.
+    BalintRedis,
     /// `balint-relay`, the floor.
     Relay,
     /// The reference `y-websocket` 1.5.4 server (`bin/server.js`).
@@ -24,12 +27,13 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in table order.
-    pub const ALL: [Kind; 4] = [Kind::Balint, Kind::Relay, Kind::YWebsocket, Kind::YSweet];
+    pub const ALL: [Kind; 5] = [Kind::Balint, Kind::BalintRedis, Kind::Relay, Kind::YWebsocket, Kind::YSweet];
 
     /// The name used on the command line and in tables.
     pub fn name(self) -> &'static str {
         match self {
             Kind::Balint => "balint-room",
+            Kind::BalintRedis => "balint-room+redis",
             Kind::Relay => "relay",
             Kind::YWebsocket => "y-websocket",
             Kind::YSweet => "y-sweet",
@@ -62,6 +66,8 @@ pub struct Programs {
     pub work: PathBuf,
     /// Whether the relay sets TCP_NODELAY.
     pub relay_nodelay: bool,
+    /// The Redis that `balint-room+redis` uses, if any.
+    pub redis_url: Option<String>,
     /// The relay's per-socket read buffer, if not its default.
     pub relay_read_buffer: Option<usize>,
 }
@@ -72,6 +78,10 @@ impl Programs {
         let check = |p: &Path| if p.exists() { Ok(()) } else { Err(format!("{} not found", p.display())) };
         match kind {
             Kind::Balint => check(&self.server),
+            Kind::BalintRedis => {
+                check(&self.server)?;
+                self.redis_url.as_ref().map(|_| ()).ok_or_else(|| "no --redis-url given".to_owned())
+            }
             Kind::Relay => check(&self.relay),
             Kind::YWebsocket => check(&self.y_websocket),
             Kind::YSweet => self.y_sweet.as_ref().map(|_| ()).ok_or_else(|| "y-sweet is not on PATH".to_owned()),
@@ -130,7 +140,7 @@ impl Running {
         let mut command;
         let mut known_port = None;
         match kind {
-            Kind::Balint => {
+            Kind::Balint | Kind::BalintRedis => {
                 let dir = programs.work.join(format!("data-{}-{label}", std::process::id()));
                 let _ = std::fs::remove_dir_all(&dir);
                 std::fs::create_dir_all(&dir)?;
@@ -144,6 +154,9 @@ impl Running {
                     .args(["--bytes-per-sec", "1073741824"])
                     .args(["--max-rooms", "100000"])
                     .args(["--max-board-bytes", &limits.max_board_bytes.to_string()]);
+                if kind == Kind::BalintRedis {
+                    command.args(["--redis-url", programs.redis_url.as_deref().context("--redis-url")?]);
+                }
                 data_dir = Some(dir);
             }
             Kind::Relay => {
@@ -217,7 +230,7 @@ impl Running {
         self.next_room += 1;
         let addr = self.addr;
         match self.kind {
-            Kind::Balint => {
+            Kind::Balint | Kind::BalintRedis => {
                 let answer: serde_json::Value = self
                     .http
                     .post(format!("http://{addr}/api/rooms"))
@@ -286,4 +299,13 @@ pub fn rss_kib(pid: u32) -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// Commands a Redis server has processed so far (`INFO stats`), read with `redis-cli`.
+pub fn redis_commands(url: &str) -> Option<u64> {
+    let out = Command::new("redis-cli").args(["-u", url, "INFO", "stats"]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .and_then(|v| v.trim().parse().ok())
 }

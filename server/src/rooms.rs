@@ -735,7 +735,7 @@ impl Room {
                         self.publish(None, audience.clone(), Message::Binary(frame));
                     }
                     if full {
-                        let everything = sync::encode_step2(&core.board.diff(&StateVector::default()));
+                        let everything = core.board.whole_board(crate::unix_now_ms());
                         self.publish(None, audience.clone(), Message::Binary(everything));
                         for held in core.board.pending() {
                             self.publish(None, audience.clone(), Message::Binary(sync::encode_update(held)));
