@@ -14,7 +14,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::client::{join, Member, Shared};
-use crate::target::{cpu_secs, rss_kib, Running};
+use crate::target::{cpu_secs, redis_commands, rss_kib, Running};
 
 /// Connections opened at once while a scenario sets up.
 const CONNECT_CONCURRENCY: usize = 64;
@@ -48,7 +48,7 @@ pub struct Outcome {
     pub setup_secs: f64,
     /// What went wrong.
     pub problems: Vec<String>,
-    /// Commands Redis processed during the scenario, for a target that uses Redis.
+    /// Commands Redis processed during the measured window, for a target that uses Redis.
     pub redis_commands: Option<u64>,
 }
 
@@ -174,6 +174,7 @@ pub async fn traffic(server: &mut Running, rooms: usize, members: usize, hz: f64
     out.expected = (rooms * members * (members - 1)) as u64 * edits as u64;
     let total_edits = (total as u64) * edits as u64;
     let (cpu0, bench0) = (cpu_secs(pid), my_cpu());
+    let redis0 = server.redis.as_deref().and_then(redis_commands);
     let start = tokio::time::Instant::now();
     go_tx.send(Some(start))?;
     let send_deadline = Instant::now() + Duration::from_secs_f64(secs * 3.0 + 10.0);
@@ -186,6 +187,7 @@ pub async fn traffic(server: &mut Running, rooms: usize, members: usize, hz: f64
     }
     out.secs = start.elapsed().as_secs_f64();
     out.server_cpu = cpu_secs(pid) - cpu0;
+    out.redis_commands = redis0.zip(server.redis.as_deref().and_then(redis_commands)).map(|(a, b)| b.saturating_sub(a));
     out.bench_cpu = my_cpu() - bench0;
     out.rss_kib = rss_kib(pid);
     // A straggler delivery or duplicate would show here.
@@ -254,6 +256,7 @@ pub async fn late_joiner(server: &mut Running, board_bytes: usize, chunk: usize,
     // The server is otherwise quiet between joins: its CPU is read once around all of them,
     // as each join alone may be shorter than the 10 ms tick of /proc's CPU times.
     let (cpu0, bench0) = (cpu_secs(pid), my_cpu());
+    let redis0 = server.redis.as_deref().and_then(redis_commands);
     for j in 0..joins {
         let t0 = Instant::now();
         let (mut joiner, mut stream) = Member::connect(&link.url(&format!("late{j}")), link.hello, 1000 + j as u64, shared.clone()).await?;
@@ -275,6 +278,7 @@ pub async fn late_joiner(server: &mut Running, board_bytes: usize, chunk: usize,
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     out.server_cpu = cpu_secs(pid) - cpu0;
+    out.redis_commands = redis0.zip(server.redis.as_deref().and_then(redis_commands)).map(|(a, b)| b.saturating_sub(a));
     out.bench_cpu = my_cpu() - bench0;
     let _ = stop_tx.send(true);
     match writer_task.await {
@@ -334,10 +338,12 @@ pub async fn idle(server: &mut Running, count: usize, room_size: usize, secs: f6
     out.setup_secs = setup.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (cpu0, bench0) = (cpu_secs(pid), my_cpu());
+    let redis0 = server.redis.as_deref().and_then(redis_commands);
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(secs)).await;
     out.secs = t0.elapsed().as_secs_f64();
     out.server_cpu = cpu_secs(pid) - cpu0;
+    out.redis_commands = redis0.zip(server.redis.as_deref().and_then(redis_commands)).map(|(a, b)| b.saturating_sub(a));
     out.bench_cpu = my_cpu() - bench0;
     out.rss_kib = rss_kib(pid);
     let _ = stop_tx.send(true);

@@ -106,6 +106,8 @@ pub struct Running {
     http: reqwest::Client,
     data_dir: Option<PathBuf>,
     next_room: usize,
+    /// The Redis the server uses, if any.
+    pub redis: Option<String>,
 }
 
 /// A room on a running server: how each member reaches it.
@@ -217,7 +219,8 @@ impl Running {
         // Keep draining standard output so the child never blocks on it.
         std::thread::spawn(move || while rx.recv().is_ok() {});
         let http = reqwest::Client::builder().no_proxy().build()?;
-        Ok(Running { kind, addr, child, http, data_dir, next_room: 0 })
+        let redis = programs.redis_url.clone().filter(|_| kind == Kind::BalintRedis);
+        Ok(Running { kind, addr, child, http, data_dir, next_room: 0, redis })
     }
 
     /// The server's process id.

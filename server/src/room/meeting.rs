@@ -993,8 +993,12 @@ impl Meeting {
             }
             _ => None,
         };
+        // The connection bound by this write is introduced and greeted here, once; the
+        // comparison of states below must not take its arrival for an admission.
+        let mut bound = None;
         if let Some(Binding { conn, member, hello }) = binding {
             if let Some(connection) = self.connections.get_mut(&conn) {
+                bound = Some(conn);
                 let newly_bound = connection.member.is_none();
                 connection.member = Some(member.clone());
                 connection.hello |= hello;
@@ -1007,14 +1011,14 @@ impl Meeting {
             }
         }
         if let Some(old) = old {
-            out.extend(self.reconcile(&old));
+            out.extend(self.reconcile(&old, bound));
         }
         out
     }
 
     /// What this node's connections must be told about the change from `old` to the current
     /// shared state.
-    fn reconcile(&mut self, old: &Shared) -> Vec<Output> {
+    fn reconcile(&mut self, old: &Shared, bound: Option<ConnId>) -> Vec<Output> {
         let mut out = Vec::new();
         if let Some(reason) = &self.shared.ended {
             if old.ended.is_none() {
@@ -1036,6 +1040,7 @@ impl Meeting {
         let admitted: Vec<(ConnId, String)> = self
             .connections
             .iter()
+            .filter(|(&conn, _)| Some(conn) != bound)
             .filter_map(|(&conn, c)| {
                 let id = c.member.as_ref()?;
                 let now_in = self.shared.members.get(id).is_some_and(|m| m.admitted);

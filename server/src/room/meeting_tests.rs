@@ -282,6 +282,10 @@ fn a_connection_becomes_a_member_when_it_says_hello() {
     assert_eq!(sim.view(conn).version, sim.view(lena.conn).version, "Ann ends on the room's latest state");
     assert_eq!(sim.view(conn).members, sim.view(lena.conn).members);
     assert!(out.contains(&Output::Greet { conn, full: false }));
+    let greetings = out.iter().filter(|o| matches!(o, Output::Greet { conn: c, .. } if *c == conn)).count();
+    assert_eq!(greetings, 1, "one board sync, not the whole board pushed on top of it: {out:?}");
+    let welcomes = messages_to(&out, conn).iter().filter(|m| matches!(m, ServerMessage::Welcome { .. })).count();
+    assert_eq!(welcomes, 1, "one welcome");
     assert!(sim.meeting.is_bound(conn) && sim.meeting.said_hello(conn) && sim.meeting.can_read(conn));
     let seen_by_leader = sim.view(lena.conn);
     let listed = member(&seen_by_leader, &ann).expect("the leader sees the newcomer");
@@ -309,6 +313,9 @@ fn a_stock_yjs_client_becomes_a_member_on_its_first_binary_frame_under_its_query
     let out = sim.binary_frame(dora);
 
     assert!(out.contains(&Output::Greet { conn: dora, full: false }), "the board sync starts");
+    let greetings = out.iter().filter(|o| matches!(o, Output::Greet { conn, .. } if *conn == dora)).count();
+    assert_eq!(greetings, 1, "the board goes once: {out:?}");
+    assert!(messages_to(&out, dora).is_empty(), "a stock client gets no text frame");
     assert!(messages_to(&out, dora).is_empty(), "a stock client never gets text frames");
     assert!(sim.meeting.is_bound(dora) && !sim.meeting.said_hello(dora) && sim.meeting.can_read(dora));
     let members = sim.view(lena.conn).members;
