@@ -160,8 +160,8 @@ pub struct Room {
     presence_lost: AtomicBool,
     /// Until when (ms) presence readings may still miss other nodes' members after an outage.
     presence_settles_ms: AtomicU64,
-    /// What this node has for the other nodes, on its way to the bus.
-    outbox: Outbox,
+    /// What this node has for the other nodes, on its way to the bus; none with one node.
+    outbox: Option<Outbox>,
 }
 
 /// The queue in front of a room's publisher task ([`publish_batches`]).
@@ -218,7 +218,7 @@ async fn publish_batches(room: String, cluster: Cluster, mut pending: mpsc::Rece
 impl Room {
     fn new(id: String, meeting: Meeting, cluster: Cluster) -> Self {
         let (feed, _) = broadcast::channel(cluster.options.outbound_queue.max(1));
-        let outbox = Outbox::start(&id, &cluster);
+        let outbox = cluster.bus.reaches_other_nodes().then(|| Outbox::start(&id, &cluster));
         let core = RoomCore {
             board: Board::with_limit(cluster.options.max_board_bytes),
             meeting,
@@ -375,7 +375,7 @@ impl Room {
     /// Runs the room's timers up to `now_ms`: awareness sweep, presence heartbeat, and the
     /// meeting's timers (once in the cluster, by compare-and-set).
     pub async fn tick(&self, now_ms: u64, awareness_timeout: Duration) {
-        if self.outbox.failed.swap(false, Ordering::Relaxed) {
+        if self.outbox.as_ref().is_some_and(|o| o.failed.swap(false, Ordering::Relaxed)) {
             self.mark_resync();
         }
         let heartbeat = {
@@ -710,7 +710,8 @@ impl Room {
     /// full (the backend is away or slow), the envelope is dropped and the room resyncs at
     /// its next tick, so the other nodes still get the change.
     fn send_bus(&self, envelope: Envelope) {
-        if self.outbox.queue.try_send(envelope).is_err() {
+        let Some(outbox) = &self.outbox else { return };
+        if outbox.queue.try_send(envelope).is_err() {
             self.cluster.metrics.backend_error();
             self.mark_resync();
         }

@@ -132,4 +132,8 @@ impl Bus for Embedded {
     fn unsubscribe(&self, _room: &str) -> BoxFuture<'_, BackendResult<()>> {
         ready(())
     }
+
+    fn reaches_other_nodes(&self) -> bool {
+        false
+    }
 }

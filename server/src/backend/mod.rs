@@ -140,6 +140,12 @@ pub trait Bus: Send + Sync + 'static {
     /// Stops receiving the room's channel and releases whatever this node held open for the
     /// room (with Redis, the room's own connection and its buffers).
     fn unsubscribe(&self, room: &str) -> BoxFuture<'_, BackendResult<()>>;
+
+    /// Whether other nodes can hear what is published. The embedded bus, with one node, says
+    /// no: a room then queues and encodes nothing for it.
+    fn reaches_other_nodes(&self) -> bool {
+        true
+    }
 }
 
 /// The key prefix of everything a room has in Redis. Room ids are random and carry no
