@@ -59,6 +59,14 @@ fi
 # The web UI's wasm client, which the browser test loads from web/assets/pkg.
 client-wasm/build-web.sh
 
+# Formatting and lints first: they take seconds and say the most specific things.
+if cargo fmt --version >/dev/null 2>&1; then
+  cargo fmt --all -- --check
+fi
+if cargo clippy --version >/dev/null 2>&1; then
+  cargo clippy --workspace --all-targets --locked -- -D warnings
+fi
+
 # A short fuzz run of the decoders (y-sync frames, room messages, tokens): a crash fails it.
 bash scripts/fuzz.sh 20
 

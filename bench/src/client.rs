@@ -103,7 +103,12 @@ fn config() -> WebSocketConfig {
 impl Member {
     /// Connects to `url` as client id `client_id` (≥ 1), says `hello` if asked, and sends sync
     /// step 1.
-    pub async fn connect(url: &str, hello: bool, client_id: u64, shared: Arc<Shared>) -> anyhow::Result<(Member, Stream)> {
+    pub async fn connect(
+        url: &str,
+        hello: bool,
+        client_id: u64,
+        shared: Arc<Shared>,
+    ) -> anyhow::Result<(Member, Stream)> {
         let (socket, _) = tokio_tungstenite::connect_async_with_config(url, Some(config()), true)
             .await
             .with_context(|| format!("connecting member {client_id}"))?;
@@ -130,7 +135,10 @@ impl Member {
     }
 
     /// Handles one frame from the server. `Ok(false)` when the socket closed.
-    pub async fn handle(&mut self, frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) -> anyhow::Result<bool> {
+    pub async fn handle(
+        &mut self,
+        frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) -> anyhow::Result<bool> {
         let message = match frame {
             None => return Ok(false),
             Some(Err(e)) => bail!("member {}: socket error: {e}", self.client_id),
@@ -242,7 +250,8 @@ impl Member {
         let update = {
             let mut txn = self.doc.transact_mut();
             let end = text.len(&txn);
-            let line: String = (0..chunk).map(|i| if i % 64 == 63 { '\n' } else { (b'a' + (i % 26) as u8) as char }).collect();
+            let line: String =
+                (0..chunk).map(|i| if i % 64 == 63 { '\n' } else { (b'a' + (i % 26) as u8) as char }).collect();
             text.insert(&mut txn, end, &line);
             txn.encode_update_v1()
         };
@@ -271,7 +280,13 @@ impl Member {
 }
 
 /// Connects and waits for the first sync step 2 (the server's answer to our step 1).
-pub async fn join(url: &str, hello: bool, client_id: u64, shared: Arc<Shared>, timeout: Duration) -> anyhow::Result<(Member, Stream)> {
+pub async fn join(
+    url: &str,
+    hello: bool,
+    client_id: u64,
+    shared: Arc<Shared>,
+    timeout: Duration,
+) -> anyhow::Result<(Member, Stream)> {
     let (mut member, mut stream) = Member::connect(url, hello, client_id, shared).await?;
     let deadline = tokio::time::Instant::now() + timeout;
     while member.step2s == 0 {

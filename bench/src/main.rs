@@ -239,7 +239,9 @@ async fn run_one(
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     match scenario {
         Scenario::Group => scenario::traffic(&mut server, 1, args.group_members, args.group_hz, args.group_secs).await,
-        Scenario::Many => scenario::traffic(&mut server, args.rooms, args.room_members, args.many_hz, args.many_secs).await,
+        Scenario::Many => {
+            scenario::traffic(&mut server, args.rooms, args.room_members, args.many_hz, args.many_secs).await
+        }
         Scenario::Late => scenario::late_joiner(&mut server, board_bytes, args.chunk.max(1), args.joins.max(1)).await,
         Scenario::Idle => scenario::idle(&mut server, args.idle, args.idle_room_size, args.idle_secs).await,
     }
@@ -272,7 +274,12 @@ fn table(scenario: Scenario, title: &str, results: &[(Kind, anyhow::Result<Outco
     let peers: Vec<&Outcome> =
         results.iter().filter(|(k, _)| k.is_peer()).filter_map(|(_, o)| o.as_ref().ok()).collect();
     let best_peer = |f: &dyn Fn(&Outcome) -> f64| {
-        peers.iter().filter(|o| scenario == Scenario::Idle || complete(o)).map(|o| f(o)).filter(|v| v.is_finite()).reduce(f64::min)
+        peers
+            .iter()
+            .filter(|o| scenario == Scenario::Idle || complete(o))
+            .map(|o| f(o))
+            .filter(|v| v.is_finite())
+            .reduce(f64::min)
     };
     let relay_cost = relay.map(cost);
     let peer_cost = best_peer(&cost);

@@ -97,7 +97,13 @@ fn my_cpu() -> f64 {
 }
 
 /// Rooms of `members` members, each member editing `notes` at `hz` for `secs` seconds.
-pub async fn traffic(server: &mut Running, rooms: usize, members: usize, hz: f64, secs: f64) -> anyhow::Result<Outcome> {
+pub async fn traffic(
+    server: &mut Running,
+    rooms: usize,
+    members: usize,
+    hz: f64,
+    secs: f64,
+) -> anyhow::Result<Outcome> {
     let pid = server.pid();
     let total = rooms * members;
     let edits = (hz * secs).round().max(1.0) as u32;
@@ -208,13 +214,19 @@ pub async fn traffic(server: &mut Running, rooms: usize, members: usize, hz: f64
 /// A board of `board_bytes` characters, written by one member in updates of `chunk` characters;
 /// then `joins` newcomers, one after the other, each timed from connecting to holding the whole
 /// board.
-pub async fn late_joiner(server: &mut Running, board_bytes: usize, chunk: usize, joins: usize) -> anyhow::Result<Outcome> {
+pub async fn late_joiner(
+    server: &mut Running,
+    board_bytes: usize,
+    chunk: usize,
+    joins: usize,
+) -> anyhow::Result<Outcome> {
     let pid = server.pid();
     let shared = Shared::new(0);
     let link = server.room().await?;
     let mut out = Outcome { connections: 1, rss_base_kib: rss_kib(pid), expected: joins as u64, ..Outcome::default() };
     let setup = Instant::now();
-    let (mut writer, mut writer_stream) = join(&link.url("writer"), link.hello, 1, shared.clone(), JOIN_TIMEOUT).await?;
+    let (mut writer, mut writer_stream) =
+        join(&link.url("writer"), link.hello, 1, shared.clone(), JOIN_TIMEOUT).await?;
     let (stop_tx, mut stop) = watch::channel(false);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
     let chunks = board_bytes.div_ceil(chunk);
@@ -259,10 +271,13 @@ pub async fn late_joiner(server: &mut Running, board_bytes: usize, chunk: usize,
     let redis0 = server.redis.as_deref().and_then(redis_commands);
     for j in 0..joins {
         let t0 = Instant::now();
-        let (mut joiner, mut stream) = Member::connect(&link.url(&format!("late{j}")), link.hello, 1000 + j as u64, shared.clone()).await?;
+        let (mut joiner, mut stream) =
+            Member::connect(&link.url(&format!("late{j}")), link.hello, 1000 + j as u64, shared.clone()).await?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         while joiner.notes_len() < target_len {
-            let frame = tokio::time::timeout_at(deadline, stream.next()).await.context("late joiner did not get the board in time")?;
+            let frame = tokio::time::timeout_at(deadline, stream.next())
+                .await
+                .context("late joiner did not get the board in time")?;
             if !joiner.handle(frame).await? {
                 bail!("the server closed the late joiner's connection");
             }
@@ -310,7 +325,8 @@ pub async fn idle(server: &mut Running, count: usize, room_size: usize, secs: f6
         let (shared, ready, gate, mut stop) = (shared.clone(), ready.clone(), gate.clone(), stop_rx.clone());
         tasks.spawn(async move {
             let permit = gate.acquire_owned().await?;
-            let (mut member, mut stream) = join(&link.url(&format!("i{i}")), link.hello, i as u64 + 1, shared, JOIN_TIMEOUT).await?;
+            let (mut member, mut stream) =
+                join(&link.url(&format!("i{i}")), link.hello, i as u64 + 1, shared, JOIN_TIMEOUT).await?;
             drop(permit);
             ready.fetch_add(1, Ordering::Relaxed);
             loop {

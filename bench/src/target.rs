@@ -163,7 +163,12 @@ impl Running {
             }
             Kind::Relay => {
                 command = Command::new(&programs.relay);
-                command.args(["--bind", "127.0.0.1:0", "--nodelay", if programs.relay_nodelay { "true" } else { "false" }]);
+                command.args([
+                    "--bind",
+                    "127.0.0.1:0",
+                    "--nodelay",
+                    if programs.relay_nodelay { "true" } else { "false" },
+                ]);
                 if let Some(bytes) = programs.relay_read_buffer {
                     command.args(["--read-buffer-bytes", &bytes.to_string()]);
                 }

@@ -149,7 +149,9 @@ impl People {
         let mut people =
             People { meeting: Meeting::new(settings, START_MS), known: Vec::new(), silent: ConnId(100), now: START_MS };
         for (n, (placeholder, role)) in
-            [("L", Role::Leader), ("M", Role::Member), ("O", Role::Observer), ("W", Role::Member)].into_iter().enumerate()
+            [("L", Role::Leader), ("M", Role::Member), ("O", Role::Observer), ("W", Role::Member)]
+                .into_iter()
+                .enumerate()
         {
             let conn = ConnId(n as u64 + 1);
             people.meeting.connect(conn, role, format!("person {n}"));
@@ -198,11 +200,10 @@ fn is_error(output: &Output) -> bool {
 /// The member id and resume token of a `welcome` or `waiting` sent to `conn`.
 fn introduced(out: &[Output], conn: ConnId) -> Option<(String, String)> {
     out.iter().find_map(|o| match o {
-        Output::Send(to, ServerMessage::Welcome { member_id, resume_token, .. } | ServerMessage::Waiting { member_id, resume_token })
-            if to.contains(conn) =>
-        {
-            Some((member_id.clone(), resume_token.clone()))
-        }
+        Output::Send(
+            to,
+            ServerMessage::Welcome { member_id, resume_token, .. } | ServerMessage::Waiting { member_id, resume_token },
+        ) if to.contains(conn) => Some((member_id.clone(), resume_token.clone())),
         _ => None,
     })
 }
@@ -264,15 +265,25 @@ pub fn state_holds(state: &RoomState) {
     let role = |id: &str| state.members.iter().find(|m| m.id == id).map(|m| m.role);
     for (n, hand) in state.queue.iter().enumerate() {
         assert!(!state.queue[..n].iter().any(|h| h.member == hand.member), "a member is queued twice");
-        assert!(matches!(role(&hand.member), Some(Role::Leader | Role::Member)), "a queued hand is not an admitted speaker");
+        assert!(
+            matches!(role(&hand.member), Some(Role::Leader | Role::Member)),
+            "a queued hand is not an admitted speaker"
+        );
     }
     if let Some(floor) = &state.floor {
-        assert!(matches!(role(&floor.member), Some(Role::Leader | Role::Member)), "the floor holder is not an admitted speaker");
-        let pushed_back = state.phase.name == Phase::Reflection && state.presenter.as_deref() == Some(floor.member.as_str());
+        assert!(
+            matches!(role(&floor.member), Some(Role::Leader | Role::Member)),
+            "the floor holder is not an admitted speaker"
+        );
+        let pushed_back =
+            state.phase.name == Phase::Reflection && state.presenter.as_deref() == Some(floor.member.as_str());
         assert!(!pushed_back, "the presenter holds the floor during reflection");
     }
     if let Some(presenter) = &state.presenter {
-        assert!(matches!(role(presenter), Some(Role::Leader | Role::Member)), "the presenter is not an admitted speaker");
+        assert!(
+            matches!(role(presenter), Some(Role::Leader | Role::Member)),
+            "the presenter is not an admitted speaker"
+        );
     }
 }
 
@@ -307,7 +318,8 @@ pub fn token(data: &[u8]) {
     let payload = data;
     let mut mac = Hmac::<Sha256>::new_from_slice(SECRET).expect("any key length");
     mac.update(payload);
-    let forged = format!("v1.{}.{}", URL_SAFE_NO_PAD.encode(payload), URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()));
+    let forged =
+        format!("v1.{}.{}", URL_SAFE_NO_PAD.encode(payload), URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()));
     match signer.verify_any_room(&forged, now) {
         Ok(Grant { expires_at, .. }) => assert!(now < expires_at),
         Err(e) => assert!(matches!(e, TokenError::Malformed | TokenError::Expired), "{e:?}"),
@@ -349,9 +361,12 @@ pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
             let second = doc.transact().encode_state_as_update_v1(&after_first);
             let all = doc.transact().encode_state_as_update_v1(&StateVector::default());
             let awareness = sync::AwarenessUpdate {
-                clients: [(yrs::block::ClientID::new(42), sync::AwarenessUpdateEntry { clock: 1, json: r#"{"user":{"name":"A"}}"#.into() })]
-                    .into_iter()
-                    .collect(),
+                clients: [(
+                    yrs::block::ClientID::new(42),
+                    sync::AwarenessUpdateEntry { clock: 1, json: r#"{"user":{"name":"A"}}"#.into() },
+                )]
+                .into_iter()
+                .collect(),
             };
             vec![
                 ("update".into(), sync::encode_update(&first).to_vec()),
@@ -429,8 +444,14 @@ pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
         "token" => {
             let signer = Signer::new(SECRET);
             vec![
-                ("valid".into(), format!("{}\nroom\n1800000000", signer.issue("room", Role::Member, 1_900_000_000)).into_bytes()),
-                ("other-room".into(), format!("{}\nroom\n1800000000", signer.issue("moor", Role::Leader, 1_900_000_000)).into_bytes()),
+                (
+                    "valid".into(),
+                    format!("{}\nroom\n1800000000", signer.issue("room", Role::Member, 1_900_000_000)).into_bytes(),
+                ),
+                (
+                    "other-room".into(),
+                    format!("{}\nroom\n1800000000", signer.issue("moor", Role::Leader, 1_900_000_000)).into_bytes(),
+                ),
                 ("payload".into(), b"room|observer|1900000000".to_vec()),
             ]
         }

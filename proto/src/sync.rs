@@ -11,8 +11,8 @@
 
 use bytes::Bytes;
 use yrs::encoding::read::{self, Cursor, Read};
-use yrs::updates::decoder::Decode;
 use yrs::encoding::write::Write;
+use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::{Encode, Encoder, EncoderV1};
 use yrs::{StateVector, Update};
 
@@ -102,11 +102,7 @@ fn decode_message(cursor: &mut Cursor<'_>) -> Result<Message, FrameError> {
         }
         MSG_AUTH => {
             let permission: u32 = cursor.read_var()?;
-            let reason = if permission == 0 {
-                Some(cursor.read_string()?.to_owned())
-            } else {
-                None
-            };
+            let reason = if permission == 0 { Some(cursor.read_string()?.to_owned()) } else { None };
             Ok(Message::Auth(reason))
         }
         MSG_QUERY_AWARENESS => Ok(Message::AwarenessQuery),
@@ -436,10 +432,7 @@ mod tests {
         let frame = encode_update(&sample_update());
         for cut in 1..frame.len() {
             let result = decode_frame(&frame[..cut]);
-            assert!(
-                matches!(result, Err(FrameError::Truncated | FrameError::Malformed)),
-                "cut at {cut}: {result:?}"
-            );
+            assert!(matches!(result, Err(FrameError::Truncated | FrameError::Malformed)), "cut at {cut}: {result:?}");
         }
     }
 

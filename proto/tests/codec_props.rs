@@ -130,7 +130,8 @@ fn message() -> impl Strategy<Value = ClientMessage> {
         Just(C::RevokeFloor {}),
         proptest::option::of(any::<u32>()).prop_map(|seconds| C::SetSpeakingLimit { seconds }),
         any::<bool>().prop_map(|enabled| C::SetFairOrder { enabled }),
-        (phase(), proptest::option::of(any::<u32>())).prop_map(|(phase, duration_secs)| C::SetPhase { phase, duration_secs }),
+        (phase(), proptest::option::of(any::<u32>()))
+            .prop_map(|(phase, duration_secs)| C::SetPhase { phase, duration_secs }),
         proptest::option::of(id).prop_map(|member| C::PickPresenter { member }),
         (id, role()).prop_map(|(member, role)| C::SetRole { member, role }),
         any::<bool>().prop_map(|enabled| C::SetLobby { enabled }),

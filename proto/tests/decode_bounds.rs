@@ -106,8 +106,9 @@ fn refused_cheaply(name: &str, frame: &[u8]) {
 fn an_update_declaring_millions_of_clients_is_refused_without_allocating_them() {
     // The input the fuzzer found: an 11-byte sync step 2 whose update declares 155 million
     // clients. yrs reserved a hash map for all of them: an 11 GB allocation.
-    let frame = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/regressions/sync_frame/oom-update-client-count"))
-        .expect("the saved fuzz input");
+    let frame =
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/regressions/sync_frame/oom-update-client-count"))
+            .expect("the saved fuzz input");
     assert_eq!(frame, [0x00, 0x01, 0x07, 0xf8, 0xfe, 0xfa, 0x49, 0xfb, 0xff, 0xfe, 0x00]);
     refused_cheaply("client count", &frame);
 }
@@ -204,7 +205,11 @@ fn every_kind_of_content_yrs_writes_still_decodes() {
         card.insert(&mut txn, "created_ms", 1.5e12);
         card.insert(&mut txn, "n", 42i64);
         card.insert(&mut txn, "big", Any::from(1i64 << 60));
-        card.insert(&mut txn, "tags", Any::from(vec![Any::Null, Any::Undefined, Any::from(false), Any::from(vec![0u8, 1])]));
+        card.insert(
+            &mut txn,
+            "tags",
+            Any::from(vec![Any::Null, Any::Undefined, Any::from(false), Any::from(vec![0u8, 1])]),
+        );
         let mut nested = Any::Null;
         for _ in 0..MAX_ANY_DEPTH - 1 {
             nested = Any::from(vec![nested]);
@@ -273,8 +278,11 @@ fn an_update_yrs_cannot_read_back_after_re_encoding_is_refused() {
     // blocks it cannot integrate (one names itself as its parent). yrs keeps them pending and
     // re-encodes them into every later diff, and that encoding does not decode again: every
     // sync step 1 answered and every save of the board panicked from then on.
-    let frame = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/regressions/sync_frame/update-that-does-not-re-encode"))
-        .expect("the saved fuzz input");
+    let frame = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fuzz/regressions/sync_frame/update-that-does-not-re-encode"
+    ))
+    .expect("the saved fuzz input");
     assert_eq!(frame.len(), 93);
     assert_eq!(decode_frame(&frame), Err(FrameError::Malformed));
 }
@@ -285,8 +293,9 @@ fn legacy_json_content_is_refused() {
     // string more than such a block's count and writes back the count it holds, so once the
     // board held it, its snapshot no longer decoded: a persistent board that would never load
     // again. Yjs has written Any content instead since version 13.
-    let frame = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/regressions/sync_frame/legacy-json-content"))
-        .expect("the saved fuzz input");
+    let frame =
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/regressions/sync_frame/legacy-json-content"))
+            .expect("the saved fuzz input");
     assert_eq!(decode_frame(&frame), Err(FrameError::Malformed));
     let mut content = vec![1];
     var(2, &mut content);

@@ -204,7 +204,9 @@ struct Session {
 impl Session {
     fn new(conn: ConnId, limits: &ConnectionLimits, metrics: Metrics) -> Self {
         let per_sec = |n: u32| NonZeroU32::new(n.max(1)).expect("at least one");
-        let quota = |rate: u32| Quota::per_second(per_sec(rate)).allow_burst(per_sec(rate.saturating_mul(limits::RATE_BURST_SECONDS)));
+        let quota = |rate: u32| {
+            Quota::per_second(per_sec(rate)).allow_burst(per_sec(rate.saturating_mul(limits::RATE_BURST_SECONDS)))
+        };
         Session {
             conn,
             said_hello: false,
@@ -238,7 +240,9 @@ impl Session {
             return Some(closing(close::RATE_LIMITED, "rate limit exceeded"));
         }
         if self.strikes % limits::RATE_LIMIT_WARN_EVERY == 1 {
-            return self.send_error(socket, ErrorCode::RateLimited, "you are sending too fast; slow down", limits).await;
+            return self
+                .send_error(socket, ErrorCode::RateLimited, "you are sending too fast; slow down", limits)
+                .await;
         }
         None
     }
@@ -299,9 +303,13 @@ impl Session {
                     info!(room = room.id(), conn = %self.conn, error = %e, "refused binary frame");
                     self.metrics.refused("malformed_frame");
                     Some(match e {
-                        FrameError::UnknownType(_) => closing(close::UNKNOWN_MESSAGE_TYPE, "unknown y-sync message type"),
+                        FrameError::UnknownType(_) => {
+                            closing(close::UNKNOWN_MESSAGE_TYPE, "unknown y-sync message type")
+                        }
                         FrameError::Truncated => closing(close::MALFORMED_SYNC, "truncated y-sync message"),
-                        FrameError::Empty | FrameError::Malformed => closing(close::MALFORMED_SYNC, "malformed y-sync message"),
+                        FrameError::Empty | FrameError::Malformed => {
+                            closing(close::MALFORMED_SYNC, "malformed y-sync message")
+                        }
                     })
                 }
             },
@@ -548,8 +556,17 @@ mod tests {
         };
         let participant = Participant { role: Role::Member, name: "ada".to_owned() };
         let conn = rooms.next_conn_id();
-        serve(socket, room.clone(), conn, participant, crate::unix_now_ms, limits, Metrics::new(), CancellationToken::new())
-            .await;
+        serve(
+            socket,
+            room.clone(),
+            conn,
+            participant,
+            crate::unix_now_ms,
+            limits,
+            Metrics::new(),
+            CancellationToken::new(),
+        )
+        .await;
 
         let board = room.export_markdown();
         assert!(board.contains("said before leaving"), "{board}");

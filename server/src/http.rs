@@ -3,13 +3,13 @@
 use axum::body::Bytes;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Path, Query, State};
-use std::net::{IpAddr, SocketAddr};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use std::sync::Arc;
 use balint_proto::room::{Role, Template};
 use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use tracing::Instrument;
 
 use crate::connection::{self, ConnectionLimits, Participant};
@@ -65,7 +65,10 @@ pub async fn create_room(
         return Err(AppError::bad_request_status(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_rooms_created",
-            format!("at most {} rooms per minute may be created from one address", state.config.rooms_per_ip_per_minute),
+            format!(
+                "at most {} rooms per minute may be created from one address",
+                state.config.rooms_per_ip_per_minute
+            ),
         ));
     }
     if state.rooms.is_full() {
@@ -79,8 +82,7 @@ pub async fn create_room(
     let request: CreateRoom = if body.iter().all(u8::is_ascii_whitespace) {
         serde_json::from_str("{}").expect("empty object parses")
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| AppError::bad_request("bad_json", describe_json_error(&e)))?
+        serde_json::from_slice(&body).map_err(|e| AppError::bad_request("bad_json", describe_json_error(&e)))?
     };
     let title = match request.title.map(|t| t.trim().to_owned()) {
         Some(t) if t.chars().count() > limits::MAX_TITLE_CHARS => {
@@ -209,9 +211,7 @@ pub async fn join_room(
         Lookup::Live(room) => room,
         Lookup::Ended => return Err(AppError::Gone),
         // A valid token proves the room existed: it was created here and is gone now.
-        Lookup::Unknown if state.signer.verify(token, &room_id, now).is_ok() => {
-            return Err(AppError::Gone)
-        }
+        Lookup::Unknown if state.signer.verify(token, &room_id, now).is_ok() => return Err(AppError::Gone),
         Lookup::Unknown => return Err(AppError::NotFound),
     };
     let grant = state.signer.verify(token, &room_id, now).inspect_err(|_| state.metrics.refused("bad_token"))?;
@@ -287,8 +287,10 @@ pub async fn healthz() -> &'static str {
 /// board store answer, each within a short deadline so that a load balancer's check never
 /// hangs. The body says which part is not ready.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let backend = matches!(tokio::time::timeout(limits::READINESS_TIMEOUT, state.rooms.check_backend()).await, Ok(Ok(())));
-    let store = matches!(tokio::time::timeout(limits::READINESS_TIMEOUT, state.rooms.check_board_store()).await, Ok(Ok(())));
+    let backend =
+        matches!(tokio::time::timeout(limits::READINESS_TIMEOUT, state.rooms.check_backend()).await, Ok(Ok(())));
+    let store =
+        matches!(tokio::time::timeout(limits::READINESS_TIMEOUT, state.rooms.check_board_store()).await, Ok(Ok(())));
     let name = if state.config.redis_url.is_some() { "redis" } else { "embedded" };
     let body = serde_json::json!({
         "ready": backend && store,
@@ -336,16 +338,15 @@ pub async fn presence(
 
 /// The token of an `Authorization: Bearer` header.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+    headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
 }
 
 /// Checks a leader's Bearer token for `room_id` and finds the room.
-async fn leader_room(state: &AppState, room_id: &str, headers: &HeaderMap) -> Result<Arc<crate::rooms::Room>, AppError> {
+async fn leader_room(
+    state: &AppState,
+    room_id: &str,
+    headers: &HeaderMap,
+) -> Result<Arc<crate::rooms::Room>, AppError> {
     if !rooms::is_room_id(room_id) {
         return Err(AppError::NotFound);
     }

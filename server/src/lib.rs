@@ -44,11 +44,11 @@ use tokio_util::task::TaskTracker;
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::trace::TraceLayer;
 
-pub use config::Config;
-use metrics::Metrics;
 use backend::embedded::Embedded;
 use backend::files::FileStore;
 use backend::redis::RedisBackend;
+pub use config::Config;
+use metrics::Metrics;
 use rooms::{Cluster, RoomOptions, Rooms};
 use token::Signer;
 
@@ -108,9 +108,8 @@ impl AppState {
                 })
             }
             Some(url) => {
-                let (redis, mut bus) = RedisBackend::connect(url)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("cannot reach Redis: {e}"))?;
+                let (redis, mut bus) =
+                    RedisBackend::connect(url).await.map_err(|e| anyhow::anyhow!("cannot reach Redis: {e}"))?;
                 let redis = Arc::new(redis);
                 let rooms = Rooms::new(Cluster {
                     store: redis.clone(),
@@ -235,16 +234,10 @@ async fn tick_rooms(state: AppState) {
 
 /// Seconds since the Unix epoch, for token expiry.
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
 }
 
 /// Milliseconds since the Unix epoch, the clock of the room cores.
 pub fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default()
 }

@@ -23,9 +23,7 @@ async fn main() -> anyhow::Result<()> {
             .with_ansi(std::io::stderr().is_terminal())
             .with_env_filter(filter)
             .init(),
-        LogFormat::Json => {
-            tracing_subscriber::fmt().json().with_writer(std::io::stderr).with_env_filter(filter).init()
-        }
+        LogFormat::Json => tracing_subscriber::fmt().json().with_writer(std::io::stderr).with_env_filter(filter).init(),
     }
     let server = Server::bind(config).await?;
     let addr = server.local_addr()?;

@@ -75,8 +75,16 @@ impl Metrics {
             fanout_seconds.clone(),
         );
         registry.register("refusals", "Refused frames, commands and requests, by reason", refusals.clone());
-        registry.register("slow_client_closes", "Connections closed because they could not keep up", slow_client_closes.clone());
-        registry.register("backend_errors", "Failed calls to the backend (Redis, the board store)", backend_errors.clone());
+        registry.register(
+            "slow_client_closes",
+            "Connections closed because they could not keep up",
+            slow_client_closes.clone(),
+        );
+        registry.register(
+            "backend_errors",
+            "Failed calls to the backend (Redis, the board store)",
+            backend_errors.clone(),
+        );
         registry.register("bus_messages", "Messages published on the bus to other nodes", bus_messages.clone());
         registry.register(
             "bus_envelopes",

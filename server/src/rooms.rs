@@ -185,7 +185,12 @@ impl Outbox {
 /// the previous publish returns (up to [`limits::BUS_BATCH_MESSAGES`] envelopes and
 /// [`limits::BUS_BATCH_BYTES`]), so a busy room costs one Redis command per batch, not one per
 /// update, and no member waits for Redis.
-async fn publish_batches(room: String, cluster: Cluster, mut pending: mpsc::Receiver<Envelope>, failed: Arc<AtomicBool>) {
+async fn publish_batches(
+    room: String,
+    cluster: Cluster,
+    mut pending: mpsc::Receiver<Envelope>,
+    failed: Arc<AtomicBool>,
+) {
     let mut batch = Vec::new();
     while let Some(first) = pending.recv().await {
         let mut bytes = first.len();
@@ -261,7 +266,8 @@ impl Room {
     /// ([`RoomOptions::idle_unload`]) and nothing unsaved: its memory can go.
     pub fn is_idle(&self, now_ms: u64) -> bool {
         let mut core = self.lock();
-        if core.meeting.shared().is_ephemeral() || core.unsaved_since_ms.is_some() || !core.meeting.has_no_connections() {
+        if core.meeting.shared().is_ephemeral() || core.unsaved_since_ms.is_some() || !core.meeting.has_no_connections()
+        {
             core.idle_since_ms = None;
             return false;
         }
@@ -390,7 +396,8 @@ impl Room {
             }
             // After a possible loss (Redis restarted), announce presence again at once.
             let lost = self.resync.load(Ordering::Relaxed);
-            let due = lost || now_ms.saturating_sub(core.last_heartbeat_ms) >= limits::PRESENCE_HEARTBEAT.as_millis() as u64;
+            let due =
+                lost || now_ms.saturating_sub(core.last_heartbeat_ms) >= limits::PRESENCE_HEARTBEAT.as_millis() as u64;
             due.then(|| {
                 core.last_heartbeat_ms = now_ms;
                 core.meeting.local_members()
@@ -511,7 +518,9 @@ impl Room {
             seen.keys().filter(|m| Some(m.as_str()) != leaving).cloned().collect()
         };
         self.commit(None, false, |m| {
-            m.plan_tick(now_ms, |id| elsewhere.contains(id) || recently.contains(id) || (settling && m.shared().is_present(id)))
+            m.plan_tick(now_ms, |id| {
+                elsewhere.contains(id) || recently.contains(id) || (settling && m.shared().is_present(id))
+            })
         })
         .await;
     }
@@ -551,9 +560,11 @@ impl Room {
                 // Announce the member here before the write, so that no node's timer sees a
                 // member without presence.
                 let entry = [self.presence_entry(binding.member())];
-                let _ = self.cluster.presence.heartbeat(&self.id, &entry, crate::unix_now_ms(), limits::PRESENCE_TTL).await;
+                let _ =
+                    self.cluster.presence.heartbeat(&self.id, &entry, crate::unix_now_ms(), limits::PRESENCE_TTL).await;
             }
-            let announce = fanout::encode(&self.cluster.node, &Envelope::State { version: version + 1, record: record.clone() });
+            let announce =
+                fanout::encode(&self.cluster.node, &Envelope::State { version: version + 1, record: record.clone() });
             match self.cluster.store.compare_and_set(&self.id, version, record, announce, limits::RECORD_TTL).await {
                 Ok(true) => {
                     let mut guard = self.lock();
@@ -751,7 +762,11 @@ impl Room {
                     let ended = ServerMessage::Ended { reason };
                     let hello = core.meeting.everyone_with_hello();
                     self.publish(None, Audience::of(hello), Message::Text(ended.to_json().into()));
-                    self.publish(None, core.meeting.everyone(), close_message(close::MEETING_ENDED, "this meeting has ended"));
+                    self.publish(
+                        None,
+                        core.meeting.everyone(),
+                        close_message(close::MEETING_ENDED, "this meeting has ended"),
+                    );
                     core.ended = true;
                     // The board and its history go now; nothing else holds them.
                     core.board = Board::with_limit(0);

@@ -6,9 +6,9 @@
 
 use std::path::Path;
 
+use balint_proto::room::Role;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use balint_proto::room::Role;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
@@ -73,10 +73,7 @@ impl Signer {
     /// The configured secret, or the one kept in `data_dir`, generated on first start.
     pub fn from_config(secret: Option<&str>, data_dir: &Path) -> anyhow::Result<Self> {
         if let Some(secret) = secret {
-            anyhow::ensure!(
-                secret.len() >= MIN_SECRET_LEN,
-                "the secret must be at least {MIN_SECRET_LEN} characters"
-            );
+            anyhow::ensure!(secret.len() >= MIN_SECRET_LEN, "the secret must be at least {MIN_SECRET_LEN} characters");
             return Ok(Signer::new(secret.as_bytes()));
         }
         let path = data_dir.join(SECRET_FILE);
@@ -116,8 +113,7 @@ impl Signer {
             return Err(TokenError::Missing);
         }
         let mut parts = token.split('.');
-        let (Some(VERSION), Some(payload), Some(mac), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(VERSION), Some(payload), Some(mac), None) = (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(TokenError::Malformed);
         };
@@ -141,8 +137,7 @@ impl Signer {
 fn parse_payload(payload: &[u8]) -> Option<Grant> {
     let text = std::str::from_utf8(payload).ok()?;
     let mut fields = text.split('|');
-    let (Some(room), Some(role), Some(expiry), None) =
-        (fields.next(), fields.next(), fields.next(), fields.next())
+    let (Some(room), Some(role), Some(expiry), None) = (fields.next(), fields.next(), fields.next(), fields.next())
     else {
         return None;
     };
@@ -159,8 +154,7 @@ fn parse_payload(payload: &[u8]) -> Option<Grant> {
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file =
-        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
 }

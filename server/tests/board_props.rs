@@ -8,7 +8,10 @@ use balint_server::room::ConnId;
 use proptest::prelude::*;
 use yrs::types::ToJson;
 use yrs::updates::decoder::Decode;
-use yrs::{Array, ArrayRef, Doc, GetString, Map, MapPrelim, OffsetKind, Options, ReadTxn, StateVector, Text, TextRef, Transact, Update};
+use yrs::{
+    Array, ArrayRef, Doc, GetString, Map, MapPrelim, OffsetKind, Options, ReadTxn, StateVector, Text, TextRef,
+    Transact, Update,
+};
 
 /// One Yjs client of the board, counting text in UTF-16 code units as Yjs does.
 struct Client {
@@ -78,7 +81,8 @@ fn content(doc: &Doc) -> (String, yrs::Any) {
     let txn = doc.transact();
     let notes = txn.get_text("notes").map(|t| t.get_string(&txn)).unwrap_or_default();
     // A document that never saw a card has no `observations` yet: the same as none.
-    let cards = txn.get_array("observations").map_or_else(|| yrs::Any::from(Vec::<yrs::Any>::new()), |a| a.to_json(&txn));
+    let cards =
+        txn.get_array("observations").map_or_else(|| yrs::Any::from(Vec::<yrs::Any>::new()), |a| a.to_json(&txn));
     (notes, cards)
 }
 
@@ -173,7 +177,12 @@ enum Delivery {
 
 /// Plays one convergence scenario: `steps` are `(client, action, edit, pick)`, `flush` picks
 /// the order in which what is still on its way arrives.
-fn converge(clients: usize, steps: &[ConvergenceStep], flush: &[usize], delivery: Delivery) -> Result<(), TestCaseError> {
+fn converge(
+    clients: usize,
+    steps: &[ConvergenceStep],
+    flush: &[usize],
+    delivery: Delivery,
+) -> Result<(), TestCaseError> {
     let mut board = Board::new();
     let peers: Vec<Client> = (0..clients).map(|i| Client::new(i as u64 + 1)).collect();
     // Updates a client made that the server has not received, and frames the server sent
@@ -259,7 +268,13 @@ fn a_sync_step_2_from_a_board_with_held_back_updates_does_not_duplicate_content(
     let author = Client::new(1);
     let insert = |author: &Client| author.edit(&Edit::Insert(0, "a".into())).unwrap();
     // Clocks 0, 1, 2, then a card (3 and 4), then 5.
-    let updates = [insert(&author), insert(&author), insert(&author), author.edit(&Edit::AddCard("x".into())).unwrap(), insert(&author)];
+    let updates = [
+        insert(&author),
+        insert(&author),
+        insert(&author),
+        author.edit(&Edit::AddCard("x".into())).unwrap(),
+        insert(&author),
+    ];
     let mut board = Board::new();
     // Clocks 1, 3 and 5 arrive first: none can be integrated without clock 0.
     for k in [1, 3, 4] {

@@ -322,10 +322,7 @@ impl YClient {
     /// Sends an awareness state for this client's id.
     pub async fn set_awareness(&mut self, clock: u32, json: &str) -> anyhow::Result<()> {
         let update = sync::AwarenessUpdate {
-            clients: HashMap::from([(
-                self.doc.client_id(),
-                sync::AwarenessUpdateEntry { clock, json: json.into() },
-            )]),
+            clients: HashMap::from([(self.doc.client_id(), sync::AwarenessUpdateEntry { clock, json: json.into() })]),
         };
         self.send_binary(sync::encode_awareness(&update).to_vec()).await
     }

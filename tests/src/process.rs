@@ -253,7 +253,11 @@ pub fn memory_matches(pid: u32, needle: &[u8]) -> anyhow::Result<Vec<String>> {
             for index in finder.find_iter(&buffer[..read]) {
                 let from = index.saturating_sub(48);
                 let to = (index + needle.len() + 48).min(read);
-                found.push(format!("{line} @{:#x}: {:?}", at + index as u64, String::from_utf8_lossy(&buffer[from..to])));
+                found.push(format!(
+                    "{line} @{:#x}: {:?}",
+                    at + index as u64,
+                    String::from_utf8_lossy(&buffer[from..to])
+                ));
             }
             if read == 0 {
                 break;

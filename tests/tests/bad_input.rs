@@ -178,7 +178,8 @@ async fn room_creation_is_limited_per_address() {
     for _ in 0..3 {
         server.create_room(json!({})).await;
     }
-    let response = reqwest::Client::new().post(format!("{}/api/rooms", server.base())).json(&json!({})).send().await.unwrap();
+    let response =
+        reqwest::Client::new().post(format!("{}/api/rooms", server.base())).json(&json!({})).send().await.unwrap();
     assert_eq!(response.status(), 429);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"], "too_many_rooms_created");

@@ -43,12 +43,8 @@ fn cluster() -> Cluster {
 }
 
 async fn create_room(node: &NodeProcess) -> Value {
-    let response = reqwest::Client::new()
-        .post(format!("{}/api/rooms", node.base()))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
+    let response =
+        reqwest::Client::new().post(format!("{}/api/rooms", node.base())).json(&json!({})).send().await.unwrap();
     assert_eq!(response.status(), 201);
     response.json().await.unwrap()
 }
@@ -239,9 +235,8 @@ async fn a_redis_restart_mid_meeting_loses_nothing() {
     lead.wait_until(|x| x.notes().contains("during the outage on B")).await.unwrap();
     on_b.wait_until(|x| x.notes().contains("during the outage on A")).await.unwrap();
     // Presence and room state are rebuilt: everyone is here, the queue is intact.
-    let here = |s: &RoomState| {
-        s.members.len() == 2 && s.members.iter().all(|m| m.status == balint_proto::room::Status::Here)
-    };
+    let here =
+        |s: &RoomState| s.members.len() == 2 && s.members.iter().all(|m| m.status == balint_proto::room::Status::Here);
     lead.wait_state(|s| here(s) && s.queue.iter().any(|e| e.member == ben)).await.unwrap();
     assert!(back.elapsed() < Duration::from_secs(10), "recovered within 10 s: {:?}", back.elapsed());
 
@@ -252,7 +247,9 @@ async fn a_redis_restart_mid_meeting_loses_nothing() {
     loop {
         let before = lead.errors().len();
         lead.command(json!({"type": "next_speaker"})).await.unwrap();
-        lead.wait_until(|x| x.errors().len() > before || x.latest_state().is_some_and(|s| s.floor.is_some())).await.unwrap();
+        lead.wait_until(|x| x.errors().len() > before || x.latest_state().is_some_and(|s| s.floor.is_some()))
+            .await
+            .unwrap();
         if lead.latest_state().is_some_and(|s| s.floor.is_some()) {
             break;
         }
@@ -294,7 +291,8 @@ async fn a_speaking_limit_fires_once_in_the_cluster() {
     lead.wait_version(later + 1).await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     lead.command(json!({"type": "set_away", "away": false})).await.unwrap();
-    let state = lead.wait_state(|s| s.members.iter().all(|m| m.status != balint_proto::room::Status::Away)).await.unwrap();
+    let state =
+        lead.wait_state(|s| s.members.iter().all(|m| m.status != balint_proto::room::Status::Away)).await.unwrap();
     for client in [&mut speaker, &mut listener] {
         client.wait_version(state.version).await.unwrap();
     }

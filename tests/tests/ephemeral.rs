@@ -5,7 +5,6 @@ use balint_e2e::{eventually, TestServer, YClient};
 use balint_proto::close;
 use serde_json::json;
 
-
 #[tokio::test]
 async fn a_meeting_left_empty_past_its_grace_period_ends_and_stays_ended() {
     let server = TestServer::start_with(|c| {

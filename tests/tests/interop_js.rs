@@ -46,21 +46,13 @@ async fn stock_yjs_client_edits_notes_with_a_rust_client() {
     require_node();
     let server = TestServer::start().await;
     let room = server.create_room(json!({})).await;
-    let mut rust = YClient::connect(&server.ws_url(&room.id, &room.invite_token, "RustYrs"))
-        .await
-        .expect("rust client connects");
+    let mut rust =
+        YClient::connect(&server.ws_url(&room.id, &room.invite_token, "RustYrs")).await.expect("rust client connects");
 
     let ws_base = format!("ws://{}/ws", server.addr);
     let node = tokio::process::Command::new("node")
         .arg(js_dir().join("interop.mjs"))
-        .args([
-            ws_base.as_str(),
-            &room.id,
-            &room.invite_token,
-            JS_NAME,
-            JS_TEXT,
-            RUST_TEXT,
-        ])
+        .args([ws_base.as_str(), &room.id, &room.invite_token, JS_NAME, JS_TEXT, RUST_TEXT])
         .current_dir(js_dir())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -69,72 +61,36 @@ async fn stock_yjs_client_edits_notes_with_a_rust_client() {
         .spawn()
         .expect("spawn node");
     // The script has its own 10 s deadline; leave it room to report before this one fires.
-    let node = tokio::spawn(tokio::time::timeout(
-        DEADLINE + Duration::from_secs(5),
-        node.wait_with_output(),
-    ));
+    let node = tokio::spawn(tokio::time::timeout(DEADLINE + Duration::from_secs(5), node.wait_with_output()));
 
     // The JS client joined: its awareness state reaches the Rust client.
     rust.wait_until(|c| awareness_of(c, JS_NAME).is_some())
         .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "JS awareness never arrived: {e}; states: {:?}",
-                rust.awareness
-            )
-        });
+        .unwrap_or_else(|e| panic!("JS awareness never arrived: {e}; states: {:?}", rust.awareness));
     let js_client_id = awareness_of(&rust, JS_NAME).expect("seen above");
 
     // Both type; each must see the other's text.
     rust.type_text(RUST_TEXT).await.expect("rust types");
     rust.wait_until(|c| c.notes().contains(JS_TEXT))
         .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "the Rust client never saw the JS text: {e}; notes: {:?}",
-                rust.notes()
-            )
-        });
+        .unwrap_or_else(|e| panic!("the Rust client never saw the JS text: {e}; notes: {:?}", rust.notes()));
 
-    let output = node
-        .await
-        .expect("node task")
-        .expect("node did not exit before the deadline")
-        .expect("node output");
+    let output = node.await.expect("node task").expect("node did not exit before the deadline").expect("node output");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "node failed ({}):\nstdout: {stdout}\nstderr: {stderr}",
-        output.status
-    );
-    let line = stdout
-        .lines()
-        .last()
-        .unwrap_or_else(|| panic!("node printed nothing; stderr: {stderr}"));
-    let report: Value =
-        serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}"));
+    assert!(output.status.success(), "node failed ({}):\nstdout: {stdout}\nstderr: {stderr}", output.status);
+    let line = stdout.lines().last().unwrap_or_else(|| panic!("node printed nothing; stderr: {stderr}"));
+    let report: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}"));
     let js_notes = report["notes"].as_str().expect("notes string");
-    assert!(
-        js_notes.contains(RUST_TEXT),
-        "the JS client never saw the Rust text: {js_notes:?}"
-    );
-    assert!(
-        js_notes.contains(JS_TEXT),
-        "the JS client lost its own text: {js_notes:?}"
-    );
+    assert!(js_notes.contains(RUST_TEXT), "the JS client never saw the Rust text: {js_notes:?}");
+    assert!(js_notes.contains(JS_TEXT), "the JS client lost its own text: {js_notes:?}");
     // Both documents converged on the same notes.
     assert_eq!(rust.notes(), js_notes, "the clients disagree on the notes");
 
     // Node left without announcing it; the server removes its awareness on disconnect.
     rust.wait_until(|c| !c.awareness.contains_key(&js_client_id))
         .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "the JS awareness was never removed: {e}; states: {:?}",
-                rust.awareness
-            )
-        });
+        .unwrap_or_else(|e| panic!("the JS awareness was never removed: {e}; states: {:?}", rust.awareness));
 
     rust.close().await;
     server.stop().await;

@@ -21,11 +21,13 @@ fn redis_dump(redis: &RedisProcess) -> Vec<u8> {
     let keys = std::process::Command::new("redis-cli").args(["-p", &port, "--scan"]).output().unwrap();
     let mut dump = keys.stdout.clone();
     for key in String::from_utf8_lossy(&keys.stdout).lines() {
-        let value = std::process::Command::new("redis-cli").args(["-p", &port, "--no-raw", "DUMP", key]).output().unwrap();
+        let value =
+            std::process::Command::new("redis-cli").args(["-p", &port, "--no-raw", "DUMP", key]).output().unwrap();
         dump.extend_from_slice(&value.stdout);
         let hash = std::process::Command::new("redis-cli").args(["-p", &port, "HGETALL", key]).output().unwrap();
         dump.extend_from_slice(&hash.stdout);
-        let members = std::process::Command::new("redis-cli").args(["-p", &port, "ZRANGE", key, "0", "-1"]).output().unwrap();
+        let members =
+            std::process::Command::new("redis-cli").args(["-p", &port, "ZRANGE", key, "0", "-1"]).output().unwrap();
         dump.extend_from_slice(&members.stdout);
     }
     dump
@@ -70,7 +72,12 @@ async fn an_ended_ephemeral_meeting_leaves_nothing_anywhere() {
     member.type_text(&format!("The patient said {marker} twice. ")).await.unwrap();
     lead.add_card("lena", "reflection", &format!("I felt {marker} too")).await.unwrap();
     lead.wait_until(|c| c.notes().contains(&marker)).await.unwrap();
-    member.wait_until(|c| yrs::Array::len(&c.doc.get_or_insert_array("observations"), &yrs::Transact::transact(&c.doc)) == 1).await.unwrap();
+    member
+        .wait_until(|c| {
+            yrs::Array::len(&c.doc.get_or_insert_array("observations"), &yrs::Transact::transact(&c.doc)) == 1
+        })
+        .await
+        .unwrap();
 
     // The probe works: before the end, both servers hold the marker in memory.
     assert!(memory_contains(a.pid(), marker.as_bytes()).unwrap(), "node A holds the marker before the end");

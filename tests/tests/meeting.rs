@@ -73,7 +73,6 @@ async fn session(server: &TestServer, room: &balint_e2e::Room, members: &[&str])
     (clients, ids)
 }
 
-
 #[tokio::test]
 async fn a_full_balint_session() {
     let server = TestServer::start().await;

@@ -38,7 +38,6 @@ async fn export(node: &NodeProcess, room: &Value, token: &str) -> reqwest::Respo
         .unwrap()
 }
 
-
 /// Writes in a room, restarts the node (gracefully or with SIGKILL after the save window),
 /// and checks the board, the export and the delete.
 async fn survives_restarts(redis: Option<&RedisProcess>, files_hold_board: bool) {
@@ -82,7 +81,10 @@ async fn survives_restarts(redis: Option<&RedisProcess>, files_hold_board: bool)
         eventually(|| {
             let (port, key) = (port.clone(), key.clone());
             async move {
-                let out = std::process::Command::new("redis-cli").args(["-p", &port, "HGET", &key, "snapshot"]).output().unwrap();
+                let out = std::process::Command::new("redis-cli")
+                    .args(["-p", &port, "HGET", &key, "snapshot"])
+                    .output()
+                    .unwrap();
                 memchr::memmem::find(&out.stdout, b"second session").is_some()
             }
         })

@@ -3,14 +3,13 @@
 use balint_e2e::handshake_status;
 use balint_e2e::{TestServer, YClient};
 use balint_proto::close;
-use balint_server::token::Signer;
 use balint_proto::room::Role;
+use balint_server::token::Signer;
 use serde_json::json;
 
 async fn status(server: &TestServer, path: &str) -> u16 {
     reqwest::get(format!("{}{path}", server.base())).await.unwrap().status().as_u16()
 }
-
 
 #[tokio::test]
 async fn bad_links_are_refused_before_the_upgrade() {
@@ -51,11 +50,7 @@ async fn room_creation_validates_its_body() {
     let server = TestServer::start().await;
     let client = reqwest::Client::new();
     let post = |body: &'static str| {
-        client
-            .post(format!("{}/api/rooms", server.base()))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
+        client.post(format!("{}/api/rooms", server.base())).header("content-type", "application/json").body(body).send()
     };
     let created = post(r#"{"title":"Tuesday group","template":"open","lobby":true}"#).await.unwrap();
     assert_eq!(created.status(), 201);

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::response::Response;
-use axum::serve::ListenerExt;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::Router;
 use bytes::Bytes;
 use clap::Parser;
@@ -58,7 +58,12 @@ const EMPTY_STEP2: [u8; 5] = [0, 1, 2, 0, 0];
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let relay = Arc::new(Relay { read_buffer_bytes: args.read_buffer_bytes.max(1024), rooms: Mutex::new(HashMap::new()), next_conn: AtomicU64::new(1), queue: args.queue.max(1) });
+    let relay = Arc::new(Relay {
+        read_buffer_bytes: args.read_buffer_bytes.max(1024),
+        rooms: Mutex::new(HashMap::new()),
+        next_conn: AtomicU64::new(1),
+        queue: args.queue.max(1),
+    });
     let app = Router::new().route("/{room}", get(upgrade)).with_state(relay);
     let listener = tokio::net::TcpListener::bind(args.bind).await?;
     println!("balint-relay is running on http://{}", listener.local_addr()?);
@@ -75,7 +80,9 @@ async fn main() -> anyhow::Result<()> {
 async fn upgrade(ws: WebSocketUpgrade, Path(room): Path<String>, State(relay): State<Arc<Relay>>) -> Response {
     // Large enough for a late joiner's whole board in one frame.
     ws.read_buffer_size(relay.read_buffer_bytes)
-        .max_message_size(256 << 20).max_frame_size(256 << 20).on_upgrade(move |socket| serve(socket, room, relay))
+        .max_message_size(256 << 20)
+        .max_frame_size(256 << 20)
+        .on_upgrade(move |socket| serve(socket, room, relay))
 }
 
 async fn serve(socket: WebSocket, room: String, relay: Arc<Relay>) {

@@ -90,7 +90,13 @@ impl RoomStore for Embedded {
 }
 
 impl Presence for Embedded {
-    fn heartbeat(&self, room: &str, entries: &[String], now_ms: u64, ttl: Duration) -> BoxFuture<'_, BackendResult<()>> {
+    fn heartbeat(
+        &self,
+        room: &str,
+        entries: &[String],
+        now_ms: u64,
+        ttl: Duration,
+    ) -> BoxFuture<'_, BackendResult<()>> {
         let mut presence = lock(&self.presence);
         let room = presence.entry(room.to_owned()).or_default();
         for entry in entries {

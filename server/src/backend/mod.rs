@@ -88,7 +88,8 @@ pub trait RoomStore: Send + Sync + 'static {
 pub trait Presence: Send + Sync + 'static {
     /// Creates or refreshes `entries` of `room`, valid until `now_ms + ttl`, in one call (one
     /// round trip for Redis, however many members a node holds in the room).
-    fn heartbeat(&self, room: &str, entries: &[String], now_ms: u64, ttl: Duration) -> BoxFuture<'_, BackendResult<()>>;
+    fn heartbeat(&self, room: &str, entries: &[String], now_ms: u64, ttl: Duration)
+        -> BoxFuture<'_, BackendResult<()>>;
 
     /// Removes `entry` of `room`.
     fn remove(&self, room: &str, entry: &str) -> BoxFuture<'_, BackendResult<()>>;

@@ -35,8 +35,8 @@ use redis::{AsyncCommands, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKi
 use tokio::sync::mpsc;
 
 use super::{
-    room_channel, room_prefix, BackendError, BackendResult, BoardStore, Bus, BusMessage, Presence, RoomStore, StoredBoard,
-    Versioned,
+    room_channel, room_prefix, BackendError, BackendResult, BoardStore, Bus, BusMessage, Presence, RoomStore,
+    StoredBoard, Versioned,
 };
 
 /// Compare-and-set of a room record, publishing the announcement on success.
@@ -282,7 +282,10 @@ impl RoomStore for RedisBackend {
         let key = tombstone_key(room);
         let room = room.to_owned();
         async move {
-            let mut connection = self.room(&room).await?; Ok(connection.exists(key).await?) }.boxed()
+            let mut connection = self.room(&room).await?;
+            Ok(connection.exists(key).await?)
+        }
+        .boxed()
     }
 
     fn ping(&self) -> BoxFuture<'_, BackendResult<()>> {
@@ -296,7 +299,13 @@ impl RoomStore for RedisBackend {
 }
 
 impl Presence for RedisBackend {
-    fn heartbeat(&self, room: &str, entries: &[String], now_ms: u64, ttl: Duration) -> BoxFuture<'_, BackendResult<()>> {
+    fn heartbeat(
+        &self,
+        room: &str,
+        entries: &[String],
+        now_ms: u64,
+        ttl: Duration,
+    ) -> BoxFuture<'_, BackendResult<()>> {
         let key = presence_key(room);
         let expiry = now_ms + ttl.as_millis() as u64;
         let scored: Vec<(u64, String)> = entries.iter().map(|e| (expiry, e.clone())).collect();
@@ -342,8 +351,7 @@ impl Presence for RedisBackend {
         let room = room.to_owned();
         async move {
             let mut connection = self.room(&room).await?;
-            let mut live: Vec<String> =
-                connection.zrangebyscore(key, format!("({now_ms}"), "+inf").await?;
+            let mut live: Vec<String> = connection.zrangebyscore(key, format!("({now_ms}"), "+inf").await?;
             live.sort();
             Ok(live)
         }

@@ -27,9 +27,9 @@ const TTL: Duration = Duration::from_secs(60);
 
 async fn backends() -> Vec<(&'static str, Arc<dyn RoomStore>, Arc<dyn Presence>)> {
     let embedded = Arc::new(Embedded::default());
-    let (redis, _bus) = RedisBackend::connect(&test_redis_url())
-        .await
-        .unwrap_or_else(|e| panic!("Redis at {} is needed for this test (scripts/test.sh starts one): {e}", test_redis_url()));
+    let (redis, _bus) = RedisBackend::connect(&test_redis_url()).await.unwrap_or_else(|e| {
+        panic!("Redis at {} is needed for this test (scripts/test.sh starts one): {e}", test_redis_url())
+    });
     let redis = Arc::new(redis);
     vec![("embedded", embedded.clone(), embedded), ("redis", redis.clone(), redis)]
 }
@@ -128,7 +128,8 @@ async fn a_saved_board_loads_back_and_a_save_replaces_it_whole() {
         assert!(store.load(&room).await.unwrap().is_none(), "{name}");
         let first = super::StoredBoard { settings: Bytes::from_static(b"{}"), board: Bytes::from_static(b"one") };
         store.save(&room, first).await.unwrap();
-        let second = super::StoredBoard { settings: Bytes::from_static(b"{\"a\":1}"), board: Bytes::from_static(b"two") };
+        let second =
+            super::StoredBoard { settings: Bytes::from_static(b"{\"a\":1}"), board: Bytes::from_static(b"two") };
         store.save(&room, second.clone()).await.unwrap();
         assert_eq!(store.load(&room).await.unwrap(), Some(second), "{name}");
         store.delete(&room).await.unwrap();

@@ -37,12 +37,7 @@ impl AwarenessRegistry {
     ///
     /// A client id first announced by one connection cannot be changed by another while the
     /// first holds it: one member cannot hide or impersonate another's cursor.
-    pub fn apply(
-        &mut self,
-        conn: ConnId,
-        update: AwarenessUpdate,
-        now_ms: u64,
-    ) -> Option<AwarenessUpdate> {
+    pub fn apply(&mut self, conn: ConnId, update: AwarenessUpdate, now_ms: u64) -> Option<AwarenessUpdate> {
         let mut applied = HashMap::new();
         for (client_id, incoming) in update.clients {
             let removed = incoming.json.as_ref() == REMOVED;
@@ -79,12 +74,9 @@ impl AwarenessRegistry {
             .entries
             .iter()
             .filter_map(|(&id, e)| {
-                e.state.as_ref().map(|json| {
-                    (
-                        ClientID::new(id),
-                        AwarenessUpdateEntry { clock: e.clock, json: json.clone() },
-                    )
-                })
+                e.state
+                    .as_ref()
+                    .map(|json| (ClientID::new(id), AwarenessUpdateEntry { clock: e.clock, json: json.clone() }))
             })
             .collect();
         (!clients.is_empty()).then_some(AwarenessUpdate { clients })
@@ -109,10 +101,7 @@ impl AwarenessRegistry {
             if entry.state.is_some() && condition(entry) {
                 entry.state = None;
                 entry.clock += 1;
-                removed.insert(
-                    ClientID::new(id),
-                    AwarenessUpdateEntry { clock: entry.clock, json: REMOVED.into() },
-                );
+                removed.insert(ClientID::new(id), AwarenessUpdateEntry { clock: entry.clock, json: REMOVED.into() });
             }
         }
         (!removed.is_empty()).then_some(AwarenessUpdate { clients: removed })
@@ -135,10 +124,7 @@ mod tests {
 
     fn update(id: u64, clock: u32, json: &str) -> AwarenessUpdate {
         AwarenessUpdate {
-            clients: HashMap::from([(
-                ClientID::new(id),
-                AwarenessUpdateEntry { clock, json: json.into() },
-            )]),
+            clients: HashMap::from([(ClientID::new(id), AwarenessUpdateEntry { clock, json: json.into() })]),
         }
     }
 

@@ -123,7 +123,11 @@ impl Board {
         for message in messages {
             match message {
                 Message::Sync(SyncMessage::SyncStep1(remote)) => {
-                    let step2 = if remote.is_empty() { self.whole_board(now_ms) } else { sync::encode_step2(&self.diff(&remote)) };
+                    let step2 = if remote.is_empty() {
+                        self.whole_board(now_ms)
+                    } else {
+                        sync::encode_step2(&self.diff(&remote))
+                    };
                     effects.reply.push(step2);
                     for held in &self.held_back {
                         effects.reply.push(sync::encode_update(held));
@@ -345,12 +349,9 @@ mod tests {
     fn a_step1_is_answered_with_the_missing_part_of_the_board() {
         let mut board = Board::new();
         board.handle_frame(ConnId(1), &sync::encode_update(&client_update("hi")), true, 0).unwrap();
-        let effects = board
-            .handle_frame(ConnId(2), &sync::encode_step1(&StateVector::default()), true, 0)
-            .unwrap();
+        let effects = board.handle_frame(ConnId(2), &sync::encode_step1(&StateVector::default()), true, 0).unwrap();
         let [reply] = &effects.reply[..] else { panic!("one reply expected") };
-        let Message::Sync(SyncMessage::SyncStep2(update)) = &sync::decode_frame(reply).unwrap()[0]
-        else {
+        let Message::Sync(SyncMessage::SyncStep2(update)) = &sync::decode_frame(reply).unwrap()[0] else {
             panic!("step 2 expected")
         };
         let joiner = Doc::new();

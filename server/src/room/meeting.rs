@@ -25,8 +25,8 @@ use std::sync::Arc;
 
 use balint_proto::close;
 use balint_proto::room::{
-    ClientMessage, ErrorCode, Floor, MemberView, Participation, Phase, PhaseState, QueueEntry, Role,
-    RoomState, ServerMessage, Status, Template, Waiting,
+    ClientMessage, ErrorCode, Floor, MemberView, Participation, Phase, PhaseState, QueueEntry, Role, RoomState,
+    ServerMessage, Status, Template, Waiting,
 };
 use rand::distributions::{Alphanumeric, DistString};
 use serde::{Deserialize, Serialize};
@@ -888,10 +888,7 @@ impl Meeting {
         if let Some(member) = &connection.member {
             if hello && !connection.hello {
                 // Recorded at install time; nothing shared changes.
-                return Plan {
-                    binding: Some(Binding { conn, member: member.clone(), hello }),
-                    ..Plan::default()
-                };
+                return Plan { binding: Some(Binding { conn, member: member.clone(), hello }), ..Plan::default() };
             }
             return Plan::default();
         }
@@ -928,16 +925,22 @@ impl Meeting {
             // the connection, as any other text frame would.
             Some(Connection { hello: false, .. }) => {
                 let reason = "expected a hello message";
-                return Plan { immediate: vec![Output::Close { conn, code: close::INVALID_TEXT, reason }], ..Plan::default() };
+                return Plan {
+                    immediate: vec![Output::Close { conn, code: close::INVALID_TEXT, reason }],
+                    ..Plan::default()
+                };
             }
             Some(_) => return Plan::refused(conn, (ErrorCode::NotInRoom, "wait for a leader to admit you")),
             None => return Plan::default(),
         };
-        if let ClientMessage::GrantFloor { if_version: Some(seen), .. } | ClientMessage::NextSpeaker { if_version: Some(seen) } =
-            &message
+        if let ClientMessage::GrantFloor { if_version: Some(seen), .. }
+        | ClientMessage::NextSpeaker { if_version: Some(seen) } = &message
         {
             if self.shared.floor_version > *seen {
-                return Plan::refused(conn, (ErrorCode::Conflict, "the floor changed since you looked; nothing was done"));
+                return Plan::refused(
+                    conn,
+                    (ErrorCode::Conflict, "the floor changed since you looked; nothing was done"),
+                );
             }
         }
         let mut next = self.shared.clone();
@@ -1054,7 +1057,10 @@ impl Meeting {
         }
         // A speaking limit passed.
         if let Some(turn) = &self.shared.floor {
-            let already = old.floor.as_ref().is_some_and(|t| t.seq == turn.seq && t.time_up_sent && t.limit_secs == turn.limit_secs);
+            let already = old
+                .floor
+                .as_ref()
+                .is_some_and(|t| t.seq == turn.seq && t.time_up_sent && t.limit_secs == turn.limit_secs);
             if let (Some(limit), true, false) = (turn.limit_secs, turn.time_up_sent, already) {
                 let event = ServerMessage::TimeUp { member: turn.member.clone(), limit_secs: limit };
                 out.push(Output::Send(self.audience(|_| true), event));
@@ -1152,11 +1158,8 @@ impl Meeting {
 
     /// Whether `conn` may change the board now, and if not, why.
     pub fn can_write(&self, conn: ConnId) -> Result<(), &'static str> {
-        let member_id = self
-            .connections
-            .get(&conn)
-            .and_then(|c| c.member.as_deref())
-            .ok_or("join the room before writing")?;
+        let member_id =
+            self.connections.get(&conn).and_then(|c| c.member.as_deref()).ok_or("join the room before writing")?;
         match self.shared.write_refusal(member_id) {
             Some(reason) => Err(reason),
             None => Ok(()),
@@ -1228,8 +1231,8 @@ fn random_string(len: usize) -> String {
 }
 
 #[cfg(test)]
-#[path = "meeting_tests.rs"]
-mod tests;
-#[cfg(test)]
 #[path = "meeting_props.rs"]
 mod props;
+#[cfg(test)]
+#[path = "meeting_tests.rs"]
+mod tests;

@@ -346,7 +346,12 @@ impl Node {
 /// The connections of `meeting` that speak for a leader.
 fn leaders(meeting: &Meeting) -> Vec<ConnId> {
     let is_leader = |id: &String| meeting.shared.members.get(id).is_some_and(|m| m.role == Role::Leader);
-    meeting.connections.iter().filter(|(_, c)| c.member.as_ref().is_some_and(is_leader)).map(|(&conn, _)| conn).collect()
+    meeting
+        .connections
+        .iter()
+        .filter(|(_, c)| c.member.as_ref().is_some_and(is_leader))
+        .map(|(&conn, _)| conn)
+        .collect()
 }
 
 fn pick(conns: &[ConnId], i: Index) -> Option<ConnId> {

@@ -300,7 +300,10 @@ fn a_command_before_hello_closes_the_connection_as_invalid_text() {
     let conn = sim.connect(Role::Member, "Ann");
     let before = sim.meeting.state(true);
     let out = sim.send(conn, C::RaiseHand {});
-    assert_eq!(out, vec![Output::Close { conn, code: balint_proto::close::INVALID_TEXT, reason: "expected a hello message" }]);
+    assert_eq!(
+        out,
+        vec![Output::Close { conn, code: balint_proto::close::INVALID_TEXT, reason: "expected a hello message" }]
+    );
     assert_eq!(sim.meeting.state(true), before);
 }
 
@@ -719,7 +722,11 @@ fn a_leader_can_grant_the_floor_to_anyone_and_granting_lowers_their_hand() {
 
     sim.ok(lena.conn, grant(&lena));
     assert_eq!(floor_holder(&sim.view(ann.conn)), Some(lena.id.as_str()), "a leader may speak too");
-    sim.assert_refused(lena.conn, C::GrantFloor { member: "nobody".into(), if_version: None }, ErrorCode::UnknownMember);
+    sim.assert_refused(
+        lena.conn,
+        C::GrantFloor { member: "nobody".into(), if_version: None },
+        ErrorCode::UnknownMember,
+    );
 }
 
 #[test]
@@ -941,14 +948,9 @@ fn a_balint_room_moves_through_its_six_phases_in_any_order_and_refuses_discussio
     assert_eq!(view.template, Template::Balint);
     assert_eq!(view.phase.name, Phase::Gathering, "a balint room starts gathering");
 
-    for phase in [
-        Phase::Closing,
-        Phase::Presentation,
-        Phase::Questions,
-        Phase::Reflection,
-        Phase::Response,
-        Phase::Gathering,
-    ] {
+    for phase in
+        [Phase::Closing, Phase::Presentation, Phase::Questions, Phase::Reflection, Phase::Response, Phase::Gathering]
+    {
         sim.ok(lena.conn, set_phase(phase));
         assert_eq!(sim.view(lena.conn).phase.name, phase);
     }
@@ -965,14 +967,9 @@ fn an_open_room_has_only_the_discussion_phase() {
     assert_eq!(view.phase.name, Phase::Discussion);
     assert_eq!(view.phase.duration_secs, Phase::Discussion.suggested_secs());
 
-    for phase in [
-        Phase::Gathering,
-        Phase::Presentation,
-        Phase::Questions,
-        Phase::Reflection,
-        Phase::Response,
-        Phase::Closing,
-    ] {
+    for phase in
+        [Phase::Gathering, Phase::Presentation, Phase::Questions, Phase::Reflection, Phase::Response, Phase::Closing]
+    {
         sim.assert_refused(lena.conn, set_phase(phase), ErrorCode::InvalidPhase);
     }
     sim.ok(lena.conn, set_phase(Phase::Discussion));
@@ -1001,11 +998,7 @@ fn a_phase_carries_its_start_time_and_its_suggested_or_overridden_duration() {
         sim.view(ann.conn).phase,
         PhaseState { name: Phase::Reflection, started_at_ms: START_MS + 8 * 60_000, duration_secs: 40 * 60 }
     );
-    sim.assert_refused(
-        lena.conn,
-        C::SetPhase { phase: Phase::Closing, duration_secs: Some(0) },
-        ErrorCode::BadMessage,
-    );
+    sim.assert_refused(lena.conn, C::SetPhase { phase: Phase::Closing, duration_secs: Some(0) }, ErrorCode::BadMessage);
 }
 
 /// A balint room with Lena leading, Pia picked as presenter, and Ann and Ben in the group.
@@ -1418,7 +1411,10 @@ fn a_full_room_turns_newcomers_away_but_lets_members_resume() {
     }
     let late = sim.connect(Role::Member, "late");
     let out = sim.send(late, C::Hello { resume: None });
-    assert_eq!(out, vec![Output::Close { conn: late, code: balint_proto::close::ROOM_FULL, reason: "the room is full" }]);
+    assert_eq!(
+        out,
+        vec![Output::Close { conn: late, code: balint_proto::close::ROOM_FULL, reason: "the room is full" }]
+    );
     assert_eq!(sim.meeting.state(true).members.len(), MAX_MEMBERS);
     // A member who drops and comes back with their resume token is not a newcomer.
     let token = sim.token(people[1].conn);
