@@ -243,6 +243,13 @@ impl Board {
         self.doc.transact().encode_state_as_update_v1(state_vector)
     }
 
+    /// Whether the document holds updates back because something they build on has not
+    /// arrived (or was lost to yrs's bookkeeping of such updates): a sync with the server
+    /// fills the gap.
+    pub fn is_waiting(&self) -> bool {
+        self.doc.transact().has_missing_updates()
+    }
+
     /// Applies a remote update.
     pub fn apply_update(&mut self, update: &[u8]) -> Result<(), BoardError> {
         let update = Update::decode_v1(update).map_err(|_| BoardError::Malformed)?;

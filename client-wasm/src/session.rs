@@ -173,6 +173,8 @@ pub struct Session {
     resume: Option<String>,
     state: Option<RoomState>,
     backoff: Backoff,
+    /// A sync step 1 of ours is unanswered: no other is sent until its step 2 arrives.
+    syncing: bool,
     io: VecDeque<Io>,
     events: VecDeque<Event>,
 }
@@ -189,6 +191,7 @@ impl Session {
             resume,
             state: None,
             backoff: Backoff::default(),
+            syncing: false,
             io: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -240,7 +243,7 @@ impl Session {
                 self.state = None;
                 self.install(state);
                 // Our own sync step 1: the server answers with what we lack.
-                self.io.push_back(Io::SendBinary(sync::encode_step1(&self.board.state_vector()).to_vec()));
+                self.send_step1();
             }
             ServerMessage::Waiting { member_id, resume_token } => {
                 self.link = Link::Waiting;
@@ -259,7 +262,7 @@ impl Session {
                     self.board.wipe();
                     self.events.push_back(Event::Board);
                     if self.link == Link::Welcomed {
-                        self.io.push_back(Io::SendBinary(sync::encode_step1(&self.board.state_vector()).to_vec()));
+                        self.send_step1();
                     }
                 }
                 self.events.push_back(Event::Error { code, message });
@@ -302,7 +305,11 @@ impl Session {
                     let update = self.board.update_since(&state_vector);
                     self.io.push_back(Io::SendBinary(sync::encode_step2(&update).to_vec()));
                 }
-                Message::Sync(SyncMessage::SyncStep2(update) | SyncMessage::Update(update)) => {
+                Message::Sync(SyncMessage::SyncStep2(update)) => {
+                    self.syncing = false;
+                    changed |= self.board.apply_update(&update).is_ok();
+                }
+                Message::Sync(SyncMessage::Update(update)) => {
                     changed |= self.board.apply_update(&update).is_ok();
                 }
                 // Awareness (other people's cursors) is not shown by this client.
@@ -312,11 +319,24 @@ impl Session {
         if changed {
             self.events.push_back(Event::Board);
         }
+        // Updates that arrived ahead of what they build on wait in the document. Normally the
+        // next frames fill the gap; if they did not (yrs 0.28.1 can lose track of such updates
+        // when they arrive out of order), the server's answer to a step 1 does.
+        if self.board.is_waiting() && !self.syncing {
+            self.send_step1();
+        }
         changed
+    }
+
+    fn send_step1(&mut self) {
+        self.syncing = true;
+        self.io.push_back(Io::SendBinary(sync::encode_step1(&self.board.state_vector()).to_vec()));
     }
 
     /// The socket closed with `code`. `random` in `[0, 1)` spreads the reconnect delay.
     pub fn handle_close(&mut self, code: u16, random: f64, now_ms: u64) {
+        // Whatever was asked on the old socket will not be answered.
+        self.syncing = false;
         let opened = match self.link {
             Link::Connecting { opened } => opened,
             Link::Waiting | Link::Welcomed => true,
@@ -622,6 +642,29 @@ mod tests {
         assert!(events.contains(&Event::Resume { token: Some("tok1".into()) }));
         assert!(events.iter().any(|e| matches!(e, Event::State { me, can_write: true, .. } if me == "me")));
         assert_eq!(s.member_id(), Some("me"));
+    }
+
+    #[test]
+    fn an_update_that_cannot_be_integrated_makes_the_session_sync_once() {
+        let mut s = joined();
+        // The answer to the step 1 sent at welcome.
+        s.handle_binary(&sync::encode_step2(&Board::new().update_since(&Default::default())));
+        let mut server = Board::new();
+        let _first = server.set_text(&TextKey::Notes, "a", None).unwrap().unwrap();
+        let second = server.set_text(&TextKey::Notes, "ab", None).unwrap().unwrap();
+        let third = server.set_text(&TextKey::Notes, "abc", None).unwrap().unwrap();
+        // The second edit arrives without the first: it waits, and the session asks.
+        s.handle_binary(&sync::encode_update(&second));
+        let frames = binaries(&drain_io(&mut s));
+        assert!(matches!(frames[..], [ref m] if matches!(m[..], [Message::Sync(SyncMessage::SyncStep1(_))])), "{frames:?}");
+        // Still waiting, but a step 1 is already out: no second one.
+        s.handle_binary(&sync::encode_update(&third));
+        assert!(binaries(&drain_io(&mut s)).is_empty());
+        // The server's answer fills the gap.
+        s.handle_binary(&sync::encode_step2(&server.update_since(&s.board().state_vector())));
+        assert_eq!(s.board().notes(), "abc");
+        assert!(!s.board().is_waiting());
+        assert!(binaries(&drain_io(&mut s)).is_empty());
     }
 
     #[test]

@@ -384,7 +384,7 @@ impl Room {
         if self.outbox.as_ref().is_some_and(|o| o.failed.swap(false, Ordering::Relaxed)) {
             self.mark_resync();
         }
-        let heartbeat = {
+        let (heartbeat, waiting) = {
             let mut guard = self.lock();
             let core = &mut *guard;
             if core.ended {
@@ -398,10 +398,11 @@ impl Room {
             let lost = self.resync.load(Ordering::Relaxed);
             let due =
                 lost || now_ms.saturating_sub(core.last_heartbeat_ms) >= limits::PRESENCE_HEARTBEAT.as_millis() as u64;
-            due.then(|| {
+            let heartbeat = due.then(|| {
                 core.last_heartbeat_ms = now_ms;
                 core.meeting.local_members()
-            })
+            });
+            (heartbeat, !core.board.pending().is_empty())
         };
         if let Some(members) = heartbeat {
             self.heartbeat(&members, now_ms).await;
@@ -409,6 +410,10 @@ impl Room {
         self.tick_meeting(now_ms, None).await;
         if self.resync.swap(false, Ordering::Relaxed) {
             self.request_catch_up(true);
+        } else if waiting {
+            // Updates from other nodes arrived ahead of what they build on and are still held
+            // back a tick later: ask the other nodes for what this one lacks.
+            self.request_catch_up(false);
         }
         self.save(now_ms, false).await;
     }
