@@ -656,7 +656,10 @@ mod tests {
         // The second edit arrives without the first: it waits, and the session asks.
         s.handle_binary(&sync::encode_update(&second));
         let frames = binaries(&drain_io(&mut s));
-        assert!(matches!(frames[..], [ref m] if matches!(m[..], [Message::Sync(SyncMessage::SyncStep1(_))])), "{frames:?}");
+        assert!(
+            matches!(frames[..], [ref m] if matches!(m[..], [Message::Sync(SyncMessage::SyncStep1(_))])),
+            "{frames:?}"
+        );
         // Still waiting, but a step 1 is already out: no second one.
         s.handle_binary(&sync::encode_update(&third));
         assert!(binaries(&drain_io(&mut s)).is_empty());

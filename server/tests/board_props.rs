@@ -340,4 +340,3 @@ fn a_deeply_nested_card_exports_without_overflowing_the_stack() {
         .unwrap();
     assert!(export.contains("deep"));
 }
-

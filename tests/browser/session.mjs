@@ -320,6 +320,43 @@ try {
   });
   await shoot('11-reopened');
 
+  // 9. A persistent room: the leader exports the board, then deletes the room.
+  step = 'export and delete a persistent room';
+  await leader.goto(`${base}/`);
+  await leader.getByLabel('Title').fill('Thursday log');
+  await leader.getByLabel(/Persistent/).check();
+  await leader.getByRole('button', { name: 'Create the room' }).click();
+  await waitIn(leader, 'the links are shown', () => !document.getElementById('created').hidden);
+  await leader.getByRole('link', { name: 'Open the room as leader' }).click();
+  await join(leader, null, 'Lea');
+  check(await leader.isVisible('#keep-box'), 'the leader of a persistent room can export and delete it');
+  await leader.getByLabel('Running notes').click();
+  await leader.keyboard.type('Kept for next week.');
+  // The export reads the server's copy: wait until the edit is there.
+  await waitIn(leader, 'the server holds the edit', async () => {
+    const token = new URLSearchParams(location.hash.slice(1)).get('t');
+    const room = location.pathname.split('/')[2];
+    const response = await fetch(`/api/rooms/${room}/export.md`, { headers: { Authorization: `Bearer ${token}` } });
+    return (await response.text()).includes('Kept for next week.');
+  });
+  const [download] = await Promise.all([
+    leader.waitForEvent('download', { timeout: TIMEOUT }),
+    leader.getByRole('button', { name: 'Export the notes (Markdown)' }).click(),
+  ]);
+  check(download.suggestedFilename() === 'Thursday-log.md', `the file's name: ${download.suggestedFilename()}`);
+  const { readFile } = await import('node:fs/promises');
+  const markdown = await readFile(await download.path(), 'utf8');
+  check(markdown.includes('# Thursday log') && markdown.includes('Kept for next week.'), `the export: ${markdown}`);
+  await shoot('12-persistent');
+  await leader.getByRole('button', { name: /Delete this room for good/ }).click();
+  await waitIn(leader, 'the delete confirmation is shown', () => document.getElementById('delete-dialog').open);
+  await leader.getByRole('button', { name: 'Delete the room', exact: true }).click();
+  await waitIn(leader, 'the leader is told the room was deleted', () => {
+    const screen = document.getElementById('message-screen');
+    return !screen.hidden && document.getElementById('message-title').textContent === 'This room was deleted';
+  });
+  await shoot('13-deleted');
+
   check(problems.length === 0, problems.join('\n'));
   console.log(JSON.stringify({ ok: true, screenshots: shotDir }));
 } catch (error) {

@@ -184,8 +184,10 @@ function onConnection(event) {
     case 'ended':
       finish();
       showMessage(
-        'The meeting has ended',
-        ephemeral
+        event.reason === 'deleted' ? 'This room was deleted' : 'The meeting has ended',
+        event.reason === 'deleted'
+          ? ['A leader deleted the room: its board is erased from the server, and this page kept no copy.']
+          : ephemeral
           ? [
             'Everything on the board was discarded: the server has erased it, and this page kept no copy.',
             'Nothing of the meeting is stored in this browser. You can close this tab.',
@@ -465,6 +467,7 @@ function renderMembers(leader) {
 function renderLeaderPanel(leader) {
   $('leader-panel').hidden = !leader;
   if (!leader) return;
+  $('keep-box').hidden = state.ephemeral;
   const phases = TEMPLATE_PHASES[state.template] || [];
   reconcile(
     $('phases'),
@@ -717,6 +720,54 @@ $('end-meeting').addEventListener('click', () => {
 });
 $('end-dialog').addEventListener('close', () => {
   if ($('end-dialog').returnValue === 'end') act(() => client.endMeeting());
+});
+
+// A persistent room's board, kept between meetings: the leader link may export it or delete the
+// room. The server checks the token; a co-leader who came in through the invite link is told
+// that only the leader link can.
+function roomApi(suffix, method) {
+  return fetch(`/api/rooms/${encodeURIComponent(roomId)}${suffix}`, {
+    method,
+    headers: { Authorization: `Bearer ${token}` },
+  });
+}
+
+const KEEP_ERRORS = {
+  401: 'This link has expired. Ask for a new leader link.',
+  403: 'Only the leader link (the one the room was created with) can do that.',
+  409: 'This room is ephemeral: nothing of it is kept, so there is nothing to export.',
+  410: 'This room no longer exists.',
+};
+
+$('export-board').addEventListener('click', async () => {
+  try {
+    const response = await roomApi('/export.md', 'GET');
+    if (!response.ok) {
+      alertUser(KEEP_ERRORS[response.status] || 'The export did not work. Try again in a moment.');
+      return;
+    }
+    const url = URL.createObjectURL(await response.blob());
+    const title = (state?.title || 'balint-room').replace(/[^\p{L}\p{N}]+/gu, '-').replace(/^-|-$/g, '');
+    const link = el('a', { href: url, download: `${title || 'balint-room'}.md` });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10_000);
+  } catch {
+    alertUser('The export did not work. Check the connection and try again.');
+  }
+});
+
+$('delete-room').addEventListener('click', () => $('delete-dialog').showModal());
+$('delete-dialog').addEventListener('close', async () => {
+  if ($('delete-dialog').returnValue !== 'delete') return;
+  try {
+    const response = await roomApi('', 'DELETE');
+    // On success the server ends the meeting for everyone, this page included.
+    if (!response.ok) alertUser(KEEP_ERRORS[response.status] || 'The room was not deleted. Try again in a moment.');
+  } catch {
+    alertUser('The room was not deleted. Check the connection and try again.');
+  }
 });
 
 $('add-card').addEventListener('submit', (event) => {
