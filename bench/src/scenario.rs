@@ -14,7 +14,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::client::{join, Member, Shared};
-use crate::target::{cpu_secs, redis_commands, rss_kib, Running};
+use crate::target::{cpu_secs, cpu_secs_of, redis_commands, rss_kib_of, Running};
 
 /// Connections opened at once while a scenario sets up.
 const CONNECT_CONCURRENCY: usize = 64;
@@ -104,12 +104,12 @@ pub async fn traffic(
     hz: f64,
     secs: f64,
 ) -> anyhow::Result<Outcome> {
-    let pid = server.pid();
+    let pids = server.pids();
     let total = rooms * members;
     let edits = (hz * secs).round().max(1.0) as u32;
     let period = Duration::from_secs_f64(1.0 / hz);
     let shared = Shared::new(total);
-    let mut out = Outcome { connections: total, rss_base_kib: rss_kib(pid), ..Outcome::default() };
+    let mut out = Outcome { connections: total, rss_base_kib: rss_kib_of(&pids), ..Outcome::default() };
     let setup = Instant::now();
 
     let mut links = Vec::with_capacity(rooms);
@@ -179,7 +179,7 @@ pub async fn traffic(
 
     out.expected = (rooms * members * (members - 1)) as u64 * edits as u64;
     let total_edits = (total as u64) * edits as u64;
-    let (cpu0, bench0) = (cpu_secs(pid), my_cpu());
+    let (cpu0, bench0) = (cpu_secs_of(&pids), my_cpu());
     let redis0 = server.redis.as_deref().and_then(redis_commands);
     let start = tokio::time::Instant::now();
     go_tx.send(Some(start))?;
@@ -192,10 +192,10 @@ pub async fn traffic(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     out.secs = start.elapsed().as_secs_f64();
-    out.server_cpu = cpu_secs(pid) - cpu0;
+    out.server_cpu = cpu_secs_of(&pids) - cpu0;
     out.redis_commands = redis0.zip(server.redis.as_deref().and_then(redis_commands)).map(|(a, b)| b.saturating_sub(a));
     out.bench_cpu = my_cpu() - bench0;
-    out.rss_kib = rss_kib(pid);
+    out.rss_kib = rss_kib_of(&pids);
     // A straggler delivery or duplicate would show here.
     tokio::time::sleep(Duration::from_millis(200)).await;
     out.delivered = shared.delivered.load(Ordering::Relaxed);
@@ -220,10 +220,11 @@ pub async fn late_joiner(
     chunk: usize,
     joins: usize,
 ) -> anyhow::Result<Outcome> {
-    let pid = server.pid();
+    let pids = server.pids();
     let shared = Shared::new(0);
     let link = server.room().await?;
-    let mut out = Outcome { connections: 1, rss_base_kib: rss_kib(pid), expected: joins as u64, ..Outcome::default() };
+    let mut out =
+        Outcome { connections: 1, rss_base_kib: rss_kib_of(&pids), expected: joins as u64, ..Outcome::default() };
     let setup = Instant::now();
     let (mut writer, mut writer_stream) =
         join(&link.url("writer"), link.hello, 1, shared.clone(), JOIN_TIMEOUT).await?;
@@ -267,7 +268,7 @@ pub async fn late_joiner(
     let target_len = board_bytes as u32;
     // The server is otherwise quiet between joins: its CPU is read once around all of them,
     // as each join alone may be shorter than the 10 ms tick of /proc's CPU times.
-    let (cpu0, bench0) = (cpu_secs(pid), my_cpu());
+    let (cpu0, bench0) = (cpu_secs_of(&pids), my_cpu());
     let redis0 = server.redis.as_deref().and_then(redis_commands);
     for j in 0..joins {
         let t0 = Instant::now();
@@ -288,11 +289,11 @@ pub async fn late_joiner(
         if joiner.notes_len() == target_len {
             out.delivered += 1;
         }
-        out.rss_kib = out.rss_kib.max(rss_kib(pid));
+        out.rss_kib = out.rss_kib.max(rss_kib_of(&pids));
         joiner.close().await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    out.server_cpu = cpu_secs(pid) - cpu0;
+    out.server_cpu = cpu_secs_of(&pids) - cpu0;
     out.redis_commands = redis0.zip(server.redis.as_deref().and_then(redis_commands)).map(|(a, b)| b.saturating_sub(a));
     out.bench_cpu = my_cpu() - bench0;
     let _ = stop_tx.send(true);
@@ -307,9 +308,9 @@ pub async fn late_joiner(
 
 /// `count` members in rooms of `room_size`, connected and synced, doing nothing for `secs`.
 pub async fn idle(server: &mut Running, count: usize, room_size: usize, secs: f64) -> anyhow::Result<Outcome> {
-    let pid = server.pid();
+    let pids = server.pids();
     let shared = Shared::new(0);
-    let mut out = Outcome { connections: count, rss_base_kib: rss_kib(pid), ..Outcome::default() };
+    let mut out = Outcome { connections: count, rss_base_kib: rss_kib_of(&pids), ..Outcome::default() };
     let setup = Instant::now();
     let rooms = count.div_ceil(room_size.max(1));
     let mut links = Vec::with_capacity(rooms);
@@ -353,15 +354,15 @@ pub async fn idle(server: &mut Running, count: usize, room_size: usize, secs: f6
     }
     out.setup_secs = setup.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (cpu0, bench0) = (cpu_secs(pid), my_cpu());
+    let (cpu0, bench0) = (cpu_secs_of(&pids), my_cpu());
     let redis0 = server.redis.as_deref().and_then(redis_commands);
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(secs)).await;
     out.secs = t0.elapsed().as_secs_f64();
-    out.server_cpu = cpu_secs(pid) - cpu0;
+    out.server_cpu = cpu_secs_of(&pids) - cpu0;
     out.redis_commands = redis0.zip(server.redis.as_deref().and_then(redis_commands)).map(|(a, b)| b.saturating_sub(a));
     out.bench_cpu = my_cpu() - bench0;
-    out.rss_kib = rss_kib(pid);
+    out.rss_kib = rss_kib_of(&pids);
     let _ = stop_tx.send(true);
     while let Some(result) = tasks.join_next().await {
         match result {

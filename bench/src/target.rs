@@ -17,6 +17,9 @@ pub enum Kind {
     /// `balint-room` with `--redis-url`: every update is also published on the room's Redis
     /// channel (and comes back to the node, which skips its own), presence lives in Redis.
     BalintRedis,
+    /// Two `balint-room` nodes on one Redis, each room's members split between them: every
+    /// edit crosses Redis to reach half of its room. CPU and RSS are the two nodes' sum.
+    BalintPair,
     /// `balint-relay`, the floor.
     Relay,
     /// The reference `y-websocket` 1.5.4 server (`bin/server.js`).
@@ -27,13 +30,15 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in table order.
-    pub const ALL: [Kind; 5] = [Kind::Balint, Kind::BalintRedis, Kind::Relay, Kind::YWebsocket, Kind::YSweet];
+    pub const ALL: [Kind; 6] =
+        [Kind::Balint, Kind::BalintRedis, Kind::BalintPair, Kind::Relay, Kind::YWebsocket, Kind::YSweet];
 
     /// The name used on the command line and in tables.
     pub fn name(self) -> &'static str {
         match self {
             Kind::Balint => "balint-room",
             Kind::BalintRedis => "balint-room+redis",
+            Kind::BalintPair => "balint-room×2+redis",
             Kind::Relay => "relay",
             Kind::YWebsocket => "y-websocket",
             Kind::YSweet => "y-sweet",
@@ -78,7 +83,7 @@ impl Programs {
         let check = |p: &Path| if p.exists() { Ok(()) } else { Err(format!("{} not found", p.display())) };
         match kind {
             Kind::Balint => check(&self.server),
-            Kind::BalintRedis => {
+            Kind::BalintRedis | Kind::BalintPair => {
                 check(&self.server)?;
                 self.redis_url.as_ref().map(|_| ()).ok_or_else(|| "no --redis-url given".to_owned())
             }
@@ -108,24 +113,39 @@ pub struct Running {
     next_room: usize,
     /// The Redis the server uses, if any.
     pub redis: Option<String>,
+    /// The second node of a pair.
+    peer: Option<Box<Running>>,
 }
 
 /// A room on a running server: how each member reaches it.
 #[derive(Debug, Clone)]
 pub struct RoomLink {
     base: String,
+    /// The same room on the second node of a pair: members alternate between the two.
+    other: Option<String>,
+    joined: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Whether members open the room protocol with `hello`.
     pub hello: bool,
 }
 
 impl RoomLink {
-    /// The WebSocket URL of member `name`.
+    /// The WebSocket URL of member `name` (of the next member, alternating between the nodes
+    /// of a pair).
     pub fn url(&self, name: &str) -> String {
-        if self.base.contains('?') {
-            format!("{}&name={name}", self.base)
+        let n = self.joined.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let base = match &self.other {
+            Some(other) if n % 2 == 1 => other,
+            _ => &self.base,
+        };
+        if base.contains('?') {
+            format!("{base}&name={name}")
         } else {
-            self.base.clone()
+            base.clone()
         }
+    }
+
+    fn new(base: String, hello: bool) -> Self {
+        RoomLink { base, other: None, joined: Default::default(), hello }
     }
 }
 
@@ -134,15 +154,40 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 impl Running {
-    /// Starts `kind` on a free loopback port and waits until it listens.
+    /// Starts `kind` on a free loopback port (two, for a pair) and waits until it listens.
     pub fn start(kind: Kind, programs: &Programs, label: &str, limits: ServerLimits) -> anyhow::Result<Running> {
+        if kind != Kind::BalintPair {
+            return Self::spawn(kind, kind, programs, label, limits);
+        }
+        let mut first = Self::spawn(Kind::BalintPair, Kind::BalintRedis, programs, label, limits)?;
+        let second = Self::spawn(Kind::BalintPair, Kind::BalintRedis, programs, &format!("{label}-b"), limits)?;
+        first.peer = Some(Box::new(second));
+        Ok(first)
+    }
+
+    /// The process ids of every node.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![self.child.id()];
+        pids.extend(self.peer.iter().map(|p| p.child.id()));
+        pids
+    }
+
+    fn spawn(
+        kind: Kind,
+        as_kind: Kind,
+        programs: &Programs,
+        label: &str,
+        limits: ServerLimits,
+    ) -> anyhow::Result<Running> {
         std::fs::create_dir_all(&programs.work)?;
         let log = std::fs::File::create(programs.work.join(format!("{}-{label}.log", kind.name())))?;
+        let kind_shown = kind;
+        let kind = as_kind;
         let mut data_dir = None;
         let mut command;
         let mut known_port = None;
         match kind {
-            Kind::Balint | Kind::BalintRedis => {
+            Kind::Balint | Kind::BalintRedis | Kind::BalintPair => {
                 let dir = programs.work.join(format!("data-{}-{label}", std::process::id()));
                 let _ = std::fs::remove_dir_all(&dir);
                 std::fs::create_dir_all(&dir)?;
@@ -158,6 +203,10 @@ impl Running {
                     .args(["--max-board-bytes", &limits.max_board_bytes.to_string()]);
                 if kind == Kind::BalintRedis {
                     command.args(["--redis-url", programs.redis_url.as_deref().context("--redis-url")?]);
+                }
+                if kind_shown == Kind::BalintPair {
+                    // Both nodes must accept the links either one signs.
+                    command.args(["--secret", "balint-bench shared secret for a pair of nodes"]);
                 }
                 data_dir = Some(dir);
             }
@@ -225,12 +274,7 @@ impl Running {
         std::thread::spawn(move || while rx.recv().is_ok() {});
         let http = reqwest::Client::builder().no_proxy().build()?;
         let redis = programs.redis_url.clone().filter(|_| kind == Kind::BalintRedis);
-        Ok(Running { kind, addr, child, http, data_dir, next_room: 0, redis })
-    }
-
-    /// The server's process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+        Ok(Running { kind: kind_shown, addr, child, http, data_dir, next_room: 0, redis, peer: None })
     }
 
     /// Creates a room (where the server has rooms to create) and says how to join it.
@@ -238,7 +282,7 @@ impl Running {
         self.next_room += 1;
         let addr = self.addr;
         match self.kind {
-            Kind::Balint | Kind::BalintRedis => {
+            Kind::Balint | Kind::BalintRedis | Kind::BalintPair => {
                 let answer: serde_json::Value = self
                     .http
                     .post(format!("http://{addr}/api/rooms"))
@@ -250,11 +294,11 @@ impl Running {
                     .await?;
                 let room = answer["room"].as_str().context("room")?;
                 let token = answer["invite_token"].as_str().context("invite_token")?;
-                Ok(RoomLink { base: format!("ws://{addr}/ws/{room}?token={token}"), hello: true })
+                let mut link = RoomLink::new(format!("ws://{addr}/ws/{room}?token={token}"), true);
+                link.other = self.peer.as_ref().map(|p| format!("ws://{}/ws/{room}?token={token}", p.addr));
+                Ok(link)
             }
-            Kind::Relay | Kind::YWebsocket => {
-                Ok(RoomLink { base: format!("ws://{addr}/room-{}", self.next_room), hello: false })
-            }
+            Kind::Relay | Kind::YWebsocket => Ok(RoomLink::new(format!("ws://{addr}/room-{}", self.next_room), false)),
             Kind::YSweet => {
                 let answer: serde_json::Value = self
                     .http
@@ -266,7 +310,7 @@ impl Running {
                     .json()
                     .await?;
                 let doc = answer["docId"].as_str().context("docId")?;
-                Ok(RoomLink { base: format!("ws://{addr}/d/{doc}/ws/{doc}"), hello: false })
+                Ok(RoomLink::new(format!("ws://{addr}/d/{doc}/ws/{doc}"), false))
             }
         }
     }
@@ -316,4 +360,14 @@ pub fn redis_commands(url: &str) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("total_commands_processed:"))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// CPU time (user + system) the processes have used, in seconds.
+pub fn cpu_secs_of(pids: &[u32]) -> f64 {
+    pids.iter().map(|&p| cpu_secs(p)).sum()
+}
+
+/// Resident set size of the processes together, in KiB.
+pub fn rss_kib_of(pids: &[u32]) -> u64 {
+    pids.iter().map(|&p| rss_kib(p)).sum()
 }
