@@ -729,6 +729,9 @@ impl Room {
         let Some(outbox) = &self.outbox else { return };
         if outbox.queue.try_send(envelope).is_err() {
             self.cluster.metrics.backend_error();
+            if !self.resync.load(Ordering::Relaxed) {
+                warn!(room = %self.id, "bus queue full: the other nodes will catch up at the next tick");
+            }
             self.mark_resync();
         }
     }
