@@ -525,6 +525,7 @@ mod tests {
                 max_board_bytes: 1 << 20,
                 max_rooms: 10,
                 idle_unload: Duration::from_secs(60),
+                link_ttl: Duration::from_secs(3600),
             },
         })
     }

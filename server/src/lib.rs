@@ -86,6 +86,7 @@ impl AppState {
             max_board_bytes: config.max_board_bytes,
             max_rooms: config.max_rooms,
             idle_unload: Duration::from_secs(config.idle_unload_secs),
+            link_ttl: config.token_ttl(),
         };
         let metrics = Metrics::new();
         let per_minute = std::num::NonZeroU32::new(config.rooms_per_ip_per_minute.max(1)).expect("at least one");

@@ -39,7 +39,8 @@ pub const PRESENCE_HEARTBEAT: Duration = Duration::from_secs(5);
 pub const PRESENCE_TTL: Duration = Duration::from_secs(15);
 /// Compare-and-set attempts for one change before giving up.
 pub const CAS_ATTEMPTS: usize = 16;
-/// Safety-net expiry of a room's record in the backend, refreshed by every write.
+/// Safety-net expiry of a room's record in the backend once anyone has joined, refreshed by
+/// every write. Before that, the record lives as long as the room's links.
 pub const RECORD_TTL: Duration = Duration::from_secs(24 * 3600);
 /// How long an ephemeral meeting may stay empty before it ends and its content is wiped.
 pub const EMPTY_ROOM_GRACE: Duration = Duration::from_secs(10 * 60);

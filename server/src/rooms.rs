@@ -100,6 +100,19 @@ pub struct Cluster {
     pub options: RoomOptions,
 }
 
+impl Cluster {
+    /// The safety-net expiry of a room's record when written with `shared`: a day once anyone
+    /// has joined (renewed by every write, so a record with names in it outlives its meeting
+    /// by a day at most), and as long as the links before that.
+    fn record_ttl(&self, shared: &Shared) -> Duration {
+        if shared.has_started() {
+            limits::RECORD_TTL
+        } else {
+            limits::RECORD_TTL.max(self.options.link_ttl)
+        }
+    }
+}
+
 /// Settings every room of a node shares.
 #[derive(Debug, Clone)]
 pub struct RoomOptions {
@@ -119,6 +132,9 @@ pub struct RoomOptions {
     pub max_rooms: usize,
     /// How long a persistent room stays in memory with nobody connected.
     pub idle_unload: Duration,
+    /// How long the links of a new room stay valid: a room nobody has joined yet keeps its
+    /// record that long, so that a meeting set up days ahead still opens on every node.
+    pub link_ttl: Duration,
 }
 
 struct RoomCore {
@@ -554,6 +570,7 @@ impl Room {
                 let outputs = guard.meeting.install(version, None, binding);
                 return self.apply(&mut guard, immediate.into_iter().chain(outputs).collect(), inline);
             };
+            let ttl = self.cluster.record_ttl(&next);
             let record = match serde_json::to_vec(&next) {
                 Ok(record) => Bytes::from(record),
                 Err(e) => {
@@ -570,7 +587,7 @@ impl Room {
             }
             let announce =
                 fanout::encode(&self.cluster.node, &Envelope::State { version: version + 1, record: record.clone() });
-            match self.cluster.store.compare_and_set(&self.id, version, record, announce, limits::RECORD_TTL).await {
+            match self.cluster.store.compare_and_set(&self.id, version, record, announce, ttl).await {
                 Ok(true) => {
                     let mut guard = self.lock();
                     let outputs = guard.meeting.install(version + 1, Some(next), binding);
@@ -613,15 +630,19 @@ impl Room {
 
     /// Puts this node's copy of the record back into the store, after Redis lost its data.
     pub async fn restore(&self) {
-        let (version, record) = {
+        let (version, record, ttl) = {
             let core = self.lock();
             if core.ended {
                 return;
             }
-            (core.meeting.version(), serde_json::to_vec(core.meeting.shared()))
+            (
+                core.meeting.version(),
+                serde_json::to_vec(core.meeting.shared()),
+                self.cluster.record_ttl(core.meeting.shared()),
+            )
         };
         let Ok(record) = record else { return };
-        match self.cluster.store.restore(&self.id, version, Bytes::from(record), limits::RECORD_TTL).await {
+        match self.cluster.store.restore(&self.id, version, Bytes::from(record), ttl).await {
             Ok(true) => info!(room = %self.id, version, "room record restored"),
             Ok(false) => {}
             Err(e) => warn!(room = %self.id, error = %e, "room record restore failed"),
@@ -852,7 +873,7 @@ impl Rooms {
         let record = serde_json::to_vec(meeting.shared()).map_err(|_| BackendError::Corrupt)?;
         let persistent = !settings.ephemeral;
         let stored_settings = Bytes::from(serde_json::to_vec(&settings).map_err(|_| BackendError::Corrupt)?);
-        cluster.store.create(&id, Bytes::from(record), limits::RECORD_TTL).await?;
+        cluster.store.create(&id, Bytes::from(record), cluster.record_ttl(meeting.shared())).await?;
         if persistent {
             // The room exists for good from now on, even if nobody writes before a restart.
             let empty = Bytes::from(Board::new().encode_state());
@@ -926,7 +947,7 @@ impl Rooms {
                         serde_json::from_slice(&board.settings).map_err(|_| BackendError::Corrupt)?;
                     let meeting = self.new_meeting(&settings);
                     let record = Bytes::from(serde_json::to_vec(meeting.shared()).map_err(|_| BackendError::Corrupt)?);
-                    cluster.store.restore(id, 1, record, limits::RECORD_TTL).await?;
+                    cluster.store.restore(id, 1, record, cluster.record_ttl(meeting.shared())).await?;
                     cluster.store.load(id).await?
                 }
                 None => None,

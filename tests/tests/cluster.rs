@@ -321,3 +321,27 @@ async fn a_node_stopped_with_sigterm_sends_1012_and_loses_nothing() {
     on_b.wait_until(|x| x.notes().contains("typed right before the restart")).await.unwrap();
     assert!(back.notes().contains("typed right before the restart"));
 }
+
+/// Seconds until `key` expires in the cluster's Redis (`-2` once it is gone).
+fn key_ttl(redis: &RedisProcess, key: &str) -> i64 {
+    let out =
+        std::process::Command::new("redis-cli").args(["-p", &redis.port.to_string(), "TTL", key]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_set_up_days_ahead_keeps_its_record_as_long_as_its_links() {
+    const DAY: i64 = 24 * 3600;
+    let c = cluster();
+    let room = create_room(&c.a).await;
+    let (id, invite) = (field(&room, "room"), field(&room, "invite_token"));
+    let key = format!("balint:room:{id}:record");
+    // Nobody has joined: the record (settings only) lives as long as the links, 30 days by
+    // default, not the one-day safety net, so the meeting opens on any node next week.
+    let before = key_ttl(&c.redis, &key);
+    assert!(before > 29 * DAY && before <= 30 * DAY, "TTL before anyone joined: {before} s");
+    // Once a member has joined, the record holds names: a day after the last change at most.
+    let _ann = YClient::join(&c.b.ws_url(id, invite, "ann")).await.unwrap();
+    let after = key_ttl(&c.redis, &key);
+    assert!(after > 0 && after <= DAY, "TTL once the meeting started: {after} s");
+}

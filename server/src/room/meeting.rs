@@ -301,6 +301,11 @@ impl Shared {
         self.members.get(member).is_some_and(|m| m.dropped_at_ms.is_none())
     }
 
+    /// Whether anyone has joined yet. Before that, the record holds only the settings.
+    pub fn has_started(&self) -> bool {
+        self.started_at_ms.is_some() || !self.members.is_empty()
+    }
+
     /// Whether the meeting leaves nothing behind.
     pub fn is_ephemeral(&self) -> bool {
         self.ephemeral
