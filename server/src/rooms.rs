@@ -682,6 +682,10 @@ impl Room {
     pub fn request_catch_up(&self, mutual: bool) {
         use yrs::updates::encoder::Encode;
         use yrs::{ReadTxn, Transact};
+        if self.outbox.is_none() {
+            // One node: there is nobody to ask.
+            return;
+        }
         let core = self.lock();
         let state_vector = Bytes::from(core.board.doc().transact().state_vector().encode_v1());
         self.send_bus(Envelope::SyncRequest { state_vector, mutual });
