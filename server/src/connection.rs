@@ -279,7 +279,7 @@ impl Session {
                     for frame in outcome.reply {
                         let len = frame.len();
                         if let Err(e) = write(socket, Message::Binary(frame), limits.write_timeout).await {
-                            return Some(e.ending(self, "client too slow"));
+                            return Some(e.ending(self));
                         }
                         self.metrics.sent(len, None);
                     }
@@ -366,7 +366,7 @@ impl Session {
                 };
                 let fed = tokio::time::timeout(limits.write_timeout, socket.feed(outbound.message)).await;
                 if let Err(e) = written(fed) {
-                    return Some(e.ending(self, "client too slow"));
+                    return Some(e.ending(self));
                 }
                 self.metrics.sent(len, Some(outbound.published.elapsed()));
                 batched += 1;
@@ -383,7 +383,7 @@ impl Session {
         }
         if batched > 0 {
             if let Err(e) = written(tokio::time::timeout(limits.write_timeout, socket.flush()).await) {
-                return Some(e.ending(self, "client too slow"));
+                return Some(e.ending(self));
             }
         }
         None
@@ -413,7 +413,7 @@ impl Session {
                 self.metrics.sent(len, None);
                 None
             }
-            Err(e) => Some(e.ending(self, "client too slow")),
+            Err(e) => Some(e.ending(self)),
         }
     }
 }
@@ -429,9 +429,9 @@ enum WriteError {
 
 impl WriteError {
     /// The frame that ends the connection after this failure.
-    fn ending(self, session: &Session, reason: &'static str) -> CloseFrame {
+    fn ending(self, session: &Session) -> CloseFrame {
         match self {
-            WriteError::Blocked => session.too_slow(reason),
+            WriteError::Blocked => session.too_slow("client too slow"),
             WriteError::Gone => connection_lost(),
         }
     }
@@ -441,11 +441,7 @@ async fn write<S, E>(socket: &mut S, message: Message, timeout: Duration) -> Res
 where
     S: Sink<Message, Error = E> + Unpin,
 {
-    match tokio::time::timeout(timeout, socket.send(message)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(WriteError::Gone),
-        Err(_) => Err(WriteError::Blocked),
-    }
+    written(tokio::time::timeout(timeout, socket.send(message)).await)
 }
 
 /// Whether a feed or flush finished in time, and if not, why.
