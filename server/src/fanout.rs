@@ -51,18 +51,13 @@ pub enum Envelope {
 
 impl Envelope {
     /// The size of its body in bytes, as encoded.
-    pub fn len(&self) -> usize {
+    pub fn body_len(&self) -> usize {
         match self {
             Envelope::Update(b) | Envelope::Awareness(b) => b.len(),
             Envelope::SyncRequest { state_vector, .. } => state_vector.len() + 1,
             Envelope::SyncReply { to, update } => to.len() + 1 + update.len(),
             Envelope::State { record, .. } => record.len() + 8,
         }
-    }
-
-    /// Whether its body is empty (it never is once encoded: there is always a kind).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn kind(&self) -> u8 {
@@ -78,7 +73,7 @@ impl Envelope {
 
 /// Encodes `envelope` as sent by `node`.
 pub fn encode(node: &str, envelope: &Envelope) -> Bytes {
-    let mut out = BytesMut::with_capacity(2 + node.len() + envelope.len());
+    let mut out = BytesMut::with_capacity(2 + node.len() + envelope.body_len());
     out.put_u8(envelope.kind());
     put_short(&mut out, node.as_bytes());
     put_body(&mut out, envelope);
@@ -90,13 +85,13 @@ pub fn encode_batch(node: &str, envelopes: &[Envelope]) -> Bytes {
     if let [one] = envelopes {
         return encode(node, one);
     }
-    let size: usize = envelopes.iter().map(|e| 5 + e.len()).sum();
+    let size: usize = envelopes.iter().map(|e| 5 + e.body_len()).sum();
     let mut out = BytesMut::with_capacity(6 + node.len() + size);
     out.put_u8(BATCH);
     put_short(&mut out, node.as_bytes());
     out.put_u32(u32::try_from(envelopes.len()).unwrap_or(u32::MAX));
     for envelope in envelopes {
-        out.put_u32(u32::try_from(1 + envelope.len()).unwrap_or(u32::MAX));
+        out.put_u32(u32::try_from(1 + envelope.body_len()).unwrap_or(u32::MAX));
         out.put_u8(envelope.kind());
         put_body(&mut out, envelope);
     }

@@ -209,12 +209,12 @@ async fn publish_batches(
 ) {
     let mut batch = Vec::new();
     while let Some(first) = pending.recv().await {
-        let mut bytes = first.len();
+        let mut bytes = first.body_len();
         batch.push(first);
         while batch.len() < limits::BUS_BATCH_MESSAGES && bytes < limits::BUS_BATCH_BYTES {
             match pending.try_recv() {
                 Ok(next) => {
-                    bytes += next.len();
+                    bytes += next.body_len();
                     batch.push(next);
                 }
                 Err(_) => break,
