@@ -231,7 +231,7 @@ impl Session {
         // A message this client does not know (a newer server) is ignored.
         let Ok(message) = serde_json::from_str::<ServerMessage>(text) else { return };
         match message {
-            ServerMessage::Welcome { member_id, role, resume_token, state } => {
+            ServerMessage::Welcome { member_id, role, resume_token, state, .. } => {
                 self.link = Link::Welcomed;
                 self.backoff.reset();
                 self.member_id = Some(member_id.clone());
@@ -253,6 +253,7 @@ impl Session {
                 self.status(ConnectionStatus::Waiting);
             }
             ServerMessage::State { state } => self.install(state),
+            ServerMessage::Heartbeat {} => {}
             ServerMessage::TimeUp { member, limit_secs } => self.events.push_back(Event::TimeUp { member, limit_secs }),
             ServerMessage::Ended { reason } => self.end(Some(reason)),
             ServerMessage::Error { code, message } => {
@@ -345,7 +346,7 @@ impl Session {
         };
         match code {
             close::MEETING_ENDED => self.end(None),
-            close::KICKED => self.finish(ConnectionStatus::Removed, Some(code)),
+            close::REMOVED => self.finish(ConnectionStatus::Removed, Some(code)),
             _ if !opened => {
                 // The browser hides why a handshake failed; a plain GET tells 410 from 401.
                 self.link = Link::Probing;
@@ -817,7 +818,7 @@ mod tests {
         assert!(s.is_finished());
 
         let mut s = joined();
-        s.handle_close(close::KICKED, 0.5, NOW);
+        s.handle_close(close::REMOVED, 0.5, NOW);
         assert!(s.is_finished());
         assert_eq!(s.poll_timeout(), None);
         assert!(drain_events(&mut s)

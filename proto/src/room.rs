@@ -13,6 +13,14 @@
 
 use serde::{Deserialize, Serialize};
 
+/// How often the server sends [`ServerMessage::Heartbeat`] to a connection that said `hello`
+/// and has been sent nothing else meanwhile, in milliseconds.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 5_000;
+
+/// A client that has heard nothing from the server for this long takes the connection for
+/// stalled, shows "reconnecting" and opens a new one: three heartbeats were missed.
+pub const SILENCE_LIMIT_MS: u64 = 3 * HEARTBEAT_INTERVAL_MS;
+
 /// A member's role in the room. The presenter is not a role but a pick: see
 /// [`RoomState::presenter`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -338,6 +346,11 @@ pub enum ServerMessage {
         resume_token: String,
         /// The whole room state.
         state: RoomState,
+        /// Set when the `hello` carried the resume token of a membership that lapsed: the
+        /// member came back after the reconnect grace period, joined as a new member, and this
+        /// says what the old membership held and was released.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        released: Option<Released>,
     },
     /// The answer to `hello` while the lobby holds the member; `welcome` follows admission.
     Waiting {
@@ -346,6 +359,10 @@ pub enum ServerMessage {
         /// Secret that keeps the place in the lobby across a reconnect.
         resume_token: String,
     },
+    /// Sent to a connection that said `hello` when nothing else was sent to it for
+    /// [`HEARTBEAT_INTERVAL_MS`], so that the client can tell a quiet room from a stalled
+    /// network. It carries nothing.
+    Heartbeat {},
     /// The room state changed.
     State {
         /// The new state.
@@ -370,6 +387,21 @@ pub enum ServerMessage {
         /// A human-readable explanation. Never quotes board content or names.
         message: String,
     },
+}
+
+/// What a lapsed membership held when the reconnect grace period ran out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Released {
+    /// The hand was raised, and was lowered.
+    pub hand: bool,
+    /// The member held the floor, and the turn ended.
+    pub floor: bool,
+    /// The member was the presenter, and the pick was cleared.
+    pub presenter: bool,
+    /// The member's role had been changed by a leader (for example to co-leader); the new
+    /// membership has the role of the link instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
 }
 
 /// Stable error codes carried by [`ServerMessage::Error`].

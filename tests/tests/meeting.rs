@@ -398,7 +398,7 @@ async fn the_lobby_holds_newcomers_away_from_the_board_until_admitted() {
     co.wait_until(|c| c.notes() == "CONFIDENTIAL case notes, more").await.unwrap();
     leader.command(json!({"type": "decline", "member": sam_id})).await.unwrap();
     let closed = stock.wait_closed().await.unwrap();
-    assert_eq!(closed.code, close::KICKED);
+    assert_eq!(closed.code, close::REMOVED);
     assert_eq!((stock.binary_frames, stock.notes().as_str()), (0, ""), "a declined client got nothing");
     leader.wait_state(|s| s.waiting.as_ref().is_some_and(|w| w.len() == 1)).await.unwrap();
 

@@ -1042,7 +1042,7 @@ impl Meeting {
             .collect();
         for (conn, removal) in removed {
             self.connections.remove(&conn);
-            out.push(Output::Close { conn, code: close::KICKED, reason: removal.reason() });
+            out.push(Output::Close { conn, code: close::REMOVED, reason: removal.reason() });
         }
         // Admissions let the member's connections in.
         let admitted: Vec<(ConnId, String)> = self
@@ -1088,6 +1088,7 @@ impl Meeting {
                 role: member.role,
                 resume_token: member.resume_token.clone(),
                 state: self.shared.state(self.version, member.role == Role::Leader),
+                released: None,
             }
         } else {
             ServerMessage::Waiting { member_id: member_id.to_owned(), resume_token: member.resume_token.clone() }

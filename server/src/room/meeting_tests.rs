@@ -204,8 +204,8 @@ fn messages_to(out: &[Output], conn: ConnId) -> Vec<&ServerMessage> {
 
 /// Whether `conn` is closed with the kicked code.
 fn closed_as_kicked(out: &[Output], conn: ConnId) -> bool {
-    out.contains(&Output::Close { conn, code: close::KICKED, reason: "removed by a leader" })
-        || out.contains(&Output::Close { conn, code: close::KICKED, reason: "declined by a leader" })
+    out.contains(&Output::Close { conn, code: close::REMOVED, reason: "removed by a leader" })
+        || out.contains(&Output::Close { conn, code: close::REMOVED, reason: "declined by a leader" })
 }
 
 fn state_count(out: &[Output]) -> usize {
@@ -271,7 +271,7 @@ fn a_connection_becomes_a_member_when_it_says_hello() {
 
     let ann = Person { conn, id: introduced_id(&out, conn).unwrap() };
     match messages_to(&out, conn).as_slice() {
-        [ServerMessage::Welcome { member_id, role, resume_token, state }, ..] => {
+        [ServerMessage::Welcome { member_id, role, resume_token, state, .. }, ..] => {
             assert_eq!(member_id, &ann.id);
             assert_eq!(*role, Role::Member);
             assert!(!resume_token.is_empty());
