@@ -76,7 +76,7 @@ impl AppState {
     /// (Redis when configured, else the embedded one). Bus messages for this node's rooms are
     /// delivered by a task tracked with the connections.
     pub async fn new(config: Config) -> anyhow::Result<Self> {
-        let signer = Signer::from_config(config.secret.as_deref(), &config.data_dir)?;
+        let signer = Signer::from_config(config.secret.as_deref(), &config.previous_secrets, &config.data_dir)?;
         let options = RoomOptions {
             outbound_queue: config.outbound_queue,
             reconnect_grace: config.reconnect_grace(),
