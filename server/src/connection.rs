@@ -39,6 +39,8 @@ use crate::rooms::{Outbound, Room};
 pub struct Participant {
     /// The role the link grants.
     pub role: Role,
+    /// The link generation of the link (see `Grant::generation`).
+    pub link_generation: u64,
     /// The display name from the query string. Never logged.
     pub name: String,
 }
@@ -77,7 +79,7 @@ pub async fn serve<S, E>(
     E: std::fmt::Display,
 {
     let role = participant.role;
-    let Some(mut feed) = room.connect(conn, participant.role, participant.name) else {
+    let Some(mut feed) = room.connect(conn, participant.role, participant.link_generation, participant.name) else {
         let frame = closing(close::MEETING_ENDED, "this meeting has ended");
         let _ = write(&mut socket, Message::Close(Some(frame)), limits.write_timeout).await;
         return;
@@ -551,7 +553,7 @@ mod tests {
             messages_per_sec: 100,
             bytes_per_sec: 1 << 20,
         };
-        let participant = Participant { role: Role::Member, name: "ada".to_owned() };
+        let participant = Participant { role: Role::Member, link_generation: 0, name: "ada".to_owned() };
         let conn = rooms.next_conn_id();
         serve(
             socket,
