@@ -532,8 +532,13 @@ mod tests {
     async fn what_a_vanished_client_sent_is_applied() {
         let data = tempfile::tempdir().unwrap();
         let rooms = rooms(data.path());
-        let settings =
-            RoomSettings { title: None, ephemeral: true, template: Default::default(), lobby: false, link_generation: 0 };
+        let settings = RoomSettings {
+            title: None,
+            ephemeral: true,
+            template: Default::default(),
+            lobby: false,
+            link_generation: 0,
+        };
         let room = rooms.create(settings).await.unwrap();
 
         // The client's first frame asks for the board; the answer cannot be written, because
