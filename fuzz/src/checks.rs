@@ -145,6 +145,7 @@ impl People {
             empty_grace_ms: 60_000,
             max_length_ms: 3_600_000,
             max_members: 50,
+            link_generation: 0,
         };
         let mut people =
             People { meeting: Meeting::new(settings, START_MS), known: Vec::new(), silent: ConnId(100), now: START_MS };
@@ -463,6 +464,13 @@ pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
                     format!("{}\nroom\n1800000000", signer.issue("moor", Role::Leader, 1_900_000_000)).into_bytes(),
                 ),
                 ("payload".into(), b"room|observer|1900000000".to_vec()),
+                ("payload-with-generation".into(), b"room|observer|1900000000|3".to_vec()),
+                (
+                    // A link of the first format (no key id, no generation), still accepted.
+                    "valid-v1".into(),
+                    b"v1.cm9vbXxtZW1iZXJ8MTkwMDAwMDAwMA.RBPPvM3WhLHLA5pjQLd4JG2mYcKBK641ebUvwHbPc1Y\nroom\n1800000000"
+                        .to_vec(),
+                ),
             ]
         }
         _ => Vec::new(),
