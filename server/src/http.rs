@@ -435,7 +435,7 @@ pub async fn issue_links(
     body: Bytes,
 ) -> Result<Response, AppError> {
     let room = leader_room(&state, &room_id, &headers).await?;
-    let request: IssueLinks = object_body(&body)?;
+    let request: IssueLinks = object_body(&body, r#"the body must be a JSON object {"renew": true|false}"#)?;
     let generation = if request.renew {
         room.renew_links(state.rooms.now_ms())
             .await
@@ -465,15 +465,15 @@ pub async fn issue_links(
 }
 
 /// Parses a request body that must be a JSON object (an empty body is `{}`): an array or any
-/// other JSON value is refused, never read as positional fields.
-fn object_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, AppError> {
+/// other JSON value is refused, never read as positional fields. A refusal says `expected`,
+/// and never echoes the body.
+fn object_body<T: serde::de::DeserializeOwned + Default>(body: &[u8], expected: &'static str) -> Result<T, AppError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)
-        .map_err(|_| AppError::bad_request("bad_json", "the request body must be a JSON object"))?;
-    serde_json::from_value(serde_json::Value::Object(object))
-        .map_err(|e| AppError::bad_request("bad_json", describe_json_error(&e)))
+    let refused = |_| AppError::bad_request("bad_json", expected);
+    let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).map_err(refused)?;
+    serde_json::from_value(serde_json::Value::Object(object)).map_err(refused)
 }
 
 /// A backend failure as answered to clients: a board that cannot be read is said plainly (and
