@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use balint_proto::room::{ErrorCode, Role, RoomState, ServerMessage};
+use balint_proto::room::{ErrorCode, Released, Role, RoomState, ServerMessage};
 use balint_proto::sync::{self, Message, SyncMessage};
 use balint_server::{Config, Server};
 use futures_util::{SinkExt, StreamExt};
@@ -197,6 +197,22 @@ impl YClient {
             client.wait_until(|c| c.synced).await?;
         }
         Ok(client)
+    }
+
+    /// Opens a connection and sends `hello` (with a resume token if given), without waiting
+    /// for an answer: for a client the server may refuse.
+    pub async fn hello_only(url: &str, resume: Option<&str>) -> anyhow::Result<Self> {
+        let mut client = Self::open(url, Doc::new()).await?;
+        client.hello(resume).await?;
+        Ok(client)
+    }
+
+    /// What the latest `welcome` said a lapsed membership released, if it said so.
+    pub fn released(&self) -> Option<&Released> {
+        self.texts.iter().rev().find_map(|m| match m {
+            ServerMessage::Welcome { released, .. } => Some(released.as_ref()),
+            _ => None,
+        })?
     }
 
     /// Sends `hello`, with a resume token if given.
