@@ -577,13 +577,15 @@ impl Session {
         }
     }
 
-    /// Reconnects at once when that can help: while waiting out the backoff, or when the
-    /// socket has been silent past [`SILENCE_LIMIT_MS`] (a page that slept, whose timers did
-    /// not run). Called when the browser goes online again, when the page becomes visible, and
-    /// by the "Reconnect now" button. Returns whether it reconnected.
+    /// Reconnects at once when that can help: while waiting out the backoff, while an attempt
+    /// to reconnect has not been answered yet (it may be stuck on the network that failed), or
+    /// when the socket has been silent past [`SILENCE_LIMIT_MS`] (a page that slept, whose
+    /// timers did not run). Called when the browser goes online again, when the page becomes
+    /// visible, and by the "Reconnect now" button. Returns whether it reconnected.
     pub fn reconnect_now(&mut self, now_ms: u64) -> bool {
         match self.link {
             Link::Retrying { .. } => {}
+            Link::Connecting { .. } | Link::Probing if self.lost.is_some() => self.drop_stalled(),
             Link::Connecting { .. } | Link::Waiting | Link::Welcomed | Link::Probing if self.is_silent(now_ms) => {
                 self.drop_stalled();
                 self.lost = Some(Reason::NoAnswer);
@@ -1262,7 +1264,10 @@ mod tests {
         drain_io(&mut s);
         assert!(s.reconnect_now(NOW + 2_001));
         assert_eq!(drain_io(&mut s), vec![Io::Connect]);
-        assert!(!s.reconnect_now(NOW + 2_002), "an attempt is already running");
+        // An attempt that has not been answered may be stuck on the network that failed: a
+        // new one replaces it.
+        assert!(s.reconnect_now(NOW + 2_002));
+        assert_eq!(drain_io(&mut s), vec![Io::Close, Io::Connect]);
         s.handle_open(NOW + 2_010);
         s.handle_text(&welcome("tok1", 3), NOW + 2_020);
         drain_io(&mut s);
@@ -1276,6 +1281,13 @@ mod tests {
             connection_events(&drain_events(&mut s)),
             vec![(ConnectionStatus::Reconnecting, Some(Reason::NoAnswer), None)]
         );
+
+        // The first connection is left alone.
+        let mut s = Session::new(None);
+        s.start(NOW);
+        drain_io(&mut s);
+        assert!(!s.reconnect_now(NOW + 1));
+        assert!(drain_io(&mut s).is_empty());
 
         // Finished: never.
         let mut s = joined();
