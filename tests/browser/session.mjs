@@ -128,7 +128,7 @@ function leftovers(page) {
  */
 async function watchPolicy(context, who) {
   await context.exposeBinding('__reportPolicyViolation', (source, violation) => {
-    problems.push(`${who}: CSP violation on ${source.page?.url()}: ${violation}`);
+    problems.push(`${who}: CSP violation on ${source.page?.url().split('#')[0]}: ${violation}`);
   });
   await context.addInitScript(() => {
     document.addEventListener('securitypolicyviolation', (event) => {
