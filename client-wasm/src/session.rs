@@ -129,6 +129,12 @@ pub enum Reason {
     MaxLength,
     /// A leader deleted the room.
     Deleted,
+    /// The link is forged, expired, or for an unknown room (HTTP 401, 404).
+    BadLink,
+    /// The server does not accept sockets from this page's origin (HTTP 403).
+    OriginRefused,
+    /// The display name was refused (HTTP 400).
+    BadName,
 }
 
 impl Reason {
@@ -159,7 +165,7 @@ pub enum Event {
         /// For `reconnecting`: how long until the next attempt; none while an attempt runs.
         #[serde(skip_serializing_if = "Option::is_none")]
         retry_in_ms: Option<u64>,
-        /// For `reconnecting`, `refused` and `ended`: why, when known.
+        /// For `reconnecting`, `refused`, `invalid_link` and `ended`: why, when known.
         #[serde(skip_serializing_if = "Option::is_none")]
         reason: Option<Reason>,
         /// The close code of the socket that dropped, or the HTTP status of a refused
@@ -519,7 +525,14 @@ impl Session {
             Some(410) => self.end(None),
             // A bad link, an unknown room, a refused page origin or a bad name: trying again
             // cannot help.
-            Some(code @ (400 | 401 | 403 | 404)) => self.finish(ConnectionStatus::InvalidLink, Some(code), None),
+            Some(code @ (400 | 401 | 403 | 404)) => {
+                let reason = match code {
+                    400 => Reason::BadName,
+                    403 => Reason::OriginRefused,
+                    _ => Reason::BadLink,
+                };
+                self.finish(ConnectionStatus::InvalidLink, Some(code), Some(reason));
+            }
             Some(code @ (429 | 503)) => self.retry(random, now_ms, Some(code), Reason::ServerBusy, true),
             Some(code) => self.retry(random, now_ms, Some(code), Reason::ConnectionLost, false),
             None => self.retry(random, now_ms, None, Reason::Unreachable, false),
@@ -1056,9 +1069,13 @@ mod tests {
             match expect {
                 Some(final_status) => {
                     assert!(s.is_finished(), "{status:?}");
-                    assert!(drain_events(&mut s)
-                        .iter()
-                        .any(|e| matches!(e, Event::Connection { status, .. } if *status == final_status)));
+                    let events = connection_events(&drain_events(&mut s));
+                    let [(shown, reason, _)] = events[..] else { panic!("{status:?}: {events:?}") };
+                    assert_eq!(shown, final_status, "{status:?}");
+                    if final_status == ConnectionStatus::InvalidLink {
+                        let expected = if status == Some(403) { Reason::OriginRefused } else { Reason::BadLink };
+                        assert_eq!(reason, Some(expected), "{status:?}");
+                    }
                 }
                 None => assert!(s.poll_timeout().is_some(), "{status:?} retries"),
             }

@@ -112,3 +112,27 @@ async fn a_stalled_member_is_noticed_on_both_sides_and_their_edits_arrive_after(
     server.stop().await;
     Ok(())
 }
+
+/// A quiet room is not a stalled network: the server's heartbeats keep an idle client's
+/// connection alive past the silence limit, with nobody typing or sending anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_member_in_a_quiet_room_stays_connected() -> anyhow::Result<()> {
+    let server = TestServer::start().await;
+    let room = server.create_room(serde_json::json!({})).await;
+    let member = SessionDriver::start(&server.ws_url(&room.id, &room.invite_token, "Ann"));
+    member.wait_for("the member is in the room", DEADLINE, |s, _| s.is_connected()).await?;
+    let joined = member.events().len();
+
+    // Time passing is the scenario here: longer than the silence limit, with nothing to say.
+    tokio::time::sleep(CLIENT_BOUND + MARGIN + MARGIN).await;
+
+    let since: Vec<Event> = member.events().split_off(joined);
+    assert!(
+        !since.iter().any(|e| matches!(e, Event::Connection { .. })),
+        "the connection changed although the network was fine: {since:?}"
+    );
+    assert!(member.read(Session::is_connected));
+    member.stop().await;
+    server.stop().await;
+    Ok(())
+}

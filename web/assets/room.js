@@ -241,11 +241,11 @@ function onConnection(event) {
       break;
     case 'invalid_link':
       finish();
-      if (event.code === 403) {
+      if (event.reason === 'origin_refused') {
         showMessage('This page may not open the room', [
           'The server does not accept connections from this address of the page. Open the link exactly as the leader sent it.',
         ]);
-      } else if (event.code === 400) {
+      } else if (event.reason === 'bad_name') {
         showMessage('That name was not accepted', ['Use 1 to 64 letters, digits or spaces, then open the link again.']);
       } else {
         showMessage('This link does not open a room', [
