@@ -345,8 +345,17 @@ impl YClient {
     }
 
     /// Reads frames until `condition` holds, failing after [`DEADLINE`].
-    pub async fn wait_until(&mut self, mut condition: impl FnMut(&Self) -> bool) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
+    pub async fn wait_until(&mut self, condition: impl FnMut(&Self) -> bool) -> anyhow::Result<()> {
+        self.wait_until_within(DEADLINE, condition).await
+    }
+
+    /// Reads frames until `condition` holds, failing after `limit`.
+    pub async fn wait_until_within(
+        &mut self,
+        limit: Duration,
+        mut condition: impl FnMut(&Self) -> bool,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + limit;
         while !condition(self) {
             if self.closed.is_some() {
                 bail!("connection closed before the condition held: {:?}", self.closed);
