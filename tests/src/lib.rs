@@ -2,6 +2,11 @@
 //! WebSocket clients whose board is a yrs document.
 //!
 //! Every wait is on a condition with a deadline, never a bare sleep.
+//!
+//! - [`process`]: real `balint-room` processes and a private `redis-server`, for cluster tests;
+//! - [`proxy`]: a loopback TCP proxy that can stall its connections without closing them;
+//! - [`session_driver`]: the web client's own sans-IO session, driven natively with real
+//!   sockets and real time.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -497,3 +502,5 @@ where
     Ok(())
 }
 pub mod process;
+pub mod proxy;
+pub mod session_driver;
