@@ -375,6 +375,48 @@ try {
   }
   await shoot('08-admitted');
 
+  // Fresh links from the leader panel; then Dora is removed and the invite link renewed: her old
+  // link no longer lets her in, and says why.
+  step = 'fresh links, remove and renew';
+  await leader.getByRole('button', { name: 'Issue fresh links' }).click();
+  await waitIn(leader, 'the fresh links are shown', () => !document.getElementById('fresh-box').hidden);
+  const fresh = {};
+  for (const kind of ['leader', 'invite', 'observer']) {
+    fresh[kind] = await leader.inputValue(`#fresh-${kind}-link`);
+    check(fresh[kind].startsWith(`${base}/r/`) && fresh[kind].includes('#t='), `fresh ${kind} link: ${fresh[kind]}`);
+  }
+  const doraRow = leader.locator('#members li', { hasText: 'Dora' });
+  await doraRow.locator('summary').click();
+  await doraRow.getByRole('button', { name: 'Remove from the meeting' }).click();
+  await waitIn(leader, 'the remove confirmation is shown', () => document.getElementById('kick-dialog').open);
+  check(/can rejoin with the current invite link unless you renew it/.test((await leader.textContent('#kick-text')).replace(/\s+/g, ' ')),
+    'the confirmation says what is true');
+  await leader.getByLabel(/Remove and renew the invite link/).check();
+  await shoot('08a-remove');
+  await leader.getByRole('button', { name: 'Remove', exact: true }).click();
+  await waitIn(dora, 'Dora is told she was removed', () =>
+    document.getElementById('message-title').textContent === 'You are no longer in the meeting');
+  await waitIn(leader, 'the renewed links are shown', (old) => {
+    const invite = document.getElementById('fresh-invite-link').value;
+    return invite && invite !== old && /renewed/.test(document.getElementById('links-status').textContent);
+  }, fresh.invite);
+  const renewedInvite = await leader.inputValue('#fresh-invite-link');
+  for (const [who, page] of Object.entries(pages)) {
+    if (who === 'dora') continue;
+    await waitIn(page, `${who} sees three people again`, () => document.querySelectorAll('#members li').length === 3);
+  }
+  await dora.goto('about:blank');
+  await dora.goto(inviteLink);
+  await dora.getByLabel('Your name').fill('Dora');
+  await dora.getByRole('button', { name: 'Join' }).click();
+  await waitIn(dora, 'the old invite link says it was replaced', () =>
+    document.getElementById('message-title').textContent === 'This link was replaced'
+    && /ask the leader for the new link/.test(document.getElementById('message-screen').textContent));
+  await shoot('08b-renewed');
+  check(renewedInvite !== inviteLink, 'a new invite link');
+  await dora.close();
+  delete pages.dora;
+
   // 7. End for all, with confirmation.
   step = 'end for all';
   await leader.getByRole('button', { name: /End the meeting for everyone/ }).click();
