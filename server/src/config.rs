@@ -37,6 +37,26 @@ pub struct Config {
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// Where persistent rooms keep their settings and boards: `files` (the data directory; one
+    /// node), `postgres` (`--postgres-url`; several nodes) or `redis` (only on a Redis that
+    /// keeps its data on disk). When unset: `postgres` if `--postgres-url` is set, else `redis`
+    /// if `--redis-url` is set, else `files`. Ephemeral rooms never reach it.
+    #[arg(long, env = "BALINT_BOARD_STORE")]
+    pub board_store: Option<BoardStoreKind>,
+
+    /// PostgreSQL URL for the board store (`postgresql://user:password@host:port/database`).
+    /// It carries a password: it is never logged.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub postgres_url: Option<String>,
+
+    /// Milliseconds one call to PostgreSQL (connecting included) may take before it fails.
+    #[arg(long, env = "BALINT_POSTGRES_TIMEOUT_MS", default_value_t = limits::POSTGRES_TIMEOUT.as_millis() as u64)]
+    pub postgres_timeout_ms: u64,
+
+    /// Most connections this node holds open to PostgreSQL.
+    #[arg(long, env = "BALINT_POSTGRES_POOL_SIZE", default_value_t = limits::POSTGRES_POOL_SIZE)]
+    pub postgres_pool_size: usize,
+
     /// Base URL of the links handed out (for example `https://rooms.example.org`). When unset,
     /// links are built from the request's Host header.
     #[arg(long, env = "BALINT_PUBLIC_URL")]
@@ -144,6 +164,17 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// Where persistent rooms' boards are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BoardStoreKind {
+    /// One file per room in the data directory (a single node).
+    Files,
+    /// PostgreSQL at `--postgres-url`.
+    Postgres,
+    /// Redis at `--redis-url`, which must then keep its data on disk.
+    Redis,
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -160,6 +191,16 @@ impl Config {
         config.data_dir = data_dir;
         config.bind = "127.0.0.1:0".parse().expect("valid address");
         config
+    }
+
+    /// The board store in use: the one asked for, or the default for the other settings.
+    pub fn board_store_kind(&self) -> BoardStoreKind {
+        match (self.board_store, &self.postgres_url, &self.redis_url) {
+            (Some(kind), _, _) => kind,
+            (None, Some(_), _) => BoardStoreKind::Postgres,
+            (None, None, Some(_)) => BoardStoreKind::Redis,
+            (None, None, None) => BoardStoreKind::Files,
+        }
     }
 
     /// [`Self::awareness_timeout_secs`] as a duration.

@@ -33,6 +33,10 @@ pub enum AppError {
     /// The meeting has ended.
     #[error("this meeting has ended")]
     Gone,
+    /// A valid link names a room of which nothing is known: no record, no stored board and
+    /// no tombstone, so it cannot be said to have ended (its record may have been lost).
+    #[error("this room is not known here: the room service has no record of it and no stored board or tombstone")]
+    UnknownRoom,
     /// `/ws/...` was requested without a WebSocket upgrade.
     #[error("this endpoint expects a WebSocket upgrade")]
     UpgradeRequired,
@@ -82,6 +86,7 @@ impl AppError {
             AppError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             AppError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             AppError::Gone => (StatusCode::GONE, "ended"),
+            AppError::UnknownRoom => (StatusCode::NOT_FOUND, "unknown_room"),
             AppError::UpgradeRequired => (StatusCode::UPGRADE_REQUIRED, "upgrade_required"),
             AppError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             AppError::Unreadable => (StatusCode::SERVICE_UNAVAILABLE, "board_unreadable"),
@@ -99,6 +104,7 @@ impl IntoResponse for AppError {
             AppError::Internal(e) => tracing::error!(error = %e, "internal error"),
             AppError::Unavailable(detail) => tracing::warn!(error = %detail, "backend unavailable"),
             AppError::Unreadable => tracing::error!("a stored board could not be loaded; kept as it was"),
+            AppError::UnknownRoom => tracing::warn!("a valid link names a room with no record, board or tombstone"),
             _ => {}
         }
         // A wrong-room token is reported like any invalid token.

@@ -242,9 +242,7 @@ pub async fn join_room(
     let room = match state.rooms.lookup(&room_id).await.map_err(unavailable)? {
         Lookup::Live(room) => room,
         Lookup::Ended => return Err(AppError::Gone),
-        // A valid link proves the room was created here; unknown now, it is gone (an ephemeral
-        // room of a single node that restarted, a deleted room whose tombstone was in memory).
-        Lookup::Unknown => return Err(AppError::Gone),
+        Lookup::Unknown => return Err(unknown_room(&state)),
     };
     let upgrade = upgrade.map_err(|_| AppError::UpgradeRequired)?;
     let conn = state.rooms.next_conn_id();
@@ -384,7 +382,7 @@ async fn leader_room(
     match state.rooms.lookup(room_id).await.map_err(unavailable)? {
         Lookup::Live(room) => Ok(room),
         Lookup::Ended => Err(AppError::Gone),
-        Lookup::Unknown => Err(AppError::Gone),
+        Lookup::Unknown => Err(unknown_room(state)),
     }
 }
 
@@ -486,9 +484,30 @@ pub async fn issue_links(
 
 /// A backend failure as answered to clients: a board that cannot be read is said plainly (and
 /// stays stored as it is); anything else is "briefly unavailable".
+/// The answer for a room that a valid link names but that nothing is known of: no record, no
+/// stored board, no tombstone.
+///
+/// A single node without Redis keeps every persistent room in its board store, so such a
+/// room was ephemeral and its meeting ended when the node restarted: 410. With Redis, a
+/// record may have been lost (Redis restarted, keeping nothing) while no node held the
+/// room: that is not known to be an end, so the answer says so (404 `unknown_room`).
+fn unknown_room(state: &AppState) -> AppError {
+    if state.config.redis_url.is_none() {
+        AppError::Gone
+    } else {
+        AppError::UnknownRoom
+    }
+}
+
 fn unavailable(e: crate::backend::BackendError) -> AppError {
+    if let crate::backend::BackendError::Postgres(detail) = &e {
+        // The detail names the failure only, never the connection string.
+        tracing::warn!(error = %detail, "the board store did not answer");
+    }
     match e {
-        crate::backend::BackendError::Corrupt | crate::backend::BackendError::Io(_) => AppError::Unreadable,
+        crate::backend::BackendError::Corrupt
+        | crate::backend::BackendError::Io(_)
+        | crate::backend::BackendError::Postgres(_) => AppError::Unreadable,
         other => AppError::Unavailable(other.to_string()),
     }
 }

@@ -8,7 +8,8 @@
 //!   no clock.
 //! - [`rooms`]: the registry of rooms and the thin driver around each core: plan, write by
 //!   compare-and-set, install; fan-out to other nodes.
-//! - [`backend`]: where shared state lives: embedded in memory, or Redis.
+//! - [`backend`]: where shared state lives: embedded in memory, or Redis; and where
+//!   persistent boards live: files, PostgreSQL or Redis.
 //! - [`fanout`]: the messages nodes exchange on a room's bus channel.
 //! - [`connection`]: the task that serves one WebSocket.
 //! - [`sockets`]: the caps on open sockets, per node and per client address.
@@ -53,7 +54,9 @@ use tower_http::trace::TraceLayer;
 
 use backend::embedded::Embedded;
 use backend::files::FileStore;
+use backend::postgres::PostgresStore;
 use backend::redis::RedisBackend;
+use config::BoardStoreKind;
 pub use config::Config;
 use metrics::Metrics;
 use rooms::{Cluster, RoomOptions, Rooms};
@@ -81,8 +84,9 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State for `config`: loads or generates the signing secret and connects the backend
-    /// (Redis when configured, else the embedded one). Bus messages for this node's rooms are
+    /// State for `config`: loads or generates the signing secret, connects the backend
+    /// (Redis when configured, else the embedded one) and the board store of persistent rooms
+    /// (files, PostgreSQL, with its migrations applied, or Redis). Bus messages for this node's rooms are
     /// delivered by a task tracked with the connections.
     pub async fn new(config: Config) -> anyhow::Result<Self> {
         anyhow::ensure!(
@@ -108,10 +112,42 @@ impl AppState {
         let node: Arc<str> = rooms::random_node_id().into();
         let tracker = TaskTracker::new();
         let shutdown = CancellationToken::new();
-        let rooms = match &config.redis_url {
+        let board_kind = config.board_store_kind();
+        let redis = match &config.redis_url {
+            None => None,
+            Some(url) => {
+                // The URL may carry a password: the error says what failed, never where.
+                let (redis, bus) =
+                    RedisBackend::connect(url).await.map_err(|e| anyhow::anyhow!("cannot reach Redis: {e}"))?;
+                Some((Arc::new(redis), bus))
+            }
+        };
+        let boards: Arc<dyn backend::BoardStore> = match board_kind {
+            BoardStoreKind::Files => Arc::new(FileStore::new(&config.data_dir)),
+            BoardStoreKind::Postgres => {
+                let url = config.postgres_url.as_deref().ok_or_else(|| {
+                    anyhow::anyhow!("the postgres board store needs --postgres-url (or DATABASE_URL)")
+                })?;
+                let timeout = Duration::from_millis(config.postgres_timeout_ms.max(1));
+                let store = PostgresStore::connect(url, config.postgres_pool_size, timeout)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot use PostgreSQL as the board store: {e}"))?;
+                Arc::new(store)
+            }
+            BoardStoreKind::Redis => {
+                let (redis, _) = redis
+                    .as_ref()
+                    .ok_or_else(|| anyhow::anyhow!("the redis board store needs --redis-url (or REDIS_URL)"))?;
+                tracing::warn!(
+                    "persistent boards are kept in Redis: it must keep its data on disk, or a Redis restart \
+                     loses them; PostgreSQL (--board-store postgres) keeps them apart from the ephemeral Redis"
+                );
+                redis.clone()
+            }
+        };
+        let rooms = match redis {
             None => {
                 let embedded = Arc::new(Embedded::default());
-                let boards = Arc::new(FileStore::new(&config.data_dir));
                 Rooms::new(Cluster {
                     store: embedded.clone(),
                     presence: embedded.clone(),
@@ -122,15 +158,12 @@ impl AppState {
                     options,
                 })
             }
-            Some(url) => {
-                let (redis, mut bus) =
-                    RedisBackend::connect(url).await.map_err(|e| anyhow::anyhow!("cannot reach Redis: {e}"))?;
-                let redis = Arc::new(redis);
+            Some((redis, mut bus)) => {
                 let rooms = Rooms::new(Cluster {
                     store: redis.clone(),
                     presence: redis.clone(),
-                    bus: redis.clone(),
-                    boards: redis,
+                    bus: redis,
+                    boards,
                     metrics: metrics.clone(),
                     node,
                     options,
@@ -151,7 +184,7 @@ impl AppState {
                 rooms
             }
         };
-        tracing::info!(node = rooms.node(), redis = config.redis_url.is_some(), "node started");
+        tracing::info!(node = rooms.node(), redis = config.redis_url.is_some(), board_store = ?board_kind, "node started");
         let sockets = sockets::SocketCaps::new(config.max_connections, config.max_connections_per_address);
         Ok(AppState { rooms, config: Arc::new(config), signer, shutdown, tracker, metrics, sockets, creation_limit })
     }

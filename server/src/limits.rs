@@ -46,6 +46,10 @@ pub const RECORD_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const EMPTY_ROOM_GRACE: Duration = Duration::from_secs(10 * 60);
 /// The longest an ephemeral meeting may last, from its first member.
 pub const MAX_MEETING_LENGTH: Duration = Duration::from_secs(6 * 3600);
+/// How long one call to PostgreSQL (connecting included) may take before it counts as failed.
+pub const POSTGRES_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most connections a node holds open to PostgreSQL.
+pub const POSTGRES_POOL_SIZE: usize = 8;
 /// How long `/readyz` waits for the backend before answering not ready.
 pub const READINESS_TIMEOUT: Duration = Duration::from_millis(500);
 /// A persistent board is saved this long after its last change...

@@ -874,7 +874,8 @@ pub enum Lookup {
     Live(Arc<Room>),
     /// The room existed and its meeting has ended.
     Ended,
-    /// No such room.
+    /// No such room: neither a record, nor a stored board, nor a tombstone. With a durable
+    /// board store, a persistent room is never in this case unless the store lost it.
     Unknown,
 }
 
@@ -992,25 +993,36 @@ impl Rooms {
             let _ = cluster.bus.unsubscribe(id).await;
             return Ok(Lookup::Ended);
         }
-        // A persistent room's board, if it is one. A board that cannot be read is an error:
-        // the room stays closed and the stored copy stays as it is.
-        let board = cluster.boards.load(id).await?;
-        let record = match cluster.store.load(id).await? {
-            Some(stored) => Some(stored),
-            None => match &board {
-                // A persistent room nobody serves right now (after a restart): its meeting
-                // starts afresh from its settings.
-                Some(board) => {
-                    let settings: RoomSettings =
-                        serde_json::from_slice(&board.settings).map_err(|_| BackendError::Corrupt)?;
-                    let meeting = self.new_meeting(&settings);
-                    let record = Bytes::from(serde_json::to_vec(meeting.shared()).map_err(|_| BackendError::Corrupt)?);
-                    cluster.store.restore(id, 1, record, cluster.record_ttl(meeting.shared())).await?;
-                    cluster.store.load(id).await?
-                }
-                None => None,
-            },
+        // The room's record first: an ephemeral room never reaches the board store, so it
+        // carries on whatever becomes of that store.
+        let mut record = cluster.store.load(id).await?;
+        let ephemeral = match &record {
+            Some(stored) => {
+                serde_json::from_slice::<Shared>(&stored.record).map_err(|_| BackendError::Corrupt)?.is_ephemeral()
+            }
+            None => false,
         };
+        // A persistent room's board, if it is one. A board that cannot be read (or a board
+        // store that does not answer) is an error: the room stays closed and the stored copy
+        // stays as it is, never replaced by an empty board.
+        let board = if ephemeral { None } else { cluster.boards.load(id).await? };
+        if record.is_none() {
+            if let Some(board) = &board {
+                // A persistent room nobody serves right now (after a restart, or after Redis
+                // lost its records): its meeting starts afresh from its settings.
+                let settings: RoomSettings =
+                    serde_json::from_slice(&board.settings).map_err(|_| BackendError::Corrupt)?;
+                let meeting = self.new_meeting(&settings);
+                let fresh = Bytes::from(serde_json::to_vec(meeting.shared()).map_err(|_| BackendError::Corrupt)?);
+                cluster.store.restore(id, 1, fresh, cluster.record_ttl(meeting.shared())).await?;
+                record = cluster.store.load(id).await?;
+            }
+        }
+        if board.is_none() && !ephemeral && cluster.boards.is_deleted(id).await? {
+            // The board store's tombstone outlives any record or tombstone in Redis.
+            let _ = cluster.bus.unsubscribe(id).await;
+            return Ok(Lookup::Ended);
+        }
         let Some(stored) = record else {
             let _ = cluster.bus.unsubscribe(id).await;
             return Ok(Lookup::Unknown);

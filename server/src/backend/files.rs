@@ -4,6 +4,9 @@
 //! target and flushes the directory, so a crash leaves either the old copy or the new one.
 //! The file is `BRB1`, the settings' length (u32, big-endian), the settings (JSON), then the
 //! board (a Yjs v1 update).
+//!
+//! A deleted room leaves `<room>.deleted`, an empty file: its tombstone, the id only. A save
+//! of a room with a tombstone does nothing.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -30,6 +33,10 @@ impl FileStore {
         // Room ids are checked to be alphanumeric before they reach a store.
         self.dir.join(format!("{room}.board"))
     }
+
+    fn tombstone(&self, room: &str) -> PathBuf {
+        self.dir.join(format!("{room}.deleted"))
+    }
 }
 
 fn encode(stored: &StoredBoard) -> Vec<u8> {
@@ -55,7 +62,7 @@ fn decode(bytes: Vec<u8>) -> BackendResult<StoredBoard> {
 
 fn write_atomically(dir: &Path, target: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let temporary = target.with_extension("board.tmp");
+    let temporary = target.with_extension("tmp");
     {
         let mut file = std::fs::File::create(&temporary)?;
         file.write_all(bytes)?;
@@ -67,8 +74,11 @@ fn write_atomically(dir: &Path, target: &Path, bytes: &[u8]) -> std::io::Result<
 
 impl BoardStore for FileStore {
     fn save(&self, room: &str, stored: StoredBoard) -> BoxFuture<'_, BackendResult<()>> {
-        let (dir, target) = (self.dir.clone(), self.path(room));
+        let (dir, target, tombstone) = (self.dir.clone(), self.path(room), self.tombstone(room));
         async move {
+            if tokio::fs::try_exists(&tombstone).await? {
+                return Ok(());
+            }
             let bytes = encode(&stored);
             tokio::task::spawn_blocking(move || write_atomically(&dir, &target, &bytes))
                 .await
@@ -91,8 +101,13 @@ impl BoardStore for FileStore {
     }
 
     fn delete(&self, room: &str) -> BoxFuture<'_, BackendResult<()>> {
-        let target = self.path(room);
+        let (dir, target, tombstone) = (self.dir.clone(), self.path(room), self.tombstone(room));
         async move {
+            // The tombstone first: a crash in between leaves a deleted room with a stale file,
+            // never a forgotten deletion.
+            tokio::task::spawn_blocking(move || write_atomically(&dir, &tombstone, b""))
+                .await
+                .map_err(|e| BackendError::Io(std::io::Error::other(e)))??;
             match tokio::fs::remove_file(&target).await {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -100,5 +115,10 @@ impl BoardStore for FileStore {
             }
         }
         .boxed()
+    }
+
+    fn is_deleted(&self, room: &str) -> BoxFuture<'_, BackendResult<bool>> {
+        let tombstone = self.tombstone(room);
+        async move { Ok(tokio::fs::try_exists(&tombstone).await?) }.boxed()
     }
 }

@@ -1,5 +1,7 @@
 //! Where a room's shared state lives: behind small traits, with an embedded in-memory
-//! implementation (one node, nothing to install) and a Redis one (several nodes).
+//! implementation (one node, nothing to install) and a Redis one (several nodes), and a
+//! durable board store for persistent rooms: files (one node), PostgreSQL (several nodes), or
+//! Redis (only with persistence turned on).
 //!
 //! - [`RoomStore`]: the room's record (settings and meeting state) under a version, written
 //!   only by compare-and-set. The rules stay in the Rust state machine; the store only refuses
@@ -10,10 +12,11 @@
 //!   announcements, catch-up requests. Board content crosses Redis only here, as pub/sub
 //!   messages, never in a key or a stream.
 //!
-//! The same test suite (`tests` below) runs against both implementations.
+//! The same test suite (`suite.rs`) runs against every implementation.
 
 pub mod embedded;
 pub mod files;
+pub mod postgres;
 pub mod redis;
 
 use std::time::Duration;
@@ -36,6 +39,10 @@ pub enum BackendError {
     /// The data directory could not be read or written.
     #[error("data directory: {0}")]
     Io(#[from] std::io::Error),
+    /// PostgreSQL could not be reached or refused a query. Says what failed, never the
+    /// connection string.
+    #[error("postgres: {0}")]
+    Postgres(String),
 }
 
 /// Result of a backend call.
@@ -117,8 +124,12 @@ pub trait BoardStore: Send + Sync + 'static {
     /// the caller must not take it for an empty board.
     fn load(&self, room: &str) -> BoxFuture<'_, BackendResult<Option<StoredBoard>>>;
 
-    /// Deletes the stored copy for good.
+    /// Deletes the stored copy for good and leaves a tombstone (the id only): the room then
+    /// stays deleted, and a later save of it does nothing.
     fn delete(&self, room: &str) -> BoxFuture<'_, BackendResult<()>>;
+
+    /// Whether the room was deleted (its tombstone is kept).
+    fn is_deleted(&self, room: &str) -> BoxFuture<'_, BackendResult<bool>>;
 }
 
 /// A message on a room's channel.

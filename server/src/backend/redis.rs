@@ -20,7 +20,9 @@
 //! - `balint:room:{id}:ended`, the tombstone of an ended room: `1`, expiring.
 //! - `balint:room:{id}:board`, a hash `{settings, snapshot}`: a persistent room's settings and
 //!   its whole board, compacted (one merged Yjs update, replaced at every save). Never written
-//!   for an ephemeral room.
+//!   for an ephemeral room. Kept only as long as Redis keeps its data: a board store for
+//!   persistent rooms only on a Redis with persistence turned on (see README.md).
+//! - `balint:room:{id}:deleted`, the tombstone of a deleted persistent room: `1`.
 //!
 //! Channel: `balint:room:{id}:bus`: board updates, state announcements and catch-up messages.
 
@@ -171,6 +173,10 @@ fn board_key(room: &str) -> String {
 
 /// How long a persistent room's board stays in Redis without a save.
 const BOARD_TTL_MS: u64 = 400 * 24 * 3600 * 1000;
+
+fn deleted_key(room: &str) -> String {
+    format!("{}deleted", room_prefix(room))
+}
 
 fn tombstone_key(room: &str) -> String {
     format!("{}ended", room_prefix(room))
@@ -395,18 +401,24 @@ impl Bus for RedisBackend {
 
 impl BoardStore for RedisBackend {
     fn save(&self, room: &str, stored: StoredBoard) -> BoxFuture<'_, BackendResult<()>> {
-        let key = board_key(room);
+        let (key, deleted) = (board_key(room), deleted_key(room));
         let room = room.to_owned();
         async move {
             let mut connection = self.room(&room).await?;
-            redis::pipe()
-                .atomic()
-                .hset_multiple(&key, &[("settings", stored.settings.as_ref()), ("snapshot", stored.board.as_ref())])
-                .ignore()
-                .pexpire(&key, BOARD_TTL_MS as i64)
-                .ignore()
-                .query_async::<()>(&mut connection)
-                .await?;
+            // Atomic, and never for a deleted room.
+            Script::new(
+                "if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+                 redis.call('HSET', KEYS[1], 'settings', ARGV[1], 'snapshot', ARGV[2])
+                 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+                 return 1",
+            )
+            .key(&key)
+            .key(&deleted)
+            .arg(stored.settings.as_ref())
+            .arg(stored.board.as_ref())
+            .arg(BOARD_TTL_MS)
+            .invoke_async::<i64>(&mut connection)
+            .await?;
             Ok(())
         }
         .boxed()
@@ -431,12 +443,29 @@ impl BoardStore for RedisBackend {
     }
 
     fn delete(&self, room: &str) -> BoxFuture<'_, BackendResult<()>> {
-        let key = board_key(room);
+        let (key, deleted) = (board_key(room), deleted_key(room));
         let room = room.to_owned();
         async move {
             let mut connection = self.room(&room).await?;
-            connection.del::<_, ()>(key).await?;
+            redis::pipe()
+                .atomic()
+                .del(&key)
+                .ignore()
+                .pset_ex(&deleted, 1, BOARD_TTL_MS)
+                .ignore()
+                .query_async::<()>(&mut connection)
+                .await?;
             Ok(())
+        }
+        .boxed()
+    }
+
+    fn is_deleted(&self, room: &str) -> BoxFuture<'_, BackendResult<bool>> {
+        let key = deleted_key(room);
+        let room = room.to_owned();
+        async move {
+            let mut connection = self.room(&room).await?;
+            Ok(connection.exists(key).await?)
         }
         .boxed()
     }

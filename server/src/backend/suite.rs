@@ -1,8 +1,11 @@
-//! One suite for every backend: the embedded one and Redis.
+//! One suite for every backend: the embedded one and Redis; and for every board store: files,
+//! Redis and PostgreSQL.
 //!
 //! The Redis runs use the server at `BALINT_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`,
-//! which `scripts/test.sh` starts when none is running). They fail, never skip, when it is
-//! unreachable.
+//! which `scripts/test.sh` starts when none is running); the PostgreSQL runs the one at
+//! `BALINT_TEST_POSTGRES_URL` (default `postgresql://postgres@127.0.0.1:5432/test`, which
+//! `scripts/test.sh` starts when none answers), each test in a schema of its own so that tests
+//! run in parallel. They fail, never skip, when it is unreachable.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +19,29 @@ use super::{Presence, RoomStore};
 /// The Redis server the tests use.
 pub fn test_redis_url() -> String {
     std::env::var("BALINT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// The PostgreSQL server the tests use (a role that may create schemas).
+pub fn test_postgres_url() -> String {
+    std::env::var("BALINT_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A fresh, empty schema on the test PostgreSQL, and a URL whose connections use it.
+pub async fn fresh_postgres_schema() -> String {
+    let (client, connection) = tokio_postgres::connect(&test_postgres_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL is needed for this test (scripts/test.sh starts one): {e}"));
+    tokio::spawn(connection);
+    let schema = unique_room();
+    client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.expect("create a test schema");
+    let separator = if test_postgres_url().contains('?') { '&' } else { '?' };
+    format!("{}{separator}options=-c%20search_path%3D{schema}", test_postgres_url())
+}
+
+async fn postgres_store() -> super::postgres::PostgresStore {
+    super::postgres::PostgresStore::connect(&fresh_postgres_schema().await, 4, Duration::from_secs(5))
+        .await
+        .expect("PostgreSQL board store")
 }
 
 fn unique_room() -> String {
@@ -117,7 +143,64 @@ async fn restore_puts_back_a_lost_record_but_never_an_older_one() {
 
 async fn board_stores(dir: &std::path::Path) -> Vec<(&'static str, Arc<dyn super::BoardStore>)> {
     let (redis, _bus) = RedisBackend::connect(&test_redis_url()).await.expect("Redis for the board store suite");
-    vec![("files", Arc::new(super::files::FileStore::new(dir))), ("redis", Arc::new(redis))]
+    vec![
+        ("files", Arc::new(super::files::FileStore::new(dir))),
+        ("redis", Arc::new(redis)),
+        ("postgres", Arc::new(postgres_store().await)),
+    ]
+}
+
+#[tokio::test]
+async fn a_deleted_room_keeps_a_tombstone_and_a_late_save_does_not_bring_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, store) in board_stores(dir.path()).await {
+        let room = unique_room();
+        let board = super::StoredBoard { settings: Bytes::from_static(b"{}"), board: Bytes::from_static(b"one") };
+        store.save(&room, board.clone()).await.unwrap();
+        assert!(!store.is_deleted(&room).await.unwrap(), "{name}");
+        store.delete(&room).await.unwrap();
+        assert!(store.is_deleted(&room).await.unwrap(), "{name}: the tombstone is kept");
+        // Another node saves the room it still held: nothing comes back.
+        store.save(&room, board).await.unwrap();
+        assert!(store.load(&room).await.unwrap().is_none(), "{name}: a deleted room stays deleted");
+        assert!(!store.is_deleted(&unique_room()).await.unwrap(), "{name}: other rooms are not deleted");
+    }
+}
+
+#[tokio::test]
+async fn postgres_migrations_apply_once_when_nodes_start_together() {
+    let url = fresh_postgres_schema().await;
+    let timeout = Duration::from_secs(5);
+    let (a, b) = tokio::join!(
+        super::postgres::PostgresStore::connect(&url, 2, timeout),
+        super::postgres::PostgresStore::connect(&url, 2, timeout),
+    );
+    let (a, b) = (a.expect("first node"), b.expect("second node"));
+    let board = super::StoredBoard { settings: Bytes::from_static(b"{}"), board: Bytes::from_static(b"x") };
+    let room = unique_room();
+    super::BoardStore::save(&a, &room, board.clone()).await.unwrap();
+    assert_eq!(super::BoardStore::load(&b, &room).await.unwrap(), Some(board), "both nodes share the tables");
+    // A third start finds everything applied.
+    super::postgres::PostgresStore::connect(&url, 1, timeout).await.expect("a restart");
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let applied: i64 = client.query_one("SELECT count(*) FROM balint_migrations", &[]).await.unwrap().get(0);
+    assert_eq!(applied, 1, "each migration is recorded once");
+}
+
+#[tokio::test]
+async fn a_postgres_failure_never_names_the_connection_string() {
+    // Nothing listens on port 1; the URL carries a password.
+    let url = "postgresql://balint:s3cret-password@127.0.0.1:1/boards";
+    let error = super::postgres::PostgresStore::connect(url, 1, Duration::from_secs(2)).await.err().expect("no server");
+    let text = error.to_string();
+    assert!(text.contains("cannot reach PostgreSQL"), "says what failed: {text}");
+    assert!(!text.contains("s3cret") && !text.contains("127.0.0.1:1"), "never where: {text}");
+    let error = super::postgres::PostgresStore::connect("postgresql://balint:s3cret@[bad", 1, Duration::from_secs(2))
+        .await
+        .err()
+        .expect("a bad URL");
+    assert!(!error.to_string().contains("s3cret"), "{error}");
 }
 
 #[tokio::test]
