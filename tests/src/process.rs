@@ -267,3 +267,140 @@ pub fn memory_matches(pid: u32, needle: &[u8]) -> anyhow::Result<Vec<String>> {
     }
     Ok(found)
 }
+
+/// The directory of PostgreSQL's server programs (`initdb`, `pg_ctl`): on `PATH`, or where
+/// Debian's `postgresql` package puts them.
+fn postgres_bin_dir() -> anyhow::Result<PathBuf> {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("pg_ctl").exists() {
+            return Ok(dir);
+        }
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .context("PostgreSQL is needed for this test (scripts/test.sh installs it)")?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path().join("bin"))
+        .filter(|bin| bin.join("pg_ctl").exists())
+        .collect();
+    versions.sort();
+    versions.pop().ok_or_else(|| anyhow!("no pg_ctl under /usr/lib/postgresql"))
+}
+
+/// Whether this process runs as root (PostgreSQL then refuses to run as us).
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|out| out.stdout.starts_with(b"0\n"))
+}
+
+/// A PostgreSQL cluster owned by the test: a throw-away data directory, its own port, trust
+/// authentication on loopback only. As root it runs as the `postgres` user.
+pub struct PostgresProcess {
+    /// Its port.
+    pub port: u16,
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    running: bool,
+}
+
+impl PostgresProcess {
+    /// Creates a cluster on a free port and starts it.
+    pub fn start() -> anyhow::Result<Self> {
+        let bin = postgres_bin_dir()?;
+        let dir = tempfile::tempdir()?;
+        if is_root() {
+            let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status()?;
+            anyhow::ensure!(status.success(), "cannot hand the data directory to the postgres user");
+        }
+        let mut postgres = PostgresProcess { port: free_port(), bin, dir, running: false };
+        let data = postgres.data_dir();
+        postgres.run("initdb", &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])?;
+        postgres.restart()?;
+        Ok(postgres)
+    }
+
+    fn data_dir(&self) -> String {
+        self.dir.path().join("data").to_string_lossy().into_owned()
+    }
+
+    /// Runs one of PostgreSQL's programs, as the `postgres` user when we are root.
+    fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<()> {
+        let program = self.bin.join(program);
+        let mut command = if is_root() {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(&program);
+            command
+        } else {
+            Command::new(&program)
+        };
+        let out = command.args(args).stdin(Stdio::null()).output()?;
+        if !out.status.success() {
+            bail!("{} failed: {}", program.display(), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// `postgresql://postgres@127.0.0.1:PORT/postgres`, as the superuser.
+    pub fn url(&self) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops the server at once (connections are cut; the data stays).
+    pub fn stop(&mut self) {
+        if self.running {
+            let data = self.data_dir();
+            let _ = self.run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]);
+            self.running = false;
+        }
+    }
+
+    /// Starts the server (again) on the same port, with the same data, and waits until it
+    /// accepts connections.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        let data = self.data_dir();
+        let log = self.dir.path().join("server.log").to_string_lossy().into_owned();
+        let socket_dir = self.dir.path().to_string_lossy().into_owned();
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {socket_dir} -c fsync=off -c full_page_writes=off",
+            self.port
+        );
+        self.run("pg_ctl", &["-D", &data, "-l", &log, "-o", &options, "-w", "-t", "30", "start"])?;
+        self.running = true;
+        Ok(())
+    }
+}
+
+impl Drop for PostgresProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The shared PostgreSQL the tests use: `BALINT_TEST_POSTGRES_URL`, by default the one on
+/// the development machine (`scripts/test.sh` starts one when none answers).
+pub fn test_postgres_url() -> String {
+    std::env::var("BALINT_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A fresh schema on the shared PostgreSQL, and a URL whose connections use it, so that tests
+/// run in parallel without seeing each other's tables.
+pub async fn fresh_postgres_schema() -> anyhow::Result<String> {
+    use rand::distributions::{Alphanumeric, DistString};
+    let admin = test_postgres_url();
+    let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+        .await
+        .context("PostgreSQL is needed for this test (scripts/test.sh starts one)")?;
+    tokio::spawn(connection);
+    let schema = format!("e2e{}", Alphanumeric.sample_string(&mut rand::thread_rng(), 12).to_ascii_lowercase());
+    client.batch_execute(&format!("CREATE SCHEMA {schema}")).await?;
+    let separator = if admin.contains('?') { '&' } else { '?' };
+    Ok(format!("{admin}{separator}options=-c%20search_path%3D{schema}"))
+}
+
+/// The stored board of `room` in the board store at `url` (with its `search_path`), if any.
+pub async fn postgres_board(url: &str, room: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let row = client.query_opt("SELECT board FROM balint_boards WHERE room = $1", &[&room]).await?;
+    Ok(row.map(|row| row.get(0)))
+}

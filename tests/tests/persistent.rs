@@ -121,11 +121,17 @@ async fn survives_restarts(redis: Option<&RedisProcess>, files_hold_board: bool)
     assert_eq!(handshake_status(&node.ws_url(&id, &invite, "dan")).await, 410);
     if files_hold_board {
         assert!(!data.path().join("rooms").join(format!("{id}.board")).exists());
+        // The tombstone the file store keeps: an empty file named by the id.
+        assert_eq!(std::fs::read(data.path().join("rooms").join(format!("{id}.deleted"))).unwrap(), b"");
     } else {
         let port = redis.unwrap().url().rsplit(':').next().unwrap().to_owned();
         let keys = std::process::Command::new("redis-cli").args(["-p", &port, "--scan"]).output().unwrap();
         let keys = String::from_utf8_lossy(&keys.stdout).into_owned();
-        assert!(keys.lines().filter(|k| k.contains(&id)).all(|k| k.ends_with(":ended")), "{keys}");
+        // Only tombstones: the meeting's, and the board store's own (the id only).
+        assert!(
+            keys.lines().filter(|k| k.contains(&id)).all(|k| k.ends_with(":ended") || k.ends_with(":deleted")),
+            "{keys}"
+        );
     }
     drop(node);
     let node = start(data.path(), redis);

@@ -1,0 +1,167 @@
+//! Persistent rooms on the PostgreSQL board store, with real processes failing: Redis
+//! restarts (keeping nothing, as in the Compose deployment) while a room is unloaded and
+//! while it is in use, and PostgreSQL goes away while rooms are open.
+
+use balint_e2e::handshake_status;
+use balint_e2e::process::{fresh_postgres_schema, postgres_board, NodeProcess, PostgresProcess, RedisProcess};
+use balint_e2e::{eventually, YClient};
+use serde_json::{json, Value};
+
+const SECRET: &str = "a secret shared across restarts of the test node";
+
+fn start(args: &[&str]) -> NodeProcess {
+    let mut all = vec!["--secret", SECRET, "--idle-unload-secs", "1", "--postgres-timeout-ms", "1000"];
+    all.extend_from_slice(args);
+    NodeProcess::start(&all).unwrap()
+}
+
+async fn create(node: &NodeProcess, ephemeral: bool) -> (String, String, String) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/rooms", node.base()))
+        .json(&json!({"title": "Thursday log", "ephemeral": ephemeral}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let room: Value = response.json().await.unwrap();
+    let field = |name: &str| room[name].as_str().unwrap().to_owned();
+    (field("room"), field("leader_token"), field("invite_token"))
+}
+
+/// Waits until the board store at `url` holds `needle` in the room's board.
+async fn stored(url: &str, room: &str, needle: &[u8]) {
+    eventually(|| async move {
+        postgres_board(url, room)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|board| memchr::memmem::find(&board, needle).is_some())
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the board store never held {:?}", String::from_utf8_lossy(needle)));
+}
+
+/// Waits until the node has unloaded the room from memory.
+async fn unloaded(node: &NodeProcess, room: &str) {
+    let logs = node.logs.clone();
+    eventually(|| {
+        let logs = logs.clone();
+        async move { logs.lock().unwrap().iter().any(|line| line.contains("idle room unloaded") && line.contains(room)) }
+    })
+    .await
+    .expect("the idle room is unloaded");
+}
+
+async fn error_code(node: &NodeProcess, room: &str, token: &str) -> (u16, String) {
+    let answer = reqwest::get(format!("{}/ws/{room}?token={token}", node.base())).await.unwrap();
+    let status = answer.status().as_u16();
+    let body: Value = answer.json().await.unwrap_or_default();
+    (status, body["error"].as_str().unwrap_or_default().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_room_survives_redis_restarts_on_the_postgres_store() {
+    let mut redis = RedisProcess::start().unwrap();
+    let database = fresh_postgres_schema().await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let node =
+        start(&["--redis-url", &redis.url(), "--postgres-url", &database, "--data-dir", data.path().to_str().unwrap()]);
+    let (id, leader, invite) = create(&node, false).await;
+
+    // Written, saved, left: the room is unloaded, and Redis restarts empty.
+    let mut writer = YClient::join(&node.ws_url(&id, &invite, "ada")).await.unwrap();
+    writer.type_text("before the restart. ").await.unwrap();
+    stored(&database, &id, b"before the restart").await;
+    drop(writer);
+    unloaded(&node, &id).await;
+    redis.restart().unwrap();
+
+    // The room is rebuilt from PostgreSQL on the next join, its board intact.
+    let mut writer = YClient::join(&node.ws_url(&id, &invite, "ben")).await.unwrap();
+    assert_eq!(writer.notes(), "before the restart. ");
+
+    // Redis restarts again while the room is in use: nothing is lost, and newcomers join.
+    redis.restart().unwrap();
+    writer.type_text("during the restart. ").await.unwrap();
+    stored(&database, &id, b"during the restart").await;
+    let reader = YClient::join(&node.ws_url(&id, &leader, "cy")).await.unwrap();
+    assert_eq!(reader.notes(), "before the restart. during the restart. ");
+    drop(reader);
+    drop(writer);
+
+    // A deleted room stays deleted when Redis forgets its tombstone: PostgreSQL keeps one.
+    let deleted = reqwest::Client::new()
+        .delete(format!("{}/api/rooms/{id}", node.base()))
+        .bearer_auth(&leader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert!(postgres_board(&database, &id).await.unwrap().is_none(), "the board is deleted");
+    redis.restart().unwrap();
+    let node = start(&["--redis-url", &redis.url(), "--postgres-url", &database]);
+    assert_eq!(error_code(&node, &id, &invite).await, (410, "ended".to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_postgres_persistent_rooms_say_so_keep_their_boards_and_ephemeral_rooms_carry_on() {
+    let mut postgres = PostgresProcess::start().unwrap();
+    // Trust authentication ignores the password; it is there to show it never reaches a log.
+    let database = format!("postgresql://postgres:pw-never-logged@127.0.0.1:{}/postgres", postgres.port);
+    let node = start(&["--board-store", "postgres", "--postgres-url", &database]);
+
+    // A persistent room, saved and unloaded; another one in use; an ephemeral meeting.
+    let (kept, _, kept_invite) = create(&node, false).await;
+    let mut writer = YClient::join(&node.ws_url(&kept, &kept_invite, "ada")).await.unwrap();
+    writer.type_text("the group's log. ").await.unwrap();
+    stored(&database, &kept, b"the group's log").await;
+    drop(writer);
+    unloaded(&node, &kept).await;
+    let (busy, _, busy_invite) = create(&node, false).await;
+    let mut busy_writer = YClient::join(&node.ws_url(&busy, &busy_invite, "bo")).await.unwrap();
+    busy_writer.type_text("saved once. ").await.unwrap();
+    stored(&database, &busy, b"saved once").await;
+    let (meeting, meeting_leader, meeting_invite) = create(&node, true).await;
+    let mut member = YClient::join(&node.ws_url(&meeting, &meeting_invite, "mia")).await.unwrap();
+    member.type_text("ephemeral notes. ").await.unwrap();
+
+    postgres.stop();
+
+    // The unloaded persistent room answers 503 board_unreadable, never "ended" or empty.
+    assert_eq!(error_code(&node, &kept, &kept_invite).await, (503, "board_unreadable".to_owned()));
+    assert_eq!(handshake_status(&node.ws_url(&kept, &kept_invite, "ada")).await, 503);
+    // The room in use keeps working in memory; its saves wait for the store.
+    busy_writer.type_text("written during the outage. ").await.unwrap();
+    // The ephemeral meeting carries on untouched: edits, newcomers, and new meetings.
+    member.type_text("more notes. ").await.unwrap();
+    let leader = YClient::join(&node.ws_url(&meeting, &meeting_leader, "lena")).await.unwrap();
+    assert_eq!(leader.notes(), "ephemeral notes. more notes. ");
+    create(&node, true).await;
+
+    postgres.restart().unwrap();
+
+    // Nothing was overwritten: the unloaded room opens with its board, and the room in use
+    // saves what was written meanwhile.
+    stored(&database, &busy, b"written during the outage").await;
+    let reader = YClient::join(&node.ws_url(&kept, &kept_invite, "cy")).await.unwrap();
+    assert_eq!(reader.notes(), "the group's log. ");
+    stored(&database, &kept, b"the group's log").await;
+    let logs = node.logs.lock().unwrap().join("\n");
+    assert!(!logs.contains("pw-never-logged"), "the connection string never reaches a log line");
+    assert!(logs.contains("board store did not answer"), "the outage is logged: {logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_lost_with_redis_is_not_reported_as_ended() {
+    // Redis as the board store, without persistence (as it must not be run): when it
+    // restarts, the room is lost. The answer says so honestly, not "this meeting has ended".
+    let mut redis = RedisProcess::start().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let node = start(&["--redis-url", &redis.url(), "--data-dir", data.path().to_str().unwrap()]);
+    let (id, _, invite) = create(&node, false).await;
+    let writer = YClient::join(&node.ws_url(&id, &invite, "ada")).await.unwrap();
+    drop(writer);
+    unloaded(&node, &id).await;
+    redis.restart().unwrap();
+    assert_eq!(error_code(&node, &id, &invite).await, (404, "unknown_room".to_owned()));
+}
