@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. On a machine that has only the Rust toolchain it first installs
-# what the tests need: Redis, Node.js and the JavaScript Yjs client used by the interop test,
+# what the tests need: Redis, PostgreSQL, Node.js and the JavaScript Yjs client used by the interop test,
 # Chromium and playwright-core for the browser test, and builds the wasm client into
 # web/assets/pkg (installing the wasm32 target and wasm-bindgen-cli if missing).
 set -euo pipefail
@@ -13,6 +13,11 @@ apt_install() {
   if [ -z "$apt_updated" ]; then as_root apt-get update -qq; apt_updated=1; fi
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
+
+# What to undo at exit, last started first stopped.
+cleanup=()
+run_cleanup() { for ((i = ${#cleanup[@]} - 1; i >= 0; i--)); do eval "${cleanup[$i]}"; done; }
+trap run_cleanup EXIT
 
 if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
   echo "test.sh: installing Redis"
@@ -29,9 +34,35 @@ if ! redis-cli -p "$redis_port" ping >/dev/null 2>&1; then
   echo "test.sh: starting redis-server on port $redis_port"
   redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$redis_dir" --daemonize yes \
     --pidfile "$redis_dir/redis.pid" >/dev/null
-  trap 'kill "$(cat "$redis_dir/redis.pid" 2>/dev/null)" 2>/dev/null || true; rm -rf "$redis_dir"' EXIT
+  cleanup+=("kill \"\$(cat '$redis_dir/redis.pid' 2>/dev/null)\" 2>/dev/null || true; rm -rf '$redis_dir'")
   for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
   export BALINT_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
+fi
+
+# PostgreSQL, the durable board store: its programs (the failure tests start private
+# clusters with them) and a server for the store suite. Use the one at
+# BALINT_TEST_POSTGRES_URL (default: trust authentication on 5432, database `test`) if it
+# answers, else start a throw-away cluster on a free port, in a temp dir, stopped at exit.
+# PostgreSQL refuses to run as root: as root, its programs run as the `postgres` user.
+pg_bin_dir() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+if [ -z "$(pg_bin_dir)" ] || ! command -v psql >/dev/null; then
+  echo "test.sh: installing PostgreSQL"
+  apt_install postgresql
+fi
+as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+export BALINT_TEST_POSTGRES_URL="${BALINT_TEST_POSTGRES_URL:-postgresql://postgres@127.0.0.1:5432/test}"
+if ! psql "$BALINT_TEST_POSTGRES_URL" -Atqc 'SELECT 1' >/dev/null 2>&1; then
+  pg_bin=$(pg_bin_dir)
+  pg_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo 15432)
+  pg_dir=$(mktemp -d)
+  if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$pg_dir"; fi
+  echo "test.sh: starting PostgreSQL on port $pg_port"
+  as_postgres "$pg_bin/initdb" -D "$pg_dir/data" -A trust -U postgres -E UTF8 --no-sync >/dev/null
+  as_postgres "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w -t 60 \
+    -o "-p $pg_port -c listen_addresses=127.0.0.1 -k $pg_dir -c fsync=off" start >/dev/null
+  cleanup+=("as_postgres '$pg_bin/pg_ctl' -D '$pg_dir/data' -m immediate -w stop >/dev/null 2>&1 || true; rm -rf '$pg_dir'")
+  psql "postgresql://postgres@127.0.0.1:$pg_port/postgres" -qc 'CREATE DATABASE test' >/dev/null
+  export BALINT_TEST_POSTGRES_URL="postgresql://postgres@127.0.0.1:$pg_port/test"
 fi
 
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
