@@ -89,6 +89,15 @@ async fn a_persistent_room_survives_redis_restarts_on_the_postgres_store() {
     drop(reader);
     drop(writer);
 
+    // The node dies too, after the save: another node (a fresh process) serves the room
+    // from PostgreSQL.
+    let mut node = node;
+    node.kill();
+    let node = start(&["--redis-url", &redis.url(), "--postgres-url", &database]);
+    let reader = YClient::join(&node.ws_url(&id, &invite, "dee")).await.unwrap();
+    assert_eq!(reader.notes(), "before the restart. during the restart. ");
+    drop(reader);
+
     // A deleted room stays deleted when Redis forgets its tombstone: PostgreSQL keeps one.
     let deleted = reqwest::Client::new()
         .delete(format!("{}/api/rooms/{id}", node.base()))

@@ -78,15 +78,24 @@ impl PostgresStore {
         let transaction = client.transaction().await.map_err(|e| failed("cannot start a transaction")(&e))?;
         let migrate = failed("cannot apply the database migrations");
         transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(|e| migrate(&e))?;
-        transaction
-            .batch_execute(
-                "CREATE TABLE IF NOT EXISTS balint_migrations (
-                    version integer PRIMARY KEY,
-                    applied_at timestamptz NOT NULL DEFAULT now()
-                )",
-            )
+        // Created only when missing, so that a role limited to reading and writing the
+        // tables (migrations applied by their owner) starts as well.
+        let known: bool = transaction
+            .query_one("SELECT to_regclass('balint_migrations') IS NOT NULL", &[])
             .await
-            .map_err(|e| migrate(&e))?;
+            .map_err(|e| migrate(&e))?
+            .get(0);
+        if !known {
+            transaction
+                .batch_execute(
+                    "CREATE TABLE balint_migrations (
+                        version integer PRIMARY KEY,
+                        applied_at timestamptz NOT NULL DEFAULT now()
+                    )",
+                )
+                .await
+                .map_err(|e| migrate(&e))?;
+        }
         let row = transaction
             .query_one("SELECT coalesce(max(version), 0) FROM balint_migrations", &[])
             .await

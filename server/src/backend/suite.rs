@@ -231,3 +231,11 @@ async fn a_damaged_board_file_is_an_error_never_an_empty_board() {
     assert!(matches!(super::BoardStore::load(&store, &room).await, Err(super::BackendError::Corrupt)));
     assert_eq!(std::fs::read(&path).unwrap(), b"not a board", "the stored copy is kept as it was");
 }
+
+#[tokio::test]
+async fn a_postgres_url_that_requires_tls_is_refused_rather_than_sent_in_the_clear() {
+    let separator = if test_postgres_url().contains('?') { '&' } else { '?' };
+    let url = format!("{}{separator}sslmode=require", test_postgres_url());
+    let refused = super::postgres::PostgresStore::connect(&url, 1, Duration::from_secs(2)).await;
+    assert!(refused.is_err(), "the server has no TLS: it must not connect in the clear");
+}
