@@ -1,8 +1,8 @@
-//! Persistent rooms: the board survives restarts on both stores, a leader exports it, and a
-//! delete leaves nothing.
+//! Persistent rooms: the board survives restarts on every board store (files, Redis,
+//! PostgreSQL), a leader exports it, and a delete leaves nothing but a tombstone.
 
 use balint_e2e::handshake_status;
-use balint_e2e::process::{NodeProcess, RedisProcess};
+use balint_e2e::process::{fresh_postgres_schema, postgres_board, NodeProcess, RedisProcess};
 use balint_e2e::{eventually, YClient};
 use balint_proto::close;
 use balint_proto::room::Template;
@@ -10,11 +10,26 @@ use serde_json::{json, Value};
 
 const SECRET: &str = "a secret shared across restarts of the test node";
 
-fn start(data: &std::path::Path, redis: Option<&RedisProcess>) -> NodeProcess {
+/// The board store a test runs on.
+#[derive(Clone, Copy)]
+enum Store<'a> {
+    /// One node, boards as files.
+    Files,
+    /// Redis holds everything (records and boards).
+    Redis(&'a RedisProcess),
+    /// Redis holds records; PostgreSQL (the URL, with the test's schema) holds boards.
+    Postgres(&'a RedisProcess, &'a str),
+}
+
+fn start(data: &std::path::Path, store: Store<'_>) -> NodeProcess {
     let data = data.to_str().unwrap().to_owned();
     let mut args = vec!["--secret".to_owned(), SECRET.to_owned(), "--data-dir".to_owned(), data];
-    if let Some(redis) = redis {
-        args.extend(["--redis-url".to_owned(), redis.url()]);
+    match store {
+        Store::Files => {}
+        Store::Redis(redis) => args.extend(["--redis-url".to_owned(), redis.url()]),
+        Store::Postgres(redis, url) => {
+            args.extend(["--redis-url".to_owned(), redis.url(), "--postgres-url".to_owned(), url.to_owned()])
+        }
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     NodeProcess::start(&args).unwrap()
@@ -42,9 +57,9 @@ async fn export(node: &NodeProcess, room: &Value, token: &str) -> reqwest::Respo
 
 /// Writes in a room, restarts the node (gracefully or with SIGKILL after the save window),
 /// and checks the board, the export and the delete.
-async fn survives_restarts(redis: Option<&RedisProcess>, files_hold_board: bool) {
+async fn survives_restarts(store: Store<'_>) {
     let data = tempfile::tempdir().unwrap();
-    let mut node = start(data.path(), redis);
+    let mut node = start(data.path(), store);
     let room = create(&node).await;
     let id = room["room"].as_str().unwrap().to_owned();
     let leader = room["leader_token"].as_str().unwrap().to_owned();
@@ -60,7 +75,7 @@ async fn survives_restarts(redis: Option<&RedisProcess>, files_hold_board: bool)
     drop(witness);
     let status_code = node.terminate().unwrap();
     assert!(status_code.success(), "graceful stop: {status_code:?}");
-    let mut node = start(data.path(), redis);
+    let mut node = start(data.path(), store);
     let reader = YClient::join(&node.ws_url(&id, &invite, "ben")).await.unwrap();
     assert_eq!(reader.notes(), "first session. ");
     assert_eq!(reader.card_count(), 1, "the card written just before the restart");
@@ -68,34 +83,10 @@ async fn survives_restarts(redis: Option<&RedisProcess>, files_hold_board: bool)
     // After a SIGKILL, at most the save window is lost: what was saved is there.
     let mut writer = reader;
     writer.type_text("second session. ").await.unwrap();
-    if files_hold_board {
-        let path = data.path().join("rooms").join(format!("{id}.board"));
-        eventually(|| {
-            let path = path.clone();
-            async move { std::fs::read(&path).is_ok_and(|b| memchr::memmem::find(&b, b"second session").is_some()) }
-        })
-        .await
-        .unwrap();
-    } else {
-        let url = redis.unwrap().url();
-        let port = url.rsplit(':').next().unwrap().to_owned();
-        let key = format!("balint:room:{id}:board");
-        eventually(|| {
-            let (port, key) = (port.clone(), key.clone());
-            async move {
-                let out = std::process::Command::new("redis-cli")
-                    .args(["-p", &port, "HGET", &key, "snapshot"])
-                    .output()
-                    .unwrap();
-                memchr::memmem::find(&out.stdout, b"second session").is_some()
-            }
-        })
-        .await
-        .unwrap();
-    }
+    saved(data.path(), store, &id, &[b"second session"]).await;
     drop(writer);
     node.kill();
-    let node = start(data.path(), redis);
+    let node = start(data.path(), store);
     let reader = YClient::join(&node.ws_url(&id, &invite, "cy")).await.unwrap();
     assert_eq!(reader.notes(), "first session. second session. ");
     drop(reader);
@@ -119,41 +110,60 @@ async fn survives_restarts(redis: Option<&RedisProcess>, files_hold_board: bool)
         .unwrap();
     assert_eq!(deleted.status(), 204);
     assert_eq!(handshake_status(&node.ws_url(&id, &invite, "dan")).await, 410);
-    if files_hold_board {
-        assert!(!data.path().join("rooms").join(format!("{id}.board")).exists());
-        // The tombstone the file store keeps: an empty file named by the id.
-        assert_eq!(std::fs::read(data.path().join("rooms").join(format!("{id}.deleted"))).unwrap(), b"");
-    } else {
-        let port = redis.unwrap().url().rsplit(':').next().unwrap().to_owned();
-        let keys = std::process::Command::new("redis-cli").args(["-p", &port, "--scan"]).output().unwrap();
-        let keys = String::from_utf8_lossy(&keys.stdout).into_owned();
-        // Only tombstones: the meeting's, and the board store's own (the id only).
-        assert!(
-            keys.lines().filter(|k| k.contains(&id)).all(|k| k.ends_with(":ended") || k.ends_with(":deleted")),
-            "{keys}"
-        );
+    match store {
+        Store::Files => {
+            assert!(!data.path().join("rooms").join(format!("{id}.board")).exists());
+            // The tombstone the file store keeps: an empty file named by the id.
+            assert_eq!(std::fs::read(data.path().join("rooms").join(format!("{id}.deleted"))).unwrap(), b"");
+        }
+        Store::Redis(redis) | Store::Postgres(redis, _) => {
+            let port = redis.port.to_string();
+            let keys = std::process::Command::new("redis-cli").args(["-p", &port, "--scan"]).output().unwrap();
+            let keys = String::from_utf8_lossy(&keys.stdout).into_owned();
+            // Only tombstones: the meeting's, and the Redis board store's own (the id only).
+            assert!(
+                keys.lines().filter(|k| k.contains(&id)).all(|k| k.ends_with(":ended") || k.ends_with(":deleted")),
+                "{keys}"
+            );
+        }
+    }
+    if let Store::Postgres(_, url) = store {
+        assert!(postgres_board(url, &id).await.unwrap().is_none(), "the board row is deleted");
     }
     drop(node);
-    let node = start(data.path(), redis);
+    let node = start(data.path(), store);
     assert_eq!(handshake_status(&node.ws_url(&id, &invite, "eve")).await, 410, "still gone after a restart");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persistent_room_survives_restarts_on_the_file_store() {
-    survives_restarts(None, true).await;
+    survives_restarts(Store::Files).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persistent_room_survives_restarts_on_the_redis_store() {
     let redis = RedisProcess::start().unwrap();
-    survives_restarts(Some(&redis), false).await;
+    survives_restarts(Store::Redis(&redis)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_room_survives_restarts_on_the_postgres_store() {
+    let redis = RedisProcess::start().unwrap();
+    let url = fresh_postgres_schema().await.unwrap();
+    survives_restarts(Store::Postgres(&redis, &url)).await;
 }
 
 /// What a persistent room saved: its settings and its board, as stored.
-fn stored(data: &std::path::Path, redis: Option<&RedisProcess>, id: &str) -> Vec<u8> {
-    match redis {
-        None => std::fs::read(data.join("rooms").join(format!("{id}.board"))).unwrap_or_default(),
-        Some(redis) => {
+async fn stored(data: &std::path::Path, store: Store<'_>, id: &str) -> Vec<u8> {
+    match store {
+        Store::Files => std::fs::read(data.join("rooms").join(format!("{id}.board"))).unwrap_or_default(),
+        Store::Postgres(_, url) => {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(connection);
+            let row = client.query_opt("SELECT settings || board FROM balint_boards WHERE room = $1", &[&id]).await;
+            row.unwrap().map(|row| row.get(0)).unwrap_or_default()
+        }
+        Store::Redis(redis) => {
             let port = redis.port.to_string();
             let key = format!("balint:room:{id}:board");
             let out = std::process::Command::new("redis-cli")
@@ -165,9 +175,9 @@ fn stored(data: &std::path::Path, redis: Option<&RedisProcess>, id: &str) -> Vec
 }
 
 /// Waits until what the room saved holds every one of `needles`.
-async fn saved(data: &std::path::Path, redis: Option<&RedisProcess>, id: &str, needles: &[&[u8]]) {
+async fn saved(data: &std::path::Path, store: Store<'_>, id: &str, needles: &[&[u8]]) {
     eventually(|| async {
-        let bytes = stored(data, redis, id);
+        let bytes = stored(data, store, id).await;
         needles.iter().all(|n| memchr::memmem::find(&bytes, n).is_some())
     })
     .await
@@ -176,22 +186,22 @@ async fn saved(data: &std::path::Path, redis: Option<&RedisProcess>, id: &str, n
 
 /// Restarts the node. With Redis, the room's record is deleted first (as when its safety-net
 /// expiry passed), so that the meeting starts again from the settings saved with the board.
-fn restart(node: &mut NodeProcess, data: &std::path::Path, redis: Option<&RedisProcess>, id: &str) -> NodeProcess {
+fn restart(node: &mut NodeProcess, data: &std::path::Path, store: Store<'_>, id: &str) -> NodeProcess {
     node.kill();
-    if let Some(redis) = redis {
+    if let Store::Redis(redis) | Store::Postgres(redis, _) = store {
         let key = format!("balint:room:{id}:record");
         let port = redis.port.to_string();
         let deleted = std::process::Command::new("redis-cli").args(["-p", &port, "DEL", &key]).output().unwrap();
         assert_eq!(String::from_utf8_lossy(&deleted.stdout).trim(), "1", "the record existed");
     }
-    start(data, redis)
+    start(data, store)
 }
 
 /// A persistent room keeps the lobby, the title, the template and its link generation across
 /// restarts, whether they changed with the board or on their own.
-async fn settings_survive_restarts(redis: Option<&RedisProcess>) {
+async fn settings_survive_restarts(store: Store<'_>) {
     let data = tempfile::tempdir().unwrap();
-    let mut node = start(data.path(), redis);
+    let mut node = start(data.path(), store);
     let body = json!({"title": "Thursday log", "ephemeral": false, "template": "open", "lobby": true});
     let response = reqwest::Client::new().post(format!("{}/api/rooms", node.base())).json(&body).send().await.unwrap();
     let room: Value = response.json().await.unwrap();
@@ -214,10 +224,10 @@ async fn settings_survive_restarts(redis: Option<&RedisProcess>) {
         .unwrap();
     assert_eq!(links["generation"], 1);
     let new_invite = links["invite_token"].as_str().unwrap().to_owned();
-    saved(data.path(), redis, &id, &[br#""link_generation":1"#, br#""lobby":true"#, b"kept with its settings"]).await;
+    saved(data.path(), store, &id, &[br#""link_generation":1"#, br#""lobby":true"#, b"kept with its settings"]).await;
     drop(lea);
 
-    let mut node = restart(&mut node, data.path(), redis, &id);
+    let mut node = restart(&mut node, data.path(), store, &id);
     let mut lea = YClient::join(&node.ws_url(&id, &leader, "Lea")).await.unwrap();
     let state = lea.latest_state().unwrap().clone();
     assert!(state.lobby, "the lobby is still on");
@@ -235,28 +245,35 @@ async fn settings_survive_restarts(redis: Option<&RedisProcess>) {
     // A setting changed on its own, without the board, is saved too.
     lea.command(json!({"type": "set_lobby", "enabled": false})).await.unwrap();
     lea.wait_state(|s| !s.lobby).await.unwrap();
-    saved(data.path(), redis, &id, &[br#""lobby":false"#]).await;
+    saved(data.path(), store, &id, &[br#""lobby":false"#]).await;
     drop(lea);
-    let node = restart(&mut node, data.path(), redis, &id);
+    let node = restart(&mut node, data.path(), store, &id);
     let ben = YClient::join(&node.ws_url(&id, &new_invite, "Ben")).await.unwrap();
     assert!(ben.is_admitted(), "the lobby stayed off");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persistent_room_keeps_every_setting_on_the_file_store() {
-    settings_survive_restarts(None).await;
+    settings_survive_restarts(Store::Files).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persistent_room_keeps_every_setting_on_the_redis_store() {
     let redis = RedisProcess::start().unwrap();
-    settings_survive_restarts(Some(&redis)).await;
+    settings_survive_restarts(Store::Redis(&redis)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_room_keeps_every_setting_on_the_postgres_store() {
+    let redis = RedisProcess::start().unwrap();
+    let url = fresh_postgres_schema().await.unwrap();
+    settings_survive_restarts(Store::Postgres(&redis, &url)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_board_that_fails_to_load_is_reported_and_kept() {
     let data = tempfile::tempdir().unwrap();
-    let node = start(data.path(), None);
+    let node = start(data.path(), Store::Files);
     let room = create(&node).await;
     let id = room["room"].as_str().unwrap().to_owned();
     let invite = room["invite_token"].as_str().unwrap().to_owned();
@@ -264,7 +281,7 @@ async fn a_board_that_fails_to_load_is_reported_and_kept() {
     let path = data.path().join("rooms").join(format!("{id}.board"));
     std::fs::write(&path, b"damaged on disk").unwrap();
 
-    let node = start(data.path(), None);
+    let node = start(data.path(), Store::Files);
     assert_eq!(handshake_status(&node.ws_url(&id, &invite, "ada")).await, 503, "the room reports the error");
     let answer = reqwest::get(format!("{}/ws/{id}?token={invite}", node.base())).await.unwrap();
     let body: Value = answer.json().await.unwrap();
