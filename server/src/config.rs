@@ -175,6 +175,17 @@ pub enum BoardStoreKind {
     Redis,
 }
 
+impl BoardStoreKind {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            BoardStoreKind::Files => "files",
+            BoardStoreKind::Postgres => "postgres",
+            BoardStoreKind::Redis => "redis",
+        }
+    }
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {

@@ -319,7 +319,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let body = serde_json::json!({
         "ready": backend && store,
         "backend": { "kind": name, "ok": backend },
-        "store": { "ok": store },
+        "store": { "kind": state.config.board_store_kind().name(), "ok": store },
     });
     let status = if backend && store { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     if status != StatusCode::OK {

@@ -184,7 +184,12 @@ impl AppState {
                 rooms
             }
         };
-        tracing::info!(node = rooms.node(), redis = config.redis_url.is_some(), board_store = ?board_kind, "node started");
+        tracing::info!(
+            node = rooms.node(),
+            redis = config.redis_url.is_some(),
+            board_store = board_kind.name(),
+            "node started"
+        );
         let sockets = sockets::SocketCaps::new(config.max_connections, config.max_connections_per_address);
         Ok(AppState { rooms, config: Arc::new(config), signer, shutdown, tracker, metrics, sockets, creation_limit })
     }

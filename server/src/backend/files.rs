@@ -62,7 +62,10 @@ fn decode(bytes: Vec<u8>) -> BackendResult<StoredBoard> {
 
 fn write_atomically(dir: &Path, target: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let temporary = target.with_extension("tmp");
+    // `<room>.board.tmp` or `<room>.deleted.tmp`: each target has its own.
+    let mut temporary = target.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
     {
         let mut file = std::fs::File::create(&temporary)?;
         file.write_all(bytes)?;
