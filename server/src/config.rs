@@ -47,7 +47,7 @@ pub struct Config {
     /// PostgreSQL URL for the board store (`postgresql://user:password@host:port/database`).
     /// It carries a password: it is never logged.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub postgres_url: Option<String>,
+    pub postgres_url: Option<Confidential>,
 
     /// Milliseconds one call to PostgreSQL (connecting included) may take before it fails.
     #[arg(long, env = "BALINT_POSTGRES_TIMEOUT_MS", default_value_t = limits::POSTGRES_TIMEOUT.as_millis() as u64)]
@@ -164,6 +164,32 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// A value that carries a password, such as a connection string: its `Debug` form hides it, so
+/// that logging the configuration cannot leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Confidential(String);
+
+impl Confidential {
+    /// The value itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Confidential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Confidential(..)")
+    }
+}
+
+impl std::str::FromStr for Confidential {
+    type Err = std::convert::Infallible;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(Confidential(value.to_owned()))
+    }
+}
+
 /// Where persistent rooms' boards are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BoardStoreKind {
@@ -227,5 +253,21 @@ impl Config {
     /// [`Self::token_ttl_secs`] as a duration.
     pub fn token_ttl(&self) -> Duration {
         Duration::from_secs(self.token_ttl_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_postgres_url_never_shows_in_the_configurations_debug_form() {
+        let config = Config::parse_from(["balint-room", "--postgres-url", "postgresql://balint:hunter2@db/balint"]);
+        assert_eq!(
+            config.postgres_url.as_ref().map(Confidential::expose),
+            Some("postgresql://balint:hunter2@db/balint")
+        );
+        assert!(!format!("{config:?}").contains("hunter2"));
+        assert_eq!(config.board_store_kind(), BoardStoreKind::Postgres);
     }
 }

@@ -125,7 +125,7 @@ impl AppState {
         let boards: Arc<dyn backend::BoardStore> = match board_kind {
             BoardStoreKind::Files => Arc::new(FileStore::new(&config.data_dir)),
             BoardStoreKind::Postgres => {
-                let url = config.postgres_url.as_deref().ok_or_else(|| {
+                let url = config.postgres_url.as_ref().map(config::Confidential::expose).ok_or_else(|| {
                     anyhow::anyhow!("the postgres board store needs --postgres-url (or DATABASE_URL)")
                 })?;
                 let timeout = Duration::from_millis(config.postgres_timeout_ms.max(1));
