@@ -482,8 +482,6 @@ pub async fn issue_links(
     .into_response())
 }
 
-/// A backend failure as answered to clients: a board that cannot be read is said plainly (and
-/// stays stored as it is); anything else is "briefly unavailable".
 /// The answer for a room that a valid link names but that nothing is known of: no record, no
 /// stored board, no tombstone.
 ///
@@ -499,6 +497,9 @@ fn unknown_room(state: &AppState) -> AppError {
     }
 }
 
+/// A backend failure as answered to clients: a board that cannot be read (or a board store
+/// that does not answer) is said plainly, and the board stays stored as it is; anything else
+/// is "briefly unavailable".
 fn unavailable(e: crate::backend::BackendError) -> AppError {
     if let crate::backend::BackendError::Postgres(detail) = &e {
         // The detail names the failure only, never the connection string.
