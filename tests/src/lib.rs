@@ -302,6 +302,11 @@ impl YClient {
         value
     }
 
+    /// The length of the notes, without copying them.
+    pub fn notes_len(&self) -> u32 {
+        self.notes_ref().len(&self.doc.transact())
+    }
+
     fn notes_ref(&self) -> TextRef {
         self.doc.get_or_insert_text("notes")
     }
@@ -340,8 +345,18 @@ impl YClient {
     }
 
     /// Reads frames until `condition` holds, failing after [`DEADLINE`].
-    pub async fn wait_until(&mut self, mut condition: impl FnMut(&Self) -> bool) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
+    pub async fn wait_until(&mut self, condition: impl FnMut(&Self) -> bool) -> anyhow::Result<()> {
+        self.wait_until_within(DEADLINE, condition).await
+    }
+
+    /// Reads frames until `condition` holds, failing after `within`: for what takes longer than
+    /// [`DEADLINE`] by design, such as a burst the server slows down.
+    pub async fn wait_until_within(
+        &mut self,
+        within: Duration,
+        mut condition: impl FnMut(&Self) -> bool,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
         while !condition(self) {
             if self.closed.is_some() {
                 bail!("connection closed before the condition held: {:?}", self.closed);
@@ -472,3 +487,4 @@ where
     Ok(())
 }
 pub mod process;
+pub mod stock;
