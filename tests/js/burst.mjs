@@ -9,7 +9,7 @@
 // chunk_chars characters. Events: `synced`, then `sent` once the socket has handed every
 // update to the network; on the command `leave`, it leaves and sends its `report`.
 
-import { command, connect, deadline, during, emit, leave, settings, snapshot, synced } from './stock.mjs'
+import { command, connect, deadline, during, emit, finish, leave, settings, snapshot, synced } from './stock.mjs'
 
 const args = settings(['version', 'ws', 'room', 'token', 'name', 'chunks', 'chunk_chars', 'deadline_ms'])
 const chunks = Number(args.chunks)
@@ -50,5 +50,4 @@ const report = { ...snapshot(seen), notes: notes.toString() }
 during('leaving')
 await leave(provider)
 stop()
-emit('report', report)
-process.exit(0)
+finish(report)

@@ -5,7 +5,7 @@
 // node edit.mjs version=1|3 ws=ws://127.0.0.1:PORT/ws room=ID token=T name=N text=T expected=T
 //   [deadline_ms=10000]
 
-import { connect, deadline, during, emit, leave, settings, snapshot, synced, until } from './stock.mjs'
+import { connect, deadline, during, finish, leave, settings, snapshot, synced, until } from './stock.mjs'
 
 const args = settings(['version', 'ws', 'room', 'token', 'name', 'text', 'expected'])
 const { doc, provider, seen } = await connect(args)
@@ -26,5 +26,4 @@ const report = { ...snapshot(seen), notes: notes.toString() }
 during('leaving')
 await leave(provider)
 stop()
-emit('report', report)
-process.exit(0)
+finish(report)

@@ -7,7 +7,7 @@
 //
 // Events: `synced` once connected, then `report` after hold_ms.
 
-import { connect, deadline, during, emit, leave, settings, snapshot, synced } from './stock.mjs'
+import { connect, deadline, during, emit, finish, leave, settings, snapshot, synced } from './stock.mjs'
 
 const args = settings(['version', 'ws', 'room', 'token', 'name', 'hold_ms'])
 const hold = Number(args.hold_ms)
@@ -26,5 +26,4 @@ const report = { ...snapshot(seen), connected: provider.wsconnected, synced: pro
 during('leaving')
 await leave(provider)
 stop()
-emit('report', report)
-process.exit(0)
+finish(report)

@@ -10,7 +10,7 @@
 // then, once the provider is connected and synced again and the notes hold expected_chars
 // characters, `report` (with the notes), and it leaves.
 
-import { command, connect, deadline, during, emit, leave, settings, snapshot, synced, until } from './stock.mjs'
+import { command, connect, deadline, during, emit, finish, leave, settings, snapshot, synced, until } from './stock.mjs'
 
 const args = settings(['version', 'ws', 'room', 'token', 'name', 'expected_chars', 'deadline_ms'])
 const expected = Number(args.expected_chars)
@@ -47,5 +47,4 @@ const report = { ...snapshot(seen), notes: notes.toString() }
 during('leaving')
 await leave(provider)
 stop()
-emit('report', report)
-process.exit(0)
+finish(report)

@@ -73,6 +73,11 @@ readline.createInterface({ input: process.stdin }).on('line', (line) => {
   }
 })
 
+/** Writes the final `report` line and exits with code 0 once it is out. */
+export function finish (report) {
+  process.stdout.write(JSON.stringify({ event: 'report', ...report }) + '\n', () => process.exit(0))
+}
+
 /** Resolves when the Rust test sends the line `command`. */
 export function command (name) {
   const at = received.indexOf(name)
@@ -130,10 +135,12 @@ export async function connect ({ version, ws, room, token, name }) {
     }
   }
   const doc = new Y.Doc()
+  // Connected only once every listener is in place, so that the first `connecting` counts.
   const provider = new WebsocketProvider(ws, room, doc, {
     params: { token, name },
     WebSocketPolyfill: CountedWebSocket,
-    disableBc: true
+    disableBc: true,
+    connect: false
   })
   provider.awareness.setLocalStateField('user', { name })
   provider.on('status', ({ status }) => seen.statuses.push(status))
@@ -142,6 +149,7 @@ export async function connect ({ version, ws, room, token, name }) {
   })
   provider.on('connection-error', () => { seen.errors++ })
   provider.on('closed', ({ code, reason }) => seen.terminal.push({ code, reason }))
+  provider.connect()
   return { doc, provider, seen }
 }
 

@@ -313,13 +313,15 @@ impl YClient {
 
     /// Appends `text` to the notes and sends the update.
     pub async fn type_text(&mut self, text: &str) -> anyhow::Result<()> {
+        let end = self.notes_len();
+        self.insert_text(end, text).await
+    }
+
+    /// Inserts `text` into the notes at `index` and sends the update.
+    pub async fn insert_text(&mut self, index: u32, text: &str) -> anyhow::Result<()> {
         let notes = self.notes_ref();
         let before = self.doc.transact().state_vector();
-        {
-            let mut txn = self.doc.transact_mut();
-            let len = notes.len(&txn);
-            notes.insert(&mut txn, len, text);
-        }
+        notes.insert(&mut self.doc.transact_mut(), index, text);
         let update = self.doc.transact().encode_state_as_update_v1(&before);
         self.send_binary(sync::encode_update(&update).to_vec()).await
     }
