@@ -38,6 +38,8 @@ impl Reconnect {
 pub const NORMAL: u16 = 1000;
 /// The text frame was not valid UTF-8, or not a valid room-protocol message before `hello`.
 pub const INVALID_TEXT: u16 = 1007;
+/// The client broke the WebSocket protocol (for example an unmasked or malformed frame).
+pub const PROTOCOL_ERROR: u16 = 1002;
 /// A frame exceeded the configured size limit.
 pub const FRAME_TOO_LARGE: u16 = 1009;
 /// The server is restarting or shutting down; reconnect, possibly to another node.
@@ -81,6 +83,7 @@ pub struct CloseCode {
 /// Every close code the server sends, in numeric order.
 pub const CLOSE_CODES: &[CloseCode] = &[
     CloseCode { code: NORMAL, name: "NORMAL", meaning: "the client closed; the server answers its close" },
+    CloseCode { code: PROTOCOL_ERROR, name: "PROTOCOL_ERROR", meaning: "a frame that breaks the WebSocket protocol" },
     CloseCode {
         code: INVALID_TEXT,
         name: "INVALID_TEXT",
@@ -172,7 +175,7 @@ mod tests {
         for code in [UNRESPONSIVE, TOO_SLOW, ROOM_FULL, RATE_LIMITED] {
             assert_eq!(reconnect_after(code), Reconnect::Later, "{code}");
         }
-        for code in [NORMAL, INVALID_TEXT, FRAME_TOO_LARGE, SERVICE_RESTART, 1006] {
+        for code in [NORMAL, PROTOCOL_ERROR, INVALID_TEXT, FRAME_TOO_LARGE, SERVICE_RESTART, 1006] {
             assert_eq!(reconnect_after(code), Reconnect::Now, "{code}");
         }
     }

@@ -87,6 +87,24 @@ pub struct Config {
     #[arg(long, env = "BALINT_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
+    /// Seconds a connection may answer nothing, not even a ping, before it is taken for
+    /// stalled and dropped as lost (its member shows as reconnecting).
+    #[arg(long, env = "BALINT_STALL_TIMEOUT_SECS", default_value_t = limits::STALL_TIMEOUT.as_secs())]
+    pub stall_timeout_secs: u64,
+
+    /// Seconds a connection may keep pushing past its rate, while it is read more slowly,
+    /// before it is closed with 4529.
+    #[arg(long, env = "BALINT_FLOOD_TIMEOUT_SECS", default_value_t = limits::FLOOD_TIMEOUT.as_secs())]
+    pub flood_timeout_secs: u64,
+
+    /// Sockets this node serves at once; past it, new ones are refused with 503.
+    #[arg(long, env = "BALINT_MAX_CONNECTIONS", default_value_t = limits::MAX_CONNECTIONS)]
+    pub max_connections: usize,
+
+    /// Sockets one client address may hold on this node at once; past it, 503.
+    #[arg(long, env = "BALINT_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = limits::MAX_CONNECTIONS_PER_ADDRESS)]
+    pub max_connections_per_address: usize,
+
     /// Frames a connection may fall behind before it is closed as too slow.
     #[arg(long, env = "BALINT_OUTBOUND_QUEUE", default_value_t = limits::OUTBOUND_QUEUE_FRAMES)]
     pub outbound_queue: usize,

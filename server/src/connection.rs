@@ -1,15 +1,24 @@
 //! One task per WebSocket connection.
 //!
-//! The task `select!`s over three sources: frames from the client, the room's feed and the
-//! shutdown token. Frames from the feed are already encoded and shared ([`bytes::Bytes`]); when
-//! the writer is behind, queued frames are fed in a batch and flushed once. A connection that
-//! falls more than the feed's capacity behind, or whose socket blocks a write for too long, is
-//! closed with [`close::TOO_SLOW`]: it is never sent a board with a hole in it, and it resyncs
-//! when it reconnects.
+//! The task `select!`s over the shutdown token, the room's feed, a keepalive timer and the
+//! socket. Frames from the feed are already encoded and shared ([`bytes::Bytes`]); when the
+//! writer is behind, queued frames are fed in a batch and flushed once. A connection that falls
+//! more than the feed's capacity behind, or whose socket blocks a write for too long, is closed
+//! with [`close::TOO_SLOW`]: it is never sent a board with a hole in it, and it resyncs when it
+//! reconnects.
 //!
-//! Each connection has a rate limit on messages and on bytes (token buckets). A client over
-//! it is warned with `error{rate_limited}`; its messages are still handled, so nothing it sent
-//! is lost, but if it keeps going it is closed with [`close::RATE_LIMITED`].
+//! **Stalls.** A laptop that sleeps or Wi-Fi that stops forwarding leaves a TCP connection
+//! open and silent. The keepalive timer pings a connection that has sent nothing for a while
+//! and sends `heartbeat` to a room-protocol client that has been sent nothing, so that the
+//! client, too, can tell a quiet room from a dead network. A connection that has answered
+//! nothing, not even a pong, for `stall_timeout` is dropped as lost: its member shows as
+//! reconnecting and keeps their place for the grace period.
+//!
+//! **Rates.** Each connection has a rate on messages and on bytes (token buckets). A client
+//! past it is read more slowly: the message that broke the rate waits, and the socket is not
+//! read until it may be handled, so TCP pushes back on the sender. Nothing it sent is lost.
+//! Only a client that keeps the pressure on for `flood_timeout` is closed with
+//! [`close::RATE_LIMITED`] (reconnect later).
 //!
 //! The handler is generic over the socket (`Sink` + `Stream` of axum messages), so it can be
 //! driven in tests without a network.
@@ -20,12 +29,14 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use balint_proto::close;
-use balint_proto::room::{ClientMessage, ErrorCode, Role, ServerMessage};
+use balint_proto::room::{ClientMessage, ErrorCode, Role, ServerMessage, HEARTBEAT_INTERVAL_MS};
 use balint_proto::sync::FrameError;
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
+use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::broadcast::Receiver;
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
@@ -54,12 +65,74 @@ pub struct ConnectionLimits {
     pub messages_per_sec: u32,
     /// Bytes per second a client may send, sustained.
     pub bytes_per_sec: u32,
+    /// A connection that has sent nothing, not even a pong, for this long is dropped as lost.
+    pub stall_timeout: Duration,
+    /// A connection slowed down for its rate without a pause for this long is closed.
+    pub flood_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    /// The defaults of [`limits`].
+    pub fn defaults() -> Self {
+        ConnectionLimits {
+            max_frame_bytes: limits::MAX_FRAME_BYTES,
+            write_timeout: limits::SOCKET_WRITE_TIMEOUT,
+            messages_per_sec: limits::MESSAGES_PER_SEC,
+            bytes_per_sec: limits::BYTES_PER_SEC,
+            stall_timeout: limits::STALL_TIMEOUT,
+            flood_timeout: limits::FLOOD_TIMEOUT,
+        }
+    }
+}
+
+/// What a transport failure was, told by its kind rather than its text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportFailure {
+    /// A frame or message over the size limit.
+    TooLarge,
+    /// A text frame that is not UTF-8.
+    InvalidUtf8,
+    /// A frame that breaks the WebSocket protocol.
+    Protocol,
+    /// The connection is gone (reset, closed without a close frame, I/O error).
+    Lost,
+}
+
+/// A transport error that can say what kind of failure it is.
+pub trait TransportError: std::fmt::Display {
+    /// The kind of failure.
+    fn failure(&self) -> TransportFailure;
+}
+
+impl TransportError for axum::Error {
+    fn failure(&self) -> TransportFailure {
+        use std::error::Error as _;
+        use tungstenite::Error as Ws;
+        match self.source().and_then(|inner| inner.downcast_ref::<Ws>()) {
+            Some(Ws::Capacity(_)) => TransportFailure::TooLarge,
+            Some(Ws::Utf8) => TransportFailure::InvalidUtf8,
+            Some(Ws::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake)) => {
+                TransportFailure::Lost
+            }
+            Some(Ws::Protocol(_) | Ws::AttackAttempt) => TransportFailure::Protocol,
+            _ => TransportFailure::Lost,
+        }
+    }
+}
+
+impl TransportError for std::io::Error {
+    fn failure(&self) -> TransportFailure {
+        TransportFailure::Lost
+    }
 }
 
 /// The close frame that ends the connection.
 fn closing(code: u16, reason: &'static str) -> CloseFrame {
     CloseFrame { code, reason: Utf8Bytes::from_static(reason) }
 }
+
+/// The `heartbeat` message, encoded once for every connection.
+const HEARTBEAT: &str = r#"{"type":"heartbeat"}"#;
 
 /// Serves one WebSocket connection until either side ends it.
 #[allow(clippy::too_many_arguments)]
@@ -74,7 +147,7 @@ pub async fn serve<S, E>(
     shutdown: CancellationToken,
 ) where
     S: Sink<Message, Error = E> + Stream<Item = Result<Message, E>> + Unpin,
-    E: std::fmt::Display,
+    E: TransportError,
 {
     let role = participant.role;
     let Some(mut feed) = room.connect(conn, participant.role, participant.name) else {
@@ -85,8 +158,14 @@ pub async fn serve<S, E>(
     metrics.connection(1);
     info!(room = room.id(), conn = %conn, role = role.as_str(), "connected");
     let mut session = Session::new(conn, &limits, metrics.clone());
+    // Half the heartbeat interval: whatever was last sent or received, the client hears from
+    // the server at least every 1.5 intervals and an idle client is pinged as often.
+    let beat = Duration::from_millis(HEARTBEAT_INTERVAL_MS) / 2;
+    let mut keepalive = tokio::time::interval_at(Instant::now() + beat, beat);
+    keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
     let close = loop {
+        let paused_until = session.paused_until;
         tokio::select! {
             // Shutdown first; then the feed before the socket, so that a client sending fast
             // cannot starve its own feed into a false "too slow".
@@ -105,50 +184,53 @@ pub async fn serve<S, E>(
                     break Some(frame);
                 }
             }
-            incoming = socket.next() => match incoming {
-                Some(Ok(message)) => {
-                    if let Some(frame) = session.handle(&mut socket, &room, message, &clock, &limits).await {
-                        break Some(frame);
-                    }
+            _ = keepalive.tick() => {
+                if let Some(frame) = session.keepalive(&mut socket, beat, &limits).await {
+                    break Some(frame);
                 }
-                Some(Err(e)) => {
-                    // Transport errors name the failure and sizes, never the frame's bytes.
-                    let detail = e.to_string();
-                    debug!(room = room.id(), conn = %conn, error = %detail, "socket error");
-                    // The transport refuses text that is not UTF-8 and frames far over the
-                    // limit before the handler sees them; tell the two apart for the client.
-                    break Some(if detail.contains("UTF-8") || detail.contains("utf-8") {
-                        session.metrics.refused("invalid_utf8");
-                        closing(close::INVALID_TEXT, "text frame is not valid UTF-8")
-                    } else {
-                        session.metrics.refused("frame_too_large");
-                        closing(close::FRAME_TOO_LARGE, "frame too large or invalid")
-                    });
+            }
+            () = tokio::time::sleep_until(paused_until.unwrap_or_else(Instant::now)), if paused_until.is_some() => {
+                match session.resume(&mut socket, &room, &clock, &limits).await {
+                    Next::Continue => {}
+                    Next::Close(frame) => break Some(frame),
+                    Next::Gone => break None,
                 }
-                None => break None,
-            },
+            }
+            incoming = socket.next(), if paused_until.is_none() => {
+                match session.receive(&mut socket, &room, incoming, &clock, &limits).await {
+                    Next::Continue => {}
+                    Next::Close(frame) => break Some(frame),
+                    Next::Gone => break None,
+                }
+            }
         }
     };
 
     match close {
-        Some(frame) if frame.code == LOST => {
-            // The client is gone, but what it sent before it went is the room's: apply every
+        Some(frame) if frame.code == LOST || frame.code == close::UNRESPONSIVE => {
+            // The client is gone or stalled, but what it sent before is the room's: apply every
             // frame already received.
-            info!(room = room.id(), conn = %conn, "connection lost");
+            let what = if frame.code == LOST { "connection lost" } else { "connection stalled" };
+            info!(room = room.id(), conn = %conn, "{what}");
             apply_received(&mut socket, &mut session, &room, &clock, &limits).await;
+            if frame.code == close::UNRESPONSIVE {
+                // Should the network come back, the client learns why; no lingering for an answer.
+                let _ = write(&mut socket, Message::Close(Some(frame)), limits::CLOSE_LINGER).await;
+            }
         }
         Some(frame) => {
             info!(room = room.id(), conn = %conn, code = frame.code, reason = frame.reason.as_str(), "closing");
             // Unless the client is closed for what it sent (a bad frame, a flood), what it
             // sent before it saw the close is still the room's: it is applied. Otherwise it is
             // read and dropped.
-            let keep = matches!(frame.code, close::SERVICE_RESTART | close::TOO_SLOW | 1000);
+            let keep = matches!(frame.code, close::SERVICE_RESTART | close::TOO_SLOW | close::NORMAL);
             if keep {
                 apply_received(&mut socket, &mut session, &room, &clock, &limits).await;
             }
             if write(&mut socket, Message::Close(Some(frame)), limits.write_timeout).await.is_ok() {
                 // Wait briefly for the client's own close frame, so that ours is not lost to a
-                // reset connection.
+                // reset connection. (The listener also drains what the client still sends
+                // after the socket is dropped: see `linger.rs`.)
                 let _ = tokio::time::timeout(limits::CLOSE_LINGER, async {
                     while let Some(Ok(message)) = socket.next().await {
                         match message {
@@ -170,7 +252,7 @@ pub async fn serve<S, E>(
 }
 
 /// Applies the frames that have already arrived from the client, without waiting for more,
-/// until one of them ends the connection.
+/// until one of them ends the connection. A message held back by the rate goes first.
 async fn apply_received<S, E>(
     socket: &mut S,
     session: &mut Session,
@@ -180,14 +262,48 @@ async fn apply_received<S, E>(
 ) where
     S: Sink<Message, Error = E> + Stream<Item = Result<Message, E>> + Unpin,
 {
-    while let Some(Some(Ok(message))) = socket.next().now_or_never() {
+    let held = session.held.take();
+    session.paused_until = None;
+    let mut next = held.or_else(|| match socket.next().now_or_never() {
+        Some(Some(Ok(message))) => Some(message),
+        _ => None,
+    });
+    while let Some(message) = next {
         match session.handle(socket, room, message, clock, limits).await {
             // Replies cannot reach a client that is gone; its updates still count.
             None => {}
             Some(frame) if frame.code == LOST || frame.code == close::TOO_SLOW => {}
             Some(_) => break,
         }
+        next = match socket.next().now_or_never() {
+            Some(Some(Ok(message))) => Some(message),
+            _ => None,
+        };
     }
+}
+
+/// What the connection does after a frame from the client.
+enum Next {
+    /// Carry on.
+    Continue,
+    /// Close with this frame.
+    Close(CloseFrame),
+    /// The client is gone without a close frame.
+    Gone,
+}
+
+impl From<Option<CloseFrame>> for Next {
+    fn from(frame: Option<CloseFrame>) -> Self {
+        frame.map_or(Next::Continue, Next::Close)
+    }
+}
+
+/// Whether a message may be handled now, by the connection's rates.
+enum Rate {
+    /// Within the rates.
+    Within,
+    /// Over a rate: handle it after this long.
+    Wait(Duration),
 }
 
 struct Session {
@@ -197,8 +313,17 @@ struct Session {
     metrics: Metrics,
     messages: DefaultDirectRateLimiter,
     bytes: DefaultDirectRateLimiter,
-    /// Messages over the rate limit, less one for each message within it.
-    strikes: u32,
+    /// The message that broke the rate, waiting to be handled; the socket is not read
+    /// meanwhile.
+    held: Option<Message>,
+    /// When `held` may be handled.
+    paused_until: Option<Instant>,
+    /// Since when the client has been slowed down without a pause of its own.
+    throttled_since: Option<Instant>,
+    /// When the client last sent anything (a frame, a pong).
+    last_received: Instant,
+    /// When anything was last written to the client.
+    last_sent: Instant,
 }
 
 impl Session {
@@ -207,13 +332,18 @@ impl Session {
         let quota = |rate: u32| {
             Quota::per_second(per_sec(rate)).allow_burst(per_sec(rate.saturating_mul(limits::RATE_BURST_SECONDS)))
         };
+        let now = Instant::now();
         Session {
             conn,
             said_hello: false,
             metrics,
             messages: RateLimiter::direct(quota(limits.messages_per_sec)),
             bytes: RateLimiter::direct(quota(limits.bytes_per_sec)),
-            strikes: 0,
+            held: None,
+            paused_until: None,
+            throttled_since: None,
+            last_received: now,
+            last_sent: now,
         }
     }
 
@@ -222,29 +352,177 @@ impl Session {
         closing(close::TOO_SLOW, reason)
     }
 
-    /// Counts a message against the rate limits. Returns a close frame once the client has
-    /// been over them for too long, and warns it (at most every few messages) before that.
-    async fn rate<S, E>(&mut self, socket: &mut S, bytes: usize, limits: &ConnectionLimits) -> Option<CloseFrame>
+    /// The keepalive timer fired: drop a stalled connection, ping a quiet one, and tell a
+    /// room-protocol client that the server is still there.
+    async fn keepalive<S, E>(&mut self, socket: &mut S, beat: Duration, limits: &ConnectionLimits) -> Option<CloseFrame>
     where
         S: Sink<Message, Error = E> + Unpin,
     {
-        let size = NonZeroU32::new(u32::try_from(bytes.max(1)).unwrap_or(u32::MAX)).expect("at least one");
-        let within = self.messages.check().is_ok() && matches!(self.bytes.check_n(size), Ok(Ok(())));
-        if within {
-            self.strikes = self.strikes.saturating_sub(1);
-            return None;
+        // While the connection is slowed down, the server is the one not reading.
+        if self.paused_until.is_none() && self.last_received.elapsed() >= limits.stall_timeout {
+            self.metrics.refused("unresponsive");
+            return Some(closing(close::UNRESPONSIVE, "no answer to pings"));
         }
-        self.strikes += 1;
-        self.metrics.refused("rate_limited");
-        if self.strikes > limits::RATE_LIMIT_STRIKES {
-            return Some(closing(close::RATE_LIMITED, "rate limit exceeded"));
+        if self.last_received.elapsed() >= beat {
+            if let Err(e) = write(socket, Message::Ping(bytes::Bytes::new()), limits.write_timeout).await {
+                return Some(e.ending(self));
+            }
+            self.last_sent = Instant::now();
         }
-        if self.strikes % limits::RATE_LIMIT_WARN_EVERY == 1 {
-            return self
-                .send_error(socket, ErrorCode::RateLimited, "you are sending too fast; slow down", limits)
-                .await;
+        if self.said_hello && self.last_sent.elapsed() >= beat {
+            let heartbeat = Message::Text(Utf8Bytes::from_static(HEARTBEAT));
+            if let Err(e) = write(socket, heartbeat, limits.write_timeout).await {
+                return Some(e.ending(self));
+            }
+            self.metrics.sent(HEARTBEAT.len(), None);
+            self.last_sent = Instant::now();
         }
         None
+    }
+
+    /// Takes what the socket yielded.
+    async fn receive<S, E>(
+        &mut self,
+        socket: &mut S,
+        room: &Room,
+        incoming: Option<Result<Message, E>>,
+        clock: &impl Fn() -> u64,
+        limits: &ConnectionLimits,
+    ) -> Next
+    where
+        S: Sink<Message, Error = E> + Unpin,
+        E: TransportError,
+    {
+        let message = match incoming {
+            Some(Ok(message)) => message,
+            Some(Err(e)) => {
+                // Transport errors name the failure and sizes, never the frame's bytes.
+                let failure = e.failure();
+                debug!(room = room.id(), conn = %self.conn, error = %e, ?failure, "socket error");
+                return match failure {
+                    TransportFailure::TooLarge => {
+                        self.metrics.refused("frame_too_large");
+                        Next::Close(closing(close::FRAME_TOO_LARGE, "frame too large"))
+                    }
+                    TransportFailure::InvalidUtf8 => {
+                        self.metrics.refused("invalid_utf8");
+                        Next::Close(closing(close::INVALID_TEXT, "text frame is not valid UTF-8"))
+                    }
+                    TransportFailure::Protocol => {
+                        self.metrics.refused("protocol_error");
+                        Next::Close(closing(close::PROTOCOL_ERROR, "WebSocket protocol error"))
+                    }
+                    TransportFailure::Lost => Next::Close(connection_lost()),
+                };
+            }
+            None => return Next::Gone,
+        };
+        self.last_received = Instant::now();
+        let size = match &message {
+            Message::Binary(b) => b.len(),
+            Message::Text(t) => t.len(),
+            _ => 0,
+        };
+        self.metrics.received(size);
+        if size > limits.max_frame_bytes {
+            self.metrics.refused("frame_too_large");
+            return Next::Close(closing(close::FRAME_TOO_LARGE, "frame too large"));
+        }
+        if !matches!(message, Message::Binary(_) | Message::Text(_)) {
+            return self.handle(socket, room, message, clock, limits).await.into();
+        }
+        self.admit(socket, room, message, clock, limits).await
+    }
+
+    /// Handles a message now if the rates allow it, or holds it back and pauses reading.
+    async fn admit<S, E>(
+        &mut self,
+        socket: &mut S,
+        room: &Room,
+        message: Message,
+        clock: &impl Fn() -> u64,
+        limits: &ConnectionLimits,
+    ) -> Next
+    where
+        S: Sink<Message, Error = E> + Unpin,
+    {
+        let size = match &message {
+            Message::Binary(b) => b.len(),
+            Message::Text(t) => t.len(),
+            _ => 0,
+        };
+        match self.rate(size) {
+            Rate::Within => self.handle(socket, room, message, clock, limits).await.into(),
+            Rate::Wait(wait) => {
+                let now = Instant::now();
+                self.held = Some(message);
+                self.paused_until = Some(now + wait);
+                match self.throttled_since {
+                    None => {
+                        self.throttled_since = Some(now);
+                        self.metrics.refused("rate_limited");
+                        debug!(room = room.id(), conn = %self.conn, "slowed down for its rate");
+                        let text = "you are sending very fast; the room reads your changes more slowly";
+                        self.send_error(socket, ErrorCode::RateLimited, text, limits).await.into()
+                    }
+                    Some(since) if now.duration_since(since) >= limits.flood_timeout => {
+                        self.metrics.refused("flood");
+                        Next::Close(closing(close::RATE_LIMITED, "kept sending past the rate limit"))
+                    }
+                    Some(_) => Next::Continue,
+                }
+            }
+        }
+    }
+
+    /// The pause for the rate is over: handle the held message, then see whether the client
+    /// is still pushing (another message is already there) or has eased off.
+    async fn resume<S, E>(
+        &mut self,
+        socket: &mut S,
+        room: &Room,
+        clock: &impl Fn() -> u64,
+        limits: &ConnectionLimits,
+    ) -> Next
+    where
+        S: Sink<Message, Error = E> + Stream<Item = Result<Message, E>> + Unpin,
+        E: TransportError,
+    {
+        self.paused_until = None;
+        // Time spent paused is the server's doing, not the client's silence.
+        self.last_received = Instant::now();
+        if let Some(message) = self.held.take() {
+            match self.admit(socket, room, message, clock, limits).await {
+                Next::Continue if self.paused_until.is_none() => {}
+                other => return other,
+            }
+        }
+        match socket.next().now_or_never() {
+            Some(incoming) => self.receive(socket, room, incoming, clock, limits).await,
+            None => {
+                self.throttled_since = None;
+                Next::Continue
+            }
+        }
+    }
+
+    /// Counts a message against the rates; when over one, says how long it must wait.
+    fn rate(&mut self, bytes: usize) -> Rate {
+        let now = self.messages.clock().now();
+        let mut wait = Duration::ZERO;
+        if let Err(not_until) = self.messages.check() {
+            wait = wait.max(not_until.wait_time_from(now));
+        }
+        let size = NonZeroU32::new(u32::try_from(bytes.max(1)).unwrap_or(u32::MAX)).expect("at least one");
+        // A message larger than the whole burst can never fit; the message count still paces it.
+        if let Ok(Err(not_until)) = self.bytes.check_n(size) {
+            wait = wait.max(not_until.wait_time_from(now));
+        }
+        if wait.is_zero() {
+            Rate::Within
+        } else {
+            Rate::Wait(wait)
+        }
     }
 
     async fn handle<S, E>(
@@ -258,21 +536,6 @@ impl Session {
     where
         S: Sink<Message, Error = E> + Unpin,
     {
-        let size = match &message {
-            Message::Binary(b) => b.len(),
-            Message::Text(t) => t.len(),
-            _ => 0,
-        };
-        self.metrics.received(size);
-        if size > limits.max_frame_bytes {
-            self.metrics.refused("frame_too_large");
-            return Some(closing(close::FRAME_TOO_LARGE, "frame too large"));
-        }
-        if matches!(message, Message::Binary(_) | Message::Text(_)) {
-            if let Some(close) = self.rate(socket, size, limits).await {
-                return Some(close);
-            }
-        }
         match message {
             Message::Binary(frame) => match room.handle_binary(self.conn, &frame, clock()).await {
                 Ok(outcome) => {
@@ -281,6 +544,7 @@ impl Session {
                         if let Err(e) = write(socket, Message::Binary(frame), limits.write_timeout).await {
                             return Some(e.ending(self));
                         }
+                        self.last_sent = Instant::now();
                         self.metrics.sent(len, None);
                     }
                     if let Some(reason) = outcome.refused {
@@ -334,14 +598,14 @@ impl Session {
             },
             // Pings are answered by the transport; pongs need nothing.
             Message::Ping(_) | Message::Pong(_) => None,
-            Message::Close(_) => Some(closing(1000, "bye")),
+            Message::Close(_) => Some(closing(close::NORMAL, "bye")),
         }
     }
 
     /// Writes the frame that woke the task and whatever else is queued for this connection,
     /// then flushes once.
     async fn forward<S, E>(
-        &self,
+        &mut self,
         socket: &mut S,
         feed: &mut Receiver<Outbound>,
         first: Outbound,
@@ -357,7 +621,7 @@ impl Session {
                 if let Message::Close(frame) = outbound.message {
                     // The room closes this connection (kicked, declined, meeting ended).
                     let _ = tokio::time::timeout(limits.write_timeout, socket.flush()).await;
-                    return Some(frame.unwrap_or_else(|| closing(1000, "closed")));
+                    return Some(frame.unwrap_or_else(|| closing(close::NORMAL, "closed")));
                 }
                 let len = match &outbound.message {
                     Message::Binary(b) => b.len(),
@@ -385,6 +649,7 @@ impl Session {
             if let Err(e) = written(tokio::time::timeout(limits.write_timeout, socket.flush()).await) {
                 return Some(e.ending(self));
             }
+            self.last_sent = Instant::now();
         }
         None
     }
@@ -394,7 +659,7 @@ impl Session {
     }
 
     async fn send_error<S, E>(
-        &self,
+        &mut self,
         socket: &mut S,
         code: ErrorCode,
         message: &str,
@@ -410,6 +675,7 @@ impl Session {
         let len = text.len();
         match write(socket, Message::Text(text.into()), limits.write_timeout).await {
             Ok(()) => {
+                self.last_sent = Instant::now();
                 self.metrics.sent(len, None);
                 None
             }
@@ -545,12 +811,7 @@ mod tests {
                 Message::Binary(sync::encode_update(&update)),
             ]),
         };
-        let limits = ConnectionLimits {
-            max_frame_bytes: 1 << 20,
-            write_timeout: Duration::from_secs(1),
-            messages_per_sec: 100,
-            bytes_per_sec: 1 << 20,
-        };
+        let limits = ConnectionLimits { write_timeout: Duration::from_secs(1), ..ConnectionLimits::defaults() };
         let participant = Participant { role: Role::Member, name: "ada".to_owned() };
         let conn = rooms.next_conn_id();
         serve(

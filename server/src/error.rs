@@ -39,6 +39,10 @@ pub enum AppError {
     /// The room backend (Redis) could not be reached. The detail is logged, not sent.
     #[error("the room service is briefly unavailable")]
     Unavailable(String),
+    /// This node serves as many sockets as it may, in all or for the client's address; the
+    /// message says which. Try again later.
+    #[error("{0}")]
+    Busy(&'static str),
     /// A persistent room's stored board could not be read. The room stays closed and the
     /// stored copy is kept as it is, never replaced by an empty board.
     #[error("this room's stored board could not be loaded; it is kept as it was, and the room stays closed")]
@@ -81,6 +85,7 @@ impl AppError {
             AppError::UpgradeRequired => (StatusCode::UPGRADE_REQUIRED, "upgrade_required"),
             AppError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             AppError::Unreadable => (StatusCode::SERVICE_UNAVAILABLE, "board_unreadable"),
+            AppError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_busy"),
             AppError::Refused { status, code, .. } => (*status, code),
             AppError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -103,6 +108,10 @@ impl IntoResponse for AppError {
             }
             other => other.to_string(),
         };
-        (status, Json(serde_json::json!({ "error": code, "message": message }))).into_response()
+        let mut response = (status, Json(serde_json::json!({ "error": code, "message": message }))).into_response();
+        if matches!(self, AppError::Busy(_)) {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("5"));
+        }
+        response
     }
 }

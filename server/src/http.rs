@@ -79,11 +79,7 @@ pub async fn create_room(
             "this server holds as many rooms as it may; try again later",
         ));
     }
-    let request: CreateRoom = if body.iter().all(u8::is_ascii_whitespace) {
-        serde_json::from_str("{}").expect("empty object parses")
-    } else {
-        serde_json::from_slice(&body).map_err(|e| AppError::bad_request("bad_json", describe_json_error(&e)))?
-    };
+    let request: CreateRoom = json_object(&body)?;
     let title = match request.title.map(|t| t.trim().to_owned()) {
         Some(t) if t.chars().count() > limits::MAX_TITLE_CHARS => {
             return Err(AppError::bad_request(
@@ -161,6 +157,19 @@ fn origin_allowed(state: &AppState, headers: &HeaderMap) -> bool {
     origin.split_once("://").is_some_and(|(_, rest)| rest == host)
 }
 
+/// Parses a request body that must be a JSON object (an empty body counts as `{}`). Arrays,
+/// which serde would take as the struct's fields in order, and other JSON values are refused.
+pub fn json_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AppError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    match first {
+        None => serde_json::from_str("{}").map_err(|e| AppError::bad_request("bad_json", describe_json_error(&e))),
+        Some(b'{') => {
+            serde_json::from_slice(body).map_err(|e| AppError::bad_request("bad_json", describe_json_error(&e)))
+        }
+        Some(_) => Err(AppError::bad_request("bad_json", "the request body must be a JSON object")),
+    }
+}
+
 /// Says which field was wrong without echoing the body, which may hold a title.
 fn describe_json_error(e: &serde_json::Error) -> String {
     let text = e.to_string();
@@ -193,28 +202,24 @@ pub struct JoinParams {
     name: Option<String>,
 }
 
-/// `GET /ws/{room}?token=&name=`: checks the room and the token, then upgrades.
+/// `GET /ws/{room}?token=&name=`: checks the token, then the room, then upgrades.
+///
+/// The link's MAC is checked first: a request without a valid link touches no store (neither
+/// Redis nor the disk). The socket caps come next, so a refused connection costs nothing.
 pub async fn join_room(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(room_id): Path<String>,
     Query(params): Query<JoinParams>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
     let token = params.token.as_deref().unwrap_or_default();
-    let now = crate::unix_now();
     if !rooms::is_room_id(&room_id) {
         return Err(AppError::NotFound);
     }
-    let lookup = state.rooms.lookup(&room_id).await.map_err(unavailable)?;
-    let room = match lookup {
-        Lookup::Live(room) => room,
-        Lookup::Ended => return Err(AppError::Gone),
-        // A valid token proves the room existed: it was created here and is gone now.
-        Lookup::Unknown if state.signer.verify(token, &room_id, now).is_ok() => return Err(AppError::Gone),
-        Lookup::Unknown => return Err(AppError::NotFound),
-    };
-    let grant = state.signer.verify(token, &room_id, now).inspect_err(|_| state.metrics.refused("bad_token"))?;
+    let grant =
+        state.signer.verify(token, &room_id, crate::unix_now()).inspect_err(|_| state.metrics.refused("bad_token"))?;
     if !origin_allowed(&state, &headers) {
         state.metrics.refused("origin");
         return Err(AppError::bad_request_status(
@@ -224,6 +229,16 @@ pub async fn join_room(
         ));
     }
     let name = validate_name(params.name.as_deref())?;
+    let permit = state.sockets.acquire(client_address(&state, peer, &headers)).map_err(|full| {
+        state.metrics.refused(full.reason());
+        AppError::Busy(full.message())
+    })?;
+    let room = match state.rooms.lookup(&room_id).await.map_err(unavailable)? {
+        Lookup::Live(room) => room,
+        Lookup::Ended => return Err(AppError::Gone),
+        // A valid link proves the room existed: it was created here and is gone now.
+        Lookup::Unknown => return Err(AppError::Gone),
+    };
     let upgrade = upgrade.map_err(|_| AppError::UpgradeRequired)?;
     let conn = state.rooms.next_conn_id();
     let participant = Participant { role: grant.role, name };
@@ -232,14 +247,16 @@ pub async fn join_room(
         write_timeout: std::time::Duration::from_millis(state.config.write_timeout_ms),
         messages_per_sec: state.config.messages_per_sec,
         bytes_per_sec: state.config.bytes_per_sec,
+        stall_timeout: std::time::Duration::from_secs(state.config.stall_timeout_secs),
+        flood_timeout: std::time::Duration::from_secs(state.config.flood_timeout_secs),
     };
     let metrics = state.metrics.clone();
     let rooms = state.rooms.clone();
     let shutdown = state.shutdown.clone();
     let tracker = state.tracker.clone();
-    // The transport refuses frames far over the limit outright; frames just over it reach the
-    // handler, which closes with a clear code.
-    let transport_limit = state.config.max_frame_bytes.saturating_mul(2).max(64 * 1024);
+    // The transport refuses a frame over the limit from its header, without reading it; the
+    // connection closes with 1009, and the listener drains the rest (`linger.rs`).
+    let transport_limit = state.config.max_frame_bytes.max(1);
     Ok(upgrade
         // The transport zero-fills its whole read buffer, so its size is resident memory for
         // every connection, idle or not.
@@ -251,6 +268,8 @@ pub async fn join_room(
             let span = tracing::info_span!("conn", room = %room.id(), conn = %conn);
             tracker.track_future(
                 async move {
+                    // Counted against the caps until the connection ends.
+                    let _permit = permit;
                     let clock = move || rooms.now_ms();
                     connection::serve(socket, room, conn, participant, clock, conn_limits, metrics, shutdown).await;
                 }

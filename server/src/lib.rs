@@ -11,8 +11,11 @@
 //! - [`backend`]: where shared state lives: embedded in memory, or Redis.
 //! - [`fanout`]: the messages nodes exchange on a room's bus channel.
 //! - [`connection`]: the task that serves one WebSocket.
+//! - [`sockets`]: the caps on open sockets, per node and per client address.
 //! - [`http`]: the routes; [`app`] assembles them into a `Router`.
 //! - [`error`]: `AppError`, the one error type answered to clients.
+//! - [`linger`]: the listener whose connections drain on close, so a last close frame
+//!   reaches a client that was still sending.
 //! - [`wipe`]: the allocator that zeroes freed memory, so ended meetings leave nothing behind.
 //!
 //! `main.rs` only parses the configuration, sets up logging and calls [`Server::bind`].
@@ -24,9 +27,11 @@ pub mod error;
 pub mod fanout;
 pub mod http;
 pub mod limits;
+pub mod linger;
 pub mod metrics;
 pub mod room;
 pub mod rooms;
+pub mod sockets;
 pub mod token;
 pub mod wipe;
 
@@ -35,6 +40,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderValue};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::Router;
@@ -42,6 +48,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::services::{ServeDir, ServeFile};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 use backend::embedded::Embedded;
@@ -67,6 +74,8 @@ pub struct AppState {
     pub tracker: TaskTracker,
     /// Operational metrics.
     pub metrics: Metrics,
+    /// Open sockets, against the caps per node and per client address.
+    pub sockets: sockets::SocketCaps,
     /// Room creation per client address.
     pub creation_limit: Arc<governor::DefaultKeyedRateLimiter<std::net::IpAddr>>,
 }
@@ -138,7 +147,8 @@ impl AppState {
             }
         };
         tracing::info!(node = rooms.node(), redis = config.redis_url.is_some(), "node started");
-        Ok(AppState { rooms, config: Arc::new(config), signer, shutdown, tracker, metrics, creation_limit })
+        let sockets = sockets::SocketCaps::new(config.max_connections, config.max_connections_per_address);
+        Ok(AppState { rooms, config: Arc::new(config), signer, shutdown, tracker, metrics, sockets, creation_limit })
     }
 }
 
@@ -148,10 +158,15 @@ pub fn app(state: AppState) -> Router {
     // The room page is one file for every room; the token stays in the URL fragment, which
     // never reaches the server.
     let room_page = ServeFile::new(web.join("room.html"));
+    // Assets may be kept by the browser, but asked about again each time, so that a new
+    // version of the client is picked up at once. Everything else is never stored.
+    let assets = tower::ServiceBuilder::new()
+        .layer(header_layer(header::CACHE_CONTROL, "no-cache"))
+        .service(ServeDir::new(web.join("assets")));
     Router::new()
         .route_service("/", ServeFile::new(web.join("index.html")))
         .route_service("/r/{room}", room_page)
-        .nest_service("/assets", ServeDir::new(web.join("assets")))
+        .nest_service("/assets", assets)
         .route("/api/rooms", post(http::create_room))
         .route("/ws/{room}", get(http::join_room))
         .route("/api/rooms/{room}/presence", get(http::presence))
@@ -161,6 +176,15 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(http::readyz))
         .route("/metrics", get(http::metrics))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        // Every page, asset and API answer: the CSP, no MIME sniffing, no framing (also for
+        // browsers without `frame-ancestors`), no Referer (links keep their token in the
+        // fragment, but the room's path would leave), and nothing stored unless a route says
+        // otherwise.
+        .layer(header_layer(header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY))
+        .layer(header_layer(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .layer(header_layer(header::X_FRAME_OPTIONS, "DENY"))
+        .layer(header_layer(header::REFERRER_POLICY, "no-referrer"))
+        .layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
         .layer(
             // Log the method and path only: query strings carry tokens and names.
             TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
@@ -168,6 +192,17 @@ pub fn app(state: AppState) -> Router {
             }),
         )
         .with_state(state)
+}
+
+/// The Content-Security-Policy of every response: this origin only, WebAssembly allowed to
+/// compile, no inline script or style, never framed, no `<base>`.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; \
+    style-src 'self'; img-src 'self' data:; connect-src 'self'; font-src 'self'; manifest-src 'self'; \
+    form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'";
+
+/// A layer that sets `name` to `value` on every response.
+fn header_layer(name: header::HeaderName, value: &'static str) -> SetResponseHeaderLayer<HeaderValue> {
+    SetResponseHeaderLayer::overriding(name, HeaderValue::from_static(value))
 }
 
 /// A bound server, ready to run.
@@ -204,7 +239,7 @@ impl Server {
         let ticker = tokio::spawn(tick_rooms(state.clone()));
         // Frames are small and already coalesced per connection (fed in a batch, flushed
         // once): Nagle's algorithm would only hold them back.
-        let listener = listener.tap_io(|tcp| {
+        let listener = linger::LingeringListener::new(listener).tap_io(|tcp| {
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(error = %e, "could not set TCP_NODELAY");
             }

@@ -66,11 +66,21 @@ pub const MESSAGES_PER_SEC: u32 = 100;
 pub const BYTES_PER_SEC: u32 = 1024 * 1024;
 /// A connection may send this many seconds' worth of its rate at once.
 pub const RATE_BURST_SECONDS: u32 = 4;
-/// Messages over the rate limit (less one per message within it) before the connection is
-/// closed with 4429.
-pub const RATE_LIMIT_STRIKES: u32 = 50;
-/// A client over the limit is warned on the first strike and then every this many strikes.
-pub const RATE_LIMIT_WARN_EVERY: u32 = 10;
+/// A connection slowed down for its rate, and still pushing whenever it is read again, for
+/// this long is closed with 4529 (reconnect later). A burst is only slowed.
+pub const FLOOD_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection that has sent nothing, not even an answer to a ping, for this long is taken
+/// for stalled (a laptop asleep, Wi-Fi that stopped forwarding) and dropped as lost. Idle
+/// connections are pinged every 2.5 s, so a stall is found within this and 2.5 s.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(25);
+/// Sockets one node serves at once; past it, upgrades are refused with 503.
+pub const MAX_CONNECTIONS: usize = 20_000;
+/// Sockets one client address may hold at once on one node; past it, 503. A group behind one
+/// hospital's NAT, with a few tabs each, stays well below it.
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 200;
+/// How long a closed TCP connection is drained of what the client still sends, so that the
+/// last frames written to it (a close code, an error response) are not lost to a reset.
+pub const DRAIN_ON_CLOSE: Duration = Duration::from_secs(3);
 /// How long a closing connection waits for the client's close frame.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// A persistent room with nobody connected to a node for this long leaves that node's memory

@@ -135,7 +135,11 @@ impl Board {
                 }
                 Message::Sync(SyncMessage::SyncStep2(update) | SyncMessage::Update(update)) => {
                     if !can_write {
-                        effects.write_refused = true;
+                        // A reader answers the server's step 1 with a step 2 that carries
+                        // nothing the board lacks; only a real change is a refusal to report.
+                        if self.is_news(&update) {
+                            effects.write_refused = true;
+                        }
                         continue;
                     }
                     if self.applied_bytes.saturating_add(update.len()) > self.max_bytes {
@@ -149,6 +153,11 @@ impl Board {
                 Message::Awareness(update) => {
                     if let Some(changed) = self.awareness.apply(conn, update, now_ms) {
                         let change = awareness_change(&changed);
+                        // Echoed to its sender too, as the reference y-websocket server does:
+                        // a stock client alone in a room then hears from the server every time
+                        // it renews its awareness (15 s), and never takes the quiet for a dead
+                        // connection (y-websocket reconnects after 30 s without a message).
+                        effects.reply.push(change.frame.clone());
                         effects.broadcast.push(change.frame);
                         effects.relay.push(Relay::Awareness(change.payload));
                     }
@@ -286,6 +295,22 @@ impl Board {
         &self.held_back
     }
 
+    /// Whether `payload` holds anything the board lacks: a block past its state, or a deletion
+    /// it has not made. An update that does not decode counts as news (it is refused either way).
+    fn is_news(&self, payload: &[u8]) -> bool {
+        let Ok(update) = Update::decode_v1(payload) else { return true };
+        if update.is_empty() {
+            return false;
+        }
+        let txn = self.doc.transact();
+        let known = txn.state_vector();
+        let inserted = update.insertions(true);
+        if inserted.iter().any(|(client, ranges)| ranges.into_iter().any(|r| r.end > known.get(client))) {
+            return true;
+        }
+        !update.delete_set().is_empty() && !update.delete_set().diff(&txn.snapshot().delete_set).is_empty()
+    }
+
     fn apply(&mut self, payload: &[u8]) -> Result<(), FrameError> {
         let update = Update::decode_v1(payload).map_err(|_| FrameError::Malformed)?;
         // Whatever happens next may change the document.
@@ -409,6 +434,52 @@ mod tests {
         assert!(effects.write_refused);
         assert!(effects.broadcast.is_empty());
         assert_eq!(notes(&board), "");
+    }
+
+    #[test]
+    fn a_reader_answering_the_servers_step1_is_not_refused() {
+        // The board holds text with a deletion, so every diff carries a delete set.
+        let writer = Doc::new();
+        let text = writer.get_or_insert_text("notes");
+        text.push(&mut writer.transact_mut(), "kept and dropped");
+        text.remove_range(&mut writer.transact_mut(), 4, 12);
+        let mut board = Board::new();
+        let everything = writer.transact().encode_state_as_update_v1(&StateVector::default());
+        board.handle_frame(ConnId(1), &sync::encode_update(&everything), true, 0).unwrap();
+
+        // A reader who synced answers the server's step 1 with what it holds beyond the
+        // server's state: nothing but the delete set the board already has.
+        let reader = Doc::new();
+        reader.transact_mut().apply_update(Update::decode_v1(&everything).unwrap()).unwrap();
+        let answer = reader.transact().encode_diff_v1(&board.doc().transact().state_vector());
+        let effects = board.handle_frame(ConnId(2), &sync::encode_step2(&answer), false, 0).unwrap();
+        assert!(!effects.write_refused, "an answer without news is no refusal");
+        // An empty update (a fresh reader's answer) is none either.
+        let empty = Doc::new().transact().encode_state_as_update_v1(&StateVector::default());
+        let effects = board.handle_frame(ConnId(2), &sync::encode_step2(&empty), false, 0).unwrap();
+        assert!(!effects.write_refused);
+
+        // A deletion the board has not made is news, and refused.
+        let reader_text = reader.get_or_insert_text("notes");
+        reader_text.remove_range(&mut reader.transact_mut(), 0, 1);
+        let change = reader.transact().encode_diff_v1(&board.doc().transact().state_vector());
+        let effects = board.handle_frame(ConnId(2), &sync::encode_step2(&change), false, 0).unwrap();
+        assert!(effects.write_refused);
+        assert_eq!(notes(&board), "kept");
+    }
+
+    #[test]
+    fn awareness_is_echoed_to_its_sender_and_broadcast() {
+        let mut board = Board::new();
+        let mut update = AwarenessUpdate { clients: Default::default() };
+        update.clients.insert(
+            yrs::block::ClientID::new(7),
+            yrs::sync::awareness::AwarenessUpdateEntry { clock: 1, json: r#"{"user":{}}"#.into() },
+        );
+        let frame = sync::encode_awareness(&update);
+        let effects = board.handle_frame(ConnId(1), &frame, true, 0).unwrap();
+        assert_eq!(effects.reply, vec![frame.clone()], "the sender hears its own awareness");
+        assert_eq!(effects.broadcast, vec![frame]);
     }
 
     #[test]
