@@ -124,9 +124,8 @@ async fn edit_notes_with_a_rust_client(version: StockVersion) {
     let label = version.label();
     let server = TestServer::start().await;
     let room = server.create_room(json!({})).await;
-    let mut rust = YClient::connect(&server.ws_url(&room.id, &room.invite_token, "RustYrs"))
-        .await
-        .expect("rust client connects");
+    let mut rust =
+        YClient::connect(&server.ws_url(&room.id, &room.invite_token, "RustYrs")).await.expect("rust client connects");
 
     let mut args = joining(&server, &room.id, &room.invite_token, JS_NAME);
     args.extend([("text", JS_TEXT.to_owned()), ("expected", RUST_TEXT.to_owned())]);
@@ -207,7 +206,11 @@ async fn a_burst_of_updates_reaches_a_late_joiner_whole(version: StockVersion) {
     // The late joiner, a Rust client, arrives after the whole burst left the writer.
     let mut late = YClient::connect(&server.ws_url(&room.id, &room.invite_token, "Late")).await.unwrap();
     if let Err(e) = late.wait_until_within(BURST_WAIT, |c| c.notes_len() as usize >= total).await {
-        panic!("{label}: the late joiner has {} of {total} characters: {e}; writer stderr: {}", late.notes_len(), writer.stderr());
+        panic!(
+            "{label}: the late joiner has {} of {total} characters: {e}; writer stderr: {}",
+            late.notes_len(),
+            writer.stderr()
+        );
     }
     let expected: String = (0..BURST_CHUNKS).map(|i| chunk(i, BURST_CHUNK_CHARS)).collect();
     assert!(late.notes() == expected, "{label}: the late joiner's notes differ from the burst");
@@ -304,7 +307,10 @@ async fn a_client_closed_as_too_slow_reconnects_and_converges(version: StockVers
     );
     assert!(seen.terminal.is_empty(), "{label}: it gave up reconnecting: {seen:?}");
     assert!(seen.opens >= 2, "{label}: it never reconnected: {seen:?}");
-    assert!(reported_notes(&report) == writer.notes(), "{label}: the reconnected client's notes differ from the writer's");
+    assert!(
+        reported_notes(&report) == writer.notes(),
+        "{label}: the reconnected client's notes differ from the writer's"
+    );
     assert!(
         metrics(&server).await.contains("balint_slow_client_closes_total 1\n"),
         "{label}: the server counts one connection closed as too slow"
