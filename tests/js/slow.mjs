@@ -38,6 +38,10 @@ first.resume()
 emit('resumed')
 
 during('catching up')
+// y-websocket 3 gives up after a close code it takes as final: then it will never catch up.
+provider.on('closed', ({ code, reason }) => {
+  fail(`the provider gave up reconnecting after close code ${code} ${JSON.stringify(reason)}`)
+})
 await until(
   () => provider.wsconnected && provider.synced && notes.length >= expected,
   [[doc, 'update'], [provider, 'sync'], [provider, 'status']]

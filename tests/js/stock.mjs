@@ -4,8 +4,9 @@
 //
 // A script takes its settings as `key=value` arguments. It reports on stdout, one JSON object
 // per line, each with an `event` field; the last one of a script that succeeds is its
-// `report`, which counts what happened up to the moment the script decided to leave. It takes commands on stdin, one word per line. On any failure it writes the reason
-// on stderr and exits with code 1.
+// `report`, which counts what happened up to the moment the script decided to leave. It takes
+// commands on stdin, one word per line. On any failure it writes the reason on stderr and
+// exits with code 1.
 
 import * as readline from 'node:readline'
 import * as Y from 'yjs'
@@ -144,11 +145,17 @@ export async function connect ({ version, ws, room, token, name }) {
   })
   provider.awareness.setLocalStateField('user', { name })
   provider.on('status', ({ status }) => seen.statuses.push(status))
+  // Each close is also told on stderr, which the Rust test quotes when it fails.
   provider.on('connection-close', (event) => {
-    seen.closes.push(event ? { code: event.code, reason: event.reason ?? '' } : { local: true })
+    const close = event ? { code: event.code, reason: event.reason ?? '' } : { local: true }
+    seen.closes.push(close)
+    process.stderr.write(`connection closed while ${stage}: ${JSON.stringify(close)}\n`)
   })
   provider.on('connection-error', () => { seen.errors++ })
-  provider.on('closed', ({ code, reason }) => seen.terminal.push({ code, reason }))
+  provider.on('closed', ({ code, reason }) => {
+    seen.terminal.push({ code, reason })
+    process.stderr.write(`gave up reconnecting after close code ${code}\n`)
+  })
   provider.connect()
   return { doc, provider, seen }
 }

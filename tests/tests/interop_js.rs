@@ -251,6 +251,9 @@ const SLOW_CHUNKS: usize = 64;
 /// feed runs more than [`SLOW_QUEUE`] frames ahead of it.
 const SLOW_CHUNK_CHARS: usize = 256 * 1024;
 
+/// How long the stock client may take from the start to catching up after it reads again.
+const SLOW_CATCH_UP: Duration = Duration::from_secs(60);
+
 /// A stock client stops reading while another peer writes 16 MiB. The server closes it with
 /// `TOO_SLOW` (4508, "reconnect later" in y-websocket 3's convention) once it reads again; it
 /// must reconnect by itself and end with the writer's notes.
@@ -275,7 +278,7 @@ async fn a_client_closed_as_too_slow_reconnects_and_converges(version: StockVers
     let mut observer = YClient::connect(&server.ws_url(&room.id, &room.invite_token, "Observer")).await.unwrap();
 
     let mut args = joining(&server, &room.id, &room.invite_token, "Slow");
-    args.extend([("expected_chars", total.to_string()), ("deadline_ms", "120000".to_owned())]);
+    args.extend([("expected_chars", total.to_string()), ("deadline_ms", SLOW_CATCH_UP.as_millis().to_string())]);
     let mut slow = StockClient::spawn("slow.mjs", version, &args);
     slow.event("synced", DEADLINE).await.unwrap();
     slow.command("pause").await.unwrap();
@@ -298,7 +301,8 @@ async fn a_client_closed_as_too_slow_reconnects_and_converges(version: StockVers
 
     slow.command("resume").await.unwrap();
     slow.event("resumed", DEADLINE).await.unwrap();
-    let report = slow.report(Duration::from_secs(90)).await.unwrap();
+    // The script's own deadline comes first, with its account of what it saw.
+    let report = slow.report(SLOW_CATCH_UP + DEADLINE).await.unwrap();
     let seen = Seen::from_report(&report);
     assert_eq!(
         seen.closes.first(),
