@@ -110,7 +110,7 @@ impl TransportError for axum::Error {
         use tungstenite::Error as Ws;
         match self.source().and_then(|inner| inner.downcast_ref::<Ws>()) {
             Some(Ws::Capacity(_)) => TransportFailure::TooLarge,
-            Some(Ws::Utf8) => TransportFailure::InvalidUtf8,
+            Some(Ws::Utf8(_)) => TransportFailure::InvalidUtf8,
             Some(Ws::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake)) => {
                 TransportFailure::Lost
             }
@@ -158,8 +158,8 @@ pub async fn serve<S, E>(
     metrics.connection(1);
     info!(room = room.id(), conn = %conn, role = role.as_str(), "connected");
     let mut session = Session::new(conn, &limits, metrics.clone());
-    // Half the heartbeat interval: whatever was last sent or received, the client hears from
-    // the server at least every 1.5 intervals and an idle client is pinged as often.
+    // Ticks at half the heartbeat interval: a room-protocol client hears from the server at
+    // least every interval, and a quiet client is pinged as often.
     let beat = Duration::from_millis(HEARTBEAT_INTERVAL_MS) / 2;
     let mut keepalive = tokio::time::interval_at(Instant::now() + beat, beat);
     keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -322,7 +322,7 @@ struct Session {
     throttled_since: Option<Instant>,
     /// When the client last sent anything (a frame, a pong).
     last_received: Instant,
-    /// When anything was last written to the client.
+    /// When a frame (not a ping) was last written to the client.
     last_sent: Instant,
 }
 
@@ -363,13 +363,15 @@ impl Session {
             self.metrics.refused("unresponsive");
             return Some(closing(close::UNRESPONSIVE, "no answer to pings"));
         }
-        if self.last_received.elapsed() >= beat {
+        // "Nothing since the last tick", with a margin for the timer's own jitter.
+        let quiet = beat * 9 / 10;
+        if self.last_received.elapsed() >= quiet {
+            // A browser's page never sees a ping, so it does not count as sent for `heartbeat`.
             if let Err(e) = write(socket, Message::Ping(bytes::Bytes::new()), limits.write_timeout).await {
                 return Some(e.ending(self));
             }
-            self.last_sent = Instant::now();
         }
-        if self.said_hello && self.last_sent.elapsed() >= beat {
+        if self.said_hello && self.last_sent.elapsed() >= quiet {
             let heartbeat = Message::Text(Utf8Bytes::from_static(HEARTBEAT));
             if let Err(e) = write(socket, heartbeat, limits.write_timeout).await {
                 return Some(e.ending(self));
@@ -790,6 +792,27 @@ mod tests {
                 link_ttl: Duration::from_secs(3600),
             },
         })
+    }
+
+    #[test]
+    fn transport_errors_are_told_apart_by_their_kind() {
+        use tungstenite::error::{CapacityError, ProtocolError};
+        let kind = |e: tungstenite::Error| axum::Error::new(e).failure();
+        let too_long = CapacityError::MessageTooLong { size: 3 << 20, max_size: 1 << 20 };
+        assert_eq!(kind(tungstenite::Error::Capacity(too_long)), TransportFailure::TooLarge);
+        assert_eq!(kind(tungstenite::Error::Utf8("bad".into())), TransportFailure::InvalidUtf8);
+        assert_eq!(
+            kind(tungstenite::Error::Protocol(ProtocolError::UnmaskedFrameFromClient)),
+            TransportFailure::Protocol
+        );
+        let reset = tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake);
+        assert_eq!(kind(reset), TransportFailure::Lost);
+        assert_eq!(kind(std::io::Error::from(std::io::ErrorKind::ConnectionReset).into()), TransportFailure::Lost);
+    }
+
+    #[test]
+    fn the_heartbeat_is_the_protocols_own() {
+        assert_eq!(HEARTBEAT, ServerMessage::Heartbeat {}.to_json());
     }
 
     #[tokio::test]

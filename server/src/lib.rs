@@ -85,6 +85,11 @@ impl AppState {
     /// (Redis when configured, else the embedded one). Bus messages for this node's rooms are
     /// delivered by a task tracked with the connections.
     pub async fn new(config: Config) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            config.stall_timeout_secs >= limits::MIN_STALL_TIMEOUT.as_secs(),
+            "the stall timeout must be at least {} s",
+            limits::MIN_STALL_TIMEOUT.as_secs()
+        );
         let signer = Signer::from_config(config.secret.as_deref(), &config.data_dir)?;
         let options = RoomOptions {
             outbound_queue: config.outbound_queue,

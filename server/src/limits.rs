@@ -71,8 +71,12 @@ pub const RATE_BURST_SECONDS: u32 = 4;
 pub const FLOOD_TIMEOUT: Duration = Duration::from_secs(30);
 /// A connection that has sent nothing, not even an answer to a ping, for this long is taken
 /// for stalled (a laptop asleep, Wi-Fi that stopped forwarding) and dropped as lost. Idle
-/// connections are pinged every 2.5 s, so a stall is found within this and 2.5 s.
+/// connections are pinged every 2.5 s, and the check runs as often, so a stall is found,
+/// and shown to the others as "reconnecting", within this and 2.5 s.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(25);
+/// The shortest stall timeout accepted: four keepalive periods, so that a quiet, healthy
+/// connection is always pinged (and answers) before it could be taken for stalled.
+pub const MIN_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Sockets one node serves at once; past it, upgrades are refused with 503.
 pub const MAX_CONNECTIONS: usize = 20_000;
 /// Sockets one client address may hold at once on one node; past it, 503. A group behind one

@@ -351,14 +351,13 @@ impl YClient {
         self.wait_until_within(DEADLINE, condition).await
     }
 
-    /// Reads frames until `condition` holds, failing after `within`: for what takes longer than
-    /// [`DEADLINE`] by design, such as a burst the server slows down.
+    /// Reads frames until `condition` holds, failing after `limit`.
     pub async fn wait_until_within(
         &mut self,
-        within: Duration,
+        limit: Duration,
         mut condition: impl FnMut(&Self) -> bool,
     ) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + within;
+        let deadline = tokio::time::Instant::now() + limit;
         while !condition(self) {
             if self.closed.is_some() {
                 bail!("connection closed before the condition held: {:?}", self.closed);

@@ -59,16 +59,61 @@ async fn an_update_that_would_overfill_the_board_is_refused_and_the_board_stays_
 }
 
 #[tokio::test]
-async fn a_flooding_client_is_warned_then_closed_and_the_others_do_not_notice() {
+async fn a_burst_is_slowed_not_punished_and_arrives_whole() {
+    let server = TestServer::start_with(|c| {
+        c.messages_per_sec = 50;
+        c.flood_timeout_secs = 30;
+    })
+    .await;
+    let room = server.create_room(json!({})).await;
+    let mut w = Witnesses::join(&server, &room).await;
+    let mut burst = YClient::join(&server.ws_url(&room.id, &room.invite_token, "burst")).await.unwrap();
+    // 400 updates in one go: twice the burst allowance (4 s of 50 per second), so the server
+    // must slow this client down for about 4 s.
+    let start = Instant::now();
+    for i in 0..400 {
+        burst.type_text(&format!("{i:03},")).await.unwrap();
+    }
+    let expected = burst.notes();
+    // A late joiner gets all of it once the server has read it all.
+    let late_url = server.ws_url(&room.id, &room.invite_token, "late");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let late = YClient::connect(&late_url).await.unwrap();
+        if late.notes() == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the burst never arrived whole: {} of {}",
+            late.notes().len(),
+            expected.len()
+        );
+        late.close().await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The bursting client was never closed: its next edit still goes through.
+    burst.type_text("end").await.unwrap();
+    w.a.wait_until(|c| c.notes().ends_with("end")).await.unwrap();
+    burst.wait_until(|c| c.errors().contains(&ErrorCode::RateLimited)).await.unwrap();
+    assert!(burst.closed.is_none());
+    assert!(start.elapsed() >= Duration::from_secs(3), "slowed down: {:?}", start.elapsed());
+    w.room_still_works().await;
+}
+
+#[tokio::test]
+async fn a_client_that_keeps_flooding_is_slowed_warned_then_closed_and_the_others_do_not_notice() {
     let server = TestServer::start_with(|c| {
         c.messages_per_sec = 20;
         c.bytes_per_sec = 64 * 1024;
+        c.flood_timeout_secs = 2;
     })
     .await;
     let room = server.create_room(json!({})).await;
     let mut w = Witnesses::join(&server, &room).await;
     let mut flood = YClient::join(&server.ws_url(&room.id, &room.invite_token, "flood")).await.unwrap();
-    // A burst far over the limit: warned with rate_limited, then closed with 4429.
+    // Far more than the server reads in the flood timeout: the client is still pushing every
+    // time the server is ready to read again, so after 2 s of that it is closed with 4529.
     let mut sent = 0;
     while flood.closed.is_none() && sent < 2_000 {
         if flood.send_text(r#"{"type":"set_away","away":false}"#).await.is_err() {

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 const DOC: &str = include_str!("../../docs/PROTOCOL.md");
 const CLOSE_RS: &str = include_str!("../../proto/src/close.rs");
+const README: &str = include_str!("../../README.md");
 
 /// A fenced example of the document.
 struct Example {
@@ -155,16 +156,41 @@ fn every_code_and_name_is_documented() {
     }
 }
 
+/// The rows of a close-code table in a document: the lines between `start` (a line of the
+/// header) and the first line after it that is not a table row, without the header lines.
+fn table_rows<'a>(doc: &'a str, header: &str) -> Vec<&'a str> {
+    let mut lines = doc.lines().skip_while(|l| l.trim() != header);
+    assert!(lines.next().is_some(), "no table with the header `{header}`");
+    lines.skip(1).take_while(|l| l.starts_with('|')).collect()
+}
+
 #[test]
-fn every_close_code_is_documented() {
+fn the_close_code_tables_are_the_protocols_own() {
+    use balint_proto::close::{reconnect_after, CLOSE_CODES};
+    let protocol: Vec<String> = CLOSE_CODES
+        .iter()
+        .map(|c| format!("| `{}` | `{}` | {} | {} |", c.code, c.name, c.meaning, reconnect_after(c.code).as_str()))
+        .collect();
+    let readme: Vec<String> = CLOSE_CODES
+        .iter()
+        .map(|c| format!("| {} | {} | {} |", c.code, c.meaning, reconnect_after(c.code).as_str()))
+        .collect();
+    let shown = table_rows(DOC, "| code | name in `close.rs` | meaning | reconnect? |");
+    assert_eq!(shown, protocol, "docs/PROTOCOL.md's close codes, expected:\n{}", protocol.join("\n"));
+    let shown = table_rows(README, "| code | meaning | reconnect? |");
+    assert_eq!(shown, readme, "README.md's close codes, expected:\n{}", readme.join("\n"));
+}
+
+#[test]
+fn every_close_code_constant_is_in_the_table() {
     let mut found = 0;
     for line in CLOSE_RS.lines() {
         let Some(rest) = line.trim().strip_prefix("pub const ") else { continue };
-        let (name, value) = rest.split_once(": u16 = ").expect("`pub const NAME: u16 = CODE;`");
-        let value = value.trim_end_matches(';');
-        let row = format!("| `{value}` | `{name}` |");
-        assert!(DOC.contains(&row), "close code {name} = {value} has no row `{row}` in docs/PROTOCOL.md");
+        let Some((name, value)) = rest.split_once(": u16 = ") else { continue };
+        let value: u16 = value.trim_end_matches(';').parse().expect("a number");
+        let listed = balint_proto::close::CLOSE_CODES.iter().any(|c| c.code == value && c.name == name);
+        assert!(listed, "close code {name} = {value} is not in close::CLOSE_CODES");
         found += 1;
     }
-    assert!(found >= 9, "read {found} close codes from proto/src/close.rs");
+    assert!(found >= 14, "read {found} close codes from proto/src/close.rs");
 }
