@@ -3,20 +3,34 @@
 //! [`Session`] is a state machine in the manner of `quinn-proto`: the driver (the browser glue
 //! in `web.rs`, or a test) feeds it what happened (`handle_open`, `handle_text`,
 //! `handle_binary`, `handle_close`, `handle_probe`, `handle_timeout`, with `now` passed in) and
-//! the user's actions (`command`, `edit_text`, `add_card`), then drains what to do
-//! ([`Session::poll_io`]) and what to show ([`Session::poll_event`]). It owns no socket, no
-//! timer and no clock.
+//! the user's actions (`command`, `edit_text`, `add_card`, `reconnect_now`), then drains what
+//! to do ([`Session::poll_io`]) and what to show ([`Session::poll_event`]). It owns no socket,
+//! no timer and no clock.
 //!
 //! The connection's life:
 //!
 //! ```text
 //! start ─▶ Connecting ─open─▶ hello ─▶ Waiting (lobby) ─admit─▶ Welcomed ─▶ sync
 //!              ▲                                                   │
-//!              └──── Retrying (backoff) ◀── close (other codes) ◀──┘
+//!              └──── Retrying (backoff) ◀── close (reconnect now or later) ◀──┘
+//!                         ▲             ◀── silence for SILENCE_LIMIT_MS (stalled)
+//!                         └── reconnect_now (online again, page visible again, the button)
 //!                                             close 4410 ─▶ Ended (board wiped, no retry)
 //!                                             close 4403 ─▶ Removed (no retry)
+//!                                             close 4412 ─▶ LinkRenewed (no retry)
+//!                                             other 44xx ─▶ Refused (no retry)
 //!  a socket that never opened ─▶ Probing (plain GET: 410 ended, 401/404 invalid link, else retry)
 //! ```
+//!
+//! Whether and how soon to reconnect after a close comes from the one close-code table,
+//! [`balint_proto::close::reconnect_after`]: 4400–4499 never, 4500–4599 later (a longer first
+//! delay), anything else at once (with the usual backoff).
+//!
+//! **Silence.** The server sends something (at least a `heartbeat`) to a connection that said
+//! `hello` every [`HEARTBEAT_INTERVAL_MS`](balint_proto::room::HEARTBEAT_INTERVAL_MS). A socket on which nothing was heard for
+//! [`SILENCE_LIMIT_MS`] is taken for stalled (a sleeping laptop, Wi-Fi that stopped forwarding
+//! without closing): the session drops it, shows `reconnecting` (reason `no_answer`) and opens
+//! a new one. The same limit bounds an attempt that never opens and a probe never answered.
 //!
 //! `hello` is always the first frame of a socket, carrying the resume token of the last
 //! `welcome` or `waiting`, so a reconnect within the grace period is the same member with the
@@ -25,10 +39,13 @@
 
 use std::collections::VecDeque;
 
-use balint_proto::close;
-use balint_proto::room::{ClientMessage, ErrorCode, Phase, Role, RoomState, ServerMessage, Status};
+use balint_proto::close::{self, Reconnect};
+use balint_proto::room::{
+    ClientMessage, ErrorCode, Phase, Released, Role, RoomState, ServerMessage, Status, SILENCE_LIMIT_MS,
+};
 use balint_proto::sync::{self, Message, SyncMessage};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use yrs::updates::decoder::Decode;
 
 use crate::backoff::Backoff;
 use crate::board::{Board, NewCard, TextKey};
@@ -45,7 +62,8 @@ pub enum Io {
     SendText(String),
     /// Send a binary frame (y-sync).
     SendBinary(Vec<u8>),
-    /// Close the socket; the session will not reconnect.
+    /// Close the current socket and forget it: report nothing more from it (neither frames nor
+    /// its close). The session asks for a new one with [`Io::Connect`] when it reconnects.
     Close,
 }
 
@@ -53,22 +71,87 @@ pub enum Io {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConnectionStatus {
-    /// Opening a socket.
+    /// Opening the first socket.
     Connecting,
     /// Held in the lobby until a leader admits us.
     Waiting,
     /// In the room.
     Online,
-    /// Dropped; the next attempt is scheduled.
+    /// Not connected, and trying again: `retry_in_ms` says when (none: trying now), `reason`
+    /// why the connection was lost. Edits stay on the board and are sent on reconnect; room
+    /// commands are refused until then.
     Reconnecting,
     /// The meeting has ended. The board was wiped. Final.
     Ended,
     /// A leader removed us or turned us away from the lobby. Final.
     Removed,
+    /// The link was replaced by a newer one (close 4412): newcomers need the new link. Final.
+    LinkRenewed,
+    /// The server refused this client for good (close 4400–4499 other than the above):
+    /// `reason` says why. Final.
+    Refused,
     /// The link is not valid (forged, expired, or for an unknown room). Final.
     InvalidLink,
     /// We left. Final.
     Left,
+}
+
+/// Why the connection stands where it does, as a stable key for the UI's catalogue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The socket closed without a reason we know (a network change, a proxy).
+    ConnectionLost,
+    /// Nothing was heard for [`SILENCE_LIMIT_MS`], or the server heard nothing from us
+    /// (close 4504): the network stalled.
+    NoAnswer,
+    /// The server could not be reached at all.
+    Unreachable,
+    /// The server restarted (close 1012).
+    ServerRestart,
+    /// The connection could not keep up with the room (close 4508).
+    TooSlow,
+    /// The room is full (close 4509).
+    RoomFull,
+    /// The connection sent too fast for too long (close 4529).
+    RateLimited,
+    /// The server is busy (another 45xx close, or HTTP 503/429).
+    ServerBusy,
+    /// The server could not read what this client sent (close 4400, 4401).
+    Malformed,
+    /// The board is full (close 4413).
+    BoardFull,
+    /// A leader ended the meeting.
+    EndedByLeader,
+    /// The meeting ended because the room stayed empty.
+    Empty,
+    /// The meeting reached its longest length.
+    MaxLength,
+    /// A leader deleted the room.
+    Deleted,
+    /// The link is forged, expired, or for an unknown room (HTTP 401, 404).
+    BadLink,
+    /// The server does not accept sockets from this page's origin (HTTP 403).
+    OriginRefused,
+    /// The display name was refused (HTTP 400).
+    BadName,
+}
+
+impl Reason {
+    /// Why the server closed a socket with `code`.
+    fn of_close(code: u16) -> Reason {
+        match code {
+            close::SERVICE_RESTART => Reason::ServerRestart,
+            close::UNRESPONSIVE => Reason::NoAnswer,
+            close::TOO_SLOW => Reason::TooSlow,
+            close::ROOM_FULL => Reason::RoomFull,
+            close::RATE_LIMITED => Reason::RateLimited,
+            close::MALFORMED_SYNC | close::UNKNOWN_MESSAGE_TYPE => Reason::Malformed,
+            close::BOARD_FULL => Reason::BoardFull,
+            _ if close::reconnect_after(code) == Reconnect::Later => Reason::ServerBusy,
+            _ => Reason::ConnectionLost,
+        }
+    }
 }
 
 /// Something the UI should show.
@@ -79,16 +162,15 @@ pub enum Event {
     Connection {
         /// Where it stands.
         status: ConnectionStatus,
-        /// For `reconnecting`: how long until the next attempt.
+        /// For `reconnecting`: how long until the next attempt; none while an attempt runs.
         #[serde(skip_serializing_if = "Option::is_none")]
         retry_in_ms: Option<u64>,
-        /// For `ended`: why, when the server said.
+        /// For `reconnecting`, `refused`, `invalid_link` and `ended`: why, when known.
         #[serde(skip_serializing_if = "Option::is_none")]
-        reason: Option<String>,
-        /// For `reconnecting`: the close code of the socket that dropped (4409: the room is
-        /// full), or the HTTP status of a refused handshake. For `invalid_link`: the HTTP
-        /// status (401 bad or expired link, 403 page origin refused, 404 unknown room, 400 bad
-        /// name).
+        reason: Option<Reason>,
+        /// The close code of the socket that dropped, or the HTTP status of a refused
+        /// handshake. For `invalid_link`: the HTTP status (401 bad or expired link, 403 page
+        /// origin refused, 404 unknown room, 400 bad name).
         #[serde(skip_serializing_if = "Option::is_none")]
         code: Option<u16>,
     },
@@ -99,6 +181,9 @@ pub enum Event {
         /// Our role at that moment (see `state.members` for later changes).
         role: Role,
     },
+    /// We came back after the reconnect grace period and rejoined as a new member; this is
+    /// what the old membership lost.
+    Released(Released),
     /// A newer room state. Replace the whole view with it.
     State {
         /// The snapshot.
@@ -117,7 +202,7 @@ pub enum Event {
         /// The limit.
         limit_secs: u32,
     },
-    /// The server refused a command or an edit.
+    /// The server refused a command, or an edit of ours.
     Error {
         /// Its stable code.
         code: ErrorCode,
@@ -134,7 +219,7 @@ pub enum Event {
 /// Why a command was not sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CommandError {
-    /// We are not in the room right now (connecting, in the lobby, or finished).
+    /// We are not in the room right now (connecting, reconnecting, in the lobby, or finished).
     #[error("not connected to the room")]
     NotConnected,
     /// `hello` is sent by the session itself.
@@ -175,6 +260,17 @@ pub struct Session {
     backoff: Backoff,
     /// A sync step 1 of ours is unanswered: no other is sent until its step 2 arrives.
     syncing: bool,
+    /// When anything was last heard on the current socket (or the attempt or probe began).
+    heard_ms: u64,
+    /// Why the last connection was lost, repeated while attempts run.
+    lost: Option<Reason>,
+    /// Frames carrying edits of ours sent so far (updates, and step 2 answers with content).
+    edits_sent: u64,
+    /// How many of them the server is known to have taken: it answered a step 1 sent after
+    /// them with no refusal in between (it handles a socket's frames in order).
+    edits_confirmed: u64,
+    /// `edits_sent` when the unanswered step 1 went out.
+    step1_covers: u64,
     io: VecDeque<Io>,
     events: VecDeque<Event>,
 }
@@ -192,62 +288,100 @@ impl Session {
             state: None,
             backoff: Backoff::default(),
             syncing: false,
+            heard_ms: 0,
+            lost: None,
+            edits_sent: 0,
+            edits_confirmed: 0,
+            step1_covers: 0,
             io: VecDeque::new(),
             events: VecDeque::new(),
         }
     }
 
     /// Opens the first connection.
-    pub fn start(&mut self) {
+    pub fn start(&mut self, now_ms: u64) {
         if self.link == Link::Idle {
-            self.connect();
+            self.connect(now_ms);
         }
     }
 
-    fn connect(&mut self) {
+    fn connect(&mut self, now_ms: u64) {
         self.link = Link::Connecting { opened: false };
+        self.heard_ms = now_ms;
         self.io.push_back(Io::Connect);
-        self.status(ConnectionStatus::Connecting);
+        match self.lost {
+            // A new attempt after a loss: still reconnecting, now trying.
+            Some(reason) => self.events.push_back(Event::Connection {
+                status: ConnectionStatus::Reconnecting,
+                retry_in_ms: None,
+                reason: Some(reason),
+                code: None,
+            }),
+            None => self.status(ConnectionStatus::Connecting),
+        }
     }
 
     fn status(&mut self, status: ConnectionStatus) {
         self.events.push_back(Event::Connection { status, retry_in_ms: None, reason: None, code: None });
     }
 
+    /// Whether a socket is open or opening, so that silence on it counts.
+    fn has_socket(&self) -> bool {
+        matches!(self.link, Link::Connecting { .. } | Link::Waiting | Link::Welcomed)
+    }
+
     /// The socket opened: say `hello` first, before any binary frame.
-    pub fn handle_open(&mut self) {
+    pub fn handle_open(&mut self, now_ms: u64) {
         if let Link::Connecting { opened } = &mut self.link {
             *opened = true;
+            self.heard_ms = now_ms;
             let hello = ClientMessage::Hello { resume: self.resume.clone() };
             self.io.push_back(Io::SendText(to_json(&hello)));
         }
     }
 
+    /// Something arrived on the socket that the driver holds back for now (binary frames while
+    /// an input method composes): the connection is alive.
+    pub fn handle_activity(&mut self, now_ms: u64) {
+        if self.has_socket() {
+            self.heard_ms = self.heard_ms.max(now_ms);
+        }
+    }
+
     /// A text frame arrived.
-    pub fn handle_text(&mut self, text: &str) {
+    pub fn handle_text(&mut self, text: &str, now_ms: u64) {
         if self.is_finished() {
             return;
         }
+        self.handle_activity(now_ms);
         // A message this client does not know (a newer server) is ignored.
         let Ok(message) = serde_json::from_str::<ServerMessage>(text) else { return };
         match message {
-            ServerMessage::Welcome { member_id, role, resume_token, state, .. } => {
+            ServerMessage::Welcome { member_id, role, resume_token, state, released } => {
                 self.link = Link::Welcomed;
                 self.backoff.reset();
+                self.lost = None;
                 self.member_id = Some(member_id.clone());
                 self.role = Some(role);
                 self.remember(resume_token);
                 self.events.push_back(Event::Welcome { member_id, role });
+                if let Some(released) = released {
+                    self.events.push_back(Event::Released(released));
+                }
                 self.status(ConnectionStatus::Online);
                 // A new socket's welcome is the truth for it, whatever the old socket saw last.
                 self.state = None;
                 self.install(state);
+                // Edits sent on an old socket either reached the server or travel again in
+                // our answer to its step 1; no refusal on this socket is about them.
+                self.edits_confirmed = self.edits_sent;
                 // Our own sync step 1: the server answers with what we lack.
                 self.send_step1();
             }
             ServerMessage::Waiting { member_id, resume_token } => {
                 self.link = Link::Waiting;
                 self.backoff.reset();
+                self.lost = None;
                 self.member_id = Some(member_id);
                 self.remember(resume_token);
                 self.status(ConnectionStatus::Waiting);
@@ -255,11 +389,20 @@ impl Session {
             ServerMessage::State { state } => self.install(state),
             ServerMessage::Heartbeat {} => {}
             ServerMessage::TimeUp { member, limit_secs } => self.events.push_back(Event::TimeUp { member, limit_secs }),
-            ServerMessage::Ended { reason } => self.end(Some(reason)),
+            ServerMessage::Ended { reason } => {
+                let reason = serde_json::from_value(serde_json::Value::String(reason)).ok();
+                self.end(reason);
+            }
             ServerMessage::Error { code, message } => {
                 if matches!(code, ErrorCode::ReadOnly | ErrorCode::BoardFull) {
+                    if self.edits_sent == self.edits_confirmed {
+                        // The refused frame carried no edit of ours (an empty answer to the
+                        // server's step 1, say): nothing of the user's was lost.
+                        return;
+                    }
                     // Our copy holds an edit the room refused: it has diverged. Throw it away
                     // and sync a fresh one.
+                    self.edits_confirmed = self.edits_sent;
                     self.board.wipe();
                     self.events.push_back(Event::Board);
                     if self.link == Link::Welcomed {
@@ -293,7 +436,8 @@ impl Session {
     }
 
     /// A binary frame arrived. Returns whether the board changed.
-    pub fn handle_binary(&mut self, frame: &[u8]) -> bool {
+    pub fn handle_binary(&mut self, frame: &[u8], now_ms: u64) -> bool {
+        self.handle_activity(now_ms);
         if self.link != Link::Welcomed {
             return false;
         }
@@ -304,9 +448,17 @@ impl Session {
             match message {
                 Message::Sync(SyncMessage::SyncStep1(state_vector)) => {
                     let update = self.board.update_since(&state_vector);
+                    // Only a writer's answer can carry an edit: a reader's is never a refused
+                    // change of the user's.
+                    if self.can_write() && !is_empty_update(&update) {
+                        self.edits_sent += 1;
+                    }
                     self.io.push_back(Io::SendBinary(sync::encode_step2(&update).to_vec()));
                 }
                 Message::Sync(SyncMessage::SyncStep2(update)) => {
+                    if self.syncing {
+                        self.edits_confirmed = self.edits_confirmed.max(self.step1_covers);
+                    }
                     self.syncing = false;
                     changed |= self.board.apply_update(&update).is_ok();
                 }
@@ -331,6 +483,7 @@ impl Session {
 
     fn send_step1(&mut self) {
         self.syncing = true;
+        self.step1_covers = self.edits_sent;
         self.io.push_back(Io::SendBinary(sync::encode_step1(&self.board.state_vector()).to_vec()));
     }
 
@@ -344,15 +497,21 @@ impl Session {
             // Closing an old socket, or after the end: nothing more to do.
             Link::Idle | Link::Retrying { .. } | Link::Probing | Link::Finished(_) => return,
         };
-        match code {
-            close::MEETING_ENDED => self.end(None),
-            close::REMOVED => self.finish(ConnectionStatus::Removed, Some(code)),
+        match (close::reconnect_after(code), code) {
+            (Reconnect::Never, close::MEETING_ENDED) => self.end(None),
+            (Reconnect::Never, close::REMOVED) => self.finish(ConnectionStatus::Removed, Some(code), None),
+            (Reconnect::Never, close::LINK_RENEWED) => self.finish(ConnectionStatus::LinkRenewed, Some(code), None),
+            (Reconnect::Never, _) => {
+                self.finish(ConnectionStatus::Refused, Some(code), Some(Reason::of_close(code)));
+            }
             _ if !opened => {
                 // The browser hides why a handshake failed; a plain GET tells 410 from 401.
                 self.link = Link::Probing;
+                self.heard_ms = now_ms;
                 self.io.push_back(Io::Probe);
             }
-            _ => self.retry(random, now_ms, Some(code)),
+            (Reconnect::Later, _) => self.retry(random, now_ms, Some(code), Reason::of_close(code), true),
+            (Reconnect::Now, _) => self.retry(random, now_ms, Some(code), Reason::of_close(code), false),
         }
     }
 
@@ -366,41 +525,92 @@ impl Session {
             Some(410) => self.end(None),
             // A bad link, an unknown room, a refused page origin or a bad name: trying again
             // cannot help.
-            Some(code @ (400 | 401 | 403 | 404)) => self.finish(ConnectionStatus::InvalidLink, Some(code)),
-            _ => self.retry(random, now_ms, status),
+            Some(code @ (400 | 401 | 403 | 404)) => {
+                let reason = match code {
+                    400 => Reason::BadName,
+                    403 => Reason::OriginRefused,
+                    _ => Reason::BadLink,
+                };
+                self.finish(ConnectionStatus::InvalidLink, Some(code), Some(reason));
+            }
+            Some(code @ (429 | 503)) => self.retry(random, now_ms, Some(code), Reason::ServerBusy, true),
+            Some(code) => self.retry(random, now_ms, Some(code), Reason::ConnectionLost, false),
+            None => self.retry(random, now_ms, None, Reason::Unreachable, false),
         }
     }
 
-    fn retry(&mut self, random: f64, now_ms: u64, code: Option<u16>) {
-        let delay = self.backoff.next_delay_ms(random);
+    /// Schedules the next attempt; `later` when the server asked for a longer pause.
+    fn retry(&mut self, random: f64, now_ms: u64, code: Option<u16>, reason: Reason, later: bool) {
+        let delay = if later { self.backoff.next_later_delay_ms(random) } else { self.backoff.next_delay_ms(random) };
         self.link = Link::Retrying { at_ms: now_ms + delay };
+        self.lost = Some(reason);
         self.events.push_back(Event::Connection {
             status: ConnectionStatus::Reconnecting,
             retry_in_ms: Some(delay),
-            reason: None,
+            reason: Some(reason),
             code,
         });
     }
 
-    /// When [`Session::handle_timeout`] should next be called.
+    /// When [`Session::handle_timeout`] should next be called: the next attempt, or when the
+    /// current socket (attempt, probe) will count as stalled if nothing is heard.
     pub fn poll_timeout(&self) -> Option<u64> {
         match self.link {
             Link::Retrying { at_ms } => Some(at_ms),
-            _ => None,
+            Link::Connecting { .. } | Link::Waiting | Link::Welcomed | Link::Probing => {
+                Some(self.heard_ms.saturating_add(SILENCE_LIMIT_MS))
+            }
+            Link::Idle | Link::Finished(_) => None,
         }
     }
 
-    /// Time passed; reconnects when the backoff delay is over.
-    pub fn handle_timeout(&mut self, now_ms: u64) {
-        if let Link::Retrying { at_ms } = self.link {
-            if now_ms >= at_ms {
-                self.connect();
+    /// Time passed: reconnects when the backoff delay is over, and gives up on a socket (or a
+    /// probe) that stayed silent for [`SILENCE_LIMIT_MS`]. `random` in `[0, 1)` spreads the
+    /// delay of the next attempt.
+    pub fn handle_timeout(&mut self, now_ms: u64, random: f64) {
+        match self.link {
+            Link::Retrying { at_ms } if now_ms >= at_ms => self.connect(now_ms),
+            Link::Connecting { .. } | Link::Waiting | Link::Welcomed | Link::Probing if self.is_silent(now_ms) => {
+                self.drop_stalled();
+                self.retry(random, now_ms, None, Reason::NoAnswer, false);
             }
+            _ => {}
         }
+    }
+
+    fn is_silent(&self, now_ms: u64) -> bool {
+        now_ms >= self.heard_ms.saturating_add(SILENCE_LIMIT_MS)
+    }
+
+    /// Forgets a socket (or probe) that went silent.
+    fn drop_stalled(&mut self) {
+        self.syncing = false;
+        if self.link != Link::Probing {
+            self.io.push_back(Io::Close);
+        }
+    }
+
+    /// Reconnects at once when that can help: while waiting out the backoff, while an attempt
+    /// to reconnect has not been answered yet (it may be stuck on the network that failed), or
+    /// when the socket has been silent past [`SILENCE_LIMIT_MS`] (a page that slept, whose
+    /// timers did not run). Called when the browser goes online again, when the page becomes
+    /// visible, and by the "Reconnect now" button. Returns whether it reconnected.
+    pub fn reconnect_now(&mut self, now_ms: u64) -> bool {
+        match self.link {
+            Link::Retrying { .. } => {}
+            Link::Connecting { .. } | Link::Probing if self.lost.is_some() => self.drop_stalled(),
+            Link::Connecting { .. } | Link::Waiting | Link::Welcomed | Link::Probing if self.is_silent(now_ms) => {
+                self.drop_stalled();
+                self.lost = Some(Reason::NoAnswer);
+            }
+            _ => return false,
+        }
+        self.connect(now_ms);
+        true
     }
 
     /// The meeting ended: wipe the board, forget the token, never reconnect.
-    fn end(&mut self, reason: Option<String>) {
+    fn end(&mut self, reason: Option<Reason>) {
         if self.link == Link::Finished(ConnectionStatus::Ended) {
             return;
         }
@@ -417,9 +627,9 @@ impl Session {
         self.io.push_back(Io::Close);
     }
 
-    /// A final state other than the end of the meeting. A member who was removed keeps no
-    /// copy of the board either.
-    fn finish(&mut self, status: ConnectionStatus, code: Option<u16>) {
+    /// A final state other than the end of the meeting. A member who was removed or refused
+    /// keeps no copy of the board either.
+    fn finish(&mut self, status: ConnectionStatus, code: Option<u16>, reason: Option<Reason>) {
         if self.is_finished() {
             return;
         }
@@ -427,7 +637,7 @@ impl Session {
         self.events.push_back(Event::Board);
         self.link = Link::Finished(status);
         self.forget();
-        self.events.push_back(Event::Connection { status, retry_in_ms: None, reason: None, code });
+        self.events.push_back(Event::Connection { status, retry_in_ms: None, reason, code });
         self.io.push_back(Io::Close);
     }
 
@@ -447,6 +657,11 @@ impl Session {
             self.status(ConnectionStatus::Left);
             self.io.push_back(Io::Close);
         }
+    }
+
+    /// Whether we are in the room, so that commands can be sent.
+    pub fn is_connected(&self) -> bool {
+        self.link == Link::Welcomed
     }
 
     /// Whether the session reached a final state.
@@ -522,6 +737,7 @@ impl Session {
 
     fn send_update(&mut self, update: &[u8]) {
         if self.link == Link::Welcomed {
+            self.edits_sent += 1;
             self.io.push_back(Io::SendBinary(sync::encode_update(update).to_vec()));
         }
     }
@@ -550,6 +766,11 @@ impl Session {
     pub fn member_id(&self) -> Option<&str> {
         self.member_id.as_deref()
     }
+}
+
+/// Whether a v1 update carries nothing (what a peer that lacks nothing is sent).
+fn is_empty_update(update: &[u8]) -> bool {
+    yrs::Update::decode_v1(update).is_ok_and(|u| u.is_empty())
 }
 
 fn to_json(message: &ClientMessage) -> String {
@@ -617,9 +838,9 @@ mod tests {
     /// A session that went through hello and welcome.
     fn joined() -> Session {
         let mut s = Session::new(None);
-        s.start();
-        s.handle_open();
-        s.handle_text(&welcome("tok1", 1));
+        s.start(NOW);
+        s.handle_open(NOW);
+        s.handle_text(&welcome("tok1", 1), NOW);
         drain_io(&mut s);
         drain_events(&mut s);
         s
@@ -628,14 +849,14 @@ mod tests {
     #[test]
     fn hello_is_the_first_frame_and_step1_follows_welcome() {
         let mut s = Session::new(None);
-        s.start();
+        s.start(NOW);
         assert_eq!(drain_io(&mut s), vec![Io::Connect]);
-        s.handle_open();
+        s.handle_open(NOW);
         let io = drain_io(&mut s);
         assert_eq!(texts(&io), vec![json!({"type": "hello"})]);
         assert!(binaries(&io).is_empty(), "nothing binary before the answer to hello");
 
-        s.handle_text(&welcome("tok1", 1));
+        s.handle_text(&welcome("tok1", 1), NOW);
         let io = drain_io(&mut s);
         let frames = binaries(&io);
         assert!(matches!(frames[..], [ref m] if matches!(m[..], [Message::Sync(SyncMessage::SyncStep1(_))])));
@@ -649,23 +870,23 @@ mod tests {
     fn an_update_that_cannot_be_integrated_makes_the_session_sync_once() {
         let mut s = joined();
         // The answer to the step 1 sent at welcome.
-        s.handle_binary(&sync::encode_step2(&Board::new().update_since(&Default::default())));
+        s.handle_binary(&sync::encode_step2(&Board::new().update_since(&Default::default())), NOW);
         let mut server = Board::new();
         let _first = server.set_text(&TextKey::Notes, "a", None).unwrap().unwrap();
         let second = server.set_text(&TextKey::Notes, "ab", None).unwrap().unwrap();
         let third = server.set_text(&TextKey::Notes, "abc", None).unwrap().unwrap();
         // The second edit arrives without the first: it waits, and the session asks.
-        s.handle_binary(&sync::encode_update(&second));
+        s.handle_binary(&sync::encode_update(&second), NOW);
         let frames = binaries(&drain_io(&mut s));
         assert!(
             matches!(frames[..], [ref m] if matches!(m[..], [Message::Sync(SyncMessage::SyncStep1(_))])),
             "{frames:?}"
         );
         // Still waiting, but a step 1 is already out: no second one.
-        s.handle_binary(&sync::encode_update(&third));
+        s.handle_binary(&sync::encode_update(&third), NOW);
         assert!(binaries(&drain_io(&mut s)).is_empty());
         // The server's answer fills the gap.
-        s.handle_binary(&sync::encode_step2(&server.update_since(&s.board().state_vector())));
+        s.handle_binary(&sync::encode_step2(&server.update_since(&s.board().state_vector())), NOW);
         assert_eq!(s.board().notes(), "abc");
         assert!(!s.board().is_waiting());
         assert!(binaries(&drain_io(&mut s)).is_empty());
@@ -677,12 +898,12 @@ mod tests {
         let mut server = Board::new();
         let update = server.set_text(&TextKey::Notes, "from the room", None).unwrap().unwrap();
         // The server's step 1 (empty board) gets our step 2.
-        assert!(!s.handle_binary(&sync::encode_step1(&server.state_vector())));
+        assert!(!s.handle_binary(&sync::encode_step1(&server.state_vector()), NOW));
         assert!(matches!(
             binaries(&drain_io(&mut s))[..],
             [ref m] if matches!(m[..], [Message::Sync(SyncMessage::SyncStep2(_))])
         ));
-        assert!(s.handle_binary(&sync::encode_step2(&update)));
+        assert!(s.handle_binary(&sync::encode_step2(&update), NOW));
         assert_eq!(s.board().notes(), "from the room");
         assert!(drain_events(&mut s).contains(&Event::Board));
     }
@@ -707,8 +928,8 @@ mod tests {
     #[test]
     fn older_snapshots_are_ignored() {
         let mut s = joined();
-        s.handle_text(&json!({"type": "state", "state": state(5, json!({"fair_order": true}))}).to_string());
-        s.handle_text(&json!({"type": "state", "state": state(4, json!({"fair_order": false}))}).to_string());
+        s.handle_text(&json!({"type": "state", "state": state(5, json!({"fair_order": true}))}).to_string(), NOW);
+        s.handle_text(&json!({"type": "state", "state": state(4, json!({"fair_order": false}))}).to_string(), NOW);
         assert_eq!(s.state().unwrap().version, 5);
         assert!(s.state().unwrap().fair_order);
         let states = drain_events(&mut s).into_iter().filter(|e| matches!(e, Event::State { .. })).count();
@@ -718,7 +939,7 @@ mod tests {
     #[test]
     fn floor_commands_carry_the_version_on_screen() {
         let mut s = joined();
-        s.handle_text(&json!({"type": "state", "state": state(7, json!({}))}).to_string());
+        s.handle_text(&json!({"type": "state", "state": state(7, json!({}))}).to_string(), NOW);
         s.command(ClientMessage::NextSpeaker { if_version: None }).unwrap();
         s.command(ClientMessage::GrantFloor { member: "lea".into(), if_version: Some(3) }).unwrap();
         s.command(ClientMessage::RaiseHand {}).unwrap();
@@ -748,18 +969,18 @@ mod tests {
         // Edits while away stay local, and are not sent on a closed socket.
         s.edit_text(&TextKey::Notes, "before, during", Some(14)).unwrap();
         assert!(drain_io(&mut s).is_empty());
-        s.handle_timeout(NOW + 249);
+        s.handle_timeout(NOW + 249, 0.0);
         assert!(drain_io(&mut s).is_empty(), "not before the delay");
-        s.handle_timeout(NOW + 250);
+        s.handle_timeout(NOW + 250, 0.0);
         assert_eq!(drain_io(&mut s), vec![Io::Connect]);
 
-        s.handle_open();
+        s.handle_open(NOW);
         assert_eq!(texts(&drain_io(&mut s)), vec![json!({"type": "hello", "resume": "tok1"})]);
-        s.handle_text(&welcome("tok1", 9));
+        s.handle_text(&welcome("tok1", 9), NOW);
         drain_io(&mut s);
         // The server's step 1 from before the drop: our answer carries the edit made meanwhile.
         let server = Board::new();
-        s.handle_binary(&sync::encode_step1(&server.state_vector()));
+        s.handle_binary(&sync::encode_step1(&server.state_vector()), NOW);
         let frames = binaries(&drain_io(&mut s));
         let [Message::Sync(SyncMessage::SyncStep2(update))] = &frames[0][..] else { panic!() };
         let mut other = Board::new();
@@ -776,12 +997,12 @@ mod tests {
             s.handle_close(1006, 0.999, now);
             now = s.poll_timeout().unwrap();
             delays.push(now);
-            s.handle_timeout(now);
-            s.handle_open();
+            s.handle_timeout(now, 0.0);
+            s.handle_open(NOW);
         }
         let gaps: Vec<u64> = delays.windows(2).map(|w| w[1] - w[0]).collect();
         assert!(gaps.windows(2).all(|g| g[1] > g[0]), "growing: {gaps:?}");
-        s.handle_text(&welcome("tok1", 2));
+        s.handle_text(&welcome("tok1", 2), NOW);
         s.handle_close(1012, 0.999, now);
         assert!(s.poll_timeout().unwrap() - now < 500, "reset after a success");
     }
@@ -791,7 +1012,7 @@ mod tests {
         let mut s = joined();
         s.edit_text(&TextKey::Notes, "confidential", None).unwrap();
         drain_events(&mut s);
-        s.handle_text(r#"{"type":"ended","reason":"ended_by_leader"}"#);
+        s.handle_text(r#"{"type":"ended","reason":"ended_by_leader"}"#, NOW);
         assert!(s.board().is_empty());
         assert!(s.state().is_none());
         let events = drain_events(&mut s);
@@ -799,7 +1020,7 @@ mod tests {
         assert!(events.contains(&Event::Connection {
             status: ConnectionStatus::Ended,
             retry_in_ms: None,
-            reason: Some("ended_by_leader".into()),
+            reason: Some(Reason::EndedByLeader),
             code: None,
         }));
         s.handle_close(close::MEETING_ENDED, 0.5, NOW);
@@ -838,7 +1059,7 @@ mod tests {
         ] {
             let mut s = joined();
             s.handle_close(1006, 0.0, NOW);
-            s.handle_timeout(NOW + 10_000);
+            s.handle_timeout(NOW + 10_000, 0.0);
             drain_io(&mut s);
             // The socket never opened.
             s.handle_close(1006, 0.0, NOW + 10_000);
@@ -848,9 +1069,13 @@ mod tests {
             match expect {
                 Some(final_status) => {
                     assert!(s.is_finished(), "{status:?}");
-                    assert!(drain_events(&mut s)
-                        .iter()
-                        .any(|e| matches!(e, Event::Connection { status, .. } if *status == final_status)));
+                    let events = connection_events(&drain_events(&mut s));
+                    let [(shown, reason, _)] = events[..] else { panic!("{status:?}: {events:?}") };
+                    assert_eq!(shown, final_status, "{status:?}");
+                    if final_status == ConnectionStatus::InvalidLink {
+                        let expected = if status == Some(403) { Reason::OriginRefused } else { Reason::BadLink };
+                        assert_eq!(reason, Some(expected), "{status:?}");
+                    }
                 }
                 None => assert!(s.poll_timeout().is_some(), "{status:?} retries"),
             }
@@ -860,14 +1085,14 @@ mod tests {
     #[test]
     fn the_lobby_holds_until_welcome() {
         let mut s = Session::new(None);
-        s.start();
-        s.handle_open();
+        s.start(NOW);
+        s.handle_open(NOW);
         drain_io(&mut s);
-        s.handle_text(r#"{"type":"waiting","member_id":"me","resume_token":"lobby-tok"}"#);
+        s.handle_text(r#"{"type":"waiting","member_id":"me","resume_token":"lobby-tok"}"#, NOW);
         assert!(drain_events(&mut s).contains(&Event::Resume { token: Some("lobby-tok".into()) }));
         assert!(!s.can_write());
         assert_eq!(s.command(ClientMessage::RaiseHand {}), Err(CommandError::NotConnected));
-        s.handle_text(&welcome("lobby-tok", 3));
+        s.handle_text(&welcome("lobby-tok", 3), NOW);
         assert!(s.can_write());
     }
 
@@ -875,7 +1100,7 @@ mod tests {
     fn write_permission_follows_the_room_state() {
         let mut s = joined();
         let mut set = |extra: Value, version: u64| {
-            s.handle_text(&json!({"type": "state", "state": state(version, extra)}).to_string());
+            s.handle_text(&json!({"type": "state", "state": state(version, extra)}).to_string(), NOW);
             s.can_write()
         };
         assert!(set(json!({"presenter": "me"}), 2));
@@ -895,7 +1120,7 @@ mod tests {
             json!({"board_locked": true, "members": [{"id": "me", "name": "Ann", "role": "leader", "status": "here"}]}),
             7
         ));
-        s.handle_text(&json!({"type": "state", "state": state(8, json!({"board_locked": true}))}).to_string());
+        s.handle_text(&json!({"type": "state", "state": state(8, json!({"board_locked": true}))}).to_string(), NOW);
         assert_eq!(s.edit_text(&TextKey::Notes, "no", None), Err(EditError::ReadOnly));
         assert_eq!(s.add_card("c", "no", NOW), Err(EditError::ReadOnly));
     }
@@ -905,7 +1130,7 @@ mod tests {
         let mut s = joined();
         s.edit_text(&TextKey::Notes, "diverged", None).unwrap();
         drain_io(&mut s);
-        s.handle_text(r#"{"type":"error","code":"read_only","message":"the board is locked"}"#);
+        s.handle_text(r#"{"type":"error","code":"read_only","message":"the board is locked"}"#, NOW);
         assert!(s.board().is_empty());
         let frames = binaries(&drain_io(&mut s));
         let [Message::Sync(SyncMessage::SyncStep1(sv))] = &frames[0][..] else { panic!("{frames:?}") };
@@ -929,7 +1154,7 @@ mod tests {
         let mut s = joined();
         s.edit_text(&TextKey::Notes, "one edit too many", None).unwrap();
         drain_io(&mut s);
-        s.handle_text(r#"{"type":"error","code":"board_full","message":"the board is full"}"#);
+        s.handle_text(r#"{"type":"error","code":"board_full","message":"the board is full"}"#, NOW);
         assert!(s.board().is_empty());
         assert_eq!(binaries(&drain_io(&mut s)).len(), 1, "a fresh sync step 1");
     }
@@ -937,8 +1162,8 @@ mod tests {
     #[test]
     fn unknown_messages_are_ignored() {
         let mut s = joined();
-        s.handle_text(r#"{"type":"from_the_future","x":1}"#);
-        s.handle_text("not json");
+        s.handle_text(r#"{"type":"from_the_future","x":1}"#, NOW);
+        s.handle_text("not json", NOW);
         assert!(drain_events(&mut s).is_empty());
         assert!(!s.is_finished());
     }
@@ -950,5 +1175,310 @@ mod tests {
         assert_eq!(drain_io(&mut s), vec![Io::Close]);
         s.handle_close(1000, 0.5, NOW);
         assert_eq!(s.poll_timeout(), None);
+    }
+
+    fn connection_events(events: &[Event]) -> Vec<(ConnectionStatus, Option<Reason>, Option<u64>)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Connection { status, reason, retry_in_ms, .. } => Some((*status, *reason, *retry_in_ms)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn heartbeat() -> &'static str {
+        r#"{"type":"heartbeat"}"#
+    }
+
+    #[test]
+    fn a_silent_server_is_noticed_and_the_session_reconnects() {
+        let mut s = joined();
+        assert_eq!(s.poll_timeout(), Some(NOW + SILENCE_LIMIT_MS), "the silence deadline is set from the welcome");
+        // Heartbeats and board frames keep the connection alive.
+        s.handle_text(heartbeat(), NOW + 5_000);
+        s.handle_binary(&sync::encode_update(&Board::new().update_since(&Default::default())), NOW + 9_000);
+        assert_eq!(s.poll_timeout(), Some(NOW + 9_000 + SILENCE_LIMIT_MS));
+        drain_events(&mut s);
+        s.handle_timeout(NOW + 9_000 + SILENCE_LIMIT_MS - 1, 0.0);
+        assert!(drain_io(&mut s).is_empty(), "not silent yet");
+        assert!(drain_events(&mut s).is_empty());
+
+        // Then nothing more: the socket is dropped and the session says why.
+        let stalled_at = NOW + 9_000 + SILENCE_LIMIT_MS;
+        s.handle_timeout(stalled_at, 0.0);
+        assert_eq!(drain_io(&mut s), vec![Io::Close]);
+        assert_eq!(
+            connection_events(&drain_events(&mut s)),
+            vec![(ConnectionStatus::Reconnecting, Some(Reason::NoAnswer), Some(250))]
+        );
+        assert_eq!(s.command(ClientMessage::RaiseHand {}), Err(CommandError::NotConnected));
+        // A late close of the dropped socket changes nothing.
+        s.handle_close(1006, 0.0, stalled_at + 1);
+        assert_eq!(s.poll_timeout(), Some(stalled_at + 250));
+
+        s.handle_timeout(stalled_at + 250, 0.0);
+        assert_eq!(drain_io(&mut s), vec![Io::Connect]);
+        assert_eq!(
+            connection_events(&drain_events(&mut s)),
+            vec![(ConnectionStatus::Reconnecting, Some(Reason::NoAnswer), None)],
+            "still reconnecting while the attempt runs"
+        );
+        s.handle_open(stalled_at + 300);
+        assert_eq!(texts(&drain_io(&mut s)), vec![json!({"type": "hello", "resume": "tok1"})]);
+        s.handle_text(&welcome("tok1", 2), stalled_at + 320);
+        assert!(connection_events(&drain_events(&mut s)).contains(&(ConnectionStatus::Online, None, None)));
+        assert_eq!(s.poll_timeout(), Some(stalled_at + 320 + SILENCE_LIMIT_MS));
+    }
+
+    #[test]
+    fn an_attempt_that_never_opens_or_answers_is_given_up_after_the_silence_limit() {
+        let mut s = Session::new(None);
+        s.start(NOW);
+        drain_io(&mut s);
+        assert_eq!(s.poll_timeout(), Some(NOW + SILENCE_LIMIT_MS));
+        s.handle_timeout(NOW + SILENCE_LIMIT_MS, 0.0);
+        assert_eq!(drain_io(&mut s), vec![Io::Close], "no probe: the network does not answer");
+        assert!(s.poll_timeout().is_some_and(|at| at > NOW + SILENCE_LIMIT_MS));
+
+        // Opened, but the answer to hello never comes.
+        let mut s = Session::new(None);
+        s.start(NOW);
+        s.handle_open(NOW + 100);
+        drain_io(&mut s);
+        s.handle_timeout(NOW + 100 + SILENCE_LIMIT_MS, 0.0);
+        assert_eq!(drain_io(&mut s), vec![Io::Close]);
+
+        // A probe that is never answered.
+        let mut s = joined();
+        s.handle_close(1006, 0.0, NOW);
+        s.handle_timeout(NOW + 250, 0.0);
+        s.handle_close(1006, 0.0, NOW + 300);
+        assert_eq!(drain_io(&mut s), vec![Io::Connect, Io::Probe]);
+        s.handle_timeout(NOW + 300 + SILENCE_LIMIT_MS, 0.0);
+        drain_events(&mut s);
+        assert!(matches!(s.poll_timeout(), Some(at) if at > NOW + 300 + SILENCE_LIMIT_MS));
+        s.handle_probe(Some(401), 0.0, NOW + 400 + SILENCE_LIMIT_MS);
+        assert!(!s.is_finished(), "a probe answered after it was given up is ignored");
+    }
+
+    #[test]
+    fn reconnect_now_skips_the_backoff_only_when_it_can_help() {
+        let mut s = joined();
+        // Connected and not silent: nothing to do.
+        assert!(!s.reconnect_now(NOW + 1_000));
+        assert!(drain_io(&mut s).is_empty());
+
+        // Waiting out a long backoff: reconnect at once.
+        for _ in 0..5 {
+            s.handle_close(1006, 0.999, NOW);
+            let at = s.poll_timeout().unwrap();
+            s.handle_timeout(at, 0.0);
+            s.handle_open(at);
+        }
+        s.handle_close(1006, 0.999, NOW + 2_000);
+        assert!(s.poll_timeout().unwrap() > NOW + 10_000, "a long wait was scheduled");
+        drain_io(&mut s);
+        assert!(s.reconnect_now(NOW + 2_001));
+        assert_eq!(drain_io(&mut s), vec![Io::Connect]);
+        // An attempt that has not been answered may be stuck on the network that failed: a
+        // new one replaces it.
+        assert!(s.reconnect_now(NOW + 2_002));
+        assert_eq!(drain_io(&mut s), vec![Io::Close, Io::Connect]);
+        s.handle_open(NOW + 2_010);
+        s.handle_text(&welcome("tok1", 3), NOW + 2_020);
+        drain_io(&mut s);
+        drain_events(&mut s);
+
+        // A page that slept: its timers did not run, and the socket has been silent too long.
+        let woke = NOW + 2_020 + SILENCE_LIMIT_MS + 60_000;
+        assert!(s.reconnect_now(woke));
+        assert_eq!(drain_io(&mut s), vec![Io::Close, Io::Connect]);
+        assert_eq!(
+            connection_events(&drain_events(&mut s)),
+            vec![(ConnectionStatus::Reconnecting, Some(Reason::NoAnswer), None)]
+        );
+
+        // The first connection is left alone.
+        let mut s = Session::new(None);
+        s.start(NOW);
+        drain_io(&mut s);
+        assert!(!s.reconnect_now(NOW + 1));
+        assert!(drain_io(&mut s).is_empty());
+
+        // Finished: never.
+        let mut s = joined();
+        s.handle_close(close::REMOVED, 0.0, NOW);
+        drain_io(&mut s);
+        assert!(!s.reconnect_now(NOW + 1));
+        assert!(drain_io(&mut s).is_empty());
+    }
+
+    #[test]
+    fn close_codes_follow_the_one_table() {
+        for entry in close::CLOSE_CODES.iter().map(|c| c.code).chain([1006, 4499, 4599]) {
+            let mut s = joined();
+            s.handle_close(entry, 0.0, NOW);
+            let events = connection_events(&drain_events(&mut s));
+            let [(status, reason, retry)] = events[..] else { panic!("{entry}: {events:?}") };
+            match close::reconnect_after(entry) {
+                Reconnect::Never => {
+                    assert!(s.is_finished(), "{entry}");
+                    assert_eq!(s.poll_timeout(), None, "{entry}");
+                    let expected = match entry {
+                        close::MEETING_ENDED => ConnectionStatus::Ended,
+                        close::REMOVED => ConnectionStatus::Removed,
+                        close::LINK_RENEWED => ConnectionStatus::LinkRenewed,
+                        _ => ConnectionStatus::Refused,
+                    };
+                    assert_eq!(status, expected, "{entry}");
+                }
+                Reconnect::Later => {
+                    assert_eq!(status, ConnectionStatus::Reconnecting, "{entry}");
+                    assert!(retry.unwrap() >= crate::backoff::LATER_FIRST_DELAY_MS / 2, "{entry}: {retry:?}");
+                    assert!(reason.is_some(), "{entry}");
+                }
+                Reconnect::Now => {
+                    assert_eq!(status, ConnectionStatus::Reconnecting, "{entry}");
+                    assert!(retry.unwrap() < crate::backoff::FIRST_DELAY_MS, "{entry}: {retry:?}");
+                }
+            }
+        }
+        let reason_of = |code: u16| {
+            let mut s = joined();
+            s.handle_close(code, 0.0, NOW);
+            connection_events(&drain_events(&mut s))[0].1
+        };
+        assert_eq!(reason_of(close::ROOM_FULL), Some(Reason::RoomFull));
+        assert_eq!(reason_of(close::TOO_SLOW), Some(Reason::TooSlow));
+        assert_eq!(reason_of(close::RATE_LIMITED), Some(Reason::RateLimited));
+        assert_eq!(reason_of(close::UNRESPONSIVE), Some(Reason::NoAnswer));
+        assert_eq!(reason_of(close::SERVICE_RESTART), Some(Reason::ServerRestart));
+        assert_eq!(reason_of(close::BOARD_FULL), Some(Reason::BoardFull));
+        assert_eq!(reason_of(close::MALFORMED_SYNC), Some(Reason::Malformed));
+        assert_eq!(reason_of(1006), Some(Reason::ConnectionLost));
+    }
+
+    #[test]
+    fn edits_made_while_reconnecting_stay_local_and_travel_on_reconnect() {
+        let mut s = joined();
+        s.handle_close(1006, 0.0, NOW);
+        drain_events(&mut s);
+        assert!(s.can_write(), "the board stays writable while reconnecting");
+        s.edit_text(&TextKey::Notes, "typed offline", Some(13)).unwrap();
+        s.add_card("offline-card", "a card too", NOW).unwrap();
+        assert!(drain_io(&mut s).is_empty(), "nothing is sent while not connected");
+        assert_eq!(s.command(ClientMessage::RaiseHand {}), Err(CommandError::NotConnected));
+
+        s.handle_timeout(NOW + 250, 0.0);
+        s.handle_open(NOW + 260);
+        s.handle_text(&welcome("tok1", 4), NOW + 270);
+        drain_io(&mut s);
+        s.handle_binary(&sync::encode_step1(&Board::new().state_vector()), NOW + 280);
+        let frames = binaries(&drain_io(&mut s));
+        let [Message::Sync(SyncMessage::SyncStep2(update))] = &frames[0][..] else { panic!("{frames:?}") };
+        let mut server = Board::new();
+        server.apply_update(update).unwrap();
+        assert_eq!(server.notes(), "typed offline");
+        assert_eq!(server.cards()[0].body, "a card too");
+    }
+
+    #[test]
+    fn a_refusal_of_a_frame_without_our_edit_is_not_shown() {
+        let refusal = r#"{"type":"error","code":"read_only","message":"you may not write"}"#;
+        let observer_welcome = json!({"type": "welcome", "member_id": "me", "role": "observer", "resume_token": "t",
+            "state": state(1, json!({"members": [{"id": "me", "name": "Ann", "role": "observer", "status": "here"}]}))})
+        .to_string();
+        let locked_welcome = json!({"type": "welcome", "member_id": "me", "role": "member", "resume_token": "t",
+            "state": state(1, json!({"board_locked": true}))})
+        .to_string();
+        let mut room = Board::new();
+        room.set_text(&TextKey::Notes, "the room's notes", None).unwrap();
+        for welcome in [observer_welcome, locked_welcome] {
+            let mut s = Session::new(None);
+            s.start(NOW);
+            s.handle_open(NOW);
+            s.handle_text(&welcome, NOW);
+            s.handle_binary(&sync::encode_step2(&room.update_since(&Default::default())), NOW);
+            // The server's step 1 is answered with a step 2 (empty), which it refuses.
+            s.handle_binary(&sync::encode_step1(&room.state_vector()), NOW);
+            drain_io(&mut s);
+            drain_events(&mut s);
+            s.handle_text(refusal, NOW);
+            assert!(drain_events(&mut s).is_empty(), "no notice for an edit the user never made");
+            assert!(drain_io(&mut s).is_empty(), "no resync");
+            assert_eq!(s.board().notes(), "the room's notes", "the board is kept");
+        }
+
+        // A member whose edits were taken (the answer to a later step 1 came back) gets no
+        // notice either when a frame without an edit is refused.
+        let mut s = joined();
+        s.handle_binary(&sync::encode_step2(&Board::new().update_since(&Default::default())), NOW);
+        s.edit_text(&TextKey::Notes, "taken", None).unwrap();
+        s.handle_binary(&sync::encode_update(&room.update_since(&Default::default())[..]), NOW);
+        // An update that builds on nothing we have: the session asks with a step 1…
+        let mut other = Board::new();
+        other.set_text(&TextKey::Notes, "x", None).unwrap();
+        let gap = other.set_text(&TextKey::Notes, "xy", None).unwrap().unwrap();
+        s.handle_binary(&sync::encode_update(&gap), NOW);
+        // …and the answer confirms everything sent before it.
+        s.handle_binary(&sync::encode_step2(&other.update_since(&s.board().state_vector())), NOW);
+        drain_io(&mut s);
+        drain_events(&mut s);
+        s.handle_text(refusal, NOW);
+        assert!(drain_events(&mut s).is_empty());
+    }
+
+    #[test]
+    fn a_refusal_of_our_own_edit_is_shown() {
+        // A member types just as a leader locks the board: the state with the lock had not
+        // arrived yet, so the edit went out and was refused.
+        let mut s = joined();
+        s.handle_binary(&sync::encode_step2(&Board::new().update_since(&Default::default())), NOW);
+        s.edit_text(&TextKey::Notes, "typed during the lock", None).unwrap();
+        drain_io(&mut s);
+        drain_events(&mut s);
+        s.handle_text(&json!({"type": "state", "state": state(2, json!({"board_locked": true}))}).to_string(), NOW);
+        s.handle_text(r#"{"type":"error","code":"read_only","message":"the board is locked"}"#, NOW);
+        let events = drain_events(&mut s);
+        assert!(events.iter().any(|e| matches!(e, Event::Error { code: ErrorCode::ReadOnly, .. })), "{events:?}");
+        assert!(s.board().is_empty(), "the refused copy was thrown away");
+        assert_eq!(binaries(&drain_io(&mut s)).len(), 1, "and a fresh one asked for");
+        // Only once: a second refusal (of nothing new) is not shown again.
+        s.handle_text(r#"{"type":"error","code":"read_only","message":"the board is locked"}"#, NOW);
+        assert!(drain_events(&mut s).is_empty());
+    }
+
+    #[test]
+    fn a_member_back_after_the_grace_period_is_told_what_was_released() {
+        let mut s = Session::new(Some("old".into()));
+        s.start(NOW);
+        s.handle_open(NOW);
+        let welcome = json!({"type": "welcome", "member_id": "me", "role": "member", "resume_token": "new",
+            "state": state(1, json!({})),
+            "released": {"hand": true, "floor": false, "presenter": true, "role": "leader"}})
+        .to_string();
+        s.handle_text(&welcome, NOW);
+        let events = drain_events(&mut s);
+        let released = events.iter().find_map(|e| match e {
+            Event::Released(r) => Some(r.clone()),
+            _ => None,
+        });
+        assert_eq!(released, Some(Released { hand: true, floor: false, presenter: true, role: Some(Role::Leader) }));
+        assert_eq!(
+            serde_json::to_value(Event::Released(released.unwrap())).unwrap(),
+            json!({"type": "released", "hand": true, "floor": false, "presenter": true, "role": "leader"})
+        );
+        // An ordinary welcome says nothing of the kind.
+        let mut s = joined();
+        s.handle_close(1006, 0.0, NOW);
+        s.handle_timeout(NOW + 250, 0.0);
+        s.handle_open(NOW + 260);
+        s.handle_text(&welcome_plain(), NOW + 270);
+        assert!(!drain_events(&mut s).iter().any(|e| matches!(e, Event::Released(_))));
+    }
+
+    fn welcome_plain() -> String {
+        welcome("tok1", 5)
     }
 }

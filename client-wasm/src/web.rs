@@ -147,8 +147,18 @@ impl RoomClient {
 
     /// Connects.
     pub fn start(&self) {
-        self.shared.inner.borrow_mut().session.start();
+        self.shared.inner.borrow_mut().session.start(now_ms());
         pump(&self.shared);
+    }
+
+    /// Reconnects at once if that can help: while waiting out the backoff, or when the socket
+    /// has been silent too long. The page calls it when the browser goes online again, when the
+    /// page becomes visible, and from the "Reconnect now" button. Returns whether it did.
+    #[wasm_bindgen(js_name = reconnectNow)]
+    pub fn reconnect_now(&self) -> bool {
+        let acted = self.shared.inner.borrow_mut().session.reconnect_now(now_ms());
+        pump(&self.shared);
+        acted
     }
 
     /// Leaves the room: closes the socket and stops reconnecting.
@@ -405,7 +415,7 @@ fn schedule(shared: &Rc<Shared>) {
     let weak = Rc::downgrade(shared);
     let callback = Closure::<dyn FnMut()>::new(move || {
         if let Some(shared) = weak.upgrade() {
-            shared.inner.borrow_mut().session.handle_timeout(now_ms());
+            shared.inner.borrow_mut().session.handle_timeout(now_ms(), random());
             pump(&shared);
         }
     });
@@ -463,14 +473,14 @@ fn connect(shared: &Rc<Shared>) {
         })
     };
     let on_open = handler(|shared, _| {
-        shared.inner.borrow_mut().session.handle_open();
+        shared.inner.borrow_mut().session.handle_open(now_ms());
         pump(shared);
     });
     let on_message = handler(|shared, event| {
         let Ok(event) = event.dyn_into::<MessageEvent>() else { return };
         let data = event.data();
         if let Some(text) = data.as_string() {
-            shared.inner.borrow_mut().session.handle_text(&text);
+            shared.inner.borrow_mut().session.handle_text(&text, now_ms());
         } else if let Ok(buffer) = data.dyn_into::<ArrayBuffer>() {
             receive_binary(shared, Uint8Array::new(&buffer).to_vec());
         }
@@ -492,6 +502,8 @@ fn connect(shared: &Rc<Shared>) {
 fn receive_binary(shared: &Rc<Shared>, frame: Vec<u8>) {
     let mut inner = shared.inner.borrow_mut();
     if inner.composing {
+        // Held back, but heard: the connection is alive.
+        inner.session.handle_activity(now_ms());
         inner.deferred.push(frame);
         return;
     }
@@ -504,7 +516,7 @@ fn receive_binary(shared: &Rc<Shared>, frame: Vec<u8>) {
             inner.session.board().capture(&b.key, start, end)
         })
         .collect();
-    if inner.session.handle_binary(&frame) {
+    if inner.session.handle_binary(&frame, now_ms()) {
         render_bindings(&inner, Some(&marks));
     }
 }

@@ -145,6 +145,7 @@ impl People {
             empty_grace_ms: 60_000,
             max_length_ms: 3_600_000,
             max_members: 50,
+            link_generation: 0,
         };
         let mut people =
             People { meeting: Meeting::new(settings, START_MS), known: Vec::new(), silent: ConnId(100), now: START_MS };
@@ -321,6 +322,15 @@ pub fn token(data: &[u8]) {
     let forged =
         format!("v1.{}.{}", URL_SAFE_NO_PAD.encode(payload), URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()));
     match signer.verify_any_room(&forged, now) {
+        Ok(Grant { expires_at, generation, .. }) => assert!(now < expires_at && generation == 0),
+        Err(e) => assert!(matches!(e, TokenError::Malformed | TokenError::Expired), "{e:?}"),
+    }
+    // The same in the current format, which names its key and signs the token's text.
+    let signed = format!("v2.{}.{}", signer.key_id(), URL_SAFE_NO_PAD.encode(payload));
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET).expect("any key length");
+    mac.update(signed.as_bytes());
+    let forged = format!("{signed}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()));
+    match signer.verify_any_room(&forged, now) {
         Ok(Grant { expires_at, .. }) => assert!(now < expires_at),
         Err(e) => assert!(matches!(e, TokenError::Malformed | TokenError::Expired), "{e:?}"),
     }
@@ -330,9 +340,10 @@ pub fn token(data: &[u8]) {
     if !room.contains('|') {
         if let Some(expires_at) = now.checked_add(1) {
             for role in [Role::Leader, Role::Member, Role::Observer] {
-                let issued = signer.issue(room, role, expires_at);
+                let generation = u64::from(data.first().copied().unwrap_or_default());
+                let issued = signer.issue_at(room, role, expires_at, generation);
                 let grant = signer.verify(&issued, room, now).expect("an issued token verifies");
-                assert_eq!(grant, Grant { room: room.to_owned(), role, expires_at });
+                assert_eq!(grant, Grant { room: room.to_owned(), role, expires_at, generation });
                 assert_eq!(signer.verify(&issued, room, expires_at), Err(TokenError::Expired));
             }
         }
@@ -453,6 +464,13 @@ pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
                     format!("{}\nroom\n1800000000", signer.issue("moor", Role::Leader, 1_900_000_000)).into_bytes(),
                 ),
                 ("payload".into(), b"room|observer|1900000000".to_vec()),
+                ("payload-with-generation".into(), b"room|observer|1900000000|3".to_vec()),
+                (
+                    // A link of the first format (no key id, no generation), still accepted.
+                    "valid-v1".into(),
+                    b"v1.cm9vbXxtZW1iZXJ8MTkwMDAwMDAwMA.RBPPvM3WhLHLA5pjQLd4JG2mYcKBK641ebUvwHbPc1Y\nroom\n1800000000"
+                        .to_vec(),
+                ),
             ]
         }
         _ => Vec::new(),

@@ -25,6 +25,12 @@ pub struct Config {
     #[arg(long, env = "BALINT_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
 
+    /// Secrets that signed links before a rotation, comma-separated, each at least 32
+    /// characters. Links signed with them are still accepted; new links are signed with
+    /// `--secret` only. Drop them once leaders have issued fresh links.
+    #[arg(long, env = "BALINT_PREVIOUS_SECRETS", value_delimiter = ',', hide_env_values = true)]
+    pub previous_secrets: Vec<String>,
+
     /// Redis URL (for example `redis://127.0.0.1:6379`). When set, presence, room state and
     /// board fan-out go through Redis, so several nodes can serve one deployment. When unset,
     /// everything stays in this process.

@@ -50,6 +50,8 @@ use crate::rooms::{Outbound, Room};
 pub struct Participant {
     /// The role the link grants.
     pub role: Role,
+    /// The link generation of the link (see `Grant::generation`).
+    pub link_generation: u64,
     /// The display name from the query string. Never logged.
     pub name: String,
 }
@@ -150,7 +152,7 @@ pub async fn serve<S, E>(
     E: TransportError,
 {
     let role = participant.role;
-    let Some(mut feed) = room.connect(conn, participant.role, participant.name) else {
+    let Some(mut feed) = room.connect(conn, participant.role, participant.link_generation, participant.name) else {
         let frame = closing(close::MEETING_ENDED, "this meeting has ended");
         let _ = write(&mut socket, Message::Close(Some(frame)), limits.write_timeout).await;
         return;
@@ -819,7 +821,13 @@ mod tests {
     async fn what_a_vanished_client_sent_is_applied() {
         let data = tempfile::tempdir().unwrap();
         let rooms = rooms(data.path());
-        let settings = RoomSettings { title: None, ephemeral: true, template: Default::default(), lobby: false };
+        let settings = RoomSettings {
+            title: None,
+            ephemeral: true,
+            template: Default::default(),
+            lobby: false,
+            link_generation: 0,
+        };
         let room = rooms.create(settings).await.unwrap();
 
         // The client's first frame asks for the board; the answer cannot be written, because
@@ -835,7 +843,7 @@ mod tests {
             ]),
         };
         let limits = ConnectionLimits { write_timeout: Duration::from_secs(1), ..ConnectionLimits::defaults() };
-        let participant = Participant { role: Role::Member, name: "ada".to_owned() };
+        let participant = Participant { role: Role::Member, link_generation: 0, name: "ada".to_owned() };
         let conn = rooms.next_conn_id();
         serve(
             socket,

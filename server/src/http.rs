@@ -95,7 +95,13 @@ pub async fn create_room(
     };
     let room = state
         .rooms
-        .create(RoomSettings { title, ephemeral: request.ephemeral, template: request.template, lobby: request.lobby })
+        .create(RoomSettings {
+            title,
+            ephemeral: request.ephemeral,
+            template: request.template,
+            lobby: request.lobby,
+            link_generation: 0,
+        })
         .await
         .map_err(|e| AppError::Unavailable(e.to_string()))?;
     let expires_at = crate::unix_now() + state.config.token_ttl().as_secs();
@@ -236,12 +242,13 @@ pub async fn join_room(
     let room = match state.rooms.lookup(&room_id).await.map_err(unavailable)? {
         Lookup::Live(room) => room,
         Lookup::Ended => return Err(AppError::Gone),
-        // A valid link proves the room existed: it was created here and is gone now.
+        // A valid link proves the room was created here; unknown now, it is gone (an ephemeral
+        // room of a single node that restarted, a deleted room whose tombstone was in memory).
         Lookup::Unknown => return Err(AppError::Gone),
     };
     let upgrade = upgrade.map_err(|_| AppError::UpgradeRequired)?;
     let conn = state.rooms.next_conn_id();
-    let participant = Participant { role: grant.role, name };
+    let participant = Participant { role: grant.role, link_generation: grant.generation, name };
     let conn_limits = ConnectionLimits {
         max_frame_bytes: state.config.max_frame_bytes,
         write_timeout: std::time::Duration::from_millis(state.config.write_timeout_ms),
@@ -411,6 +418,70 @@ pub async fn delete_room(
     state.rooms.delete(&room).await.map_err(|e| AppError::Unavailable(e.to_string()))?;
     tracing::info!(room = %room_id, "room deleted");
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The body of `POST /api/rooms/{room}/links`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueLinks {
+    /// Raise the room's link generation first, so that invite and observer links issued
+    /// before no longer let newcomers in.
+    #[serde(default)]
+    renew: bool,
+}
+
+/// The answer to `POST /api/rooms/{room}/links`.
+#[derive(Debug, Serialize)]
+pub struct IssuedLinks {
+    room: String,
+    leader_token: String,
+    invite_token: String,
+    observer_token: String,
+    leader_url: String,
+    invite_url: String,
+    observer_url: String,
+    expires_at: u64,
+    generation: u64,
+}
+
+/// `POST /api/rooms/{room}/links` with the leader token as a Bearer header and a JSON object
+/// `{"renew": bool?}`: a fresh set of links, valid for the full link lifetime, of the room's
+/// current link generation; with `renew`, of a new generation, and older invite and observer
+/// links no longer let newcomers in (members present carry on).
+pub async fn issue_links(
+    State(state): State<AppState>,
+    Path(room_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    let room = leader_room(&state, &room_id, &headers).await?;
+    let request: IssueLinks = json_object(&body)?;
+    let generation = if request.renew {
+        room.renew_links(state.rooms.now_ms())
+            .await
+            .ok_or_else(|| AppError::Unavailable("the link generation could not be written".to_owned()))?
+    } else {
+        room.link_generation()
+    };
+    let expires_at = crate::unix_now() + state.config.token_ttl().as_secs();
+    let token = |role| state.signer.issue_at(room.id(), role, expires_at, generation);
+    let (leader_token, invite_token, observer_token) =
+        (token(Role::Leader), token(Role::Member), token(Role::Observer));
+    let base = public_base(&state, &headers);
+    let url = |token: &str| format!("{base}/r/{}#t={token}", room.id());
+    tracing::info!(room = %room_id, generation, renewed = request.renew, "links issued");
+    Ok(Json(IssuedLinks {
+        room: room.id().to_owned(),
+        leader_url: url(&leader_token),
+        invite_url: url(&invite_token),
+        observer_url: url(&observer_token),
+        leader_token,
+        invite_token,
+        observer_token,
+        expires_at,
+        generation,
+    })
+    .into_response())
 }
 
 /// A backend failure as answered to clients: a board that cannot be read is said plainly (and

@@ -90,7 +90,7 @@ impl AppState {
             "the stall timeout must be at least {} s",
             limits::MIN_STALL_TIMEOUT.as_secs()
         );
-        let signer = Signer::from_config(config.secret.as_deref(), &config.data_dir)?;
+        let signer = Signer::from_config(config.secret.as_deref(), &config.previous_secrets, &config.data_dir)?;
         let options = RoomOptions {
             outbound_queue: config.outbound_queue,
             reconnect_grace: config.reconnect_grace(),
@@ -176,6 +176,7 @@ pub fn app(state: AppState) -> Router {
         .route("/ws/{room}", get(http::join_room))
         .route("/api/rooms/{room}/presence", get(http::presence))
         .route("/api/rooms/{room}/export.md", get(http::export))
+        .route("/api/rooms/{room}/links", post(http::issue_links))
         .route("/api/rooms/{room}", axum::routing::delete(http::delete_room))
         .route("/healthz", get(http::healthz))
         .route("/readyz", get(http::readyz))

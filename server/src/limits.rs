@@ -94,6 +94,13 @@ pub const IDLE_UNLOAD: Duration = Duration::from_secs(60);
 /// arrive, over several reads).
 pub const WS_READ_BUFFER_BYTES: usize = 8 * 1024;
 
+/// Revoked resume tokens (of members a leader removed) a room's record remembers, as
+/// digests; the oldest go first. A bound on the record's size, not a setting.
+pub const MAX_REVOKED_RESUMES: usize = 256;
+/// Lapsed memberships a room's record remembers, so that a member who returns after the grace
+/// period is told what was released; the oldest go first. A bound, not a setting.
+pub const MAX_LAPSED_MEMBERSHIPS: usize = 64;
+
 /// Envelopes a room may have waiting for the bus (Redis) before it stops queueing and
 /// resyncs instead. Internal tuning, not a setting.
 pub const BUS_QUEUE_MESSAGES: usize = 4096;

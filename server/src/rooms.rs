@@ -54,6 +54,10 @@ pub struct RoomSettings {
     pub template: Template,
     /// Whether newcomers wait for a leader to admit them.
     pub lobby: bool,
+    /// The room's link generation (0 at creation; raised when a leader renews the links).
+    /// Settings saved before generations existed read as 0.
+    #[serde(default)]
+    pub link_generation: u64,
 }
 
 /// A frame on a room's feed, encoded once and shared by every recipient.
@@ -148,6 +152,10 @@ struct RoomCore {
     changed_ms: u64,
     /// Since when no connection of this node has been in the room.
     idle_since_ms: Option<u64>,
+    /// For a persistent room: the settings as last saved (or loaded). When the meeting's
+    /// settings differ (a leader turned the lobby on, renewed the links), they are saved at
+    /// the next tick, whether or not the board changed.
+    saved_settings: Option<Bytes>,
 }
 
 impl RoomCore {
@@ -248,6 +256,7 @@ impl Room {
             unsaved_since_ms: None,
             changed_ms: 0,
             idle_since_ms: None,
+            saved_settings: None,
         };
         Room {
             id,
@@ -301,15 +310,42 @@ impl Room {
         self.lock().meeting.state(true)
     }
 
-    /// Registers a connection that passed the link check and subscribes it to the feed. It
-    /// becomes a member with its first message.
-    pub fn connect(&self, conn: ConnId, role: Role, name: String) -> Option<broadcast::Receiver<Outbound>> {
+    /// Registers a connection that passed the link check (a link of `role` and link
+    /// generation `generation`) and subscribes it to the feed. It becomes a member with its
+    /// first message.
+    pub fn connect(
+        &self,
+        conn: ConnId,
+        role: Role,
+        generation: u64,
+        name: String,
+    ) -> Option<broadcast::Receiver<Outbound>> {
         let mut core = self.lock();
         if core.ended {
             return None;
         }
-        core.meeting.connect(conn, role, name);
+        core.meeting.connect_link(conn, role, generation, name);
         Some(self.feed.subscribe())
+    }
+
+    /// The room's current link generation, for links issued now.
+    pub fn link_generation(&self) -> u64 {
+        self.lock().meeting.shared().link_generation()
+    }
+
+    /// Renews the room's links: raises its link generation (in the record, by
+    /// compare-and-set, so every node agrees) and, for a persistent room, saves it with the
+    /// settings. Returns the new generation; `None` when the store could not be written.
+    pub async fn renew_links(&self, now_ms: u64) -> Option<u64> {
+        let before = self.link_generation();
+        self.commit(None, false, Meeting::plan_renew_links).await;
+        let after = self.link_generation();
+        if after <= before {
+            return None;
+        }
+        self.save(now_ms, false).await;
+        info!(room = %self.id, generation = after, "links renewed");
+        Some(after)
     }
 
     /// Feeds a binary frame from `conn` to the board and publishes what it produced, here and
@@ -437,25 +473,35 @@ impl Room {
     /// Saves a persistent room's board when it is due: [`limits::SAVE_DEBOUNCE`] after the
     /// last change, and at most [`limits::SAVE_MAX_DELAY`] after the first unsaved one. With
     /// `force`, saves whatever is unsaved now (at shutdown).
+    ///
+    /// Changed settings are saved at once (with the board as it is).
     pub async fn save(&self, now_ms: u64, force: bool) {
         let snapshot = {
             let core = self.lock();
-            let Some(since) = core.unsaved_since_ms else { return };
-            let quiet = now_ms.saturating_sub(core.changed_ms) >= limits::SAVE_DEBOUNCE.as_millis() as u64;
-            let overdue = now_ms.saturating_sub(since) >= limits::SAVE_MAX_DELAY.as_millis() as u64;
-            if core.ended || !(force || quiet || overdue) {
+            if core.ended || core.meeting.shared().is_ephemeral() {
                 return;
             }
-            let settings = self.settings_json(core.meeting.shared());
-            (StoredBoard { settings, board: Bytes::from(core.board.encode_state()) }, core.changed_ms)
+            let settings = settings_json(core.meeting.shared());
+            let settings_changed = core.saved_settings.as_ref() != Some(&settings);
+            let board_due = core.unsaved_since_ms.is_some_and(|since| {
+                let quiet = now_ms.saturating_sub(core.changed_ms) >= limits::SAVE_DEBOUNCE.as_millis() as u64;
+                let overdue = now_ms.saturating_sub(since) >= limits::SAVE_MAX_DELAY.as_millis() as u64;
+                force || quiet || overdue
+            });
+            if !(settings_changed || board_due) {
+                return;
+            }
+            let stored = StoredBoard { settings: settings.clone(), board: Bytes::from(core.board.encode_state()) };
+            (stored, core.changed_ms, settings)
         };
-        let (stored, changed_ms) = snapshot;
+        let (stored, changed_ms, settings) = snapshot;
         match self.cluster.boards.save(&self.id, stored).await {
             Ok(()) => {
                 let mut core = self.lock();
                 if core.changed_ms == changed_ms {
                     core.unsaved_since_ms = None;
                 }
+                core.saved_settings = Some(settings);
                 debug!(room = %self.id, "board saved");
             }
             Err(e) => {
@@ -463,16 +509,6 @@ impl Room {
                 self.cluster.metrics.backend_error();
             }
         }
-    }
-
-    fn settings_json(&self, shared: &Shared) -> Bytes {
-        let settings = RoomSettings {
-            title: shared.title().map(str::to_owned),
-            ephemeral: shared.is_ephemeral(),
-            template: shared.template(),
-            lobby: false,
-        };
-        Bytes::from(serde_json::to_vec(&settings).unwrap_or_default())
     }
 
     /// Ends the meeting for everyone, for `reason`.
@@ -815,6 +851,19 @@ impl Room {
     }
 }
 
+/// The settings of the meeting `shared`, as a persistent room saves them with its board: every
+/// setting a leader can change that must outlive a restart.
+fn settings_json(shared: &Shared) -> Bytes {
+    let settings = RoomSettings {
+        title: shared.title().map(str::to_owned),
+        ephemeral: shared.is_ephemeral(),
+        template: shared.template(),
+        lobby: shared.lobby(),
+        link_generation: shared.link_generation(),
+    };
+    Bytes::from(serde_json::to_vec(&settings).unwrap_or_default())
+}
+
 fn close_message(code: u16, reason: &'static str) -> Message {
     Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }))
 }
@@ -881,10 +930,14 @@ impl Rooms {
         if persistent {
             // The room exists for good from now on, even if nobody writes before a restart.
             let empty = Bytes::from(Board::new().encode_state());
-            cluster.boards.save(&id, StoredBoard { settings: stored_settings, board: empty }).await?;
+            cluster.boards.save(&id, StoredBoard { settings: stored_settings.clone(), board: empty }).await?;
         }
         cluster.bus.subscribe(&id).await?;
-        let room = Arc::new(Room::new(id.clone(), meeting, cluster.clone()));
+        let room = Room::new(id.clone(), meeting, cluster.clone());
+        if persistent {
+            room.lock().saved_settings = Some(stored_settings);
+        }
+        let room = Arc::new(room);
         lock(&self.shared.rooms).insert(id, room.clone());
         cluster.metrics.set_rooms(self.len());
         Ok(room)
@@ -902,6 +955,7 @@ impl Rooms {
                 empty_grace_ms: options.empty_grace.as_millis() as u64,
                 max_length_ms: options.max_length.as_millis() as u64,
                 max_members: options.max_members,
+                link_generation: settings.link_generation,
             },
             self.now_ms(),
         )
@@ -975,7 +1029,9 @@ impl Rooms {
             }
             let room = Room::new(id.to_owned(), Meeting::from_shared(shared, stored.version), cluster.clone());
             if let Some(board) = &board {
-                room.lock().board.load(&board.board).map_err(|_| BackendError::Corrupt)?;
+                let mut core = room.lock();
+                core.board.load(&board.board).map_err(|_| BackendError::Corrupt)?;
+                core.saved_settings = Some(board.settings.clone());
             }
             let room = Arc::new(room);
             rooms.insert(id.to_owned(), room.clone());

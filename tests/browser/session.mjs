@@ -6,7 +6,9 @@
 // Run by the Rust test tests/tests/browser.rs, which starts the server. Exits 0 when every step
 // passed; otherwise prints the failed step and exits 1. A screenshot of every page at every step
 // goes to SCREENSHOT_DIR (default: target/browser-screenshots). Every wait has a deadline; no
-// request may leave the loopback interface.
+// request may leave the loopback interface. The server's Content-Security-Policy is in force: every
+// page reports its violations (securitypolicyviolation) and console errors, and any violation fails
+// the run.
 
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
@@ -26,6 +28,7 @@ if (!base || !/^http:\/\/(127\.0\.0\.1|localhost|\[::1\]):\d+$/.test(base)) {
 
 const pages = {};
 const problems = [];
+const consoleErrors = [];
 let step = 'launch';
 
 function check(condition, message) {
@@ -33,12 +36,37 @@ function check(condition, message) {
 }
 
 /** Waits until `fn(arg)` is truthy in the page, failing with `what` after the deadline. */
-async function waitIn(page, what, fn, arg) {
+async function waitIn(page, what, fn, arg, timeout = TIMEOUT) {
   try {
-    await page.waitForFunction(fn, arg, { timeout: TIMEOUT, polling: 50 });
+    await page.waitForFunction(fn, arg, { timeout, polling: 50 });
   } catch (error) {
-    throw new Error(`${what}: not true within ${TIMEOUT} ms (${error.message.split('\n')[0]})`);
+    throw new Error(`${what}: not true within ${timeout} ms (${error.message.split('\n')[0]})`);
   }
+}
+
+// Ben's WebSockets go through a relay that can stall like a real network: it stops forwarding in
+// both directions without closing either side, for the sockets open at that moment and for those
+// opened while stalled. After `heal`, new sockets are forwarded again; stalled ones stay dead.
+const relay = { stalled: false, links: [] };
+
+function relayWebSocket(ws) {
+  const link = { frozen: relay.stalled };
+  relay.links.push(link);
+  if (link.frozen) return; // Opened into a dead network: nothing ever answers.
+  const server = ws.connectToServer();
+  ws.onMessage((message) => { if (!link.frozen) server.send(message); });
+  server.onMessage((message) => { if (!link.frozen) ws.send(message); });
+  ws.onClose((code, reason) => { if (!link.frozen) server.close({ code, reason }); });
+  server.onClose((code, reason) => { if (!link.frozen) ws.close({ code, reason }); });
+}
+
+function stallRelay() {
+  relay.stalled = true;
+  for (const link of relay.links) link.frozen = true;
+}
+
+function healRelay() {
+  relay.stalled = false;
 }
 
 async function shoot(name) {
@@ -94,6 +122,33 @@ function leftovers(page) {
   });
 }
 
+/**
+ * Reports every Content-Security-Policy violation of the context's pages as a problem, from the
+ * first script on, across navigations.
+ */
+async function watchPolicy(context, who) {
+  await context.exposeBinding('__reportPolicyViolation', (source, violation) => {
+    problems.push(`${who}: CSP violation on ${source.page?.url().split('#')[0]}: ${violation}`);
+  });
+  await context.addInitScript(() => {
+    document.addEventListener('securitypolicyviolation', (event) => {
+      const where = event.sourceFile ? ` at ${event.sourceFile}:${event.lineNumber}` : '';
+      window.__reportPolicyViolation(`${event.effectiveDirective} blocked ${event.blockedURI || 'inline'}${where}`);
+    });
+  });
+}
+
+/** Uncaught errors are problems; console errors are kept, and a CSP one is a problem too. */
+function watchPage(page, who) {
+  page.on('pageerror', (error) => problems.push(`${who}: uncaught error in the page: ${error.message}`));
+  page.on('console', (message) => {
+    if (message.type() !== 'error') return;
+    const text = message.text();
+    consoleErrors.push(`${who}: ${text}`);
+    if (/Content Security Policy/i.test(text)) problems.push(`${who}: CSP violation in the console: ${text}`);
+  });
+}
+
 const browser = await chromium.launch({
   executablePath: chromiumPath,
   args: [
@@ -118,8 +173,10 @@ try {
       problems.push(`${who}: a request left loopback: ${route.request().url()}`);
       return route.abort();
     });
+    await watchPolicy(context, who);
+    if (who === 'ben') await context.routeWebSocket(/\/ws\//, relayWebSocket);
     const page = await context.newPage();
-    page.on('pageerror', (error) => problems.push(`${who}: uncaught error in the page: ${error.message}`));
+    watchPage(page, who);
     pages[who] = page;
   }
   const { leader, ann, ben } = pages;
@@ -127,7 +184,11 @@ try {
 
   // 1. The leader creates a room on the front page and gets the links.
   step = 'create a room on /';
-  await leader.goto(`${base}/`);
+  const front = await leader.goto(`${base}/`);
+  const policy = front.headers()['content-security-policy'] || '';
+  for (const directive of ["script-src 'self' 'wasm-unsafe-eval'", "frame-ancestors 'none'", "base-uri 'none'"]) {
+    check(policy.includes(directive), `the page is served with the CSP directive ${directive}: ${policy}`);
+  }
   await leader.getByLabel('Title').fill('Tuesday group');
   check(await leader.getByLabel(/Ephemeral/).isChecked(), 'ephemeral is the default');
   check(await leader.getByLabel(/Balint session/).isChecked(), 'the Balint template is the default');
@@ -217,6 +278,34 @@ try {
     await waitIn(page, `${who} still sees three people`, () => document.querySelectorAll('#members li').length === 3);
   }
 
+  // A stalled network: Ben's sockets stop forwarding without closing. His page notices the
+  // silence within the limit (15 s), says why, makes the room's controls unavailable, keeps what
+  // he writes meanwhile, and "Reconnect now" brings him back at once when the network is back.
+  step = 'a stalled connection';
+  stallRelay();
+  await waitIn(ben, 'Ben is told that the server does not answer', () => {
+    const bar = document.getElementById('offline');
+    return !bar.hidden && /No answer from the server/.test(bar.textContent);
+  }, undefined, 15_000 + TIMEOUT);
+  check(/Unavailable while reconnecting/.test(await ben.textContent('#offline')), 'Ben is told what is unavailable');
+  check(await ben.getByRole('button', { name: 'Lower my hand' }).isDisabled(), "Ben's hand is unavailable");
+  check(await ben.getByRole('button', { name: 'Reconnect now' }).isVisible(), 'a Reconnect now button');
+  await shoot('05a-stalled');
+  const offlineCard = 'Written while the network was down.';
+  await ben.getByLabel('New observation').fill(offlineCard);
+  await ben.getByRole('button', { name: 'Add observation' }).click();
+  healRelay();
+  await ben.getByRole('button', { name: 'Reconnect now' }).click();
+  // An attempt stuck on the dead network would take up to 15 s to give up: the button does not wait.
+  await waitIn(ben, 'Ben is back at once', () => document.getElementById('connection').textContent === 'Connected'
+    && document.getElementById('offline').hidden, undefined, 5_000);
+  check(!(await ben.getByRole('button', { name: 'Lower my hand' }).isDisabled()), "Ben's hand is available again");
+  for (const [who, page] of Object.entries(pages)) {
+    await waitIn(page, `${who} sees the card Ben wrote while reconnecting`, (text) =>
+      [...document.querySelectorAll('#cards .obs textarea')].some((t) => t.value === text), offlineCard);
+  }
+  await sameQueueEverywhere(['Ann', 'Ben']);
+
   // 5. The leader gives the floor with "Next speaker".
   step = 'next speaker';
   await leader.getByRole('button', { name: 'Next speaker' }).click();
@@ -267,7 +356,7 @@ try {
   step = 'lobby';
   await leader.getByLabel(/Lobby: let newcomers in/).check();
   const dora = await ann.context().newPage();
-  dora.on('pageerror', (error) => problems.push(`dora: uncaught error in the page: ${error.message}`));
+  watchPage(dora, 'dora');
   await dora.goto(inviteLink);
   await dora.getByLabel('Your name').fill('Dora');
   await dora.getByRole('button', { name: 'Join' }).click();
@@ -285,6 +374,48 @@ try {
     await waitIn(page, `${who} sees four people`, () => document.querySelectorAll('#members li').length === 4);
   }
   await shoot('08-admitted');
+
+  // Fresh links from the leader panel; then Dora is removed and the invite link renewed: her old
+  // link no longer lets her in, and says why.
+  step = 'fresh links, remove and renew';
+  await leader.getByRole('button', { name: 'Issue fresh links' }).click();
+  await waitIn(leader, 'the fresh links are shown', () => !document.getElementById('fresh-box').hidden);
+  const fresh = {};
+  for (const kind of ['leader', 'invite', 'observer']) {
+    fresh[kind] = await leader.inputValue(`#fresh-${kind}-link`);
+    check(fresh[kind].startsWith(`${base}/r/`) && fresh[kind].includes('#t='), `fresh ${kind} link: ${fresh[kind]}`);
+  }
+  const doraRow = leader.locator('#members li', { hasText: 'Dora' });
+  await doraRow.locator('summary').click();
+  await doraRow.getByRole('button', { name: 'Remove from the meeting' }).click();
+  await waitIn(leader, 'the remove confirmation is shown', () => document.getElementById('kick-dialog').open);
+  check(/can rejoin with the current invite link unless you renew it/.test((await leader.textContent('#kick-text')).replace(/\s+/g, ' ')),
+    'the confirmation says what is true');
+  await leader.getByLabel(/Remove and renew the invite link/).check();
+  await shoot('08a-remove');
+  await leader.getByRole('button', { name: 'Remove', exact: true }).click();
+  await waitIn(dora, 'Dora is told she was removed', () =>
+    document.getElementById('message-title').textContent === 'You are no longer in the meeting');
+  await waitIn(leader, 'the renewed links are shown', (old) => {
+    const invite = document.getElementById('fresh-invite-link').value;
+    return invite && invite !== old && /renewed/.test(document.getElementById('links-status').textContent);
+  }, fresh.invite);
+  const renewedInvite = await leader.inputValue('#fresh-invite-link');
+  for (const [who, page] of Object.entries(pages)) {
+    if (who === 'dora') continue;
+    await waitIn(page, `${who} sees three people again`, () => document.querySelectorAll('#members li').length === 3);
+  }
+  await dora.goto('about:blank');
+  await dora.goto(inviteLink);
+  await dora.getByLabel('Your name').fill('Dora');
+  await dora.getByRole('button', { name: 'Join' }).click();
+  await waitIn(dora, 'the old invite link says it was replaced', () =>
+    document.getElementById('message-title').textContent === 'This link was replaced'
+    && /ask the leader for the new link/.test(document.getElementById('message-screen').textContent));
+  await shoot('08b-renewed');
+  check(renewedInvite !== inviteLink, 'a new invite link');
+  await dora.close();
+  delete pages.dora;
 
   // 7. End for all, with confirmation.
   step = 'end for all';
@@ -362,6 +493,7 @@ try {
 } catch (error) {
   console.error(`FAILED at step "${step}": ${error.message}`);
   for (const problem of problems) console.error(problem);
+  for (const line of consoleErrors) console.error(`console error: ${line}`);
   try {
     await mkdir(shotDir, { recursive: true });
     await shoot('failure');

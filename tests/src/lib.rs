@@ -2,6 +2,11 @@
 //! WebSocket clients whose board is a yrs document.
 //!
 //! Every wait is on a condition with a deadline, never a bare sleep.
+//!
+//! - [`process`]: real `balint-room` processes and a private `redis-server`, for cluster tests;
+//! - [`proxy`]: a loopback TCP proxy that can stall its connections without closing them;
+//! - [`session_driver`]: the web client's own sans-IO session, driven natively with real
+//!   sockets and real time.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -9,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use balint_proto::room::{ErrorCode, Role, RoomState, ServerMessage};
+use balint_proto::room::{ErrorCode, Released, Role, RoomState, ServerMessage};
 use balint_proto::sync::{self, Message, SyncMessage};
 use balint_server::{Config, Server};
 use futures_util::{SinkExt, StreamExt};
@@ -197,6 +202,22 @@ impl YClient {
             client.wait_until(|c| c.synced).await?;
         }
         Ok(client)
+    }
+
+    /// Opens a connection and sends `hello` (with a resume token if given), without waiting
+    /// for an answer: for a client the server may refuse.
+    pub async fn hello_only(url: &str, resume: Option<&str>) -> anyhow::Result<Self> {
+        let mut client = Self::open(url, Doc::new()).await?;
+        client.hello(resume).await?;
+        Ok(client)
+    }
+
+    /// What the latest `welcome` said a lapsed membership released, if it said so.
+    pub fn released(&self) -> Option<&Released> {
+        self.texts.iter().rev().find_map(|m| match m {
+            ServerMessage::Welcome { released, .. } => Some(released.as_ref()),
+            _ => None,
+        })?
     }
 
     /// Sends `hello`, with a resume token if given.
@@ -488,4 +509,6 @@ where
     Ok(())
 }
 pub mod process;
+pub mod proxy;
+pub mod session_driver;
 pub mod stock;

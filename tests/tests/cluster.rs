@@ -345,3 +345,51 @@ async fn a_room_set_up_days_ahead_keeps_its_record_as_long_as_its_links() {
     let after = key_ttl(&c.redis, &key);
     assert!(after > 0 && after <= DAY, "TTL once the meeting started: {after} s");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_renewed_on_one_node_and_a_removal_hold_on_every_node() {
+    let c = cluster();
+    let room = create_room(&c.a).await;
+    let (id, leader) = (field(&room, "room").to_owned(), field(&room, "leader_token").to_owned());
+    let old_invite = field(&room, "invite_token").to_owned();
+    let mut lea = YClient::join(&c.a.ws_url(&id, &leader, "lea")).await.unwrap();
+    let mut ben = YClient::join(&c.b.ws_url(&id, &old_invite, "ben")).await.unwrap();
+    let ben_id = ben.member_id().unwrap().to_owned();
+    let ben_token = ben.resume_token().unwrap().to_owned();
+
+    // Node A renews the links; node B refuses a newcomer with the old invite link.
+    let links: Value = reqwest::Client::new()
+        .post(format!("{}/api/rooms/{id}/links", c.a.base()))
+        .bearer_auth(&leader)
+        .json(&json!({"renew": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(links["generation"], 1);
+    // No waiting for B to hear of it: joining writes the record by compare-and-set, so a
+    // join planned on B's older copy conflicts and is planned again on the renewed record.
+    let mut eve = YClient::hello_only(&c.b.ws_url(&id, &old_invite, "eve"), None).await.unwrap();
+    assert_eq!(eve.wait_closed().await.unwrap().code, balint_proto::close::LINK_RENEWED);
+    // Node B issues links of the same generation.
+    let from_b: Value = reqwest::Client::new()
+        .post(format!("{}/api/rooms/{id}/links", c.b.base()))
+        .bearer_auth(&leader)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(from_b["generation"], 1);
+
+    // Ben, on B, is removed by the leader on A; his resume token is refused on A.
+    lea.command(json!({"type": "kick", "member": ben_id})).await.unwrap();
+    assert_eq!(ben.wait_closed().await.unwrap().code, balint_proto::close::REMOVED);
+    let mut again = YClient::hello_only(&c.a.ws_url(&id, &old_invite, "ben"), Some(&ben_token)).await.unwrap();
+    assert_eq!(again.wait_closed().await.unwrap().code, balint_proto::close::REMOVED);
+    let newcomer = YClient::join(&c.b.ws_url(&id, field(&links, "invite_token"), "cy")).await.unwrap();
+    assert!(newcomer.is_admitted());
+}

@@ -5,7 +5,7 @@
 use balint_e2e::handshake_status;
 use balint_e2e::{TestServer, YClient};
 use balint_proto::close;
-use balint_proto::room::{ErrorCode, Phase, Role, RoomState, ServerMessage, Status};
+use balint_proto::room::{ErrorCode, Phase, Released, Role, RoomState, ServerMessage, Status};
 use serde_json::json;
 
 /// Index of each client in a session's `Vec<YClient>`.
@@ -358,10 +358,12 @@ async fn a_member_away_past_the_grace_period_loses_their_place() {
     let state = settle(&mut all, |s| s.members.len() == 2).await;
     assert_eq!(queue(&state), [ann]);
 
-    // The old token no longer resumes anything: a newcomer with a new id.
+    // The old token no longer resumes anything: a newcomer with a new id...
     let url = server.ws_url(&room.id, &room.invite_token, "Ben");
     let back = YClient::join_resuming(&url, Some(&token)).await.unwrap();
     assert_ne!(back.member_id(), Some(ben));
+    // And the welcome says what the lapsed membership released: his raised hand.
+    assert_eq!(back.released(), Some(&Released { hand: true, ..Released::default() }));
     all.push(back);
     let state = settle(&mut all, |s| s.members.len() == 3).await;
     assert_eq!(queue(&state), [ann]);

@@ -4,6 +4,8 @@
 use balint_e2e::handshake_status;
 use balint_e2e::process::{NodeProcess, RedisProcess};
 use balint_e2e::{eventually, YClient};
+use balint_proto::close;
+use balint_proto::room::Template;
 use serde_json::{json, Value};
 
 const SECRET: &str = "a secret shared across restarts of the test node";
@@ -139,6 +141,110 @@ async fn a_persistent_room_survives_restarts_on_the_file_store() {
 async fn a_persistent_room_survives_restarts_on_the_redis_store() {
     let redis = RedisProcess::start().unwrap();
     survives_restarts(Some(&redis), false).await;
+}
+
+/// What a persistent room saved: its settings and its board, as stored.
+fn stored(data: &std::path::Path, redis: Option<&RedisProcess>, id: &str) -> Vec<u8> {
+    match redis {
+        None => std::fs::read(data.join("rooms").join(format!("{id}.board"))).unwrap_or_default(),
+        Some(redis) => {
+            let port = redis.port.to_string();
+            let key = format!("balint:room:{id}:board");
+            let out = std::process::Command::new("redis-cli")
+                .args(["-p", &port, "HMGET", &key, "settings", "snapshot"])
+                .output();
+            out.unwrap().stdout
+        }
+    }
+}
+
+/// Waits until what the room saved holds every one of `needles`.
+async fn saved(data: &std::path::Path, redis: Option<&RedisProcess>, id: &str, needles: &[&[u8]]) {
+    eventually(|| async {
+        let bytes = stored(data, redis, id);
+        needles.iter().all(|n| memchr::memmem::find(&bytes, n).is_some())
+    })
+    .await
+    .unwrap();
+}
+
+/// Restarts the node. With Redis, the room's record is deleted first (as when its safety-net
+/// expiry passed), so that the meeting starts again from the settings saved with the board.
+fn restart(node: &mut NodeProcess, data: &std::path::Path, redis: Option<&RedisProcess>, id: &str) -> NodeProcess {
+    node.kill();
+    if let Some(redis) = redis {
+        let key = format!("balint:room:{id}:record");
+        let port = redis.port.to_string();
+        let deleted = std::process::Command::new("redis-cli").args(["-p", &port, "DEL", &key]).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&deleted.stdout).trim(), "1", "the record existed");
+    }
+    start(data, redis)
+}
+
+/// A persistent room keeps the lobby, the title, the template and its link generation across
+/// restarts, whether they changed with the board or on their own.
+async fn settings_survive_restarts(redis: Option<&RedisProcess>) {
+    let data = tempfile::tempdir().unwrap();
+    let mut node = start(data.path(), redis);
+    let body = json!({"title": "Thursday log", "ephemeral": false, "template": "open", "lobby": true});
+    let response = reqwest::Client::new().post(format!("{}/api/rooms", node.base())).json(&body).send().await.unwrap();
+    let room: Value = response.json().await.unwrap();
+    let id = room["room"].as_str().unwrap().to_owned();
+    let leader = room["leader_token"].as_str().unwrap().to_owned();
+    let old_invite = room["invite_token"].as_str().unwrap().to_owned();
+
+    // The board changes (which saves the settings with it) and the links are renewed.
+    let mut lea = YClient::join(&node.ws_url(&id, &leader, "Lea")).await.unwrap();
+    lea.type_text("kept with its settings").await.unwrap();
+    let links: Value = reqwest::Client::new()
+        .post(format!("{}/api/rooms/{id}/links", node.base()))
+        .bearer_auth(&leader)
+        .json(&json!({"renew": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(links["generation"], 1);
+    let new_invite = links["invite_token"].as_str().unwrap().to_owned();
+    saved(data.path(), redis, &id, &[br#""link_generation":1"#, br#""lobby":true"#, b"kept with its settings"]).await;
+    drop(lea);
+
+    let mut node = restart(&mut node, data.path(), redis, &id);
+    let mut lea = YClient::join(&node.ws_url(&id, &leader, "Lea")).await.unwrap();
+    let state = lea.latest_state().unwrap().clone();
+    assert!(state.lobby, "the lobby is still on");
+    assert_eq!(state.title.as_deref(), Some("Thursday log"));
+    assert_eq!(state.template, Template::Open);
+    assert!(!state.ephemeral);
+    assert_eq!(lea.notes(), "kept with its settings");
+    // The renewal held: the old invite link lets no newcomer in, the new one waits in the lobby.
+    let mut old = YClient::hello_only(&node.ws_url(&id, &old_invite, "Eve"), None).await.unwrap();
+    assert_eq!(old.wait_closed().await.unwrap().code, close::LINK_RENEWED);
+    let ann = YClient::join(&node.ws_url(&id, &new_invite, "Ann")).await.unwrap();
+    assert!(!ann.is_admitted(), "the lobby holds her");
+    drop(ann);
+
+    // A setting changed on its own, without the board, is saved too.
+    lea.command(json!({"type": "set_lobby", "enabled": false})).await.unwrap();
+    lea.wait_state(|s| !s.lobby).await.unwrap();
+    saved(data.path(), redis, &id, &[br#""lobby":false"#]).await;
+    drop(lea);
+    let node = restart(&mut node, data.path(), redis, &id);
+    let ben = YClient::join(&node.ws_url(&id, &new_invite, "Ben")).await.unwrap();
+    assert!(ben.is_admitted(), "the lobby stayed off");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_room_keeps_every_setting_on_the_file_store() {
+    settings_survive_restarts(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_room_keeps_every_setting_on_the_redis_store() {
+    let redis = RedisProcess::start().unwrap();
+    settings_survive_restarts(Some(&redis)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,8 @@ async fn status(server: &TestServer, path: &str) -> u16 {
 
 #[tokio::test]
 async fn bad_links_are_refused_before_the_upgrade() {
-    let server = TestServer::start().await;
+    const SECRET: &str = "the secret of this test's server, long enough";
+    let server = TestServer::start_with(|c| c.secret = Some(SECRET.to_owned())).await;
     let room = server.create_room(json!({})).await;
     let other = server.create_room(json!({})).await;
     let ws = |token: &str| server.ws_url(&room.id, token, "ada");
@@ -28,8 +29,13 @@ async fn bad_links_are_refused_before_the_upgrade() {
     assert_eq!(handshake_status(&ws(&forged)).await, 401);
     assert_eq!(handshake_status(&ws(&other.invite_token)).await, 401);
     assert_eq!(handshake_status(&ws("v1.garbage.garbage")).await, 401);
-    // An unknown room.
-    assert_eq!(handshake_status(&server.ws_url("nosuchroom", &room.invite_token, "ada")).await, 404);
+    // An unknown room: with a link of another room, the link is refused first (no store is
+    // asked about a request without a valid link); a malformed room id is unknown at once; a
+    // valid link of a room this server no longer knows says that it is gone.
+    assert_eq!(handshake_status(&server.ws_url("nosuchroom", &room.invite_token, "ada")).await, 401);
+    assert_eq!(handshake_status(&server.ws_url("no-such-room", &room.invite_token, "ada")).await, 404);
+    let lost = Signer::new(SECRET.as_bytes()).issue("nosuchroom", Role::Member, balint_server::unix_now() + 3600);
+    assert_eq!(handshake_status(&server.ws_url("nosuchroom", &lost, "ada")).await, 410);
     // The right token upgrades.
     assert_eq!(handshake_status(&ws(&room.invite_token)).await, 101);
     // Plain HTTP gets the same answers.

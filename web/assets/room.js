@@ -46,6 +46,21 @@ const ERRORS = {
   rate_limited: 'You are sending changes very fast; the room is slowing you down.',
 };
 
+// Why the connection stands where it does: the client gives a reason code, the page a sentence.
+const REASONS = {
+  connection_lost: 'The connection was lost.',
+  no_answer: 'No answer from the server: the network may have stalled.',
+  unreachable: 'The server cannot be reached. Check the network.',
+  server_restart: 'The server is restarting.',
+  too_slow: 'The connection could not keep up with the room.',
+  room_full: 'The room is full.',
+  rate_limited: 'Changes were sent too fast for too long; the room asked to wait a moment.',
+  server_busy: 'The server is busy.',
+  malformed: 'This browser sent something the room could not read. Reload the page to join again.',
+  board_full: 'The board is full: nothing more can be written in this room.',
+};
+const ROLES = { leader: 'co-leader', member: 'member', observer: 'observer' };
+
 const $ = (id) => document.getElementById(id);
 
 const roomId = decodeURIComponent(location.pathname.split('/')[2] || '');
@@ -61,6 +76,7 @@ let canWrite = false;
 let ephemeral = true;
 let finished = false;
 let lastAnnounced = {};
+let connected = false;
 
 /** The page's RoomClient, or null before joining. For tests and the browser console. */
 export function roomClient() {
@@ -152,6 +168,9 @@ function onEvent(event) {
     case 'error':
       alertUser(ERRORS[event.code] || event.message);
       break;
+    case 'released':
+      showReleased(event);
+      break;
     case 'resume':
       if (event.token) {
         sessionStorage.setItem(storageKey, JSON.stringify({ name, resume: event.token }));
@@ -163,6 +182,8 @@ function onEvent(event) {
 }
 
 function onConnection(event) {
+  setAvailable(event.status === 'online');
+  $('offline').hidden = event.status !== 'reconnecting';
   switch (event.status) {
     case 'connecting':
       setConnection('Connecting…');
@@ -176,11 +197,28 @@ function onConnection(event) {
       show('room');
       break;
     case 'reconnecting': {
-      const secs = Math.max(1, Math.round((event.retry_in_ms || 0) / 1000));
-      const why = event.code === 4409 ? 'The room is full.' : 'Connection lost.';
-      setConnection(`${why} Reconnecting in ${secs} s…`, true);
+      const why = REASONS[event.reason] || REASONS.connection_lost;
+      const when = event.retry_in_ms == null ? 'Reconnecting…'
+        : `Reconnecting in ${Math.max(1, Math.round(event.retry_in_ms / 1000))} s…`;
+      setConnection(`Reconnecting…`, true);
+      $('offline-reason').textContent = why;
+      $('offline-retry').textContent = when;
       break;
     }
+    case 'link_renewed':
+      finish();
+      showMessage('This link was replaced', [
+        'This link was replaced by a newer one; ask the leader for the new link.',
+        'This page kept no copy of the board.',
+      ]);
+      break;
+    case 'refused':
+      finish();
+      showMessage('The room closed this connection', [
+        REASONS[event.reason] || 'The room refused this connection. Reload the page to try again.',
+        'This page kept no copy of the board.',
+      ]);
+      break;
     case 'ended':
       finish();
       showMessage(
@@ -203,11 +241,11 @@ function onConnection(event) {
       break;
     case 'invalid_link':
       finish();
-      if (event.code === 403) {
+      if (event.reason === 'origin_refused') {
         showMessage('This page may not open the room', [
           'The server does not accept connections from this address of the page. Open the link exactly as the leader sent it.',
         ]);
-      } else if (event.code === 400) {
+      } else if (event.reason === 'bad_name') {
         showMessage('That name was not accepted', ['Use 1 to 64 letters, digits or spaces, then open the link again.']);
       } else {
         showMessage('This link does not open a room', [
@@ -221,9 +259,44 @@ function onConnection(event) {
   }
 }
 
+/**
+ * Enables the room's controls when connected; otherwise disables them, and the offline bar says
+ * why. Board editors stay as they are: edits made meanwhile are kept and sent on reconnect.
+ */
+function setAvailable(available) {
+  connected = available;
+  for (const control of document.querySelectorAll('#room .side button, #room .side input, #room .side select')) {
+    if (!available && !control.disabled) {
+      control.disabled = true;
+      control.dataset.offline = '1';
+    } else if (available && control.dataset.offline) {
+      control.disabled = false;
+      delete control.dataset.offline;
+    }
+  }
+  // Controls whose state depends on the room are set again from it.
+  if (available) render();
+}
+
+/** A member back after the grace period is told what the old membership lost. */
+function showReleased(released) {
+  const lost = [];
+  if (released.hand) lost.push('your raised hand was lowered');
+  if (released.floor) lost.push('your turn on the floor ended');
+  if (released.presenter) lost.push('you are no longer the presenter');
+  if (released.role) lost.push(`you had been made ${ROLES[released.role] || released.role}, and now have the role of your link`);
+  const what = lost.length ? `: ${lost.join('; ')}.` : '.';
+  $('released-text').textContent =
+    `You were away longer than the room keeps a place (2 minutes unless the server is set otherwise), so you rejoined as a new member${what}`;
+  $('released-notice').hidden = false;
+  announce($('released-text').textContent);
+}
+$('released-ok').addEventListener('click', () => { $('released-notice').hidden = true; });
+
 /** Takes the board out of the page and forgets everything about the meeting. */
 function finish() {
   finished = true;
+  $('offline').hidden = true;
   sessionStorage.removeItem(storageKey);
   const dialog = $('end-dialog');
   if (dialog.open) dialog.close();
@@ -369,6 +442,7 @@ function render() {
   renderMembers(leader);
   renderLeaderPanel(leader);
   renderBoardAccess(view, iAmPresenter);
+  if (!connected) setAvailable(false);
   tick();
 }
 
@@ -675,12 +749,24 @@ $('members').addEventListener('click', (event) => {
     case 'observer': act(() => client.setRole(member, 'observer')); break;
     case 'lower': act(() => client.lowerHand(member)); break;
     case 'kick':
-      if (confirm(`Remove ${who} from the meeting? They will have to be invited again.`)) {
-        act(() => client.kick(member));
-      }
+      kicking = member;
+      $('kick-title').textContent = `Remove ${who} from the meeting?`;
+      $('kick-renew').checked = false;
+      $('kick-dialog').showModal();
       break;
   }
   row.querySelector('details').open = false;
+});
+
+// Removing someone: the confirmation offers to renew the invite link, so that they cannot come
+// back through the link they have.
+let kicking = null;
+$('kick-dialog').addEventListener('close', async () => {
+  const member = kicking;
+  kicking = null;
+  if ($('kick-dialog').returnValue !== 'kick' || !member) return;
+  act(() => client.kick(member));
+  if ($('kick-renew').checked) await issueLinks(true);
 });
 
 $('waiting').addEventListener('click', (event) => {
@@ -729,6 +815,55 @@ function roomApi(suffix, method) {
   return fetch(`/api/rooms/${encodeURIComponent(roomId)}${suffix}`, {
     method,
     headers: { Authorization: `Bearer ${token}` },
+  });
+}
+
+// Fresh links: POST /api/rooms/{room}/links with the leader link's token. With `renew`, the
+// invite and observer links issued before stop letting newcomers in.
+async function issueLinks(renew) {
+  const status = $('links-status');
+  status.textContent = renew ? 'Renewing the invite link…' : 'Issuing fresh links…';
+  try {
+    const response = await fetch(`/api/rooms/${encodeURIComponent(roomId)}/links`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ renew }),
+    });
+    if (!response.ok) {
+      status.textContent = '';
+      alertUser(KEEP_ERRORS[response.status] || 'No links were issued. Try again in a moment.');
+      return;
+    }
+    const links = await response.json();
+    $('fresh-leader-link').value = links.leader_url;
+    $('fresh-invite-link').value = links.invite_url;
+    $('fresh-observer-link').value = links.observer_url;
+    // expires_at is in Unix seconds.
+    $('fresh-expiry').textContent = links.expires_at
+      ? `These links work until ${new Date(links.expires_at * 1000).toLocaleDateString()}.` : '';
+    $('fresh-box').hidden = false;
+    status.textContent = renew
+      ? 'The invite link was renewed: share the new links below. The old invite and observer links no longer let anyone in.'
+      : 'Fresh links are ready below.';
+  } catch {
+    status.textContent = '';
+    alertUser('No links were issued. Check the connection and try again.');
+  }
+}
+$('fresh-links').addEventListener('click', () => issueLinks(false));
+
+for (const copy of document.querySelectorAll('#fresh-box [data-copy]')) {
+  copy.addEventListener('click', async () => {
+    const input = $(copy.dataset.copy);
+    const label = document.querySelector(`label[for="${input.id}"]`).firstChild.textContent.trim();
+    try {
+      await navigator.clipboard.writeText(input.value);
+      $('links-status').textContent = `${label} copied.`;
+    } catch {
+      input.focus();
+      input.select();
+      $('links-status').textContent = `${label} selected: press Ctrl+C (or ⌘C) to copy it.`;
+    }
   });
 }
 
@@ -783,6 +918,15 @@ $('add-card').addEventListener('submit', (event) => {
   } catch (error) {
     alertUser(ERRORS.read_only);
   }
+});
+
+// ---------------------------------------------------------------------------------------------
+// Reconnecting at once when it can help: the client decides whether it does.
+
+$('reconnect-now').addEventListener('click', () => client?.reconnectNow());
+window.addEventListener('online', () => client?.reconnectNow());
+document.addEventListener('visibilitychange', () => {
+  if (document.visibilityState === 'visible') client?.reconnectNow();
 });
 
 // ---------------------------------------------------------------------------------------------

@@ -19,19 +19,38 @@
 //!
 //! Every permission is checked here, never only in a UI. A refused command produces one
 //! `error` for its sender and changes nothing.
+//!
+//! Controls that stick are decided here too:
+//! - the room's *link generation*: a leader who renews the links raises it, and a newcomer
+//!   whose invite or observer link is of an older generation is closed with
+//!   [`close::LINK_RENEWED`] when it would become a member. Members present, and members who
+//!   resume within the grace period, carry on. Leader links are never refused for their
+//!   generation: renewing is for shutting out a removed member, and a leaked leader link calls
+//!   for a new secret instead (SECURITY.md);
+//! - the resume tokens of members a leader removed or declined are *revoked*: a `hello` that
+//!   carries one is closed with [`close::REMOVED`];
+//! - *lapsed* memberships (the grace period ran out) are remembered by resume token, so a
+//!   member who comes back later is told in `welcome` what the old membership released.
+//!
+//! Resume tokens are kept for those two lists only as salted SHA-256 digests, and each list
+//! is bounded ([`limits::MAX_REVOKED_RESUMES`], [`limits::MAX_LAPSED_MEMBERSHIPS`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use balint_proto::close;
 use balint_proto::room::{
-    ClientMessage, ErrorCode, Floor, MemberView, Participation, Phase, PhaseState, QueueEntry, Role, RoomState,
-    ServerMessage, Status, Template, Waiting,
+    ClientMessage, ErrorCode, Floor, MemberView, Participation, Phase, PhaseState, QueueEntry, Released, Role,
+    RoomState, ServerMessage, Status, Template, Waiting,
 };
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use rand::distributions::{Alphanumeric, DistString};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::ConnId;
+use crate::limits;
 
 /// A set of connections that a message is for. Sorted, so membership is a binary search.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +132,8 @@ pub struct MeetingSettings {
     pub max_length_ms: u64,
     /// The most members (including those in the lobby) the room holds.
     pub max_members: usize,
+    /// The room's link generation (0 for a new room; a persistent room keeps its own).
+    pub link_generation: u64,
 }
 
 /// Why a member was removed by a leader.
@@ -170,6 +191,15 @@ struct Turn {
     seq: u64,
 }
 
+/// A membership whose grace period ran out, remembered by the digest of its resume token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Lapsed {
+    /// [`resume_digest`] of the membership's resume token.
+    token: String,
+    /// What it held; `role` is the role it had, compared with the new link's at return.
+    released: Released,
+}
+
 /// The part of a meeting every node shares, stored as the room's record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shared {
@@ -203,6 +233,18 @@ pub struct Shared {
     ended: Option<String>,
     /// The version at which the floor last changed, for `if_version` on floor commands.
     floor_version: u64,
+    /// Raised by a leader who renews the links; invite and observer links of older
+    /// generations no longer let newcomers in. Records of before generations read as 0.
+    #[serde(default)]
+    link_generation: u64,
+    /// Digests of the resume tokens of members a leader removed or declined, oldest first, at
+    /// most [`limits::MAX_REVOKED_RESUMES`].
+    #[serde(default)]
+    revoked: Vec<String>,
+    /// Memberships whose grace period ran out, oldest first, at most
+    /// [`limits::MAX_LAPSED_MEMBERSHIPS`].
+    #[serde(default)]
+    lapsed: Vec<Lapsed>,
 }
 
 type Refusal = (ErrorCode, &'static str);
@@ -213,6 +255,8 @@ pub struct Binding {
     conn: ConnId,
     member: String,
     hello: bool,
+    /// What the connection's lapsed membership released, when it came back too late.
+    released: Option<Released>,
 }
 
 impl Binding {
@@ -245,6 +289,11 @@ impl Plan {
 struct Connection {
     /// The role the link grants a newcomer arriving on this connection.
     link_role: Role,
+    /// The link generation of the link the connection was opened with.
+    link_generation: u64,
+    /// What the membership this connection tried to resume released, once it is known to
+    /// have lapsed; told in `welcome`.
+    released: Option<Released>,
     /// The name from the query string, used when this connection creates a member.
     name: String,
     /// The member this connection speaks for, once it sent its first message.
@@ -288,7 +337,21 @@ impl Shared {
             removed: BTreeMap::new(),
             ended: None,
             floor_version: 0,
+            link_generation: settings.link_generation,
+            revoked: Vec::new(),
+            lapsed: Vec::new(),
         }
+    }
+
+    /// The room's link generation: links are issued with it, and invite and observer links of
+    /// an older one no longer let newcomers in.
+    pub fn link_generation(&self) -> u64 {
+        self.link_generation
+    }
+
+    /// Whether newcomers wait in the lobby.
+    pub fn lobby(&self) -> bool {
+        self.lobby
     }
 
     /// Whether the meeting has ended.
@@ -337,6 +400,8 @@ impl Shared {
         self.title = None;
         self.members.clear();
         self.removed.clear();
+        self.revoked.clear();
+        self.lapsed.clear();
         self.queue.clear();
         self.floor = None;
         self.presenter = None;
@@ -369,6 +434,39 @@ impl Shared {
 
     fn member_by_resume(&self, token: &str) -> Option<String> {
         self.members.iter().find(|(_, m)| m.resume_token == token).map(|(id, _)| id.clone())
+    }
+
+    /// Revokes the resume token of `member_id`, whom a leader is removing.
+    fn revoke(&mut self, member_id: &str) {
+        let Some(member) = self.members.get(member_id) else { return };
+        self.revoked.push(resume_digest(&member.resume_token));
+        let excess = self.revoked.len().saturating_sub(limits::MAX_REVOKED_RESUMES);
+        self.revoked.drain(..excess);
+    }
+
+    /// Remembers what the membership of `member_id`, whose grace period ran out, held.
+    fn remember_lapsed(&mut self, member_id: &str) {
+        let Some(member) = self.members.get(member_id) else { return };
+        let released = Released {
+            hand: self.queue.iter().any(|h| h.member == member_id),
+            floor: self.floor.as_ref().is_some_and(|t| t.member == member_id),
+            presenter: self.presenter.as_deref() == Some(member_id),
+            role: Some(member.role),
+        };
+        self.lapsed.push(Lapsed { token: resume_digest(&member.resume_token), released });
+        let excess = self.lapsed.len().saturating_sub(limits::MAX_LAPSED_MEMBERSHIPS);
+        self.lapsed.drain(..excess);
+    }
+
+    /// Takes what a lapsed membership with resume token digest `digest` released, for a
+    /// newcomer whose link gives `link_role`. The role is told only if it differs.
+    fn take_lapsed(&mut self, digest: &str, link_role: Role) -> Option<Released> {
+        let index = self.lapsed.iter().position(|l| l.token == digest)?;
+        let mut released = self.lapsed.remove(index).released;
+        if released.role == Some(link_role) {
+            released.role = None;
+        }
+        Some(released)
     }
 
     /// Applies a command of member `me`. `Ok(false)` means valid but nothing changed.
@@ -511,6 +609,7 @@ impl Shared {
             C::Decline { member } => {
                 self.require_leader(me)?;
                 self.require_waiting(&member)?;
+                self.revoke(&member);
                 self.remove_member(&member, now);
                 self.removed.insert(member, Removal::Declined);
                 Ok(true)
@@ -525,6 +624,7 @@ impl Shared {
                 if member == me {
                     return Err((ErrorCode::Forbidden, "a leader cannot remove themselves"));
                 }
+                self.revoke(&member);
                 self.remove_member(&member, now);
                 self.removed.insert(member, Removal::Kicked);
                 Ok(true)
@@ -730,6 +830,7 @@ impl Shared {
             .map(|(id, _)| id.clone())
             .collect();
         for id in &expired {
+            self.remember_lapsed(id);
             self.remove_member(id, now);
             changed = true;
         }
@@ -872,8 +973,15 @@ impl Meeting {
 
     /// Registers a connection that passed the link check. It joins as a member with its first
     /// message: `hello` (possibly resuming) or, for a stock Yjs client, its first binary frame.
+    /// The link is taken to be of the room's current generation.
     pub fn connect(&mut self, conn: ConnId, link_role: Role, name: String) {
-        self.connections.insert(conn, Connection { link_role, name, member: None, hello: false });
+        self.connect_link(conn, link_role, self.shared.link_generation, name);
+    }
+
+    /// Registers a connection opened with a link of `link_role` and `link_generation`.
+    pub fn connect_link(&mut self, conn: ConnId, link_role: Role, link_generation: u64, name: String) {
+        let connection = Connection { link_role, link_generation, released: None, name, member: None, hello: false };
+        self.connections.insert(conn, connection);
     }
 
     /// Whether `conn` is registered and has not been removed.
@@ -893,26 +1001,50 @@ impl Meeting {
         if let Some(member) = &connection.member {
             if hello && !connection.hello {
                 // Recorded at install time; nothing shared changes.
-                return Plan { binding: Some(Binding { conn, member: member.clone(), hello }), ..Plan::default() };
+                let binding = Binding { conn, member: member.clone(), hello, released: None };
+                return Plan { binding: Some(binding), ..Plan::default() };
             }
             return Plan::default();
         }
+        let closed = |code, reason| Plan { immediate: vec![Output::Close { conn, code, reason }], ..Plan::default() };
+        let digest = resume.map(resume_digest);
+        if digest.as_ref().is_some_and(|d| self.shared.revoked.contains(d)) {
+            return closed(close::REMOVED, "removed by a leader");
+        }
         let resumed = resume.and_then(|token| self.shared.member_by_resume(token));
-        if resumed.is_none() && self.shared.members.len() >= self.shared.max_members {
-            let reason = "the room is full";
-            return Plan { immediate: vec![Output::Close { conn, code: close::ROOM_FULL, reason }], ..Plan::default() };
+        if resumed.is_none() {
+            // A newcomer: the link must be of the room's current generation, unless it is a
+            // leader's. Whoever resumes a membership carries on with the link they came with.
+            if connection.link_role != Role::Leader && connection.link_generation < self.shared.link_generation {
+                return closed(close::LINK_RENEWED, "this link was renewed; ask a leader for the new one");
+            }
+            if self.shared.members.len() >= self.shared.max_members {
+                return closed(close::ROOM_FULL, "the room is full");
+            }
         }
         let mut next = self.shared.clone();
-        let member = match resume.and_then(|token| next.member_by_resume(token)) {
+        let mut released = None;
+        let member = match resumed {
             Some(id) => {
                 next.members.get_mut(&id).expect("found above").dropped_at_ms = None;
                 id
             }
-            None => next.add_member(connection.link_role, &connection.name),
+            None => {
+                released = digest.and_then(|d| next.take_lapsed(&d, connection.link_role));
+                next.add_member(connection.link_role, &connection.name)
+            }
         };
         // Someone is here: an empty meeting's countdown starts over.
         next.empty_since_ms = None;
-        Plan { next: Some(next), binding: Some(Binding { conn, member, hello }), immediate: Vec::new() }
+        Plan { next: Some(next), binding: Some(Binding { conn, member, hello, released }), immediate: Vec::new() }
+    }
+
+    /// Plans a renewal of the room's links: the link generation goes up by one, and invite
+    /// and observer links issued before no longer let newcomers in.
+    pub fn plan_renew_links(&self) -> Plan {
+        let mut next = self.shared.clone();
+        next.link_generation += 1;
+        Plan { next: Some(next), ..Plan::default() }
     }
 
     /// Plans a room-protocol message from `conn`.
@@ -1004,12 +1136,15 @@ impl Meeting {
         // The connection bound by this write is introduced and greeted here, once; the
         // comparison of states below must not take its arrival for an admission.
         let mut bound = None;
-        if let Some(Binding { conn, member, hello }) = binding {
+        if let Some(Binding { conn, member, hello, released }) = binding {
             if let Some(connection) = self.connections.get_mut(&conn) {
                 bound = Some(conn);
                 let newly_bound = connection.member.is_none();
                 connection.member = Some(member.clone());
                 connection.hello |= hello;
+                if released.is_some() {
+                    connection.released = released;
+                }
                 if hello {
                     out.extend(self.introduction(conn, &member));
                 }
@@ -1078,9 +1213,7 @@ impl Meeting {
     /// `welcome` for an admitted member, `waiting` for one in the lobby, sent only to a
     /// connection that said hello.
     fn introduction(&self, conn: ConnId, member_id: &str) -> Option<Output> {
-        if !self.connections.get(&conn).is_some_and(|c| c.hello) {
-            return None;
-        }
+        let connection = self.connections.get(&conn).filter(|c| c.hello)?;
         let member = self.shared.members.get(member_id)?;
         let message = if member.admitted {
             ServerMessage::Welcome {
@@ -1088,7 +1221,7 @@ impl Meeting {
                 role: member.role,
                 resume_token: member.resume_token.clone(),
                 state: self.shared.state(self.version, member.role == Role::Leader),
-                released: None,
+                released: connection.released.clone(),
             }
         } else {
             ServerMessage::Waiting { member_id: member_id.to_owned(), resume_token: member.resume_token.clone() }
@@ -1230,6 +1363,13 @@ fn refuse(conn: ConnId, (code, message): Refusal) -> Output {
 
 fn default_max_members() -> usize {
     crate::limits::MAX_MEMBERS
+}
+
+/// The digest by which a resume token is remembered once its membership is gone: never the
+/// token itself, so a copy of the record cannot resume anyone.
+fn resume_digest(token: &str) -> String {
+    let digest = Sha256::new().chain_update(b"balint-room resume token\0").chain_update(token).finalize();
+    URL_SAFE_NO_PAD.encode(&digest[..16])
 }
 
 fn random_string(len: usize) -> String {

@@ -37,6 +37,7 @@ fn settings(template: Template, lobby: bool, ephemeral: bool) -> MeetingSettings
         empty_grace_ms: 3 * GRACE_MS,
         max_length_ms: 40 * GRACE_MS,
         max_members: MAX_MEMBERS,
+        link_generation: 0,
     }
 }
 

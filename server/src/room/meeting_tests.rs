@@ -54,6 +54,7 @@ impl Sim {
             empty_grace_ms: EMPTY_GRACE_MS,
             max_length_ms: MAX_LENGTH_MS,
             max_members: MAX_MEMBERS,
+            link_generation: 0,
         };
         Sim { meeting: Meeting::new(settings, START_MS), now: START_MS, log: Vec::new(), next_conn: 0 }
     }
@@ -427,9 +428,14 @@ fn after_the_grace_period_a_dropped_member_is_gone_their_hand_lowered_and_the_fl
     assert!(view.queue.is_empty(), "Ben's hand is lowered");
     assert_eq!(view.floor, None, "Ann's floor is released");
 
-    // The membership is over: the old token makes a new member.
+    // The membership is over: the old token makes a new member, told what was released.
     let someone = sim.resume(Role::Member, "Ann", &token);
     assert_ne!(someone.id, ann.id);
+    let released = messages_to(&sim.log, someone.conn).into_iter().find_map(|m| match m {
+        ServerMessage::Welcome { released, .. } => released.clone(),
+        _ => None,
+    });
+    assert_eq!(released, Some(Released { floor: true, ..Released::default() }));
 }
 
 #[test]
@@ -1210,8 +1216,9 @@ fn declining_a_waiting_member_closes_their_connection_as_kicked() {
     assert!(messages_to(&out, nina.conn).is_empty(), "no state for the declined");
     assert!(!sim.meeting.is_connected(nina.conn));
     assert_eq!(sim.view(lena.conn).waiting, Some(vec![]));
-    let again = sim.resume(Role::Member, "Nina", &token);
-    assert_ne!(again.id, nina.id, "the declined token no longer resumes");
+    let again = sim.connect(Role::Member, "Nina");
+    let out = sim.hello(again, Some(&token));
+    assert!(closed_as_kicked(&out, again), "the declined token is revoked: {out:?}");
 }
 
 #[test]
@@ -1312,10 +1319,262 @@ fn a_kicked_member_is_closed_on_every_tab_and_their_resume_token_no_longer_resum
     assert!(member(&view, &ann).is_none());
     assert!(view.queue.is_empty(), "her hand goes with her");
 
-    let someone = sim.resume(Role::Member, "Ann", &token);
-    assert_ne!(someone.id, ann.id, "the token makes a NEW member");
-    assert_ne!(sim.token(someone.conn), token);
+    // Her resume token is revoked: reopening the link with it is refused, not a new member.
+    let again = sim.connect(Role::Member, "Ann");
+    let out = sim.hello(again, Some(&token));
+    assert!(closed_as_kicked(&out, again), "a revoked resume token is closed with 4403: {out:?}");
+    assert!(introduced_id(&out, again).is_none());
+    assert_eq!(sim.meeting.state(true).members.len(), 1, "nobody joined");
     sim.assert_refused(lena.conn, C::Kick { member: lena.id.clone() }, ErrorCode::Forbidden);
+}
+
+#[test]
+fn a_declined_newcomers_resume_token_is_revoked_too() {
+    let mut sim = Sim::with_lobby();
+    let lena = sim.join(Role::Leader, "Lena");
+    let ann = sim.join(Role::Member, "Ann");
+    let token = sim.token(ann.conn);
+    sim.ok(lena.conn, C::Decline { member: ann.id.clone() });
+
+    let again = sim.connect(Role::Member, "Ann");
+    let out = sim.hello(again, Some(&token));
+    assert!(closed_as_kicked(&out, again), "{out:?}");
+    assert!(sim.meeting.state(true).waiting.unwrap().is_empty(), "nobody waits in the lobby");
+    // Without the token (a private window), the link still works: renewing it is what
+    // shuts a removed person out.
+    let fresh = sim.join(Role::Member, "Ann");
+    assert_ne!(fresh.id, ann.id);
+}
+
+#[test]
+fn the_revoked_list_keeps_only_digests_and_stays_bounded() {
+    let mut sim = Sim::balint();
+    let lena = sim.join(Role::Leader, "Lena");
+    let mut tokens = Vec::new();
+    for i in 0..limits::MAX_REVOKED_RESUMES + 3 {
+        let ann = sim.join(Role::Member, &format!("Ann {i}"));
+        tokens.push(sim.token(ann.conn));
+        sim.ok(lena.conn, C::Kick { member: ann.id.clone() });
+    }
+    let shared = sim.meeting.shared();
+    assert_eq!(shared.revoked.len(), limits::MAX_REVOKED_RESUMES);
+    let record = serde_json::to_string(shared).unwrap();
+    assert!(tokens.iter().all(|t| !record.contains(t.as_str())), "no resume token is stored in clear");
+    // The newest revocations hold; the oldest fell off the list.
+    let newest = sim.connect(Role::Member, "Ann");
+    let out = sim.hello(newest, Some(tokens.last().unwrap()));
+    assert!(closed_as_kicked(&out, newest));
+    let oldest = sim.resume(Role::Member, "Ann", &tokens[0]);
+    assert!(sim.meeting.shared().members.contains_key(&oldest.id));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Link generations
+// ---------------------------------------------------------------------------------------------
+
+/// Renews the room's links as the driver does on `POST /api/rooms/{room}/links {"renew":true}`.
+fn renew_links(sim: &mut Sim) -> u64 {
+    let plan = sim.meeting.plan_renew_links();
+    let out = sim.meeting.apply_locally(plan);
+    sim.record(out);
+    sim.meeting.shared().link_generation()
+}
+
+/// Connects with a link of `role` and `generation`.
+fn connect_with_link(sim: &mut Sim, role: Role, generation: u64, name: &str) -> ConnId {
+    sim.next_conn += 1;
+    let conn = ConnId(sim.next_conn);
+    sim.meeting.connect_link(conn, role, generation, name.to_owned());
+    conn
+}
+
+fn closed_as_renewed(out: &[Output], conn: ConnId) -> bool {
+    out.iter().any(|o| matches!(o, Output::Close { conn: c, code: close::LINK_RENEWED, .. } if *c == conn))
+}
+
+#[test]
+fn renewed_links_refuse_older_invite_and_observer_links_to_newcomers_only() {
+    let mut sim = Sim::balint();
+    let lena = sim.join(Role::Leader, "Lena");
+    let ann = sim.join(Role::Member, "Ann");
+    let ann_token = sim.token(ann.conn);
+    let obi = sim.join(Role::Observer, "Obi");
+    assert_eq!(renew_links(&mut sim), 1);
+
+    // Members present carry on, and a member who drops and resumes within the grace period
+    // comes back with the old link.
+    sim.ok(ann.conn, C::RaiseHand {});
+    sim.ok(obi.conn, C::SetAway { away: true });
+    sim.drop_conn(ann.conn);
+    sim.advance(GRACE_MS / 2);
+    let back = connect_with_link(&mut sim, Role::Member, 0, "Ann");
+    let out = sim.hello(back, Some(&ann_token));
+    assert_eq!(introduced_id(&out, back), Some(ann.id.clone()), "resumed with the old link: {out:?}");
+    assert_eq!(position(&sim.view(lena.conn), &ann), Some(1), "her hand is still up");
+
+    // Newcomers with the old invite or observer link are refused, with hello or without.
+    for role in [Role::Member, Role::Observer] {
+        let conn = connect_with_link(&mut sim, role, 0, "Eve");
+        let out = sim.hello(conn, None);
+        assert!(closed_as_renewed(&out, conn), "{role:?}: {out:?}");
+        assert!(introduced_id(&out, conn).is_none());
+        let stock = connect_with_link(&mut sim, role, 0, "Eve");
+        let out = sim.binary_frame(stock);
+        assert!(closed_as_renewed(&out, stock), "a stock client at its first frame: {out:?}");
+        // An unknown (or lapsed) resume token does not make an old link a resume.
+        let guess = connect_with_link(&mut sim, role, 0, "Eve");
+        let out = sim.hello(guess, Some("made-up-token"));
+        assert!(closed_as_renewed(&out, guess), "{out:?}");
+    }
+    assert_eq!(sim.meeting.state(true).members.len(), 3, "nobody joined on an old link");
+
+    // The renewed links let newcomers in; the leader link of any generation too.
+    let ben = connect_with_link(&mut sim, Role::Member, 1, "Ben");
+    assert!(introduced_id(&sim.hello(ben, None), ben).is_some());
+    let co = connect_with_link(&mut sim, Role::Leader, 0, "Cora");
+    assert!(introduced_id(&sim.hello(co, None), co).is_some(), "leader links are never refused for their generation");
+    assert_eq!(sim.meeting.state(true).members.len(), 5);
+}
+
+#[test]
+fn a_second_renewal_refuses_the_first_renewals_links() {
+    let mut sim = Sim::balint();
+    let _lena = sim.join(Role::Leader, "Lena");
+    renew_links(&mut sim);
+    assert_eq!(renew_links(&mut sim), 2);
+    let first = connect_with_link(&mut sim, Role::Member, 1, "Ann");
+    assert!(closed_as_renewed(&sim.hello(first, None), first));
+    let second = connect_with_link(&mut sim, Role::Member, 2, "Ann");
+    assert!(introduced_id(&sim.hello(second, None), second).is_some());
+}
+
+#[test]
+fn the_link_generation_is_part_of_the_shared_record() {
+    let mut sim = Sim::balint();
+    renew_links(&mut sim);
+    let record = serde_json::to_vec(sim.meeting.shared()).unwrap();
+    let other_node = Meeting::from_shared(serde_json::from_slice(&record).unwrap(), sim.meeting.version());
+    assert_eq!(other_node.shared().link_generation(), 1);
+    // A record written before generations existed reads as generation 0.
+    let mut old: serde_json::Value = serde_json::from_slice(&record).unwrap();
+    for field in ["link_generation", "revoked", "lapsed"] {
+        old.as_object_mut().unwrap().remove(field);
+    }
+    let old: Shared = serde_json::from_value(old).unwrap();
+    assert_eq!(old.link_generation(), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Returning after the grace period
+// ---------------------------------------------------------------------------------------------
+
+/// The `released` of the `welcome` sent to `conn`.
+fn released_in_welcome(out: &[Output], conn: ConnId) -> Option<Option<Released>> {
+    out.iter().find_map(|o| match o {
+        Output::Send(audience, ServerMessage::Welcome { released, .. }) if audience.contains(conn) => {
+            Some(released.clone())
+        }
+        _ => None,
+    })
+}
+
+#[test]
+fn a_member_back_after_the_grace_period_is_told_what_was_released() {
+    let mut sim = Sim::balint();
+    let lena = sim.join(Role::Leader, "Lena");
+    let ann = sim.join(Role::Member, "Ann");
+    let ben = sim.join(Role::Member, "Ben");
+    let (ann_token, ben_token) = (sim.token(ann.conn), sim.token(ben.conn));
+    sim.ok(lena.conn, C::PickPresenter { member: Some(ann.id.clone()) });
+    sim.ok(lena.conn, grant(&ann));
+    sim.ok(lena.conn, C::SetRole { member: ben.id.clone(), role: Role::Leader });
+    sim.ok(ben.conn, C::RaiseHand {});
+    sim.drop_conn(ann.conn);
+    sim.drop_conn(ben.conn);
+    sim.advance(GRACE_MS);
+
+    let ann_back = sim.connect(Role::Member, "Ann");
+    let out = sim.hello(ann_back, Some(&ann_token));
+    let released = released_in_welcome(&out, ann_back).expect("a welcome");
+    assert_eq!(released, Some(Released { hand: false, floor: true, presenter: true, role: None }));
+    assert_ne!(introduced_id(&out, ann_back), Some(ann.id.clone()), "a new membership");
+
+    let ben_back = sim.connect(Role::Member, "Ben");
+    let out = sim.hello(ben_back, Some(&ben_token));
+    let released = released_in_welcome(&out, ben_back).expect("a welcome");
+    assert_eq!(
+        released,
+        Some(Released { hand: true, floor: false, presenter: false, role: Some(Role::Leader) }),
+        "the co-leader role is told, since the member link gives another"
+    );
+    assert_eq!(sim.view(ben_back).members.iter().find(|m| m.name == "Ben").unwrap().role, Role::Member);
+}
+
+#[test]
+fn released_is_told_once_and_only_to_a_lapsed_membership() {
+    let mut sim = Sim::balint();
+    let _lena = sim.join(Role::Leader, "Lena");
+    let ann = sim.join(Role::Member, "Ann");
+    let token = sim.token(ann.conn);
+    // Resuming within the grace period releases nothing.
+    sim.drop_conn(ann.conn);
+    let back = sim.connect(Role::Member, "Ann");
+    let out = sim.hello(back, Some(&token));
+    assert_eq!(released_in_welcome(&out, back), Some(None));
+    // A membership that lapsed holding nothing is still told it lapsed.
+    sim.drop_conn(back);
+    sim.advance(GRACE_MS);
+    let late = sim.connect(Role::Member, "Ann");
+    let out = sim.hello(late, Some(&token));
+    assert_eq!(released_in_welcome(&out, late), Some(Some(Released::default())));
+    // The same old token again: nothing more to tell.
+    let again = sim.connect(Role::Member, "Ann");
+    let out = sim.hello(again, Some(&token));
+    assert_eq!(released_in_welcome(&out, again), Some(None));
+    // A brand-new member is told nothing.
+    let newcomer = sim.connect(Role::Member, "Ben");
+    assert_eq!(released_in_welcome(&sim.hello(newcomer, None), newcomer), Some(None));
+}
+
+#[test]
+fn released_waits_for_admission_when_the_lobby_holds_the_returning_member() {
+    let mut sim = Sim::with_lobby();
+    let lena = sim.join(Role::Leader, "Lena");
+    let ann = sim.join(Role::Member, "Ann");
+    sim.ok(lena.conn, C::Admit { member: ann.id.clone() });
+    let token = sim.token(ann.conn);
+    sim.ok(ann.conn, C::RaiseHand {});
+    sim.drop_conn(ann.conn);
+    sim.advance(GRACE_MS);
+
+    let back = sim.connect(Role::Member, "Ann");
+    let waiting = sim.hello(back, Some(&token));
+    let id = introduced_id(&waiting, back).unwrap();
+    assert_eq!(released_in_welcome(&waiting, back), None, "no welcome while in the lobby");
+    let out = sim.ok(lena.conn, C::Admit { member: id });
+    assert_eq!(released_in_welcome(&out, back), Some(Some(Released { hand: true, ..Released::default() })));
+}
+
+#[test]
+fn lapsed_memberships_are_bounded_and_forgotten_when_the_meeting_ends() {
+    let mut sim = Sim::balint();
+    let lena = sim.join(Role::Leader, "Lena");
+    // In rounds, as the room holds at most MAX_MEMBERS at once.
+    let mut lapsed = 0;
+    while lapsed < limits::MAX_LAPSED_MEMBERSHIPS + 2 {
+        for i in 0..(MAX_MEMBERS - 1).min(limits::MAX_LAPSED_MEMBERSHIPS + 2 - lapsed) {
+            let ann = sim.join(Role::Member, &format!("Ann {i}"));
+            sim.drop_conn(ann.conn);
+            lapsed += 1;
+        }
+        sim.advance(GRACE_MS);
+    }
+    assert_eq!(sim.meeting.shared().lapsed.len(), limits::MAX_LAPSED_MEMBERSHIPS);
+    let ann = sim.join(Role::Member, "Ann");
+    sim.ok(lena.conn, C::Kick { member: ann.id.clone() });
+    sim.send(lena.conn, C::EndMeeting {});
+    let shared = sim.meeting.shared();
+    assert!(shared.lapsed.is_empty() && shared.revoked.is_empty(), "nothing of the people outlives the meeting");
 }
 
 #[test]
