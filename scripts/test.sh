@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. On a machine that has only the Rust toolchain it first installs
-# what the tests need: Redis, PostgreSQL, Node.js and the JavaScript Yjs client used by the interop test,
-# Chromium and playwright-core for the browser test, and builds the wasm client into
+# what the tests need: Redis, PostgreSQL, Node.js and the JavaScript Yjs client used by the
+# interop test, Chromium and playwright-core for the browser test, and builds the wasm client into
 # web/assets/pkg (installing the wasm32 target and wasm-bindgen-cli if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -70,8 +70,17 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   apt_install nodejs npm
 fi
 
-# The JavaScript peers of the interop test, pinned by tests/js/package-lock.json.
-if [ ! -d tests/js/node_modules ] || [ tests/js/package-lock.json -nt tests/js/node_modules ]; then
+# The JavaScript peers of the interop test, pinned by tests/js/package-lock.json: both stock
+# clients (y-websocket 1.5.4, and 3.1.0 under the alias y-websocket-v3), yjs and ws. Installed
+# again when the lock is newer than the install, or a pinned package is missing from it.
+js_missing() {
+  local package
+  for package in $(node -p 'Object.keys(require("./tests/js/package.json").dependencies).join(" ")'); do
+    [ -d "tests/js/node_modules/$package" ] || return 0
+  done
+  return 1
+}
+if [ ! -d tests/js/node_modules ] || [ tests/js/package-lock.json -nt tests/js/node_modules ] || js_missing; then
   echo "test.sh: installing the JavaScript test packages"
   (cd tests/js && npm ci --omit=optional --ignore-scripts --no-audit --no-fund --loglevel=error)
 fi

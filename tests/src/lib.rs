@@ -323,19 +323,26 @@ impl YClient {
         value
     }
 
+    /// The length of the notes, without copying them.
+    pub fn notes_len(&self) -> u32 {
+        self.notes_ref().len(&self.doc.transact())
+    }
+
     fn notes_ref(&self) -> TextRef {
         self.doc.get_or_insert_text("notes")
     }
 
     /// Appends `text` to the notes and sends the update.
     pub async fn type_text(&mut self, text: &str) -> anyhow::Result<()> {
+        let end = self.notes_len();
+        self.insert_text(end, text).await
+    }
+
+    /// Inserts `text` into the notes at `index` and sends the update.
+    pub async fn insert_text(&mut self, index: u32, text: &str) -> anyhow::Result<()> {
         let notes = self.notes_ref();
         let before = self.doc.transact().state_vector();
-        {
-            let mut txn = self.doc.transact_mut();
-            let len = notes.len(&txn);
-            notes.insert(&mut txn, len, text);
-        }
+        notes.insert(&mut self.doc.transact_mut(), index, text);
         let update = self.doc.transact().encode_state_as_update_v1(&before);
         self.send_binary(sync::encode_update(&update).to_vec()).await
     }
@@ -504,3 +511,4 @@ where
 pub mod process;
 pub mod proxy;
 pub mod session_driver;
+pub mod stock;
