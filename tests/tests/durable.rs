@@ -155,6 +155,15 @@ async fn without_postgres_persistent_rooms_say_so_keep_their_boards_and_ephemera
     let reader = YClient::join(&node.ws_url(&kept, &kept_invite, "cy")).await.unwrap();
     assert_eq!(reader.notes(), "the group's log. ");
     stored(&database, &kept, b"the group's log").await;
+    // Nothing of the ephemeral meetings ever reached PostgreSQL: only the persistent rooms.
+    let (client, connection) = tokio_postgres::connect(&database, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let rows = client.query("SELECT room FROM balint_boards UNION ALL SELECT room FROM balint_deleted_rooms", &[]);
+    let mut rooms: Vec<String> = rows.await.unwrap().iter().map(|row| row.get(0)).collect();
+    rooms.sort();
+    let mut persistent = vec![kept.clone(), busy.clone()];
+    persistent.sort();
+    assert_eq!(rooms, persistent, "the board store holds the persistent rooms only");
     let logs = node.logs.lock().unwrap().join("\n");
     assert!(!logs.contains("pw-never-logged"), "the connection string never reaches a log line");
     assert!(logs.contains("board store did not answer"), "the outage is logged: {logs}");
