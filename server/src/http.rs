@@ -349,11 +349,10 @@ pub async fn presence(
     if grant.role != Role::Leader {
         return Err(AppError::Forbidden);
     }
-    let lookup = state.rooms.lookup(&room_id).await.map_err(|e| AppError::Unavailable(e.to_string()))?;
-    let room = match lookup {
+    let room = match state.rooms.lookup(&room_id).await.map_err(unavailable)? {
         Lookup::Live(room) => room,
         Lookup::Ended => return Err(AppError::Gone),
-        Lookup::Unknown => return Err(AppError::NotFound),
+        Lookup::Unknown => return Err(unknown_room(&state)),
     };
     let view = room.leader_view();
     Ok(Json(serde_json::json!({ "version": view.version, "members": view.members, "waiting": view.waiting }))

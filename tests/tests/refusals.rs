@@ -36,6 +36,16 @@ async fn bad_links_are_refused_before_the_upgrade() {
     assert_eq!(handshake_status(&server.ws_url("no-such-room", &room.invite_token, "ada")).await, 404);
     let lost = Signer::new(SECRET.as_bytes()).issue("nosuchroom", Role::Member, balint_server::unix_now() + 3600);
     assert_eq!(handshake_status(&server.ws_url("nosuchroom", &lost, "ada")).await, 410);
+    // The leader's presence view of such a room gives the same answer.
+    let lost_leader =
+        Signer::new(SECRET.as_bytes()).issue("nosuchroom", Role::Leader, balint_server::unix_now() + 3600);
+    let presence = reqwest::Client::new()
+        .get(format!("{}/api/rooms/nosuchroom/presence", server.base()))
+        .bearer_auth(&lost_leader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(presence.status(), 410);
     // The right token upgrades.
     assert_eq!(handshake_status(&ws(&room.invite_token)).await, 101);
     // Plain HTTP gets the same answers.
