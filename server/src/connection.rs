@@ -422,11 +422,7 @@ impl Session {
             None => return Next::Gone,
         };
         self.last_received = Instant::now();
-        let size = match &message {
-            Message::Binary(b) => b.len(),
-            Message::Text(t) => t.len(),
-            _ => 0,
-        };
+        let size = payload_len(&message);
         self.metrics.received(size);
         if size > limits.max_frame_bytes {
             self.metrics.refused("frame_too_large");
@@ -450,11 +446,7 @@ impl Session {
     where
         S: Sink<Message, Error = E> + Unpin,
     {
-        let size = match &message {
-            Message::Binary(b) => b.len(),
-            Message::Text(t) => t.len(),
-            _ => 0,
-        };
+        let size = payload_len(&message);
         match self.rate(size) {
             Rate::Within => self.handle(socket, room, message, clock, limits).await.into(),
             Rate::Wait(wait) => {
@@ -627,11 +619,7 @@ impl Session {
                     let _ = tokio::time::timeout(limits.write_timeout, socket.flush()).await;
                     return Some(frame.unwrap_or_else(|| closing(close::NORMAL, "closed")));
                 }
-                let len = match &outbound.message {
-                    Message::Binary(b) => b.len(),
-                    Message::Text(t) => t.len(),
-                    _ => 0,
-                };
+                let len = payload_len(&outbound.message);
                 let fed = tokio::time::timeout(limits.write_timeout, socket.feed(outbound.message)).await;
                 if let Err(e) = written(fed) {
                     return Some(e.ending(self));
@@ -685,6 +673,15 @@ impl Session {
             }
             Err(e) => Some(e.ending(self)),
         }
+    }
+}
+
+/// The bytes a data frame carries; control frames count as none.
+fn payload_len(message: &Message) -> usize {
+    match message {
+        Message::Binary(b) => b.len(),
+        Message::Text(t) => t.len(),
+        _ => 0,
     }
 }
 

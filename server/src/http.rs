@@ -39,6 +39,16 @@ fn default_true() -> bool {
 /// The answer to `POST /api/rooms`.
 #[derive(Debug, Serialize)]
 pub struct CreatedRoom {
+    #[serde(flatten)]
+    links: Links,
+    ephemeral: bool,
+    template: Template,
+    lobby: bool,
+}
+
+/// A room's three links, as `POST /api/rooms` and `POST /api/rooms/{room}/links` hand them out.
+#[derive(Debug, Serialize)]
+pub struct Links {
     room: String,
     leader_token: String,
     invite_token: String,
@@ -46,10 +56,30 @@ pub struct CreatedRoom {
     leader_url: String,
     invite_url: String,
     observer_url: String,
-    ephemeral: bool,
-    template: Template,
-    lobby: bool,
     expires_at: u64,
+}
+
+impl Links {
+    /// Signs the leader, invite and observer links of `room` at link `generation`, valid for
+    /// the full link lifetime from now, with URLs on this server's public base.
+    fn issue(state: &AppState, headers: &HeaderMap, room: &str, generation: u64) -> Self {
+        let expires_at = crate::unix_now() + state.config.token_ttl().as_secs();
+        let token = |role| state.signer.issue_at(room, role, expires_at, generation);
+        let (leader_token, invite_token, observer_token) =
+            (token(Role::Leader), token(Role::Member), token(Role::Observer));
+        let base = public_base(state, headers);
+        let url = |token: &str| format!("{base}/r/{room}#t={token}");
+        Links {
+            room: room.to_owned(),
+            leader_url: url(&leader_token),
+            invite_url: url(&invite_token),
+            observer_url: url(&observer_token),
+            leader_token,
+            invite_token,
+            observer_token,
+            expires_at,
+        }
+    }
 }
 
 /// `POST /api/rooms`: creates a room and hands out its links.
@@ -104,25 +134,12 @@ pub async fn create_room(
         })
         .await
         .map_err(|e| AppError::Unavailable(e.to_string()))?;
-    let expires_at = crate::unix_now() + state.config.token_ttl().as_secs();
-    let token = |role| state.signer.issue(room.id(), role, expires_at);
-    let (leader_token, invite_token, observer_token) =
-        (token(Role::Leader), token(Role::Member), token(Role::Observer));
-    let base = public_base(&state, &headers);
-    let url = |token: &str| format!("{base}/r/{}#t={token}", room.id());
     tracing::info!(room = room.id(), ephemeral = request.ephemeral, "room created");
     let created = CreatedRoom {
-        room: room.id().to_owned(),
-        leader_url: url(&leader_token),
-        invite_url: url(&invite_token),
-        observer_url: url(&observer_token),
-        leader_token,
-        invite_token,
-        observer_token,
+        links: Links::issue(&state, &headers, room.id(), 0),
         ephemeral: request.ephemeral,
         template: request.template,
         lobby: request.lobby,
-        expires_at,
     };
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
@@ -430,14 +447,8 @@ pub struct IssueLinks {
 /// The answer to `POST /api/rooms/{room}/links`.
 #[derive(Debug, Serialize)]
 pub struct IssuedLinks {
-    room: String,
-    leader_token: String,
-    invite_token: String,
-    observer_token: String,
-    leader_url: String,
-    invite_url: String,
-    observer_url: String,
-    expires_at: u64,
+    #[serde(flatten)]
+    links: Links,
     generation: u64,
 }
 
@@ -460,25 +471,8 @@ pub async fn issue_links(
     } else {
         room.link_generation()
     };
-    let expires_at = crate::unix_now() + state.config.token_ttl().as_secs();
-    let token = |role| state.signer.issue_at(room.id(), role, expires_at, generation);
-    let (leader_token, invite_token, observer_token) =
-        (token(Role::Leader), token(Role::Member), token(Role::Observer));
-    let base = public_base(&state, &headers);
-    let url = |token: &str| format!("{base}/r/{}#t={token}", room.id());
     tracing::info!(room = %room_id, generation, renewed = request.renew, "links issued");
-    Ok(Json(IssuedLinks {
-        room: room.id().to_owned(),
-        leader_url: url(&leader_token),
-        invite_url: url(&invite_token),
-        observer_url: url(&observer_token),
-        leader_token,
-        invite_token,
-        observer_token,
-        expires_at,
-        generation,
-    })
-    .into_response())
+    Ok(Json(IssuedLinks { links: Links::issue(&state, &headers, room.id(), generation), generation }).into_response())
 }
 
 /// The answer for a room that a valid link names but that nothing is known of: no record, no
