@@ -69,7 +69,10 @@ impl SessionDriver {
 
     /// Every event reported so far.
     pub fn events(&self) -> Vec<Event> {
-        self.inner.events.lock().expect("events").clone()
+        let mut session = self.inner.session.lock().expect("session");
+        let mut events = self.inner.events.lock().expect("events");
+        events.extend(std::iter::from_fn(|| session.poll_event()));
+        events.clone()
     }
 
     /// Waits until `condition` holds of the session and its events, failing after `within`.
@@ -82,8 +85,11 @@ impl SessionDriver {
         let started = Instant::now();
         loop {
             {
-                let session = self.inner.session.lock().expect("session");
-                let events = self.inner.events.lock().expect("events");
+                // Events are taken here too, so that they always match the session's state:
+                // the driver may not have drained what the last input reported yet.
+                let mut session = self.inner.session.lock().expect("session");
+                let mut events = self.inner.events.lock().expect("events");
+                events.extend(std::iter::from_fn(|| session.poll_event()));
                 if condition(&session, &events) {
                     return Ok(started.elapsed());
                 }
@@ -141,16 +147,18 @@ async fn run(inner: Arc<Inner>, ws_url: String, cancel: CancellationToken) {
     loop {
         // Perform what the session asks, and record what it reports.
         loop {
-            let (ios, events) = {
+            let ios: Vec<Io> = {
+                // Events are recorded under the session's lock (session, then events, as
+                // everywhere), so that they are recorded in the order the session reported them.
                 let mut session = inner.session.lock().expect("session");
                 let ios: Vec<Io> = std::iter::from_fn(|| session.poll_io()).collect();
-                let events: Vec<Event> = std::iter::from_fn(|| session.poll_event()).collect();
-                (ios, events)
+                let mut events = inner.events.lock().expect("events");
+                events.extend(std::iter::from_fn(|| session.poll_event()));
+                ios
             };
-            if ios.is_empty() && events.is_empty() {
+            if ios.is_empty() {
                 break;
             }
-            inner.events.lock().expect("events").extend(events);
             for io in ios {
                 match io {
                     Io::Connect | Io::Close => {
