@@ -249,7 +249,7 @@ pub async fn serve<S, E>(
         }
         None => info!(room = room.id(), conn = %conn, "disconnected"),
     }
-    room.leave(conn, clock()).await;
+    room.leave(conn).await;
     metrics.connection(-1);
 }
 
@@ -533,7 +533,7 @@ impl Session {
         S: Sink<Message, Error = E> + Unpin,
     {
         match message {
-            Message::Binary(frame) => match room.handle_binary(self.conn, &frame, clock()).await {
+            Message::Binary(frame) => match room.handle_binary(self.conn, frame).await {
                 Ok(outcome) => {
                     for frame in outcome.reply {
                         let len = frame.len();

@@ -465,7 +465,7 @@ pub async fn issue_links(
     let room = leader_room(&state, &room_id, &headers).await?;
     let request: IssueLinks = json_object(&body)?;
     let generation = if request.renew {
-        room.renew_links(state.rooms.now_ms())
+        room.renew_links()
             .await
             .ok_or_else(|| AppError::Unavailable("the link generation could not be written".to_owned()))?
     } else {

@@ -45,11 +45,10 @@ use balint_proto::room::{
 };
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use rand::distributions::{Alphanumeric, DistString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::ConnId;
+use super::{ConnId, Ids, RandomIds};
 use crate::limits;
 
 /// A set of connections that a message is for. Sorted, so membership is a binary search.
@@ -308,7 +307,10 @@ pub struct Meeting {
     shared: Shared,
     version: u64,
     connections: BTreeMap<ConnId, Connection>,
+    /// Where new member ids and resume tokens come from.
+    ids: Arc<dyn Ids>,
 }
+
 
 impl Shared {
     /// The first state of a meeting that starts at `now_ms`.
@@ -413,12 +415,12 @@ impl Shared {
         self.next_seq
     }
 
-    fn add_member(&mut self, link_role: Role, name: &str) -> String {
-        let id = random_string(12);
+    fn add_member(&mut self, link_role: Role, name: &str, ids: &dyn Ids) -> String {
+        let id = ids.member_id();
         let member = Member {
             name: name.to_owned(),
             role: link_role,
-            resume_token: random_string(32),
+            resume_token: ids.resume_token(),
             arrival: self.bump_seq(),
             dropped_at_ms: None,
             away: false,
@@ -958,7 +960,13 @@ impl Meeting {
 
     /// This node's view of a meeting whose shared state is `shared` at `version`.
     pub fn from_shared(shared: Shared, version: u64) -> Self {
-        Meeting { shared, version, connections: BTreeMap::new() }
+        Meeting { shared, version, connections: BTreeMap::new(), ids: Arc::new(RandomIds) }
+    }
+
+    /// Draws new member ids and resume tokens from `ids` from now on.
+    pub fn with_ids(mut self, ids: Arc<dyn Ids>) -> Self {
+        self.ids = ids;
+        self
     }
 
     /// The shared state.
@@ -1031,7 +1039,7 @@ impl Meeting {
             }
             None => {
                 released = digest.and_then(|d| next.take_lapsed(&d, connection.link_role));
-                next.add_member(connection.link_role, &connection.name)
+                next.add_member(connection.link_role, &connection.name, &*self.ids)
             }
         };
         // Someone is here: an empty meeting's countdown starts over.
@@ -1372,9 +1380,6 @@ fn resume_digest(token: &str) -> String {
     URL_SAFE_NO_PAD.encode(&digest[..16])
 }
 
-fn random_string(len: usize) -> String {
-    Alphanumeric.sample_string(&mut rand::thread_rng(), len)
-}
 
 #[cfg(test)]
 #[path = "meeting_props.rs"]

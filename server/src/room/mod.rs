@@ -7,6 +7,7 @@
 
 pub mod awareness;
 pub mod board;
+pub mod machine;
 pub mod meeting;
 
 /// Identifies one WebSocket connection to a room, unique within the process.
@@ -17,4 +18,33 @@ impl std::fmt::Display for ConnId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "c{}", self.0)
     }
+}
+
+/// Where new member ids and resume tokens come from: random in a server, seeded in a
+/// simulation, so that a run can be replayed.
+pub trait Ids: Send + Sync + std::fmt::Debug {
+    /// A new member id (12 characters, `[A-Za-z0-9]`).
+    fn member_id(&self) -> String;
+    /// A new resume token (32 characters, `[A-Za-z0-9]`). It lets a member back in: it must
+    /// be unguessable outside a simulation.
+    fn resume_token(&self) -> String;
+}
+
+/// Ids from the thread's cryptographically secure generator.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RandomIds;
+
+impl Ids for RandomIds {
+    fn member_id(&self) -> String {
+        random_string(12)
+    }
+
+    fn resume_token(&self) -> String {
+        random_string(32)
+    }
+}
+
+fn random_string(len: usize) -> String {
+    use rand::distributions::{Alphanumeric, DistString};
+    Alphanumeric.sample_string(&mut rand::thread_rng(), len)
 }
