@@ -735,7 +735,6 @@ impl RoomMachine {
                 Next::Continue
             }
             Stage::CatchUpMutual => {
-                self.resync = false;
                 self.request_catch_up(true);
                 Next::Continue
             }
