@@ -1178,3 +1178,7 @@ pub fn settings_json(shared: &Shared) -> Bytes {
     };
     Bytes::from(serde_json::to_vec(&settings).unwrap_or_default())
 }
+
+#[cfg(test)]
+#[path = "machine_sim.rs"]
+mod sim;
