@@ -220,7 +220,9 @@ impl Room {
                 Answer::Written(cluster.store.compare_and_set(id, version, record, announce, ttl).await)
             }
             Io::Load => Answer::Loaded(cluster.store.load(id).await),
-            Io::Restore { version, record, ttl } => Answer::Written(cluster.store.restore(id, version, record, ttl).await),
+            Io::Restore { version, record, ttl } => {
+                Answer::Written(cluster.store.restore(id, version, record, ttl).await)
+            }
             Io::Heartbeat { entries, now_ms, ttl } => {
                 Answer::Finished(cluster.presence.heartbeat(id, &entries, now_ms, ttl).await)
             }

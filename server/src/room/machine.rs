@@ -354,9 +354,8 @@ impl Intent {
             Intent::BindStock(conn) => meeting.plan_bind(*conn, false, None),
             Intent::RenewLinks => meeting.plan_renew_links(),
             Intent::End(reason) => meeting.plan_end(reason),
-            Intent::Tick { now_ms, elsewhere, settling } => meeting.plan_tick(*now_ms, |id| {
-                elsewhere.contains(id) || (*settling && meeting.shared().is_present(id))
-            }),
+            Intent::Tick { now_ms, elsewhere, settling } => meeting
+                .plan_tick(*now_ms, |id| elsewhere.contains(id) || (*settling && meeting.shared().is_present(id))),
         }
     }
 }
@@ -382,9 +381,11 @@ enum Stage {
     Renewed { before: u64 },
     Settle,
     Restore,
-    Restored { version: u64 },
+    Restored { version: u64, record: Bytes },
     Reload,
     Reloaded,
+    Confirm,
+    Confirmed,
 }
 
 impl Stage {
@@ -727,6 +728,10 @@ impl RoomMachine {
             Stage::CatchUp => {
                 if std::mem::take(&mut self.resync) {
                     self.request_catch_up(true);
+                    // The lost message may have announced a new record, or the store may have
+                    // lost the record itself (a restart too short for the ping to notice):
+                    // read it again, and put it back if it is gone.
+                    job.stages.push_front(Stage::Reload);
                 } else if !self.board.pending().is_empty() {
                     // Updates from other nodes arrived ahead of what they build on and are
                     // still held back a tick later: ask the other nodes for what this one lacks.
@@ -739,7 +744,9 @@ impl RoomMachine {
                 Next::Continue
             }
             Stage::Save { force } => match self.due_save(now_ms, force) {
-                Some((stored, changed_ms, settings)) => Next::Wait(Stage::Saved { changed_ms, settings }, Io::Save(stored)),
+                Some((stored, changed_ms, settings)) => {
+                    Next::Wait(Stage::Saved { changed_ms, settings }, Io::Save(stored))
+                }
                 None => Next::Continue,
             },
             Stage::Saved { changed_ms, settings } => {
@@ -786,15 +793,41 @@ impl RoomMachine {
                     return Next::Continue;
                 }
                 match self.restore_request() {
-                    Some(io @ Io::Restore { version, .. }) => Next::Wait(Stage::Restored { version }, io),
+                    Some(Io::Restore { version, record, ttl }) => {
+                        let io = Io::Restore { version, record: record.clone(), ttl };
+                        Next::Wait(Stage::Restored { version, record }, io)
+                    }
                     _ => Next::Continue,
                 }
             }
-            Stage::Restored { version } => {
+            Stage::Restored { version, record } => {
                 match answer {
-                    Some(Answer::Written(Ok(true))) => info!(room = %self.id, version, "room record restored"),
+                    Some(Answer::Written(Ok(true))) => {
+                        info!(room = %self.id, version, "room record restored");
+                        // A restore announces nothing by itself: a node that reloaded before
+                        // it (and found an older copy or none) learns it from this.
+                        self.publish_bus(Envelope::State { version, record });
+                    }
                     Some(Answer::Written(Err(e))) => warn!(room = %self.id, error = %e, "room record restore failed"),
+                    // The store holds a newer record, or the room ended and was retired on
+                    // another node (the store refuses to restore an ended room).
+                    Some(Answer::Written(Ok(false))) => job.stages.push_front(Stage::Confirm),
                     _ => {}
+                }
+                Next::Continue
+            }
+            Stage::Confirm => Next::Wait(Stage::Confirmed, Io::Load),
+            Stage::Confirmed => {
+                if let Some(Answer::Loaded(Ok(None))) = answer {
+                    // Refused, and still nothing stored: the room's tombstone. This node
+                    // missed the end's announcement; the meeting ends here too.
+                    let plan = self.meeting.plan_end("ended");
+                    if let Some(next) = plan.next {
+                        let outputs = self.meeting.install(self.meeting.version() + 1, Some(next), None);
+                        self.apply(outputs, now_ms, None);
+                    }
+                } else {
+                    self.reloaded(answer, now_ms);
                 }
                 Next::Continue
             }
@@ -828,7 +861,8 @@ impl RoomMachine {
                         let Plan { binding, immediate, .. } = plan;
                         let outputs = self.meeting.install(version, None, binding);
                         let inline = commit.intent.inline();
-                        job.greeted_inline |= self.apply(immediate.into_iter().chain(outputs).collect(), now_ms, inline);
+                        job.greeted_inline |=
+                            self.apply(immediate.into_iter().chain(outputs).collect(), now_ms, inline);
                         job.outcome.committed = true;
                         return Next::Continue;
                     };
@@ -867,7 +901,8 @@ impl RoomMachine {
                         let Plan { next, binding, immediate } = written.plan;
                         let outputs = self.meeting.install(written.version + 1, next, binding);
                         let inline = commit.intent.inline();
-                        job.greeted_inline |= self.apply(immediate.into_iter().chain(outputs).collect(), now_ms, inline);
+                        job.greeted_inline |=
+                            self.apply(immediate.into_iter().chain(outputs).collect(), now_ms, inline);
                         job.outcome.committed = true;
                         return Next::Continue;
                     }
@@ -913,9 +948,11 @@ impl RoomMachine {
     }
 
     /// Installs a loaded record if it is newer than this node's. Returns true when the store
-    /// had none: this node's copy should be put back.
+    /// had none, or an older one (it lost data and another node put back an older copy):
+    /// this node's copy should be put back.
     fn reloaded(&mut self, answer: Option<Answer>, now_ms: u64) -> bool {
         match answer {
+            Some(Answer::Loaded(Ok(Some(stored)))) if stored.version < self.meeting.version() => return true,
             Some(Answer::Loaded(Ok(Some(stored)))) => match decode_record(&stored.record) {
                 Some(shared) => self.install_remote(stored.version, shared, now_ms),
                 None => warn!(room = %self.id, "stored room record did not decode"),
@@ -1140,3 +1177,7 @@ pub fn settings_json(shared: &Shared) -> Bytes {
     };
     Bytes::from(serde_json::to_vec(&settings).unwrap_or_default())
 }
+
+#[cfg(test)]
+#[path = "machine_sim.rs"]
+mod sim;

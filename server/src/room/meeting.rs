@@ -311,7 +311,6 @@ pub struct Meeting {
     ids: Arc<dyn Ids>,
 }
 
-
 impl Shared {
     /// The first state of a meeting that starts at `now_ms`.
     pub fn new(settings: MeetingSettings, now_ms: u64) -> Self {
@@ -1380,10 +1379,9 @@ fn resume_digest(token: &str) -> String {
     URL_SAFE_NO_PAD.encode(&digest[..16])
 }
 
-
 #[cfg(test)]
 #[path = "meeting_props.rs"]
-mod props;
+pub(crate) mod props;
 #[cfg(test)]
 #[path = "meeting_tests.rs"]
 mod tests;

@@ -6,10 +6,9 @@
 //!   and the floor belong to admitted speakers (not observers, not the presenter pushed back
 //!   during reflection); an observer can never write; every connection that said hello was last
 //!   sent the state as it is.
-//! - On several nodes sharing one record by compare-and-set, with the record's announcements
-//!   delivered late and in any order: once everything is delivered, every node holds the same
-//!   shared state and shows the same room state, and the invariants above held on every node
-//!   all along.
+//!
+//! Several nodes are the simulation's (`machine_sim.rs`): it drives real room machines and
+//! reuses the strategies and invariants of this file.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -19,13 +18,13 @@ use proptest::sample::Index;
 use super::*;
 use balint_proto::room::ClientMessage as C;
 
-const START_MS: u64 = 1_700_000_000_000;
+pub(crate) const START_MS: u64 = 1_700_000_000_000;
 const GRACE_MS: u64 = 20_000;
 /// Few, so that a full room is reached too.
 const MAX_MEMBERS: usize = 8;
 /// Placeholder targets `#0`..`#5` name the members in the order of their ids; `#k` past the
 /// last wraps around.
-const TARGETS: usize = 6;
+pub(crate) const TARGETS: usize = 6;
 
 fn settings(template: Template, lobby: bool, ephemeral: bool) -> MeetingSettings {
     MeetingSettings {
@@ -43,7 +42,7 @@ fn settings(template: Template, lobby: bool, ephemeral: bool) -> MeetingSettings
 
 // ---- strategies ----
 
-fn role() -> impl Strategy<Value = Role> {
+pub(crate) fn role() -> impl Strategy<Value = Role> {
     prop_oneof![2 => Just(Role::Leader), 3 => Just(Role::Member), 1 => Just(Role::Observer)]
 }
 
@@ -97,7 +96,7 @@ fn message() -> impl Strategy<Value = ClientMessage> {
 }
 
 /// A command now and then ends the meeting; not so often that most sequences end early.
-fn message_or_end() -> impl Strategy<Value = ClientMessage> {
+pub(crate) fn message_or_end() -> impl Strategy<Value = ClientMessage> {
     prop_oneof![300 => message(), 1 => Just(C::EndMeeting {})]
 }
 
@@ -137,14 +136,14 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-fn setup() -> impl Strategy<Value = (Template, bool, bool)> {
+pub(crate) fn setup() -> impl Strategy<Value = (Template, bool, bool)> {
     (prop_oneof![3 => Just(Template::Balint), 1 => Just(Template::Open)], any::<bool>(), any::<bool>())
 }
 
 // ---- the invariants ----
 
 /// What must hold of a meeting at every moment.
-fn assert_invariants(meeting: &Meeting) {
+pub(crate) fn assert_invariants(meeting: &Meeting) {
     let s = &meeting.shared;
     let speaker = |id: &str, what: &str| {
         let member = s.members.get(id).unwrap_or_else(|| panic!("{what} is not a member"));
@@ -224,7 +223,7 @@ impl Views {
 
 /// Replaces placeholder targets by member ids, and resume placeholders by resume tokens, as
 /// seen in `shared`.
-fn resolve(message: ClientMessage, shared: &Shared) -> ClientMessage {
+pub(crate) fn resolve(message: ClientMessage, shared: &Shared) -> ClientMessage {
     let pick = |placeholder: &str| -> Option<(&String, &Member)> {
         let k: usize = placeholder.strip_prefix('#')?.parse().ok()?;
         let n = shared.members.len();
@@ -359,189 +358,6 @@ fn pick(conns: &[ConnId], i: Index) -> Option<ConnId> {
     (!conns.is_empty()).then(|| conns[i.index(conns.len())])
 }
 
-// ---- several nodes ----
-
-const NODES: usize = 3;
-
-/// Nodes sharing one record, written by compare-and-set; each write is announced to the other
-/// nodes, and the announcements wait in their inboxes until a delivery step, in any order.
-struct Cluster {
-    store: (u64, Shared),
-    nodes: Vec<Meeting>,
-    inboxes: Vec<Vec<(u64, Shared)>>,
-    views: Vec<Views>,
-    now: u64,
-    next_conn: u64,
-}
-
-#[derive(Debug, Clone)]
-enum ClusterStep {
-    /// A step on one node.
-    On(usize, Step),
-    /// One announcement waiting for a node arrives.
-    Deliver(usize, Index),
-}
-
-fn cluster_step() -> impl Strategy<Value = ClusterStep> {
-    prop_oneof![
-        3 => (0..NODES, step()).prop_map(|(n, s)| ClusterStep::On(n, s)),
-        2 => (0..NODES, any::<Index>()).prop_map(|(n, i)| ClusterStep::Deliver(n, i)),
-    ]
-}
-
-impl Cluster {
-    fn new(template: Template, lobby: bool, ephemeral: bool) -> Self {
-        let shared = Shared::new(settings(template, lobby, ephemeral), START_MS);
-        Cluster {
-            store: (1, shared.clone()),
-            nodes: (0..NODES).map(|_| Meeting::from_shared(shared.clone(), 1)).collect(),
-            inboxes: vec![Vec::new(); NODES],
-            views: (0..NODES).map(|_| Views::default()).collect(),
-            now: START_MS,
-            next_conn: 0,
-        }
-    }
-
-    fn open(&self, n: usize) -> Vec<ConnId> {
-        self.nodes[n].connections.keys().copied().collect()
-    }
-
-    /// Members connected on nodes other than `n`, as presence tells node `n`.
-    fn elsewhere(&self, n: usize) -> BTreeSet<String> {
-        (0..NODES).filter(|&m| m != n).flat_map(|m| self.nodes[m].local_members()).collect()
-    }
-
-    /// Plans on node `n`, writes by compare-and-set, installs; after a conflict, installs the
-    /// stored record and plans again (as `Room::commit` does).
-    fn commit(&mut self, n: usize, plan: impl Fn(&Meeting) -> Plan) {
-        for _ in 0..NODES + 1 {
-            if self.nodes[n].shared().is_ended() {
-                return;
-            }
-            let version = self.nodes[n].version();
-            let Plan { next, binding, immediate } = plan(&self.nodes[n]);
-            let Some(next) = next else {
-                let outputs = self.nodes[n].install(version, None, binding);
-                return self.drive(n, immediate.into_iter().chain(outputs).collect());
-            };
-            if self.store.0 == version {
-                self.store = (version + 1, next.clone());
-                for m in (0..NODES).filter(|&m| m != n) {
-                    self.inboxes[m].push((version + 1, next.clone()));
-                }
-                let outputs = self.nodes[n].install(version + 1, Some(next), binding);
-                return self.drive(n, immediate.into_iter().chain(outputs).collect());
-            }
-            let (version, record) = self.store.clone();
-            let outputs = self.nodes[n].install(version, Some(record), None);
-            self.drive(n, outputs);
-        }
-        panic!("a compare-and-set never succeeded");
-    }
-
-    fn tick(&mut self, n: usize) {
-        if self.nodes[n].shared().is_ended() {
-            return;
-        }
-        let elsewhere = self.elsewhere(n);
-        let now = self.now;
-        self.commit(n, |m| m.plan_tick(now, |id| elsewhere.contains(id)));
-    }
-
-    /// A connection of node `n` closed: forget it, and if it was its member's last one here,
-    /// run the timers (the member's grace starts unless they are connected elsewhere).
-    fn leave(&mut self, n: usize, conn: ConnId) {
-        if self.nodes[n].forget(conn).is_some() {
-            self.tick(n);
-        }
-    }
-
-    fn drive(&mut self, n: usize, outputs: Vec<Output>) {
-        let open = self.open(n);
-        self.views[n].record(&outputs, open.iter().copied());
-        for output in outputs {
-            match output {
-                Output::Close { conn, .. } if self.nodes[n].is_connected(conn) => self.leave(n, conn),
-                Output::End { .. } => {
-                    for conn in self.open(n) {
-                        self.nodes[n].forget(conn);
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// The `k`-th announcement waiting for node `n` arrives.
-    fn deliver(&mut self, n: usize, k: usize) {
-        let (version, record) = self.inboxes[n].remove(k);
-        let outputs = self.nodes[n].install(version, Some(record), None);
-        self.drive(n, outputs);
-    }
-
-    fn connect(&mut self, n: usize, role: Role) -> ConnId {
-        self.next_conn += 1;
-        let conn = ConnId(self.next_conn);
-        self.nodes[n].connect(conn, role, format!("person {}", self.next_conn));
-        conn
-    }
-
-    fn run(&mut self, step: ClusterStep) {
-        let (n, step) = match step {
-            ClusterStep::Deliver(n, i) => {
-                if !self.inboxes[n].is_empty() {
-                    self.deliver(n, i.index(self.inboxes[n].len()));
-                }
-                return;
-            }
-            ClusterStep::On(n, step) => (n, step),
-        };
-        if self.nodes[n].shared().is_ended() {
-            // The driver takes no connection and no command for an ended meeting.
-            return;
-        }
-        let lead = matches!(step, Step::Lead(..));
-        let now = self.now;
-        match step {
-            Step::Connect(role, hello) => {
-                let conn = self.connect(n, role);
-                if hello {
-                    self.commit(n, |m| m.plan_command(conn, C::Hello { resume: None }, now));
-                } else {
-                    self.commit(n, |m| m.plan_bind(conn, false, None));
-                }
-            }
-            Step::Resume(role, k) => {
-                let conn = self.connect(n, role);
-                let hello = resolve(C::Hello { resume: Some(format!("#{k}")) }, self.nodes[n].shared());
-                self.commit(n, |m| m.plan_command(conn, hello.clone(), now));
-            }
-            Step::Send(i, message) | Step::Lead(i, message) => {
-                let conns = if lead { leaders(&self.nodes[n]) } else { self.open(n) };
-                let Some(conn) = pick(&conns, i) else { return };
-                let message = resolve(message, self.nodes[n].shared());
-                self.commit(n, |m| m.plan_command(conn, message.clone(), now));
-            }
-            Step::Binary(i) => {
-                let Some(conn) = pick(&self.open(n), i) else { return };
-                if !self.nodes[n].is_bound(conn) {
-                    self.commit(n, |m| m.plan_bind(conn, false, None));
-                }
-            }
-            Step::Disconnect(i) => {
-                let Some(conn) = pick(&self.open(n), i) else { return };
-                self.leave(n, conn);
-            }
-            Step::Advance(ms) => {
-                self.now += ms;
-                for m in 0..NODES {
-                    self.tick((n + m) % NODES);
-                }
-            }
-        }
-    }
-}
-
 proptest! {
     // Failures are reported with their minimal input; none is saved next to the source.
     #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
@@ -559,37 +375,5 @@ proptest! {
         }
         let record = serde_json::to_string(node.meeting.shared()).unwrap();
         prop_assert_eq!(&serde_json::from_str::<Shared>(&record).unwrap(), node.meeting.shared());
-    }
-
-    #[test]
-    fn every_node_ends_with_the_same_state_whatever_the_order_of_delivery(
-        (template, lobby, ephemeral) in setup(),
-        steps in proptest::collection::vec(cluster_step(), 1..160),
-        order in proptest::collection::vec(any::<Index>(), 0..200),
-    ) {
-        let mut cluster = Cluster::new(template, lobby, ephemeral);
-        for step in steps {
-            cluster.run(step);
-            for node in &cluster.nodes {
-                assert_invariants(node);
-            }
-            assert_invariants(&Meeting::from_shared(cluster.store.1.clone(), cluster.store.0));
-        }
-        // Whatever is still on its way arrives, in a random order. Deliveries can close
-        // connections and so write again: go on until nothing is left.
-        let mut order = order.into_iter();
-        while let Some(n) = (0..NODES).find(|&n| !cluster.inboxes[n].is_empty()) {
-            let k = order.next().map_or(0, |i| i.index(cluster.inboxes[n].len()));
-            cluster.deliver(n, k);
-        }
-        let (version, record) = &cluster.store;
-        for (n, node) in cluster.nodes.iter().enumerate() {
-            prop_assert_eq!(node.version(), *version, "node {} is behind", n);
-            prop_assert_eq!(node.shared(), record, "node {} holds another record", n);
-            prop_assert_eq!(node.state(true), cluster.nodes[0].state(true));
-            prop_assert_eq!(node.state(false), cluster.nodes[0].state(false));
-            assert_invariants(node);
-            cluster.views[n].assert_current(node);
-        }
     }
 }
