@@ -547,7 +547,10 @@ impl Rooms {
     /// this node's rooms when it comes back.
     pub async fn tick(&self, awareness_timeout: Duration) {
         let was_healthy = self.shared.healthy.load(Ordering::Relaxed);
-        let healthy = self.shared.cluster.store.ping().await.is_ok();
+        // A ping that hangs (a client reconnecting to a Redis that is away) counts as a
+        // failure, as it does for /readyz.
+        let ping = tokio::time::timeout(limits::READINESS_TIMEOUT, self.shared.cluster.store.ping());
+        let healthy = matches!(ping.await, Ok(Ok(())));
         self.shared.healthy.store(healthy, Ordering::Relaxed);
         if was_healthy && !healthy {
             warn!("backend unreachable; rooms keep running on this node");
@@ -566,7 +569,21 @@ impl Rooms {
             }
         }
         if healthy && !was_healthy {
-            info!("backend reachable again; room records, presence and boards re-announced");
+            // The backend may have restarted empty: the ends this node knows of are written
+            // again, so that no node that missed one puts the meeting back.
+            let ended: Vec<(String, Duration)> = lock(&self.shared.tombstones)
+                .iter()
+                .map(|(id, at)| (id.clone(), limits::TOMBSTONE_TTL.saturating_sub(at.elapsed())))
+                .filter(|(_, left)| !left.is_zero())
+                .collect();
+            for (id, left) in ended {
+                if let Err(e) = self.shared.cluster.store.end(&id, left).await {
+                    warn!(room = %id, error = %e, "could not write the room's end again");
+                }
+                // Release what the write opened (with Redis, the room's connection).
+                let _ = self.shared.cluster.bus.unsubscribe(&id).await;
+            }
+            info!("backend reachable again; room records, presence, boards and ends re-announced");
         }
         lock(&self.shared.tombstones).retain(|_, ended| ended.elapsed() < limits::TOMBSTONE_TTL);
     }
@@ -607,8 +624,9 @@ impl Rooms {
             self.shared.cluster.metrics.set_rooms(self.len());
             lock(&self.shared.tombstones).insert(id.to_owned(), Instant::now());
             let cluster = &self.shared.cluster;
-            if let Err(e) = cluster.store.end(id, limits::TOMBSTONE_TTL).await {
-                warn!(room = id, error = %e, "could not delete the room's keys");
+            match cluster.store.end(id, limits::TOMBSTONE_TTL).await {
+                Ok(()) => info!(room = id, "ended room retired"),
+                Err(e) => warn!(room = id, error = %e, "could not delete the room's keys"),
             }
             let _ = cluster.bus.unsubscribe(id).await;
         }

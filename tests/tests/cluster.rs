@@ -393,3 +393,41 @@ async fn links_renewed_on_one_node_and_a_removal_hold_on_every_node() {
     let newcomer = YClient::join(&c.b.ws_url(&id, field(&links, "invite_token"), "cy")).await.unwrap();
     assert!(newcomer.is_admitted());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meeting_that_ended_stays_ended_on_every_node_after_redis_restarts_empty() {
+    let mut c = cluster();
+    let room = create_room(&c.a).await;
+    let id = field(&room, "room").to_owned();
+    let leader = field(&room, "leader_token").to_owned();
+    let invite = field(&room, "invite_token").to_owned();
+    let mut lead = YClient::join(&c.a.ws_url(&id, &leader, "lena")).await.unwrap();
+    lead.command(json!({"type": "end_meeting"})).await.unwrap();
+    let closed = lead.wait_closed().await.unwrap();
+    assert_eq!(closed.code, balint_proto::close::MEETING_ENDED);
+    let logged = |node: &NodeProcess, text: &'static str| {
+        let logs = node.logs.clone();
+        move || {
+            let logs = logs.clone();
+            async move { logs.lock().unwrap().iter().any(|line| line.contains(text)) }
+        }
+    };
+    let answer = |node: &NodeProcess| {
+        let url = format!("{}/ws/{id}?token={invite}", node.base());
+        async move { reqwest::get(url).await.map(|r| r.status().as_u16()).unwrap_or(0) }
+    };
+    eventually(logged(&c.a, "ended room retired")).await.expect("node A retires the ended room");
+    assert_eq!(answer(&c.b).await, 410, "node B reads the end from Redis");
+
+    // Redis restarts with nothing: node A, which ended the meeting, writes its end again, so
+    // node B, which never served the room, still says the meeting has ended.
+    let readyz = |node: &NodeProcess| {
+        let url = format!("{}/readyz", node.base());
+        async move { reqwest::get(url).await.map(|r| r.status().as_u16()).unwrap_or(0) }
+    };
+    c.redis.stop();
+    eventually(logged(&c.a, "backend unreachable")).await.expect("node A notices the outage");
+    c.redis.restart().unwrap();
+    eventually(|| async { readyz(&c.a).await == 200 }).await.unwrap();
+    eventually(|| async { answer(&c.b).await == 410 }).await.expect("the end is written again after the restart");
+}
