@@ -26,11 +26,10 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use balint_proto::close;
-use balint_proto::room::{ClientMessage, ErrorCode, Role, ServerMessage, Template};
+use balint_proto::room::{ClientMessage, ErrorCode, Role, ServerMessage};
 use balint_proto::sync::{self, FrameError};
 use bytes::Bytes;
 use rand::distributions::{Alphanumeric, DistString};
-use serde::Serialize;
 use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, info, warn};
 use yrs::updates::decoder::Decode;
@@ -41,24 +40,10 @@ use crate::fanout::{self, Envelope};
 use crate::limits;
 use crate::room::board::{Board, Relay};
 use crate::room::meeting::{Audience, Meeting, MeetingSettings, Output as MeetingOutput, Plan, Shared};
+use crate::room::record;
 use crate::room::ConnId;
 
-/// What a room is created with.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct RoomSettings {
-    /// Shown to members; never logged.
-    pub title: Option<String>,
-    /// Whether nothing of the meeting outlives it.
-    pub ephemeral: bool,
-    /// The session template.
-    pub template: Template,
-    /// Whether newcomers wait for a leader to admit them.
-    pub lobby: bool,
-    /// The room's link generation (0 at creation; raised when a leader renews the links).
-    /// Settings saved before generations existed read as 0.
-    #[serde(default)]
-    pub link_generation: u64,
-}
+pub use crate::room::RoomSettings;
 
 /// A frame on a room's feed, encoded once and shared by every recipient.
 #[derive(Debug, Clone)]
@@ -607,8 +592,8 @@ impl Room {
                 return self.apply(&mut guard, immediate.into_iter().chain(outputs).collect(), inline);
             };
             let ttl = self.cluster.record_ttl(&next);
-            let record = match serde_json::to_vec(&next) {
-                Ok(record) => Bytes::from(record),
+            let record = match record::encode(&next) {
+                Ok(record) => record,
                 Err(e) => {
                     warn!(room = %self.id, error = %e, "room record did not serialize");
                     return false;
@@ -655,9 +640,9 @@ impl Room {
     /// the store lost it.
     async fn reload(&self) {
         match self.cluster.store.load(&self.id).await {
-            Ok(Some(stored)) => match serde_json::from_slice::<Shared>(&stored.record) {
+            Ok(Some(stored)) => match record::decode(&stored.record) {
                 Ok(shared) => self.install_remote(stored.version, shared),
-                Err(_) => warn!(room = %self.id, "stored room record did not decode"),
+                Err(e) => warn!(room = %self.id, error = %e, "stored room record did not decode"),
             },
             Ok(None) => self.restore().await,
             Err(e) => warn!(room = %self.id, error = %e, "room store unavailable"),
@@ -673,12 +658,12 @@ impl Room {
             }
             (
                 core.meeting.version(),
-                serde_json::to_vec(core.meeting.shared()),
+                record::encode(core.meeting.shared()),
                 self.cluster.record_ttl(core.meeting.shared()),
             )
         };
         let Ok(record) = record else { return };
-        match self.cluster.store.restore(&self.id, version, Bytes::from(record), ttl).await {
+        match self.cluster.store.restore(&self.id, version, record, ttl).await {
             Ok(true) => info!(room = %self.id, version, "room record restored"),
             Ok(false) => {}
             Err(e) => warn!(room = %self.id, error = %e, "room record restore failed"),
@@ -775,9 +760,9 @@ impl Room {
                 }
             }
             Envelope::SyncReply { .. } => {}
-            Envelope::State { version, record } => match serde_json::from_slice::<Shared>(&record) {
+            Envelope::State { version, record } => match record::decode(&record) {
                 Ok(shared) => self.install_remote(version, shared),
-                Err(_) => warn!(room = %self.id, "announced room record did not decode"),
+                Err(e) => warn!(room = %self.id, error = %e, "announced room record did not decode"),
             },
         }
     }
@@ -854,14 +839,7 @@ impl Room {
 /// The settings of the meeting `shared`, as a persistent room saves them with its board: every
 /// setting a leader can change that must outlive a restart.
 fn settings_json(shared: &Shared) -> Bytes {
-    let settings = RoomSettings {
-        title: shared.title().map(str::to_owned),
-        ephemeral: shared.is_ephemeral(),
-        template: shared.template(),
-        lobby: shared.lobby(),
-        link_generation: shared.link_generation(),
-    };
-    Bytes::from(serde_json::to_vec(&settings).unwrap_or_default())
+    record::encode_settings(shared).unwrap_or_default()
 }
 
 fn close_message(code: u16, reason: &'static str) -> Message {
@@ -924,10 +902,10 @@ impl Rooms {
         let cluster = &self.shared.cluster;
         let id = Alphanumeric.sample_string(&mut rand::thread_rng(), 16).to_ascii_lowercase();
         let meeting = self.new_meeting(&settings);
-        let record = serde_json::to_vec(meeting.shared()).map_err(|_| BackendError::Corrupt)?;
+        let record = record::encode(meeting.shared()).map_err(|_| BackendError::Corrupt)?;
         let persistent = !settings.ephemeral;
-        let stored_settings = Bytes::from(serde_json::to_vec(&settings).map_err(|_| BackendError::Corrupt)?);
-        cluster.store.create(&id, Bytes::from(record), cluster.record_ttl(meeting.shared())).await?;
+        let stored_settings = record::encode_settings(meeting.shared()).map_err(|_| BackendError::Corrupt)?;
+        cluster.store.create(&id, record, cluster.record_ttl(meeting.shared())).await?;
         if persistent {
             // The room exists for good from now on, even if nobody writes before a restart.
             let empty = Bytes::from(Board::new().encode_state());
@@ -997,9 +975,7 @@ impl Rooms {
         // carries on whatever becomes of that store.
         let mut record = cluster.store.load(id).await?;
         let ephemeral = match &record {
-            Some(stored) => {
-                serde_json::from_slice::<Shared>(&stored.record).map_err(|_| BackendError::Corrupt)?.is_ephemeral()
-            }
+            Some(stored) => record::decode(&stored.record).map_err(|_| BackendError::Corrupt)?.is_ephemeral(),
             None => false,
         };
         // A persistent room's board, if it is one. A board that cannot be read (or a board
@@ -1010,10 +986,9 @@ impl Rooms {
             if let Some(board) = &board {
                 // A persistent room nobody serves right now (after a restart, or after Redis
                 // lost its records): its meeting starts afresh from its settings.
-                let settings: RoomSettings =
-                    serde_json::from_slice(&board.settings).map_err(|_| BackendError::Corrupt)?;
+                let settings = record::decode_settings(&board.settings).map_err(|_| BackendError::Corrupt)?;
                 let meeting = self.new_meeting(&settings);
-                let fresh = Bytes::from(serde_json::to_vec(meeting.shared()).map_err(|_| BackendError::Corrupt)?);
+                let fresh = record::encode(meeting.shared()).map_err(|_| BackendError::Corrupt)?;
                 cluster.store.restore(id, 1, fresh, cluster.record_ttl(meeting.shared())).await?;
                 record = cluster.store.load(id).await?;
             }
@@ -1027,7 +1002,7 @@ impl Rooms {
             let _ = cluster.bus.unsubscribe(id).await;
             return Ok(Lookup::Unknown);
         };
-        let shared: Shared = serde_json::from_slice(&stored.record).map_err(|_| BackendError::Corrupt)?;
+        let shared = record::decode(&stored.record).map_err(|_| BackendError::Corrupt)?;
         if shared.is_ended() {
             let _ = cluster.bus.unsubscribe(id).await;
             return Ok(Lookup::Ended);
