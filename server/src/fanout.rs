@@ -1,21 +1,21 @@
 //! The messages nodes exchange on a room's bus channel.
 //!
-//! A message is `[kind][node id length][node id][body]`. The node id lets a node skip its own
+//! A bus message is one byte, [`FORMAT`], then the sender's node id and its envelopes, in
+//! order, encoded with `postcard` (serde's data model: a length before each string and byte
+//! string, a variant index before each envelope). The node id lets a node skip its own
 //! messages, and lets a catch-up reply name the node that asked. Board updates and awareness
 //! are the y-sync payloads as they are; they cross Redis only inside these pub/sub messages.
 //!
-//! Envelopes queued together go as one batch: `[6][node id length][node id][count]` followed
-//! by each envelope's own `[kind][body]`, prefixed with its length (count and lengths are u32,
-//! big-endian). A batch of one is sent as the plain envelope.
+//! Envelopes queued together go as one message. Decoding borrows: every payload of the
+//! decoded envelopes is a slice of the received message, never a copy.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize, Serializer};
 
-const UPDATE: u8 = 1;
-const AWARENESS: u8 = 2;
-const SYNC_REQUEST: u8 = 3;
-const SYNC_REPLY: u8 = 4;
-const STATE: u8 = 5;
-const BATCH: u8 = 6;
+/// The first byte of every bus message. The builds before this one began their messages with
+/// a kind from 1 to 6 and ignore any other, so nodes of different builds ignore each other's
+/// messages rather than misread them; a future format takes another number.
+const FORMAT: u8 = 7;
 
 /// What travels between nodes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +50,7 @@ pub enum Envelope {
 }
 
 impl Envelope {
-    /// The size of its body in bytes, as encoded.
+    /// The size of its payloads in bytes, about what it adds to a message.
     pub fn body_len(&self) -> usize {
         match self {
             Envelope::Update(b) | Envelope::Awareness(b) => b.len(),
@@ -60,184 +60,178 @@ impl Envelope {
         }
     }
 
-    fn kind(&self) -> u8 {
+    fn wire(&self) -> Wire<'_> {
         match self {
-            Envelope::Update(_) => UPDATE,
-            Envelope::Awareness(_) => AWARENESS,
-            Envelope::SyncRequest { .. } => SYNC_REQUEST,
-            Envelope::SyncReply { .. } => SYNC_REPLY,
-            Envelope::State { .. } => STATE,
+            Envelope::Update(update) => Wire::Update(update),
+            Envelope::Awareness(payload) => Wire::Awareness(payload),
+            Envelope::SyncRequest { state_vector, mutual } => Wire::SyncRequest { state_vector, mutual: *mutual },
+            Envelope::SyncReply { to, update } => Wire::SyncReply { to, update },
+            Envelope::State { version, record } => Wire::State { version: *version, record },
         }
     }
+}
+
+/// A bus message as encoded, borrowing its payloads.
+#[derive(Serialize, Deserialize)]
+struct Message<'a> {
+    node: &'a str,
+    #[serde(borrow)]
+    envelopes: Vec<Wire<'a>>,
+}
+
+/// An [`Envelope`] as encoded. The variants' order is the format: add new ones at the end.
+#[derive(Serialize, Deserialize)]
+enum Wire<'a> {
+    Update(#[serde(serialize_with = "byte_string")] &'a [u8]),
+    Awareness(#[serde(serialize_with = "byte_string")] &'a [u8]),
+    SyncRequest {
+        #[serde(serialize_with = "byte_string")]
+        state_vector: &'a [u8],
+        mutual: bool,
+    },
+    SyncReply {
+        to: &'a str,
+        #[serde(serialize_with = "byte_string")]
+        update: &'a [u8],
+    },
+    State {
+        version: u64,
+        #[serde(serialize_with = "byte_string")]
+        record: &'a [u8],
+    },
+}
+
+/// Writes a payload as one byte string (serde would write a `&[u8]` byte by byte, as a
+/// sequence); it reads back as a slice borrowed from the message.
+fn byte_string<S: Serializer>(bytes: &&[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_bytes(bytes)
 }
 
 /// Encodes `envelope` as sent by `node`.
 pub fn encode(node: &str, envelope: &Envelope) -> Bytes {
-    let mut out = BytesMut::with_capacity(2 + node.len() + envelope.body_len());
-    out.put_u8(envelope.kind());
-    put_short(&mut out, node.as_bytes());
-    put_body(&mut out, envelope);
-    out.freeze()
+    encode_batch(node, std::slice::from_ref(envelope))
 }
 
 /// Encodes `envelopes` (in order) as one bus message sent by `node`.
 pub fn encode_batch(node: &str, envelopes: &[Envelope]) -> Bytes {
-    if let [one] = envelopes {
-        return encode(node, one);
-    }
-    let size: usize = envelopes.iter().map(|e| 5 + e.body_len()).sum();
-    let mut out = BytesMut::with_capacity(6 + node.len() + size);
-    out.put_u8(BATCH);
-    put_short(&mut out, node.as_bytes());
-    out.put_u32(u32::try_from(envelopes.len()).unwrap_or(u32::MAX));
-    for envelope in envelopes {
-        out.put_u32(u32::try_from(1 + envelope.body_len()).unwrap_or(u32::MAX));
-        out.put_u8(envelope.kind());
-        put_body(&mut out, envelope);
-    }
-    out.freeze()
-}
-
-fn put_body(out: &mut BytesMut, envelope: &Envelope) {
-    match envelope {
-        Envelope::Update(b) | Envelope::Awareness(b) => out.put_slice(b),
-        Envelope::SyncRequest { state_vector, mutual } => {
-            out.put_u8(u8::from(*mutual));
-            out.put_slice(state_vector);
-        }
-        Envelope::SyncReply { to, update } => {
-            put_short(out, to.as_bytes());
-            out.put_slice(update);
-        }
-        Envelope::State { version, record } => {
-            out.put_u64(*version);
-            out.put_slice(record);
-        }
-    }
-}
-
-fn put_short(out: &mut BytesMut, bytes: &[u8]) {
-    // Node ids are short ASCII strings of our own making.
-    let len = bytes.len().min(255);
-    out.put_u8(len as u8);
-    out.put_slice(&bytes[..len]);
-}
-
-fn take_short(payload: &mut Bytes) -> Option<String> {
-    let len = *payload.first()? as usize;
-    if payload.len() < 1 + len {
-        return None;
-    }
-    let bytes = payload.split_to(1 + len);
-    String::from_utf8(bytes[1..].to_vec()).ok()
+    let message = Message { node, envelopes: envelopes.iter().map(Envelope::wire).collect() };
+    // Room for the payloads and their lengths, so the buffer is written once, never regrown.
+    let size = 1 + 10 + node.len() + envelopes.iter().map(|e| 12 + e.body_len()).sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    out.push(FORMAT);
+    // Writing to a `Vec` cannot fail, and every type here serializes.
+    Bytes::from(postcard::to_extend(&message, out).unwrap_or_default())
 }
 
 /// Decodes a bus message into its sender and envelopes, in order; `None` for anything
-/// malformed (a batch with one bad envelope is refused whole).
-pub fn decode(mut payload: Bytes) -> Option<(String, Vec<Envelope>)> {
-    if payload.is_empty() {
+/// malformed (a message with one bad envelope is refused whole).
+pub fn decode(payload: Bytes) -> Option<(String, Vec<Envelope>)> {
+    let (&format, body) = payload.split_first()?;
+    if format != FORMAT {
         return None;
     }
-    let kind = payload.split_to(1)[0];
-    let node = take_short(&mut payload)?;
-    if kind != BATCH {
-        return Some((node, vec![body(kind, payload)?]));
-    }
-    if payload.len() < 4 {
+    let (message, rest) = postcard::take_from_bytes::<Message<'_>>(body).ok()?;
+    if !rest.is_empty() {
         return None;
     }
-    let count = u32::from_be_bytes(payload.split_to(4)[..].try_into().ok()?) as usize;
-    // Each envelope takes at least five bytes: a bogus count cannot reserve much.
-    let mut envelopes = Vec::with_capacity(count.min(payload.len() / 5));
-    for _ in 0..count {
-        if payload.len() < 4 {
-            return None;
-        }
-        let len = u32::from_be_bytes(payload.split_to(4)[..].try_into().ok()?) as usize;
-        if len == 0 || payload.len() < len {
-            return None;
-        }
-        let mut item = payload.split_to(len);
-        let kind = item.split_to(1)[0];
-        if kind == BATCH {
-            return None;
-        }
-        envelopes.push(body(kind, item)?);
-    }
-    if !payload.is_empty() {
-        return None;
-    }
-    Some((node, envelopes))
-}
-
-fn body(kind: u8, mut payload: Bytes) -> Option<Envelope> {
-    Some(match kind {
-        UPDATE => Envelope::Update(payload),
-        AWARENESS => Envelope::Awareness(payload),
-        SYNC_REQUEST => {
-            if payload.is_empty() {
-                return None;
+    let slice = |bytes: &[u8]| payload.slice_ref(bytes);
+    let envelopes = message
+        .envelopes
+        .into_iter()
+        .map(|wire| match wire {
+            Wire::Update(update) => Envelope::Update(slice(update)),
+            Wire::Awareness(update) => Envelope::Awareness(slice(update)),
+            Wire::SyncRequest { state_vector, mutual } => {
+                Envelope::SyncRequest { state_vector: slice(state_vector), mutual }
             }
-            let mutual = payload.split_to(1)[0] == 1;
-            Envelope::SyncRequest { state_vector: payload, mutual }
-        }
-        SYNC_REPLY => {
-            let to = take_short(&mut payload)?;
-            Envelope::SyncReply { to, update: payload }
-        }
-        STATE => {
-            if payload.len() < 8 {
-                return None;
-            }
-            let version = u64::from_be_bytes(payload.split_to(8)[..].try_into().ok()?);
-            Envelope::State { version, record: payload }
-        }
-        _ => return None,
-    })
+            Wire::SyncReply { to, update } => Envelope::SyncReply { to: to.to_owned(), update: slice(update) },
+            Wire::State { version, record } => Envelope::State { version, record: slice(record) },
+        })
+        .collect();
+    Some((message.node.to_owned(), envelopes))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_envelope_round_trips() {
-        let cases = [
+    fn cases() -> [Envelope; 5] {
+        [
             Envelope::Update(Bytes::from_static(b"u")),
             Envelope::Awareness(Bytes::from_static(b"a")),
             Envelope::SyncRequest { state_vector: Bytes::from_static(b"sv"), mutual: true },
             Envelope::SyncReply { to: "n2".into(), update: Bytes::from_static(b"diff") },
             Envelope::State { version: 42, record: Bytes::from_static(b"{}") },
-        ];
-        for envelope in cases.clone() {
+        ]
+    }
+
+    #[test]
+    fn every_envelope_round_trips() {
+        for envelope in cases() {
             assert_eq!(decode(encode("node1", &envelope)), Some(("node1".to_owned(), vec![envelope])));
         }
-        // Several at once go as one batch and come back in order.
-        let batch = encode_batch("node1", &cases);
-        assert_eq!(batch[0], BATCH);
-        assert_eq!(decode(batch), Some(("node1".to_owned(), cases.to_vec())));
-        // A batch of one is the plain envelope.
-        assert_eq!(encode_batch("node1", &cases[..1]), encode("node1", &cases[0]));
+        // Several at once go as one message and come back in order.
+        let cases = cases();
+        assert_eq!(decode(encode_batch("node1", &cases)), Some(("node1".to_owned(), cases.to_vec())));
+        assert_eq!(decode(encode_batch("node1", &[])), Some(("node1".to_owned(), vec![])));
+        // Empty payloads and long node ids too.
+        let long = "n".repeat(300);
+        let empty = Envelope::SyncReply { to: long.clone(), update: Bytes::new() };
+        assert_eq!(decode(encode(&long, &empty)), Some((long, vec![empty])));
     }
 
     #[test]
-    fn a_damaged_batch_is_refused_whole() {
-        let cases = [Envelope::Update(Bytes::from_static(b"u1")), Envelope::Update(Bytes::from_static(b"u2"))];
-        let batch = encode_batch("n", &cases);
-        for cut in 1..batch.len() {
-            assert_eq!(decode(batch.slice(..cut)), None, "cut at {cut}");
+    fn decoded_payloads_are_slices_of_the_message() {
+        let update = Bytes::from(vec![7u8; 4096]);
+        let message = encode_batch("node1", &[Envelope::Update(update.clone()), Envelope::Awareness(update.clone())]);
+        let range = message.as_ptr_range();
+        let (_, envelopes) = decode(message.clone()).unwrap();
+        for envelope in envelopes {
+            let (Envelope::Update(payload) | Envelope::Awareness(payload)) = envelope else { panic!("{envelope:?}") };
+            assert_eq!(payload, update);
+            assert!(range.contains(&payload.as_ptr()), "the payload is borrowed from the message, not copied");
         }
-        let longer = [&batch[..], b"x"].concat();
-        assert_eq!(decode(Bytes::from(longer)), None, "trailing bytes");
-        let nested = [&[BATCH, 1, b'n', 0, 0, 0, 1, 0, 0, 0, 7][..], &[BATCH, 1, b'n', 0, 0, 0, 0][..]].concat();
-        assert_eq!(decode(Bytes::from(nested)), None, "no batch inside a batch");
+        // The message is written once: its buffer was sized for it.
+        assert!(message.len() < 2 * 4096 + 64);
     }
 
     #[test]
-    fn malformed_messages_are_ignored() {
+    fn a_damaged_message_is_refused_whole() {
+        let message = encode_batch("n", &cases());
+        for cut in 0..message.len() {
+            assert_eq!(decode(message.slice(..cut)), None, "cut at {cut}");
+        }
+        let longer = [&message[..], b"x"].concat();
+        assert_eq!(decode(Bytes::from(longer)), None, "trailing bytes");
+        let mut other_format = message.to_vec();
+        other_format[0] = FORMAT + 1;
+        assert_eq!(decode(Bytes::from(other_format)), None, "another format");
+        let mut bad_variant = encode("n", &Envelope::Update(Bytes::from_static(b"u"))).to_vec();
+        bad_variant[4] = 9;
+        assert_eq!(decode(Bytes::from(bad_variant)), None, "an unknown envelope");
+    }
+
+    #[test]
+    fn garbage_and_the_previous_format_are_ignored() {
         assert_eq!(decode(Bytes::new()), None);
-        assert_eq!(decode(Bytes::from_static(&[9, 0])), None);
-        assert_eq!(decode(Bytes::from_static(&[STATE, 1, b'n', 0, 0])), None);
-        assert_eq!(decode(Bytes::from_static(&[UPDATE, 10, b'n'])), None);
+        // Messages of the hand-written format of earlier builds: a state and a batch.
+        assert_eq!(decode(Bytes::from_static(&[5, 1, b'n', 0, 0, 0, 0, 0, 0, 0, 1, b'{', b'}'])), None);
+        assert_eq!(decode(Bytes::from_static(&[6, 1, b'n', 0, 0, 0, 0])), None);
+        // A count of envelopes far beyond the bytes that follow, and a node id that is not UTF-8.
+        assert_eq!(decode(Bytes::from_static(&[FORMAT, 1, b'n', 0xff, 0xff, 0xff, 0xff, 0x0f])), None);
+        assert_eq!(decode(Bytes::from_static(&[FORMAT, 1, 0xff, 0])), None);
+        // Pseudo-random bytes after the format byte, none a panic.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for len in 0..2000 {
+            let bytes: Vec<u8> = std::iter::once(FORMAT)
+                .chain((0..len % 64).map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                }))
+                .collect();
+            let _ = decode(Bytes::from(bytes));
+        }
     }
 }

@@ -6,6 +6,8 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use axum_extra::headers::authorization::{Authorization, Bearer};
+use axum_extra::headers::HeaderMapExt;
 use balint_proto::room::{Role, Template};
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
@@ -361,8 +363,9 @@ pub async fn presence(
     Query(params): Query<JoinParams>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    let token = bearer(&headers).or(params.token.as_deref()).unwrap_or_default().to_owned();
-    let grant = state.signer.verify(&token, &room_id, crate::unix_now())?;
+    let header = bearer(&headers);
+    let token = header.as_ref().map(|h| h.token()).or(params.token.as_deref()).unwrap_or_default();
+    let grant = state.signer.verify(token, &room_id, crate::unix_now())?;
     if grant.role != Role::Leader {
         return Err(AppError::Forbidden);
     }
@@ -376,9 +379,12 @@ pub async fn presence(
         .into_response())
 }
 
-/// The token of an `Authorization: Bearer` header.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+/// The `Authorization: Bearer` header, parsed by `axum-extra`'s typed headers (the scheme in
+/// any case, as RFC 9110 has it). `None` when there is none or it is not a Bearer one: the
+/// handlers then answer as for a missing token (401 `missing_token`), which the typed-header
+/// extractor would not (it refuses a malformed header with 400 before the handler runs).
+pub fn bearer(headers: &HeaderMap) -> Option<Authorization<Bearer>> {
+    headers.typed_get()
 }
 
 /// Checks a leader's Bearer token for `room_id` and finds the room.
@@ -390,7 +396,8 @@ async fn leader_room(
     if !rooms::is_room_id(room_id) {
         return Err(AppError::NotFound);
     }
-    let token = bearer(headers).unwrap_or_default();
+    let header = bearer(headers);
+    let token = header.as_ref().map(|h| h.token()).unwrap_or_default();
     let grant = state.signer.verify(token, room_id, crate::unix_now())?;
     if grant.role != Role::Leader {
         return Err(AppError::Forbidden);
@@ -503,5 +510,103 @@ fn unavailable(e: crate::backend::BackendError) -> AppError {
         | crate::backend::BackendError::Io(_)
         | crate::backend::BackendError::Postgres(_) => AppError::Unreadable,
         other => AppError::Unavailable(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{header, HeaderValue, Method, Request};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::Config;
+
+    /// A server in memory with one persistent room; its leader and member links.
+    async fn server() -> (tempfile::TempDir, axum::Router, String, String, String) {
+        let data = tempfile::tempdir().unwrap();
+        let state = AppState::new(Config::for_tests(data.path().to_owned())).await.unwrap();
+        let settings = RoomSettings {
+            title: None,
+            ephemeral: false,
+            template: Template::Balint,
+            lobby: false,
+            link_generation: 0,
+        };
+        let room = state.rooms.create(settings).await.unwrap().id().to_owned();
+        let expires = crate::unix_now() + 3600;
+        let leader = state.signer.issue(&room, Role::Leader, expires);
+        let member = state.signer.issue(&room, Role::Member, expires);
+        (data, crate::app(state), room, leader, member)
+    }
+
+    /// The status and JSON body of `method uri` with `authorization` as the header, if any.
+    async fn ask(
+        app: &axum::Router,
+        method: Method,
+        uri: &str,
+        authorization: Option<HeaderValue>,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(value) = authorization {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        let request = request.header(header::CONTENT_TYPE, "application/json").body(Body::from("{}")).unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+    }
+
+    fn value(text: &str) -> Option<HeaderValue> {
+        Some(HeaderValue::from_str(text).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_malformed_bearer_header_is_answered_as_a_missing_token() {
+        let (_data, app, room, leader, _member) = server().await;
+        for (method, path) in [
+            (Method::GET, format!("/api/rooms/{room}/export.md")),
+            (Method::GET, format!("/api/rooms/{room}/presence")),
+            (Method::POST, format!("/api/rooms/{room}/links")),
+            (Method::DELETE, format!("/api/rooms/{room}")),
+        ] {
+            let missing = ask(&app, method.clone(), &path, None).await;
+            assert_eq!(missing.0, StatusCode::UNAUTHORIZED, "{path}");
+            assert_eq!(missing.1["error"], "missing_token", "{path}");
+            for malformed in [
+                value(&format!("Basic {leader}")),
+                value(&format!("Bearer{leader}")),
+                value("Bearer"),
+                value("Bearer "),
+                value(""),
+                Some(HeaderValue::from_bytes(b"Bearer \xff\xfe").unwrap()),
+            ] {
+                assert_eq!(ask(&app, method.clone(), &path, malformed.clone()).await, missing, "{path} {malformed:?}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bearer_token_is_checked_as_before() {
+        let (_data, app, room, leader, member) = server().await;
+        let path = format!("/api/rooms/{room}/export.md");
+        let (status, body) = ask(&app, Method::GET, &path, value("Bearer not-a-token")).await;
+        assert_eq!((status, body["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_token")));
+        let (status, body) = ask(&app, Method::GET, &path, value(&format!("Bearer {member}"))).await;
+        assert_eq!((status, body["error"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")));
+        // The leader's token, with the scheme in any case (RFC 9110) and extra spaces before it.
+        for header in [format!("Bearer {leader}"), format!("bearer {leader}"), format!("Bearer   {leader}")] {
+            assert_eq!(ask(&app, Method::GET, &path, value(&header)).await.0, StatusCode::OK, "{header}");
+        }
+        // Presence also takes the token from the query string; a header comes first.
+        let presence = format!("/api/rooms/{room}/presence");
+        let (status, body) = ask(&app, Method::GET, &format!("{presence}?token={leader}"), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["members"], serde_json::json!([]));
+        let (status, body) =
+            ask(&app, Method::GET, &format!("{presence}?token={leader}"), value(&format!("Bearer {member}"))).await;
+        assert_eq!((status, body["error"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")));
     }
 }

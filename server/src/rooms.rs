@@ -35,8 +35,9 @@ use crate::fanout::{self, Envelope};
 use crate::limits;
 use crate::room::board::Board;
 use crate::room::machine::{self, Answer, Effect, Frame, Io, Job, Node, Outcome, RoomMachine, Step};
-pub use crate::room::machine::{BinaryOutcome, RoomOptions, RoomSettings};
-use crate::room::meeting::{Audience, Meeting};
+pub use crate::room::machine::{BinaryOutcome, RoomOptions};
+use crate::room::meeting::{record, Audience, Meeting};
+pub use crate::room::RoomSettings;
 use crate::room::{ConnId, RandomIds};
 
 /// A frame on a room's feed, encoded once and shared by every recipient.
@@ -400,7 +401,7 @@ impl Rooms {
         let meeting = self.new_meeting(&settings);
         let record = decode_corrupt(machine::encode_record(meeting.shared()))?;
         let persistent = !settings.ephemeral;
-        let stored_settings = Bytes::from(serde_json::to_vec(&settings).map_err(|_| BackendError::Corrupt)?);
+        let stored_settings = machine::settings_json(meeting.shared());
         cluster.store.create(&id, record, cluster.options.record_ttl(meeting.shared())).await?;
         if persistent {
             // The room exists for good from now on, even if nobody writes before a restart.
@@ -467,8 +468,7 @@ impl Rooms {
             if let Some(board) = &board {
                 // A persistent room nobody serves right now (after a restart, or after Redis
                 // lost its records): its meeting starts afresh from its settings.
-                let settings: RoomSettings =
-                    serde_json::from_slice(&board.settings).map_err(|_| BackendError::Corrupt)?;
+                let settings = record::decode_settings(&board.settings).map_err(|_| BackendError::Corrupt)?;
                 let meeting = self.new_meeting(&settings);
                 let fresh = decode_corrupt(machine::encode_record(meeting.shared()))?;
                 cluster.store.restore(id, 1, fresh, cluster.options.record_ttl(meeting.shared())).await?;

@@ -1,7 +1,9 @@
 //! The embedded board store: one file per persistent room in the data directory.
 //!
-//! A save writes a temporary file beside the target, flushes it to disk, renames it over the
-//! target and flushes the directory, so a crash leaves either the old copy or the new one.
+//! A save writes a temporary file beside the target (uniquely named by `tempfile`, and removed
+//! if the write fails), flushes it to disk, renames it over the target and flushes the
+//! directory, so a crash leaves either the old copy or the new one, and two saves of one room
+//! at once never write into the same temporary file.
 //! The file is `BRB1`, the settings' length (u32, big-endian), the settings (JSON), then the
 //! board (a Yjs v1 update).
 //!
@@ -62,16 +64,18 @@ fn decode(bytes: Vec<u8>) -> BackendResult<StoredBoard> {
 
 fn write_atomically(dir: &Path, target: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    // `<room>.board.tmp` or `<room>.deleted.tmp`: each target has its own.
-    let mut temporary = target.as_os_str().to_owned();
-    temporary.push(".tmp");
-    let temporary = PathBuf::from(temporary);
-    {
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&temporary, target)?;
+    // In the same directory, so the rename stays on one file system: `<target>.<random>.tmp`.
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&name).suffix(".tmp");
+    // The mode `File::create` gives (before the umask), not tempfile's owner-only default, so
+    // operators see the files as before.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let mut temporary = builder.tempfile_in(dir)?;
+    temporary.write_all(bytes)?;
+    temporary.as_file().sync_all()?;
+    temporary.persist(target).map_err(|e| e.error)?;
     std::fs::File::open(dir)?.sync_all()
 }
 
@@ -123,5 +127,32 @@ impl BoardStore for FileStore {
     fn is_deleted(&self, room: &str) -> BoxFuture<'_, BackendResult<bool>> {
         let tombstone = self.tombstone(room);
         async move { Ok(tokio::fs::try_exists(&tombstone).await?) }.boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_save_leaves_the_board_alone_in_the_directory_with_the_usual_mode() {
+        let data = tempfile::tempdir().unwrap();
+        let store = FileStore::new(data.path());
+        for board in [&b"first"[..], b"second"] {
+            let stored = StoredBoard { settings: Bytes::from_static(b"{}"), board: Bytes::copy_from_slice(board) };
+            store.save("room1", stored).await.unwrap();
+        }
+        assert_eq!(&store.load("room1").await.unwrap().unwrap().board[..], b"second");
+        let names: Vec<_> =
+            std::fs::read_dir(&store.dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert_eq!(names, ["room1.board"], "no temporary file is left behind");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            let reference = data.path().join("reference");
+            std::fs::File::create(&reference).unwrap();
+            assert_eq!(mode(&store.path("room1")), mode(&reference), "the mode File::create gives");
+        }
     }
 }

@@ -24,37 +24,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use balint_proto::close;
-use balint_proto::room::{ClientMessage, ErrorCode, Role, RoomState, ServerMessage, Template};
+use balint_proto::room::{ClientMessage, ErrorCode, Role, RoomState, ServerMessage};
 use balint_proto::sync::{self, FrameError};
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 use yrs::updates::decoder::Decode;
 use yrs::StateVector;
 
 use super::board::{Board, Relay};
+use super::meeting::record;
 use super::meeting::{Audience, Meeting, MeetingSettings, Output as MeetingOutput, Plan, Shared};
-use super::{ConnId, Ids};
+use super::{ConnId, Ids, RoomSettings};
 use crate::backend::{BackendError, BackendResult, StoredBoard, Versioned};
 use crate::fanout::{self, Envelope};
 use crate::limits;
-
-/// What a room is created with.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RoomSettings {
-    /// Shown to members; never logged.
-    pub title: Option<String>,
-    /// Whether nothing of the meeting outlives it.
-    pub ephemeral: bool,
-    /// The session template.
-    pub template: Template,
-    /// Whether newcomers wait for a leader to admit them.
-    pub lobby: bool,
-    /// The room's link generation (0 at creation; raised when a leader renews the links).
-    /// Settings saved before generations existed read as 0.
-    #[serde(default)]
-    pub link_generation: u64,
-}
 
 /// Settings every room of a node shares.
 #[derive(Debug, Clone)]
@@ -1155,27 +1138,20 @@ impl RoomMachine {
     }
 }
 
-/// The stored form of a room record.
+/// The stored form of a room record ([`record`] has the format).
 pub fn encode_record(shared: &Shared) -> Option<Bytes> {
-    serde_json::to_vec(shared).ok().map(Bytes::from)
+    record::encode(shared).ok()
 }
 
 /// A room record from its stored form.
-pub fn decode_record(record: &[u8]) -> Option<Shared> {
-    serde_json::from_slice(record).ok()
+pub fn decode_record(stored: &[u8]) -> Option<Shared> {
+    record::decode(stored).ok()
 }
 
 /// The settings of the meeting `shared`, as a persistent room saves them with its board: every
 /// setting a leader can change that must outlive a restart.
 pub fn settings_json(shared: &Shared) -> Bytes {
-    let settings = RoomSettings {
-        title: shared.title().map(str::to_owned),
-        ephemeral: shared.is_ephemeral(),
-        template: shared.template(),
-        lobby: shared.lobby(),
-        link_generation: shared.link_generation(),
-    };
-    Bytes::from(serde_json::to_vec(&settings).unwrap_or_default())
+    record::encode_settings(shared).unwrap_or_default()
 }
 
 #[cfg(test)]

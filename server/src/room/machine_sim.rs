@@ -291,7 +291,7 @@ impl Sim {
         let record = encode_record(meeting.shared()).expect("a record encodes");
         let mut store = Store { up: true, ..Store::default() };
         store.write(1, record.clone());
-        let settings_json = Bytes::from(serde_json::to_vec(&settings).unwrap());
+        let settings_json = super::settings_json(meeting.shared());
         if !ephemeral {
             let empty = Bytes::from(super::Board::new().encode_state());
             store.board = Some(StoredBoard { settings: settings_json.clone(), board: empty });

@@ -45,7 +45,6 @@ use balint_proto::room::{
 };
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{ConnId, Ids, RandomIds};
@@ -136,8 +135,7 @@ pub struct MeetingSettings {
 }
 
 /// Why a member was removed by a leader.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Removal {
     /// Kicked from the room.
     Kicked,
@@ -154,7 +152,7 @@ impl Removal {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Member {
     name: String,
     role: Role,
@@ -172,7 +170,7 @@ struct Member {
     spoke_in_phase: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Hand {
     member: String,
     raised_at_ms: u64,
@@ -180,7 +178,7 @@ struct Hand {
     seq: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Turn {
     member: String,
     since_ms: u64,
@@ -191,7 +189,7 @@ struct Turn {
 }
 
 /// A membership whose grace period ran out, remembered by the digest of its resume token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Lapsed {
     /// [`resume_digest`] of the membership's resume token.
     token: String,
@@ -199,8 +197,9 @@ struct Lapsed {
     released: Released,
 }
 
-/// The part of a meeting every node shares, stored as the room's record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The part of a meeting every node shares, stored as the room's record ([`record`] has its
+/// stored format).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shared {
     title: Option<String>,
     template: Template,
@@ -209,8 +208,6 @@ pub struct Shared {
     reconnect_grace_ms: u64,
     empty_grace_ms: u64,
     max_length_ms: u64,
-    /// Records written before this limit existed read as the default.
-    #[serde(default = "default_max_members")]
     max_members: usize,
     /// When the first member arrived: the meeting's start.
     started_at_ms: Option<u64>,
@@ -233,16 +230,13 @@ pub struct Shared {
     /// The version at which the floor last changed, for `if_version` on floor commands.
     floor_version: u64,
     /// Raised by a leader who renews the links; invite and observer links of older
-    /// generations no longer let newcomers in. Records of before generations read as 0.
-    #[serde(default)]
+    /// generations no longer let newcomers in.
     link_generation: u64,
     /// Digests of the resume tokens of members a leader removed or declined, oldest first, at
     /// most [`limits::MAX_REVOKED_RESUMES`].
-    #[serde(default)]
     revoked: Vec<String>,
     /// Memberships whose grace period ran out, oldest first, at most
     /// [`limits::MAX_LAPSED_MEMBERSHIPS`].
-    #[serde(default)]
     lapsed: Vec<Lapsed>,
 }
 
@@ -1368,16 +1362,15 @@ fn refuse(conn: ConnId, (code, message): Refusal) -> Output {
     Output::Send(Audience::one(conn), ServerMessage::Error { code, message: message.to_owned() })
 }
 
-fn default_max_members() -> usize {
-    crate::limits::MAX_MEMBERS
-}
-
 /// The digest by which a resume token is remembered once its membership is gone: never the
 /// token itself, so a copy of the record cannot resume anyone.
 fn resume_digest(token: &str) -> String {
     let digest = Sha256::new().chain_update(b"balint-room resume token\0").chain_update(token).finalize();
     URL_SAFE_NO_PAD.encode(&digest[..16])
 }
+
+#[path = "record.rs"]
+pub mod record;
 
 #[cfg(test)]
 #[path = "meeting_props.rs"]

@@ -373,7 +373,7 @@ proptest! {
             assert_invariants(&node.meeting);
             node.views.assert_current(&node.meeting);
         }
-        let record = serde_json::to_string(node.meeting.shared()).unwrap();
-        prop_assert_eq!(&serde_json::from_str::<Shared>(&record).unwrap(), node.meeting.shared());
+        let record = record::encode(node.meeting.shared()).unwrap();
+        prop_assert_eq!(&record::decode(&record).unwrap(), node.meeting.shared());
     }
 }
