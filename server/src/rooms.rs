@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use balint_proto::close;
 use balint_proto::room::{ClientMessage, ErrorCode, Role, ServerMessage, Template};
+use balint_proto::rules::{Reason, Refusal};
 use balint_proto::sync::{self, FrameError};
 use bytes::Bytes;
 use rand::distributions::{Alphanumeric, DistString};
@@ -80,7 +81,7 @@ pub struct BinaryOutcome {
     pub reply: Vec<Bytes>,
     /// The frame tried to change the board without the right to; the reason, for an `error`
     /// to a client that speaks the room protocol.
-    pub refused: Option<&'static str>,
+    pub refused: Option<Refusal>,
     /// The frame's board change would have passed the board's size limit and was refused.
     pub board_full: bool,
 }
@@ -635,10 +636,7 @@ impl Room {
                     self.cluster.metrics.backend_error();
                     if let Some(conn) = conn {
                         let mut guard = self.lock();
-                        let error = ServerMessage::Error {
-                            code: ErrorCode::Unavailable,
-                            message: "the room is briefly unavailable; try again in a moment".to_owned(),
-                        };
+                        let error = ServerMessage::refused(Refusal::new(ErrorCode::Unavailable, Reason::Unavailable));
                         if guard.meeting.said_hello(conn) {
                             self.apply(&mut guard, vec![MeetingOutput::Send(Audience::one(conn), error)], None);
                         }
