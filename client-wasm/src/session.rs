@@ -40,9 +40,12 @@
 use std::collections::VecDeque;
 
 use balint_proto::close::{self, Reconnect};
+use std::collections::BTreeMap;
+
 use balint_proto::room::{
     ClientMessage, ErrorCode, Phase, Released, Role, RoomState, ServerMessage, Status, SILENCE_LIMIT_MS,
 };
+use balint_proto::rules::{self, MemberActions, OwnActions, Refusal, Seat, Stage, Target};
 use balint_proto::sync::{self, Message, SyncMessage};
 use serde::{Deserialize, Serialize};
 use yrs::updates::decoder::Decode;
@@ -192,6 +195,8 @@ pub enum Event {
         me: String,
         /// Whether we may write on the board now.
         can_write: bool,
+        /// What we may do now, by the rules of [`balint_proto::rules`].
+        actions: Actions,
     },
     /// The board changed (remote edits, a resync or a wipe): render it again.
     Board,
@@ -206,14 +211,31 @@ pub enum Event {
     Error {
         /// Its stable code.
         code: ErrorCode,
+        /// Its specific reason, when the server gave one: the key of the UI's sentence.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<rules::Reason>,
         /// Its human-readable text.
         message: String,
+        /// An edit of ours was refused and thrown away: the UI says that the last change was
+        /// not kept. Only a refusal by the server of an edit this client sent sets it.
+        lost_edit: bool,
     },
     /// Keep this resume token for the tab (sessionStorage), or forget it (`None`).
     Resume {
         /// The token.
         token: Option<String>,
     },
+}
+
+/// What we may do now: our own controls, and (for a leader) the menu of each member, keyed
+/// by member id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Actions {
+    /// Our own controls.
+    #[serde(flatten)]
+    pub own: OwnActions,
+    /// The leader's menu of each member in the room (all false for a non-leader).
+    pub members: BTreeMap<String, MemberActions>,
 }
 
 /// Why a command was not sent.
@@ -230,9 +252,9 @@ pub enum CommandError {
 /// Why an edit was not made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum EditError {
-    /// The room state says we may not write now.
-    #[error("the board is read-only for you now")]
-    ReadOnly,
+    /// The rules say we may not write now, for this reason.
+    #[error("{}", .0.reason.as_str())]
+    ReadOnly(Refusal),
     /// The card does not exist.
     #[error("no such card")]
     UnknownCard,
@@ -393,7 +415,8 @@ impl Session {
                 let reason = serde_json::from_value(serde_json::Value::String(reason)).ok();
                 self.end(reason);
             }
-            ServerMessage::Error { code, message } => {
+            ServerMessage::Error { code, message, reason } => {
+                let mut lost_edit = false;
                 if matches!(code, ErrorCode::ReadOnly | ErrorCode::BoardFull) {
                     if self.edits_sent == self.edits_confirmed {
                         // The refused frame carried no edit of ours (an empty answer to the
@@ -408,8 +431,9 @@ impl Session {
                     if self.link == Link::Welcomed {
                         self.send_step1();
                     }
+                    lost_edit = true;
                 }
-                self.events.push_back(Event::Error { code, message });
+                self.events.push_back(Event::Error { code, reason, message, lost_edit });
             }
         }
     }
@@ -428,10 +452,12 @@ impl Session {
         }
         self.state = Some(state);
         let state = self.state.clone().expect("just set");
+        let actions = self.actions().expect("a state is installed");
         self.events.push_back(Event::State {
             state: Box::new(state),
             me: self.member_id.clone().unwrap_or_default(),
             can_write: self.can_write(),
+            actions,
         });
     }
 
@@ -688,30 +714,68 @@ impl Session {
         Ok(())
     }
 
-    /// Whether the room state lets us write on the board now. The server enforces the same
-    /// rules; this only keeps the editor honest.
+    /// Whether the room state lets us write on the board now.
     pub fn can_write(&self) -> bool {
-        if self.is_finished() || matches!(self.link, Link::Waiting | Link::Idle) {
-            return false;
+        self.may_write().is_ok()
+    }
+
+    /// Whether the room state lets us write on the board now, and if not, why: the server's
+    /// own rule ([`rules::may_write`]) applied to the state on screen. While reconnecting the
+    /// last state holds, so edits made meanwhile wait in the board.
+    pub fn may_write(&self) -> Result<(), Refusal> {
+        // Outside the room the stage does not matter: the answer is "not joined" or "in the lobby".
+        let outside = Stage { phase: Phase::Gathering, board_locked: false };
+        match self.link {
+            Link::Idle | Link::Finished(_) => rules::may_write(None, &outside),
+            Link::Waiting => {
+                let role = self.role.unwrap_or(Role::Member);
+                let seat = Seat { role, admitted: false, presenter: false, connected: true };
+                rules::may_write(Some(&seat), &outside)
+            }
+            _ => rules::may_write(self.seat().as_ref(), &self.stage().unwrap_or(outside)),
         }
-        let (Some(state), Some(me)) = (&self.state, &self.member_id) else { return false };
-        let view = state.members.iter().find(|m| &m.id == me);
-        let Some(role) = view.map(|m| m.role).or(self.role) else { return false };
-        if role == Role::Observer || (state.board_locked && role != Role::Leader) {
-            return false;
-        }
-        let presenter = state.presenter.as_deref() == Some(me.as_str());
-        let outside = view.is_some_and(|m| m.status == Status::OutsideCircle);
-        !(outside || presenter && state.phase.name == Phase::Reflection)
+    }
+
+    /// Our seat in the room state on screen.
+    fn seat(&self) -> Option<Seat> {
+        let (state, me) = (self.state.as_ref()?, self.member_id.as_deref()?);
+        seat_of(state, me, self.role)
+    }
+
+    fn stage(&self) -> Option<Stage> {
+        self.state.as_ref().map(|s| Stage { phase: s.phase.name, board_locked: s.board_locked })
+    }
+
+    /// What we may do now, by the rules: our own controls and, for a leader, each member's
+    /// menu. `None` until we are in the room.
+    pub fn actions(&self) -> Option<Actions> {
+        let (state, me) = (self.state.as_ref()?, self.member_id.as_deref()?);
+        let seat = seat_of(state, me, self.role)?;
+        let stage = self.stage()?;
+        let floor = state.floor.as_ref().map(|f| f.member.as_str());
+        let mut own = rules::own_actions(&seat, &stage, floor == Some(me));
+        own.write = self.may_write().into();
+        let members = state
+            .members
+            .iter()
+            .filter_map(|m| {
+                let target = Target {
+                    seat: seat_of(state, &m.id, None)?,
+                    is_self: m.id == me,
+                    holds_floor: floor == Some(m.id.as_str()),
+                    hand_raised: state.queue.iter().any(|h| h.member == m.id),
+                };
+                Some((m.id.clone(), rules::member_actions(&seat, &target)))
+            })
+            .collect();
+        Some(Actions { own, members })
     }
 
     /// An editor's text changed to `value`; `caret` is its caret after the edit. The edit is
     /// applied to the board and sent when we are in the room; while reconnecting it waits in
     /// the board and travels with the sync on reconnect.
     pub fn edit_text(&mut self, key: &TextKey, value: &str, caret: Option<u32>) -> Result<(), EditError> {
-        if !self.can_write() {
-            return Err(EditError::ReadOnly);
-        }
+        self.may_write().map_err(EditError::ReadOnly)?;
         let update = self.board.set_text(key, value, caret).map_err(|_| EditError::UnknownCard)?;
         if let Some(update) = update {
             self.send_update(&update);
@@ -722,9 +786,7 @@ impl Session {
     /// Adds an observation card with `body`, tagged with the current phase and our name.
     /// `id` must be unique (the driver makes it from random bytes).
     pub fn add_card(&mut self, id: &str, body: &str, now_ms: u64) -> Result<(), EditError> {
-        if !self.can_write() {
-            return Err(EditError::ReadOnly);
-        }
+        self.may_write().map_err(EditError::ReadOnly)?;
         let (state, me) = (self.state.as_ref().expect("can_write"), self.member_id.as_deref().expect("can_write"));
         let author = state.members.iter().find(|m| m.id == me).map(|m| m.name.clone()).unwrap_or_default();
         let phase = serde_json::to_value(state.phase.name).ok();
@@ -768,6 +830,18 @@ impl Session {
     }
 }
 
+/// The seat of member `id` in `state`; `role` stands in when the member is not listed.
+fn seat_of(state: &RoomState, id: &str, role: Option<Role>) -> Option<Seat> {
+    let view = state.members.iter().find(|m| m.id == id);
+    Some(Seat {
+        role: view.map(|m| m.role).or(role)?,
+        // The members of a state are admitted; those in the lobby are listed apart.
+        admitted: true,
+        presenter: state.presenter.as_deref() == Some(id),
+        connected: view.is_none_or(|m| m.status != Status::Reconnecting),
+    })
+}
+
 /// Whether a v1 update carries nothing (what a peer that lacks nothing is sent).
 fn is_empty_update(update: &[u8]) -> bool {
     yrs::Update::decode_v1(update).is_ok_and(|u| u.is_empty())
@@ -781,6 +855,7 @@ fn to_json(message: &ClientMessage) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use balint_proto::rules::{Reason as RefusalReason, Verdict};
     use serde_json::{json, Value};
 
     const NOW: u64 = 1_767_261_600_000;
@@ -1026,7 +1101,7 @@ mod tests {
         s.handle_close(close::MEETING_ENDED, 0.5, NOW);
         assert_eq!(s.poll_timeout(), None, "never reconnects");
         assert!(drain_events(&mut s).is_empty(), "the end is announced once");
-        assert_eq!(s.edit_text(&TextKey::Notes, "more", None), Err(EditError::ReadOnly));
+        assert_eq!(s.edit_text(&TextKey::Notes, "more", None), Err(read_only(RefusalReason::NotJoined)));
         assert_eq!(s.command(ClientMessage::RaiseHand {}), Err(CommandError::NotConnected));
     }
 
@@ -1090,10 +1165,14 @@ mod tests {
         drain_io(&mut s);
         s.handle_text(r#"{"type":"waiting","member_id":"me","resume_token":"lobby-tok"}"#, NOW);
         assert!(drain_events(&mut s).contains(&Event::Resume { token: Some("lobby-tok".into()) }));
-        assert!(!s.can_write());
+        assert_eq!(s.may_write().map_err(|r| r.reason), Err(RefusalReason::InLobby));
         assert_eq!(s.command(ClientMessage::RaiseHand {}), Err(CommandError::NotConnected));
         s.handle_text(&welcome("lobby-tok", 3), NOW);
         assert!(s.can_write());
+    }
+
+    fn read_only(reason: RefusalReason) -> EditError {
+        EditError::ReadOnly(Refusal::new(ErrorCode::ReadOnly, reason))
     }
 
     #[test]
@@ -1101,28 +1180,76 @@ mod tests {
         let mut s = joined();
         let mut set = |extra: Value, version: u64| {
             s.handle_text(&json!({"type": "state", "state": state(version, extra)}).to_string(), NOW);
-            s.can_write()
+            let event_says = drain_events(&mut s).iter().find_map(|e| match e {
+                Event::State { can_write, actions, .. } => Some((*can_write, actions.own.write)),
+                _ => None,
+            });
+            let verdict = s.may_write().map_err(|r| r.reason);
+            assert_eq!(event_says, Some((verdict.is_ok(), Verdict::from(s.may_write()))), "the state event agrees");
+            verdict
         };
-        assert!(set(json!({"presenter": "me"}), 2));
-        assert!(!set(
-            json!({"presenter": "me", "phase": {"name": "reflection", "started_at_ms": NOW, "duration_secs": 2100},
-            "members": [{"id": "me", "name": "Ann", "role": "member", "status": "outside_circle"}]}),
-            3
-        ));
-        assert!(set(
-            json!({"presenter": "me", "phase": {"name": "response", "started_at_ms": NOW, "duration_secs": 600}}),
-            4
-        ));
-        assert!(!set(json!({"board_locked": true}), 5));
-        assert!(!set(json!({"members": [{"id": "me", "name": "Ann", "role": "observer", "status": "here"}]}), 6));
+        assert_eq!(set(json!({"presenter": "me"}), 2), Ok(()));
+        assert_eq!(
+            set(
+                json!({"presenter": "me", "phase": {"name": "reflection", "started_at_ms": NOW, "duration_secs": 2100},
+                "members": [{"id": "me", "name": "Ann", "role": "member", "status": "outside_circle"}]}),
+                3
+            ),
+            Err(RefusalReason::PresenterInReflection)
+        );
+        assert_eq!(
+            set(
+                json!({"presenter": "me", "phase": {"name": "response", "started_at_ms": NOW, "duration_secs": 600}}),
+                4
+            ),
+            Ok(())
+        );
+        assert_eq!(set(json!({"board_locked": true}), 5), Err(RefusalReason::BoardLocked));
+        assert_eq!(
+            set(json!({"members": [{"id": "me", "name": "Ann", "role": "observer", "status": "here"}]}), 6),
+            Err(RefusalReason::Observer)
+        );
         // Promoted to co-leader: a locked board is still writable.
-        assert!(set(
-            json!({"board_locked": true, "members": [{"id": "me", "name": "Ann", "role": "leader", "status": "here"}]}),
-            7
-        ));
+        assert_eq!(
+            set(
+                json!({"board_locked": true, "members": [{"id": "me", "name": "Ann", "role": "leader", "status": "here"}]}),
+                7
+            ),
+            Ok(())
+        );
         s.handle_text(&json!({"type": "state", "state": state(8, json!({"board_locked": true}))}).to_string(), NOW);
-        assert_eq!(s.edit_text(&TextKey::Notes, "no", None), Err(EditError::ReadOnly));
-        assert_eq!(s.add_card("c", "no", NOW), Err(EditError::ReadOnly));
+        assert_eq!(s.edit_text(&TextKey::Notes, "no", None), Err(read_only(RefusalReason::BoardLocked)));
+        assert_eq!(s.add_card("c", "no", NOW), Err(read_only(RefusalReason::BoardLocked)));
+    }
+
+    #[test]
+    fn the_actions_on_screen_follow_the_rules() {
+        let mut s = joined();
+        let presenting = json!({"presenter": "me", "phase": {"name": "reflection", "started_at_ms": NOW, "duration_secs": 2100},
+            "queue": [{"member": "lea", "raised_at_ms": NOW}]});
+        s.handle_text(&json!({"type": "state", "state": state(2, presenting)}).to_string(), NOW);
+        let actions = s.actions().unwrap();
+        assert_eq!(actions.own.raise_hand.reason, Some(RefusalReason::PresenterInReflection));
+        assert!(actions.own.hand_shown && !actions.own.lead && !actions.own.yield_floor);
+        assert!(actions.members.values().all(|m| *m == MemberActions::default()), "a member has no leader menu");
+        assert_eq!(
+            serde_json::to_value(&actions).unwrap()["raise_hand"],
+            json!({"allowed": false, "reason": "presenter_in_reflection"})
+        );
+        // The same room seen by the leader.
+        let lead = json!({"type": "welcome", "member_id": "lea", "role": "leader", "resume_token": "t",
+            "state": state(2, json!({"presenter": "me", "queue": [{"member": "me", "raised_at_ms": NOW}]}))})
+        .to_string();
+        let mut s = Session::new(None);
+        s.start(NOW);
+        s.handle_open(NOW);
+        s.handle_text(&lead, NOW);
+        let actions = s.actions().unwrap();
+        assert!(actions.own.lead);
+        let ann = actions.members["me"];
+        assert!(ann.clear_presenter && !ann.make_presenter && ann.lower_hand && ann.kick && ann.grant_floor);
+        let own = actions.members["lea"];
+        assert!(!own.kick && !own.make_member && !own.lower_hand);
     }
 
     #[test]
@@ -1439,14 +1566,56 @@ mod tests {
         drain_io(&mut s);
         drain_events(&mut s);
         s.handle_text(&json!({"type": "state", "state": state(2, json!({"board_locked": true}))}).to_string(), NOW);
-        s.handle_text(r#"{"type":"error","code":"read_only","message":"the board is locked"}"#, NOW);
+        s.handle_text(
+            r#"{"type":"error","code":"read_only","message":"the board is locked","reason":"board_locked"}"#,
+            NOW,
+        );
         let events = drain_events(&mut s);
-        assert!(events.iter().any(|e| matches!(e, Event::Error { code: ErrorCode::ReadOnly, .. })), "{events:?}");
+        assert!(
+            events.iter().any(|e| matches!(
+                e,
+                Event::Error {
+                    code: ErrorCode::ReadOnly,
+                    reason: Some(RefusalReason::BoardLocked),
+                    lost_edit: true,
+                    ..
+                }
+            )),
+            "{events:?}"
+        );
         assert!(s.board().is_empty(), "the refused copy was thrown away");
         assert_eq!(binaries(&drain_io(&mut s)).len(), 1, "and a fresh one asked for");
         // Only once: a second refusal (of nothing new) is not shown again.
         s.handle_text(r#"{"type":"error","code":"read_only","message":"the board is locked"}"#, NOW);
         assert!(drain_events(&mut s).is_empty());
+    }
+
+    #[test]
+    fn a_refused_command_says_why_and_loses_no_edit() {
+        let mut s = joined();
+        s.command(ClientMessage::RaiseHand {}).unwrap();
+        drain_io(&mut s);
+        drain_events(&mut s);
+        s.handle_text(
+            &ServerMessage::refused(
+                balint_proto::rules::may_raise_hand(
+                    &Seat { role: Role::Member, admitted: true, presenter: true, connected: true },
+                    &Stage { phase: Phase::Reflection, board_locked: false },
+                )
+                .unwrap_err(),
+            )
+            .to_json(),
+            NOW,
+        );
+        let events = drain_events(&mut s);
+        assert_eq!(
+            serde_json::to_value(&events).unwrap(),
+            json!([{"type": "error", "code": "not_eligible", "reason": "presenter_in_reflection",
+                "message": RefusalReason::PresenterInReflection.message(), "lost_edit": false}])
+        );
+        // An older server's error, without a reason, still arrives.
+        s.handle_text(r#"{"type":"error","code":"forbidden","message":"only a leader can do that"}"#, NOW);
+        assert!(matches!(&drain_events(&mut s)[..], [Event::Error { reason: None, lost_edit: false, .. }]));
     }
 
     #[test]

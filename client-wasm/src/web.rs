@@ -14,7 +14,8 @@
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 
-use balint_proto::room::{ClientMessage, Phase, Role};
+use balint_proto::room::{ClientMessage, Phase, Role, Template};
+use balint_proto::rules;
 use js_sys::{ArrayBuffer, Function, Uint8Array, JSON};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
@@ -341,6 +342,16 @@ impl RoomClient {
         self.shared.inner.borrow().session.can_write()
     }
 
+    /// What we may do now, by the rules the server enforces: `{write, raise_hand, hand_shown,
+    /// yield_floor, lead, members: {id: {grant_floor, make_presenter, ...}}}`, where `write`
+    /// and `raise_hand` are `{allowed, reason?}`; `null` until we are in the room.
+    pub fn actions(&self) -> JsValue {
+        match self.shared.inner.borrow().session.actions() {
+            Some(actions) => to_js(&actions),
+            None => JsValue::NULL,
+        }
+    }
+
     /// The latest room state, or `null`.
     pub fn state(&self) -> JsValue {
         match self.shared.inner.borrow().session.state() {
@@ -354,6 +365,14 @@ impl RoomClient {
     pub fn member_id(&self) -> Option<String> {
         self.shared.inner.borrow().session.member_id().map(str::to_owned)
     }
+}
+
+/// The phases of a template (`balint` or `open`) in order, with their suggested durations:
+/// `[{phase, suggested_secs}]`.
+#[wasm_bindgen(js_name = templatePhases)]
+pub fn template_phases(template: &str) -> Result<JsValue, JsError> {
+    let template: Template = parse(template)?;
+    Ok(to_js(&rules::template_plan(template)))
 }
 
 fn to_js<T: serde::Serialize>(value: &T) -> JsValue {

@@ -157,11 +157,6 @@ pub fn reconnect_after(code: u16) -> Reconnect {
     }
 }
 
-/// Whether a client should reconnect after the server closed with `code`.
-pub fn should_reconnect(code: u16) -> bool {
-    reconnect_after(code) != Reconnect::Never
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

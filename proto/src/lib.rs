@@ -7,6 +7,9 @@
 //!   encoders that produce shareable [`bytes::Bytes`].
 //! - [`room`]: the room protocol spoken on text frames: JSON messages tagged by `"type"`,
 //!   shared by the server and the browser client.
+//! - [`rules`]: the rules of a meeting, written once: who may write or take the floor and why
+//!   not, what a leader may do, the templates with their phases and durations, and the reason
+//!   of every refusal. The server enforces them; the wasm client and the web UI ask them.
 //! - [`close`]: the WebSocket close codes the server uses, so that clients can tell a
 //!   malformed frame from a slow connection from an ended meeting.
 //!
@@ -14,4 +17,5 @@
 
 pub mod close;
 pub mod room;
+pub mod rules;
 pub mod sync;

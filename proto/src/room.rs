@@ -13,6 +13,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::rules::{Reason, Refusal};
+
 /// How often the server sends [`ServerMessage::Heartbeat`] to a connection that said `hello`
 /// and has been sent nothing else meanwhile, in milliseconds.
 pub const HEARTBEAT_INTERVAL_MS: u64 = 5_000;
@@ -74,38 +76,6 @@ pub enum Phase {
     Closing,
     /// The single phase of the open template.
     Discussion,
-}
-
-impl Template {
-    /// The phases of the template, in their usual order.
-    pub fn phases(self) -> &'static [Phase] {
-        match self {
-            Template::Balint => &[
-                Phase::Gathering,
-                Phase::Presentation,
-                Phase::Questions,
-                Phase::Reflection,
-                Phase::Response,
-                Phase::Closing,
-            ],
-            Template::Open => &[Phase::Discussion],
-        }
-    }
-}
-
-impl Phase {
-    /// The suggested duration, in seconds.
-    pub fn suggested_secs(self) -> u32 {
-        match self {
-            Phase::Gathering => 5 * 60,
-            Phase::Presentation => 10 * 60,
-            Phase::Questions => 10 * 60,
-            Phase::Reflection => 35 * 60,
-            Phase::Response => 10 * 60,
-            Phase::Closing => 10 * 60,
-            Phase::Discussion => 90 * 60,
-        }
-    }
 }
 
 /// A message from a client.
@@ -386,6 +356,10 @@ pub enum ServerMessage {
         code: ErrorCode,
         /// A human-readable explanation. Never quotes board content or names.
         message: String,
+        /// The specific reason, one of [`Reason`]'s stable codes. Absent from servers older
+        /// than it; a client that does not know it ignores it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<Reason>,
     },
 }
 
@@ -442,6 +416,11 @@ pub enum ErrorCode {
 }
 
 impl ServerMessage {
+    /// The `error` message of a refusal.
+    pub fn refused(refusal: Refusal) -> Self {
+        ServerMessage::Error { code: refusal.code, message: refusal.message().to_owned(), reason: Some(refusal.reason) }
+    }
+
     /// Encodes the message as the JSON text of a frame.
     pub fn to_json(&self) -> String {
         // Serializing these plain types cannot fail: no maps with non-string keys, no floats.

@@ -30,6 +30,7 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use balint_proto::close;
 use balint_proto::room::{ClientMessage, ErrorCode, Role, ServerMessage, HEARTBEAT_INTERVAL_MS};
+use balint_proto::rules::{Reason, Refusal};
 use balint_proto::sync::FrameError;
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use governor::clock::Clock;
@@ -458,8 +459,8 @@ impl Session {
                         self.throttled_since = Some(now);
                         self.metrics.refused("rate_limited");
                         debug!(room = room.id(), conn = %self.conn, "slowed down for its rate");
-                        let text = "you are sending very fast; the room reads your changes more slowly";
-                        self.send_error(socket, ErrorCode::RateLimited, text, limits).await.into()
+                        let refusal = Refusal::new(ErrorCode::RateLimited, Reason::RateLimited);
+                        self.send_error(socket, refusal, limits).await.into()
                     }
                     Some(since) if now.duration_since(since) >= limits.flood_timeout => {
                         self.metrics.refused("flood");
@@ -543,10 +544,10 @@ impl Session {
                         self.last_sent = Instant::now();
                         self.metrics.sent(len, None);
                     }
-                    if let Some(reason) = outcome.refused {
-                        debug!(room = room.id(), conn = %self.conn, "board write refused");
+                    if let Some(refusal) = outcome.refused {
+                        debug!(room = room.id(), conn = %self.conn, reason = refusal.reason.as_str(), "board write refused");
                         self.metrics.refused("read_only");
-                        return self.send_error(socket, ErrorCode::ReadOnly, reason, limits).await;
+                        return self.send_error(socket, refusal, limits).await;
                     }
                     if outcome.board_full {
                         info!(room = room.id(), conn = %self.conn, "board full: update refused");
@@ -554,8 +555,8 @@ impl Session {
                         if !self.said_hello {
                             return Some(closing(close::BOARD_FULL, "the board is full"));
                         }
-                        let message = "the board has reached its size limit; the edit was not applied";
-                        return self.send_error(socket, ErrorCode::BoardFull, message, limits).await;
+                        let refusal = Refusal::new(ErrorCode::BoardFull, Reason::BoardFull);
+                        return self.send_error(socket, refusal, limits).await;
                     }
                     None
                 }
@@ -584,7 +585,8 @@ impl Session {
                 Err(_) if self.said_hello => {
                     info!(room = room.id(), conn = %self.conn, "refused text frame");
                     self.metrics.refused("bad_message");
-                    self.send_error(socket, ErrorCode::BadMessage, "not a message of the room protocol", limits).await
+                    let refusal = Refusal::new(ErrorCode::BadMessage, Reason::BadMessage);
+                    self.send_error(socket, refusal, limits).await
                 }
                 Err(_) => {
                     info!(room = room.id(), conn = %self.conn, "refused text frame before hello");
@@ -653,8 +655,7 @@ impl Session {
     async fn send_error<S, E>(
         &mut self,
         socket: &mut S,
-        code: ErrorCode,
-        message: &str,
+        refusal: Refusal,
         limits: &ConnectionLimits,
     ) -> Option<CloseFrame>
     where
@@ -663,7 +664,7 @@ impl Session {
         if !self.said_hello {
             return None;
         }
-        let text = ServerMessage::Error { code, message: message.to_owned() }.to_json();
+        let text = ServerMessage::refused(refusal).to_json();
         let len = text.len();
         match write(socket, Message::Text(text.into()), limits.write_timeout).await {
             Ok(()) => {

@@ -336,6 +336,16 @@ try {
   await waitIn(ben, "the presenter's cards are read-only", () => document.querySelector('#cards .obs textarea').readOnly
     && document.getElementById('new-card').readOnly);
   check(await ben.getByRole('button', { name: 'Raise hand' }).isDisabled(), 'the presenter cannot raise a hand');
+  check(/outside the circle: the board is read-only for you/.test(await ben.textContent('#board-readonly')),
+    'the presenter is told why the board is read-only');
+  // A refusal says why: Ben's page sends a raise_hand anyway (as a stale tab might), and the
+  // server's reason becomes its specific sentence, without a "not kept" (no edit was refused).
+  await ben.evaluate(async () => (await import('/assets/room.js')).roomClient().raiseHand());
+  await waitIn(ben, 'Ben is told why he cannot raise a hand', () => {
+    const alert = document.getElementById('alert');
+    return !alert.hidden && /During reflection the presenter listens from outside the circle/.test(alert.textContent);
+  });
+  check(!/not kept/.test(await ben.textContent('#alert')), 'a refused command claims no lost change');
   check(!(await ann.evaluate(() => document.getElementById('notes').readOnly)), 'a member still writes');
   // Ben tries to type anyway: nothing changes, here or anywhere.
   await ben.getByLabel('Running notes').click();

@@ -14,6 +14,7 @@ use serde_json::Value;
 const DOC: &str = include_str!("../../docs/PROTOCOL.md");
 const CLOSE_RS: &str = include_str!("../../proto/src/close.rs");
 const README: &str = include_str!("../../README.md");
+const ROOM_JS: &str = include_str!("../../web/assets/room.js");
 
 /// A fenced example of the document.
 struct Example {
@@ -193,4 +194,21 @@ fn every_close_code_constant_is_in_the_table() {
         found += 1;
     }
     assert!(found >= 14, "read {found} close codes from proto/src/close.rs");
+}
+
+#[test]
+fn every_refusal_reason_is_documented_and_has_a_sentence_in_the_ui() {
+    use balint_proto::rules::Reason;
+    let names = variant_names::<Reason>(r#""no such reason""#);
+    let all: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+    assert_eq!(names, all, "rules::Reason::ALL lists every reason, in declaration order");
+    let rows: Vec<String> = Reason::ALL.iter().map(|r| format!("| `{}` | {} |", r.as_str(), r.message())).collect();
+    let shown = table_rows(DOC, "| reason | `message` |");
+    assert_eq!(shown, rows, "docs/PROTOCOL.md's refusal reasons, expected:\n{}", rows.join("\n"));
+    // The web UI's catalogue: one sentence per reason, in its REFUSALS table.
+    let catalogue = ROOM_JS.split_once("const REFUSALS = {").expect("room.js has REFUSALS").1;
+    let catalogue = catalogue.split_once("\n};").expect("REFUSALS ends").0;
+    for name in all {
+        assert!(catalogue.contains(&format!("\n  {name}:")), "room.js has no sentence for the reason `{name}`");
+    }
 }

@@ -1,7 +1,10 @@
 // The room page: /r/{room}#t=TOKEN.
 //
 // The wasm client (balint-client's RoomClient) holds the board and speaks the room protocol;
-// this module only renders what it reports and turns clicks into its commands. It renders each
+// this module only renders what it reports and turns clicks into its commands. The rules (who may
+// write or raise a hand, which leader actions apply to whom, a template's phases and durations,
+// whether to reconnect) come from the client, which has them from balint-proto's rules module,
+// the same code the server enforces; here they only become sentences and enabled controls. It renders each
 // state snapshot whole, updating list rows in place (keyed by member or card id) so that focus
 // and the textareas bound to the board survive.
 //
@@ -9,7 +12,7 @@
 // reload rejoins as the same member. Nothing goes to localStorage or IndexedDB. When the
 // meeting ends, the token is forgotten, the client wipes its board and the board leaves the DOM.
 
-import init, { RoomClient } from './pkg/balint_client.js';
+import init, { RoomClient, templatePhases } from './pkg/balint_client.js';
 
 const PHASES = {
   gathering: { label: 'Gathering', hint: 'The leader asks who has a case and picks the presenter.' },
@@ -23,28 +26,53 @@ const PHASES = {
   closing: { label: 'Closing', hint: 'A short reflection on the session itself.' },
   discussion: { label: 'Discussion', hint: 'Raise your hand to speak.' },
 };
-const TEMPLATE_PHASES = {
-  balint: ['gathering', 'presentation', 'questions', 'reflection', 'response', 'closing'],
-  open: ['discussion'],
-};
-const SUGGESTED_SECS = {
-  gathering: 300, presentation: 600, questions: 600, reflection: 2100, response: 600, closing: 600, discussion: 5400,
-};
 const STATUS = { here: 'here', reconnecting: 'reconnecting…', away: 'away', outside_circle: 'outside the circle' };
-const ERRORS = {
+// Why something was refused: the server's (and the client's) reason code, the page a sentence.
+// One entry per reason of balint-proto's rules::Reason (a test checks that none is missing).
+const REFUSALS = {
   bad_message: 'That did not work: the request was not understood.',
-  forbidden: 'Only a leader can do that.',
-  not_in_room: 'You are still waiting to be let in.',
-  unknown_member: 'That person is no longer in the room.',
-  invalid_phase: 'That phase is not part of this session.',
+  not_joined: 'You are not in the room yet.',
+  in_lobby: 'You are still waiting to be let in.',
+  observer: 'Observers read along: they do not write, raise a hand or take the floor.',
+  observer_cannot_present: 'An observer cannot present a case. Make them a member first.',
+  presenter_in_reflection:
+    'During reflection the presenter listens from outside the circle: no hand, no floor and no writing until the response.',
+  board_locked: 'A leader has locked the board: only leaders can write now.',
+  board_full: 'The board is full. A leader can end the meeting and start a new room.',
+  not_leader: 'Only a leader can do that.',
+  only_presenter_during_presentation: 'During the presentation only the presenter holds the floor.',
+  reconnecting: 'That person is reconnecting. Give them the floor when they are back.',
   queue_empty: 'Nobody in the queue can take the floor right now.',
-  not_eligible: 'That is not possible in this phase, or for this person right now.',
-  read_only: 'The board is read-only for you right now. Your last change was not kept.',
-  conflict: 'Someone changed the floor just before you. Have a look and try again.',
+  not_floor_holder: 'You do not hold the floor.',
+  floor_free: 'Nobody holds the floor.',
+  floor_changed: 'Someone changed the floor just before you. Have a look and try again.',
+  own_role: 'A leader cannot change their own role; another leader can.',
+  remove_self: 'A leader cannot remove themselves from the meeting.',
+  unknown_member: 'That person is no longer in the room.',
+  not_waiting: 'That person is no longer waiting in the lobby.',
+  phase_not_in_template: 'That phase is not part of this session.',
+  phase_duration: 'A phase lasts at most 24 hours.',
+  speaking_limit: 'A speaking limit must be at least one second.',
   unavailable: 'The room is briefly unavailable. Try again in a moment.',
-  board_full: 'The board is full: your last change was not kept. A leader can end the meeting and start a new room.',
   rate_limited: 'You are sending changes very fast; the room is slowing you down.',
 };
+// Said after a refusal only when the server refused an edit this page had sent.
+const LOST_EDIT = 'Your last change was not kept.';
+// Why one's own controls are off, as the panel beside them says it.
+const STANDING = {
+  observer: 'You are observing: you can read the board, not write or take the floor.',
+  presenter_in_reflection: 'You are outside the circle during reflection.',
+};
+const BOARD_NOTES = {
+  observer: 'You are observing: the board is read-only for you.',
+  presenter_in_reflection: 'You are outside the circle: the board is read-only for you until the response.',
+  board_locked: 'The leader has locked the board: only leaders can write now.',
+};
+
+/** The sentence of a refusal: by its reason, else (an older server) by its message. */
+function refusalText(reason, message) {
+  return REFUSALS[reason] || message || 'That was not possible just now.';
+}
 
 // Why the connection stands where it does: the client gives a reason code, the page a sentence.
 const REASONS = {
@@ -73,6 +101,7 @@ let name = '';
 let me = null;
 let state = null;
 let canWrite = false;
+let actions = null;
 let ephemeral = true;
 let finished = false;
 let lastAnnounced = {};
@@ -153,6 +182,7 @@ function onEvent(event) {
       me = event.me;
       state = event.state;
       canWrite = event.can_write;
+      actions = event.actions;
       ephemeral = state.ephemeral;
       render();
       break;
@@ -165,9 +195,11 @@ function onEvent(event) {
       $('floor-timer').classList.add('over');
       break;
     }
-    case 'error':
-      alertUser(ERRORS[event.code] || event.message);
+    case 'error': {
+      const why = refusalText(event.reason, event.message);
+      alertUser(event.lost_edit ? `${why} ${LOST_EDIT}` : why);
       break;
+    }
     case 'released':
       showReleased(event);
       break;
@@ -378,12 +410,8 @@ function memberName(id) {
   return state?.members.find((m) => m.id === id)?.name || 'Someone';
 }
 
-function myView() {
-  return state?.members.find((m) => m.id === me);
-}
-
 function isLeader() {
-  return myView()?.role === 'leader';
+  return Boolean(actions?.lead);
 }
 
 function ordinal(n) {
@@ -402,7 +430,6 @@ function duration(ms) {
 
 function render() {
   if (!state || finished) return;
-  const view = myView();
   const leader = isLeader();
   const phase = PHASES[state.phase.name] || { label: state.phase.name, hint: '' };
   const presenterName = state.presenter ? memberName(state.presenter) : null;
@@ -437,34 +464,32 @@ function render() {
   }
   lastAnnounced.phase = state.phase.name;
 
-  renderFloor(view, iAmPresenter);
+  renderFloor();
   renderQueue(leader);
   renderMembers(leader);
   renderLeaderPanel(leader);
-  renderBoardAccess(view, iAmPresenter);
+  renderBoardAccess();
   if (!connected) setAvailable(false);
   tick();
 }
 
-function renderFloor(view, iAmPresenter) {
+function renderFloor() {
   const floor = state.floor;
   const holder = floor ? (floor.member === me ? 'You have the floor.' : `${memberName(floor.member)} has the floor.`)
     : 'Nobody has the floor.';
   if ($('floor-holder').textContent !== holder) $('floor-holder').textContent = holder;
   $('floor-timer').classList.remove('over');
-  $('yield').hidden = !(floor && floor.member === me);
+  $('yield').hidden = !actions?.yield_floor;
 
   const position = state.queue.findIndex((entry) => entry.member === me);
   const hand = $('hand');
-  const observer = view?.role === 'observer';
-  const outside = view?.status === 'outside_circle' || (iAmPresenter && state.phase.name === 'reflection');
-  hand.hidden = observer;
+  const raise = actions?.raise_hand || { allowed: false };
+  hand.hidden = !actions?.hand_shown;
   hand.textContent = position >= 0 ? 'Lower my hand' : 'Raise hand';
-  hand.disabled = outside && position < 0;
+  hand.disabled = !raise.allowed && position < 0;
 
   let text = '';
-  if (observer) text = 'You are observing: you can read the board, not write or take the floor.';
-  else if (outside) text = 'You are outside the circle during reflection.';
+  if (!raise.allowed && STANDING[raise.reason]) text = STANDING[raise.reason];
   else if (position >= 0) text = `Your hand is up: you are ${ordinal(position + 1)} in the queue.`;
   if ($('my-position').textContent !== text) $('my-position').textContent = text;
 }
@@ -494,6 +519,8 @@ function renderQueue(leader) {
 }
 
 function renderMembers(leader) {
+  // What we may do to each member, from the client (the row's own `actions` is its menu).
+  const allowed = actions || {};
   reconcile(
     $('members'),
     state.members,
@@ -525,15 +552,15 @@ function renderMembers(leader) {
       actions.hidden = !leader;
       actions.querySelector('summary .visually-hidden').textContent = ` for ${member.name}`;
       const show = (act, visible) => { actions.querySelector(`[data-act="${act}"]`).hidden = !visible; };
-      const presenter = state.presenter === member.id;
-      show('grant', member.role !== 'observer' && state.floor?.member !== member.id);
-      show('presenter', member.role !== 'observer' && !presenter);
-      show('unpresenter', presenter);
-      show('co-leader', !self && member.role !== 'leader');
-      show('member', !self && member.role !== 'member');
-      show('observer', !self && member.role !== 'observer');
-      show('lower', state.queue.some((entry) => entry.member === member.id));
-      show('kick', !self);
+      const may = allowed.members?.[member.id] || {};
+      show('grant', may.grant_floor);
+      show('presenter', may.make_presenter);
+      show('unpresenter', may.clear_presenter);
+      show('co-leader', may.make_leader);
+      show('member', may.make_member);
+      show('observer', may.make_observer);
+      show('lower', may.lower_hand);
+      show('kick', may.kick);
     },
   );
 }
@@ -542,18 +569,18 @@ function renderLeaderPanel(leader) {
   $('leader-panel').hidden = !leader;
   if (!leader) return;
   $('keep-box').hidden = state.ephemeral;
-  const phases = TEMPLATE_PHASES[state.template] || [];
+  const phases = templatePhases(state.template);
   reconcile(
     $('phases'),
     phases,
-    (phase) => phase,
-    (phase) => el('button', { type: 'button', dataset: { phase } }),
-    (button, phase) => {
-      const current = state.phase.name === phase;
-      button.textContent = PHASES[phase].label;
+    (plan) => plan.phase,
+    (plan) => el('button', { type: 'button', dataset: { phase: plan.phase } }),
+    (button, plan) => {
+      const current = state.phase.name === plan.phase;
+      button.textContent = PHASES[plan.phase]?.label || plan.phase;
       button.setAttribute('aria-pressed', String(current));
       button.title = current ? 'Current phase: click to restart its countdown'
-        : `Suggested: ${SUGGESTED_SECS[phase] / 60} minutes`;
+        : `Suggested: ${plan.suggested_secs / 60} minutes`;
     },
   );
 
@@ -625,15 +652,9 @@ function renderParticipation() {
   );
 }
 
-function renderBoardAccess(view, iAmPresenter) {
+function renderBoardAccess() {
   let note = '';
-  if (!canWrite) {
-    if (view?.role === 'observer') note = 'You are observing: the board is read-only for you.';
-    else if (iAmPresenter && state.phase.name === 'reflection') {
-      note = 'You are outside the circle: the board is read-only for you until the response.';
-    } else if (state.board_locked) note = 'The leader has locked the board: only leaders can write now.';
-    else note = 'The board is read-only for you right now.';
-  }
+  if (!canWrite) note = BOARD_NOTES[actions?.write?.reason] || 'The board is read-only for you right now.';
   $('board-readonly').textContent = note;
   $('board-readonly').hidden = !note;
   $('new-card').readOnly = !canWrite;
@@ -916,7 +937,8 @@ $('add-card').addEventListener('submit', (event) => {
     client.addCard(body);
     $('new-card').value = '';
   } catch (error) {
-    alertUser(ERRORS.read_only);
+    // The client's rule refused it before sending: say why; nothing was lost.
+    alertUser(refusalText(client.actions()?.write?.reason, null));
   }
 });
 

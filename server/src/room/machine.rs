@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use balint_proto::close;
 use balint_proto::room::{ClientMessage, ErrorCode, Role, RoomState, ServerMessage};
+use balint_proto::rules::{Reason, Refusal};
 use balint_proto::sync::{self, FrameError};
 use bytes::Bytes;
 use tracing::{debug, info, warn};
@@ -232,7 +233,7 @@ pub struct BinaryOutcome {
     pub reply: Vec<Bytes>,
     /// The frame tried to change the board without the right to; the reason, for an `error`
     /// to a client that speaks the room protocol.
-    pub refused: Option<&'static str>,
+    pub refused: Option<Refusal>,
     /// The frame's board change would have passed the board's size limit and was refused.
     pub board_full: bool,
 }
@@ -901,10 +902,8 @@ impl RoomMachine {
                         warn!(room = %self.id, error = %error, "room store unavailable");
                         self.effects.push_back(Effect::BackendFailed);
                         if let Some(conn) = commit.conn.filter(|c| self.meeting.said_hello(*c)) {
-                            let error = ServerMessage::Error {
-                                code: ErrorCode::Unavailable,
-                                message: "the room is briefly unavailable; try again in a moment".to_owned(),
-                            };
+                            let error =
+                                ServerMessage::refused(Refusal::new(ErrorCode::Unavailable, Reason::Unavailable));
                             self.apply(vec![MeetingOutput::Send(Audience::one(conn), error)], now_ms, None);
                         }
                         return Next::Continue;

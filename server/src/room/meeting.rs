@@ -43,6 +43,7 @@ use balint_proto::room::{
     ClientMessage, ErrorCode, Floor, MemberView, Participation, Phase, PhaseState, QueueEntry, Released, Role,
     RoomState, ServerMessage, Status, Template, Waiting,
 };
+use balint_proto::rules::{self, Reason, Refusal, Seat, Stage};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use sha2::{Digest, Sha256};
@@ -239,8 +240,6 @@ pub struct Shared {
     /// [`limits::MAX_LAPSED_MEMBERSHIPS`].
     lapsed: Vec<Lapsed>,
 }
-
-type Refusal = (ErrorCode, &'static str);
 
 /// A connection newly bound to a member, recorded when its plan is installed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -493,7 +492,7 @@ impl Shared {
                     self.end_turn(now);
                     Ok(true)
                 } else {
-                    Err((ErrorCode::Conflict, "you do not hold the floor"))
+                    Err(Refusal::new(ErrorCode::Conflict, Reason::NotFloorHolder))
                 }
             }
             C::GrantFloor { member, .. } => {
@@ -507,10 +506,12 @@ impl Shared {
                 let next = self
                     .ordered_queue()
                     .into_iter()
-                    .find(|h| self.can_hold_floor(&h.member).is_ok() && self.is_connected(&h.member))
+                    .find(|h| {
+                        self.seat(&h.member).is_some_and(|seat| rules::may_take_floor(&seat, &self.stage()).is_ok())
+                    })
                     .map(|h| h.member);
                 let Some(next) = next else {
-                    return Err((ErrorCode::QueueEmpty, "no raised hand can take the floor now"));
+                    return Err(Refusal::new(ErrorCode::QueueEmpty, Reason::QueueEmpty));
                 };
                 self.grant(&next, now)?;
                 Ok(true)
@@ -518,16 +519,14 @@ impl Shared {
             C::RevokeFloor {} => {
                 self.require_leader(me)?;
                 if self.floor.is_none() {
-                    return Err((ErrorCode::Conflict, "nobody holds the floor"));
+                    return Err(Refusal::new(ErrorCode::Conflict, Reason::FloorFree));
                 }
                 self.end_turn(now);
                 Ok(true)
             }
             C::SetSpeakingLimit { seconds } => {
                 self.require_leader(me)?;
-                if seconds == Some(0) {
-                    return Err((ErrorCode::BadMessage, "a speaking limit must be at least one second"));
-                }
+                rules::check_speaking_limit(seconds)?;
                 let changed = self.speaking_limit_secs != seconds;
                 self.speaking_limit_secs = seconds;
                 if let Some(turn) = &mut self.floor {
@@ -553,9 +552,7 @@ impl Shared {
                 self.require_leader(me)?;
                 if let Some(target) = &member {
                     self.require_member(target)?;
-                    if self.members[target].role == Role::Observer {
-                        return Err((ErrorCode::NotEligible, "an observer cannot present a case"));
-                    }
+                    rules::may_present(&self.seat(target).expect("checked"))?;
                 }
                 let changed = self.presenter != member;
                 self.presenter = member;
@@ -565,9 +562,7 @@ impl Shared {
             C::SetRole { member, role } => {
                 self.require_leader(me)?;
                 self.require_member(&member)?;
-                if member == me {
-                    return Err((ErrorCode::Forbidden, "a leader cannot change their own role"));
-                }
+                rules::may_change_role(member == me)?;
                 let target = self.members.get_mut(&member).expect("checked");
                 if target.role == role {
                     return Ok(false);
@@ -616,9 +611,7 @@ impl Shared {
             C::Kick { member } => {
                 self.require_leader(me)?;
                 self.require_member(&member)?;
-                if member == me {
-                    return Err((ErrorCode::Forbidden, "a leader cannot remove themselves"));
-                }
+                rules::may_remove(member == me)?;
                 self.revoke(&member);
                 self.remove_member(&member, now);
                 self.removed.insert(member, Removal::Kicked);
@@ -632,12 +625,7 @@ impl Shared {
     }
 
     fn raise_hand(&mut self, me: &str, now: u64) -> Result<bool, Refusal> {
-        if self.members[me].role == Role::Observer {
-            return Err((ErrorCode::Forbidden, "observers cannot raise a hand"));
-        }
-        if self.is_pushed_back(me) {
-            return Err((ErrorCode::NotEligible, "the presenter listens during reflection"));
-        }
+        rules::may_raise_hand(&self.seat(me).expect("sender is a member"), &self.stage())?;
         if self.queue.iter().any(|h| h.member == me) {
             return Ok(false);
         }
@@ -652,15 +640,8 @@ impl Shared {
         before != self.queue.len()
     }
 
-    fn is_connected(&self, member: &str) -> bool {
-        self.members.get(member).is_some_and(|m| m.dropped_at_ms.is_none())
-    }
-
     fn grant(&mut self, member: &str, now: u64) -> Result<(), Refusal> {
-        self.can_hold_floor(member)?;
-        if !self.is_connected(member) {
-            return Err((ErrorCode::NotEligible, "that member is reconnecting"));
-        }
+        rules::may_take_floor(&self.seat(member).expect("checked"), &self.stage())?;
         self.end_turn(now);
         self.lower_hand(member);
         let seq = self.bump_seq();
@@ -677,21 +658,19 @@ impl Shared {
         Ok(())
     }
 
-    fn can_hold_floor(&self, member: &str) -> Result<(), Refusal> {
-        let m = &self.members[member];
-        if m.role == Role::Observer {
-            return Err((ErrorCode::NotEligible, "observers cannot take the floor"));
-        }
-        if !m.admitted {
-            return Err((ErrorCode::NotEligible, "that member waits in the lobby"));
-        }
-        if self.is_pushed_back(member) {
-            return Err((ErrorCode::NotEligible, "the presenter listens during reflection"));
-        }
-        if self.phase.name == Phase::Presentation && self.presenter.as_deref() != Some(member) {
-            return Err((ErrorCode::NotEligible, "only the presenter holds the floor during presentation"));
-        }
-        Ok(())
+    /// What the rules need to know of a member, when they are one.
+    fn seat(&self, member_id: &str) -> Option<Seat> {
+        self.members.get(member_id).map(|m| Seat {
+            role: m.role,
+            admitted: m.admitted,
+            presenter: self.presenter.as_deref() == Some(member_id),
+            connected: m.dropped_at_ms.is_none(),
+        })
+    }
+
+    /// What the rules need to know of the room.
+    fn stage(&self) -> Stage {
+        Stage { phase: self.phase.name, board_locked: self.board_locked }
     }
 
     fn end_turn(&mut self, now: u64) {
@@ -703,13 +682,7 @@ impl Shared {
     }
 
     fn set_phase(&mut self, phase: Phase, duration_secs: Option<u32>, now: u64) -> Result<(), Refusal> {
-        if !self.template.phases().contains(&phase) {
-            return Err((ErrorCode::InvalidPhase, "that phase is not part of this room's template"));
-        }
-        let duration = duration_secs.unwrap_or_else(|| phase.suggested_secs());
-        if !(1..=24 * 3600).contains(&duration) {
-            return Err((ErrorCode::BadMessage, "a phase lasts between one second and 24 hours"));
-        }
+        let duration = rules::phase_duration(self.template, phase, duration_secs)?;
         self.phase = PhaseState { name: phase, started_at_ms: now, duration_secs: duration };
         for member in self.members.values_mut() {
             member.spoke_in_phase = false;
@@ -746,7 +719,7 @@ impl Shared {
     }
 
     fn is_pushed_back(&self, member: &str) -> bool {
-        self.phase.name == Phase::Reflection && self.presenter.as_deref() == Some(member)
+        self.seat(member).is_some_and(|seat| rules::pushed_back(&seat, &self.stage()))
     }
 
     fn remove_member(&mut self, member_id: &str, now: u64) {
@@ -761,23 +734,23 @@ impl Shared {
     }
 
     fn require_leader(&self, member_id: &str) -> Result<(), Refusal> {
-        match self.members.get(member_id) {
-            Some(m) if m.role == Role::Leader => Ok(()),
-            _ => Err((ErrorCode::Forbidden, "only a leader can do that")),
+        match self.seat(member_id) {
+            Some(seat) => rules::may_lead(&seat),
+            None => Err(Refusal::new(ErrorCode::Forbidden, Reason::NotLeader)),
         }
     }
 
     fn require_member(&self, member_id: &str) -> Result<(), Refusal> {
         match self.members.get(member_id) {
             Some(m) if m.admitted => Ok(()),
-            _ => Err((ErrorCode::UnknownMember, "no such member in the room")),
+            _ => Err(Refusal::new(ErrorCode::UnknownMember, Reason::UnknownMember)),
         }
     }
 
     fn require_waiting(&self, member_id: &str) -> Result<(), Refusal> {
         match self.members.get(member_id) {
             Some(m) if !m.admitted => Ok(()),
-            _ => Err((ErrorCode::UnknownMember, "nobody by that id waits in the lobby")),
+            _ => Err(Refusal::new(ErrorCode::UnknownMember, Reason::NotWaiting)),
         }
     }
 
@@ -926,22 +899,9 @@ impl Shared {
         }
     }
 
-    /// Why `member_id` may not write on the board now, if they may not.
-    fn write_refusal(&self, member_id: &str) -> Option<&'static str> {
-        let Some(member) = self.members.get(member_id) else {
-            return Some("join the room before writing");
-        };
-        if !member.admitted {
-            Some("wait for a leader to admit you")
-        } else if member.role == Role::Observer {
-            Some("observers cannot write on the board")
-        } else if self.is_pushed_back(member_id) {
-            Some("the presenter does not write during reflection")
-        } else if self.board_locked && member.role != Role::Leader {
-            Some("a leader has locked the board")
-        } else {
-            None
-        }
+    /// Whether `member_id` may write on the board now, and if not, why.
+    fn may_write(&self, member_id: Option<&str>) -> Result<(), Refusal> {
+        rules::may_write(member_id.and_then(|id| self.seat(id)).as_ref(), &self.stage())
     }
 }
 
@@ -1068,17 +1028,14 @@ impl Meeting {
                     ..Plan::default()
                 };
             }
-            Some(_) => return Plan::refused(conn, (ErrorCode::NotInRoom, "wait for a leader to admit you")),
+            Some(_) => return Plan::refused(conn, Refusal::new(ErrorCode::NotInRoom, Reason::InLobby)),
             None => return Plan::default(),
         };
         if let ClientMessage::GrantFloor { if_version: Some(seen), .. }
         | ClientMessage::NextSpeaker { if_version: Some(seen) } = &message
         {
             if self.shared.floor_version > *seen {
-                return Plan::refused(
-                    conn,
-                    (ErrorCode::Conflict, "the floor changed since you looked; nothing was done"),
-                );
+                return Plan::refused(conn, Refusal::new(ErrorCode::Conflict, Reason::FloorChanged));
             }
         }
         let mut next = self.shared.clone();
@@ -1297,13 +1254,8 @@ impl Meeting {
     }
 
     /// Whether `conn` may change the board now, and if not, why.
-    pub fn can_write(&self, conn: ConnId) -> Result<(), &'static str> {
-        let member_id =
-            self.connections.get(&conn).and_then(|c| c.member.as_deref()).ok_or("join the room before writing")?;
-        match self.shared.write_refusal(member_id) {
-            Some(reason) => Err(reason),
-            None => Ok(()),
-        }
+    pub fn can_write(&self, conn: ConnId) -> Result<(), Refusal> {
+        self.shared.may_write(self.connections.get(&conn).and_then(|c| c.member.as_deref()))
     }
 
     /// Whether `conn` may see the board.
@@ -1358,8 +1310,8 @@ impl Meeting {
     }
 }
 
-fn refuse(conn: ConnId, (code, message): Refusal) -> Output {
-    Output::Send(Audience::one(conn), ServerMessage::Error { code, message: message.to_owned() })
+fn refuse(conn: ConnId, refusal: Refusal) -> Output {
+    Output::Send(Audience::one(conn), ServerMessage::refused(refusal))
 }
 
 /// The digest by which a resume token is remembered once its membership is gone: never the

@@ -4,6 +4,7 @@
 use super::*;
 
 use balint_proto::room::ClientMessage as C;
+use balint_proto::rules::Reason;
 
 /// The reconnect grace of every simulated meeting.
 const GRACE_MS: u64 = 120_000;
@@ -151,12 +152,14 @@ impl Sim {
 
     /// Sends `message` from `conn`, expects exactly one `error{code}` for `conn` and no change at
     /// all to the room state (its version included).
-    fn assert_refused(&mut self, conn: ConnId, message: ClientMessage, code: ErrorCode) {
+    fn assert_refused(&mut self, conn: ConnId, message: ClientMessage, (code, reason): (ErrorCode, Reason)) {
         let before = self.meeting.state(true);
         let out = self.send(conn, message.clone());
         match out.as_slice() {
-            [Output::Send(audience, ServerMessage::Error { code: got, .. })] => {
+            [Output::Send(audience, ServerMessage::Error { code: got, reason: got_reason, message: text })] => {
                 assert_eq!(*got, code, "{message:?} was refused with the wrong code");
+                assert_eq!(*got_reason, Some(reason), "{message:?} was refused for the wrong reason");
+                assert_eq!(text, reason.message(), "the message is the reason's sentence");
                 assert_eq!(*audience, Audience::one(conn), "the error of {message:?} goes to its sender only");
             }
             other => panic!("{message:?} should produce one error {code:?}, got {other:?}"),
@@ -476,7 +479,7 @@ fn a_leader_promotes_a_member_to_co_leader_who_can_then_use_leader_commands() {
     let lena = sim.join(Role::Leader, "Lena");
     let ann = sim.join(Role::Member, "Ann");
     let ben = sim.join(Role::Member, "Ben");
-    sim.assert_refused(ann.conn, grant(&ben), ErrorCode::Forbidden);
+    sim.assert_refused(ann.conn, grant(&ben), (ErrorCode::Forbidden, Reason::NotLeader));
 
     sim.ok(lena.conn, C::SetRole { member: ann.id.clone(), role: Role::Leader });
 
@@ -501,7 +504,7 @@ fn a_leader_demotes_a_co_leader_who_then_loses_leader_commands() {
     let view = sim.view(ann.conn);
     assert_eq!(member(&view, &ann).unwrap().role, Role::Member);
     assert_eq!(view.participation, None, "Ann is back to the members' view");
-    sim.assert_refused(ann.conn, grant(&ann), ErrorCode::Forbidden);
+    sim.assert_refused(ann.conn, grant(&ann), (ErrorCode::Forbidden, Reason::NotLeader));
 }
 
 #[test]
@@ -510,7 +513,11 @@ fn a_leader_cannot_change_their_own_role() {
     let lena = sim.join(Role::Leader, "Lena");
     let _ann = sim.join(Role::Member, "Ann");
 
-    sim.assert_refused(lena.conn, C::SetRole { member: lena.id.clone(), role: Role::Member }, ErrorCode::Forbidden);
+    sim.assert_refused(
+        lena.conn,
+        C::SetRole { member: lena.id.clone(), role: Role::Member },
+        (ErrorCode::Forbidden, Reason::OwnRole),
+    );
 
     assert_eq!(member(&sim.view(lena.conn), &lena).unwrap().role, Role::Leader);
 }
@@ -562,7 +569,7 @@ fn a_member_gets_forbidden_for_every_leader_only_command_and_nothing_changes() {
         C::EndMeeting {},
     ];
     for command in leader_only {
-        sim.assert_refused(ann.conn, command, ErrorCode::Forbidden);
+        sim.assert_refused(ann.conn, command, (ErrorCode::Forbidden, Reason::NotLeader));
     }
 
     // Everything is as it was: Ann holds the floor, Ben's hand is up, Wanda still waits.
@@ -580,7 +587,7 @@ fn observers_cannot_raise_a_hand() {
     let _lena = sim.join(Role::Leader, "Lena");
     let otto = sim.join(Role::Observer, "Otto");
 
-    sim.assert_refused(otto.conn, C::RaiseHand {}, ErrorCode::Forbidden);
+    sim.assert_refused(otto.conn, C::RaiseHand {}, (ErrorCode::Forbidden, Reason::Observer));
 }
 
 #[test]
@@ -589,7 +596,7 @@ fn observers_cannot_be_granted_the_floor() {
     let lena = sim.join(Role::Leader, "Lena");
     let otto = sim.join(Role::Observer, "Otto");
 
-    sim.assert_refused(lena.conn, grant(&otto), ErrorCode::NotEligible);
+    sim.assert_refused(lena.conn, grant(&otto), (ErrorCode::NotEligible, Reason::Observer));
 }
 
 #[test]
@@ -600,7 +607,7 @@ fn observers_may_read_but_not_write_the_board() {
     let ann = sim.join(Role::Member, "Ann");
 
     assert!(sim.meeting.can_read(otto.conn));
-    assert!(sim.meeting.can_write(otto.conn).is_err());
+    assert_eq!(sim.meeting.can_write(otto.conn).map_err(|r| r.reason), Err(Reason::Observer));
     assert!(sim.meeting.can_write(ann.conn).is_ok());
 }
 
@@ -619,7 +626,7 @@ fn a_member_made_observer_loses_their_hand_and_the_floor() {
     let view = sim.view(ann.conn);
     assert_eq!(view.floor, None);
     assert!(view.queue.is_empty());
-    assert!(sim.meeting.can_write(ann.conn).is_err());
+    assert_eq!(sim.meeting.can_write(ann.conn).map_err(|r| r.reason), Err(Reason::Observer));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -703,7 +710,7 @@ fn next_speaker_with_an_empty_queue_gets_queue_empty() {
     let lena = sim.join(Role::Leader, "Lena");
     let _ann = sim.join(Role::Member, "Ann");
 
-    sim.assert_refused(lena.conn, C::NextSpeaker { if_version: None }, ErrorCode::QueueEmpty);
+    sim.assert_refused(lena.conn, C::NextSpeaker { if_version: None }, (ErrorCode::QueueEmpty, Reason::QueueEmpty));
 }
 
 #[test]
@@ -731,7 +738,7 @@ fn a_leader_can_grant_the_floor_to_anyone_and_granting_lowers_their_hand() {
     sim.assert_refused(
         lena.conn,
         C::GrantFloor { member: "nobody".into(), if_version: None },
-        ErrorCode::UnknownMember,
+        (ErrorCode::UnknownMember, Reason::UnknownMember),
     );
 }
 
@@ -745,7 +752,7 @@ fn a_leader_revokes_the_floor_and_revoking_a_free_floor_is_a_conflict() {
     sim.ok(lena.conn, C::RevokeFloor {});
 
     assert_eq!(sim.view(ann.conn).floor, None);
-    sim.assert_refused(lena.conn, C::RevokeFloor {}, ErrorCode::Conflict);
+    sim.assert_refused(lena.conn, C::RevokeFloor {}, (ErrorCode::Conflict, Reason::FloorFree));
 }
 
 #[test]
@@ -767,9 +774,9 @@ fn yielding_a_floor_one_does_not_hold_gets_conflict() {
     let ann = sim.join(Role::Member, "Ann");
     let ben = sim.join(Role::Member, "Ben");
 
-    sim.assert_refused(ann.conn, C::YieldFloor {}, ErrorCode::Conflict);
+    sim.assert_refused(ann.conn, C::YieldFloor {}, (ErrorCode::Conflict, Reason::NotFloorHolder));
     sim.ok(lena.conn, grant(&ben));
-    sim.assert_refused(ann.conn, C::YieldFloor {}, ErrorCode::Conflict);
+    sim.assert_refused(ann.conn, C::YieldFloor {}, (ErrorCode::Conflict, Reason::NotFloorHolder));
     assert_eq!(floor_holder(&sim.meeting.state(false)), Some(ben.id.as_str()));
 }
 
@@ -961,7 +968,7 @@ fn a_balint_room_moves_through_its_six_phases_in_any_order_and_refuses_discussio
         assert_eq!(sim.view(lena.conn).phase.name, phase);
     }
 
-    sim.assert_refused(lena.conn, set_phase(Phase::Discussion), ErrorCode::InvalidPhase);
+    sim.assert_refused(lena.conn, set_phase(Phase::Discussion), (ErrorCode::InvalidPhase, Reason::PhaseNotInTemplate));
 }
 
 #[test]
@@ -976,7 +983,7 @@ fn an_open_room_has_only_the_discussion_phase() {
     for phase in
         [Phase::Gathering, Phase::Presentation, Phase::Questions, Phase::Reflection, Phase::Response, Phase::Closing]
     {
-        sim.assert_refused(lena.conn, set_phase(phase), ErrorCode::InvalidPhase);
+        sim.assert_refused(lena.conn, set_phase(phase), (ErrorCode::InvalidPhase, Reason::PhaseNotInTemplate));
     }
     sim.ok(lena.conn, set_phase(Phase::Discussion));
 }
@@ -1004,7 +1011,11 @@ fn a_phase_carries_its_start_time_and_its_suggested_or_overridden_duration() {
         sim.view(ann.conn).phase,
         PhaseState { name: Phase::Reflection, started_at_ms: START_MS + 8 * 60_000, duration_secs: 40 * 60 }
     );
-    sim.assert_refused(lena.conn, C::SetPhase { phase: Phase::Closing, duration_secs: Some(0) }, ErrorCode::BadMessage);
+    sim.assert_refused(
+        lena.conn,
+        C::SetPhase { phase: Phase::Closing, duration_secs: Some(0) },
+        (ErrorCode::BadMessage, Reason::PhaseDuration),
+    );
 }
 
 /// A balint room with Lena leading, Pia picked as presenter, and Ann and Ben in the group.
@@ -1043,7 +1054,7 @@ fn the_presenter_cannot_take_the_floor_during_reflection() {
     let (mut sim, lena, pia, ann, _ben) = balint_with_presenter();
     sim.ok(lena.conn, set_phase(Phase::Reflection));
 
-    sim.assert_refused(lena.conn, grant(&pia), ErrorCode::NotEligible);
+    sim.assert_refused(lena.conn, grant(&pia), (ErrorCode::NotEligible, Reason::PresenterInReflection));
 
     sim.ok(lena.conn, grant(&ann));
     assert_eq!(floor_holder(&sim.view(pia.conn)), Some(ann.id.as_str()), "the group speaks");
@@ -1054,7 +1065,7 @@ fn the_presenter_cannot_raise_a_hand_during_reflection() {
     let (mut sim, lena, pia, _ann, _ben) = balint_with_presenter();
     sim.ok(lena.conn, set_phase(Phase::Reflection));
 
-    sim.assert_refused(pia.conn, C::RaiseHand {}, ErrorCode::NotEligible);
+    sim.assert_refused(pia.conn, C::RaiseHand {}, (ErrorCode::NotEligible, Reason::PresenterInReflection));
 }
 
 #[test]
@@ -1063,7 +1074,7 @@ fn the_presenter_cannot_write_on_the_board_during_reflection() {
     assert!(sim.meeting.can_write(pia.conn).is_ok());
 
     sim.ok(lena.conn, set_phase(Phase::Reflection));
-    assert!(sim.meeting.can_write(pia.conn).is_err());
+    assert_eq!(sim.meeting.can_write(pia.conn).map_err(|r| r.reason), Err(Reason::PresenterInReflection));
     assert!(sim.meeting.can_read(pia.conn), "she still sees the board");
     assert!(sim.meeting.can_write(ann.conn).is_ok());
 
@@ -1096,9 +1107,9 @@ fn entering_presentation_gives_the_presenter_the_floor_and_nobody_else_can_be_gr
     let floor = view.floor.expect("the presenter speaks");
     assert_eq!(floor.member, pia.id, "Ann's turn ends, Pia's begins");
     assert_eq!(floor.since_ms, sim.now);
-    sim.assert_refused(lena.conn, grant(&ann), ErrorCode::NotEligible);
-    sim.assert_refused(lena.conn, grant(&lena), ErrorCode::NotEligible);
-    sim.assert_refused(lena.conn, C::NextSpeaker { if_version: None }, ErrorCode::QueueEmpty);
+    sim.assert_refused(lena.conn, grant(&ann), (ErrorCode::NotEligible, Reason::OnlyPresenterDuringPresentation));
+    sim.assert_refused(lena.conn, grant(&lena), (ErrorCode::NotEligible, Reason::OnlyPresenterDuringPresentation));
+    sim.assert_refused(lena.conn, C::NextSpeaker { if_version: None }, (ErrorCode::QueueEmpty, Reason::QueueEmpty));
     sim.ok(lena.conn, grant(&pia));
     assert_eq!(floor_holder(&sim.view(ann.conn)), Some(pia.id.as_str()));
 }
@@ -1138,7 +1149,7 @@ fn with_the_lobby_on_a_newcomer_waits_receives_nothing_of_the_board_and_only_lea
     }
     assert!(!out.iter().any(|o| matches!(o, Output::Greet { .. })), "no board sync");
     assert!(!sim.meeting.can_read(nina.conn));
-    assert!(sim.meeting.can_write(nina.conn).is_err());
+    assert_eq!(sim.meeting.can_write(nina.conn).map_err(|r| r.reason), Err(Reason::InLobby));
     assert!(!sim.meeting.board_audience().contains(nina.conn));
 
     let leader_view = sim.view(lena.conn);
@@ -1200,7 +1211,7 @@ fn admitting_a_waiting_member_sends_welcome_and_the_whole_board() {
     assert!(member(&leader_view, &nina).is_some());
     assert_eq!(leader_view.waiting, Some(vec![]));
     sim.ok(nina.conn, C::RaiseHand {});
-    sim.assert_refused(lena.conn, C::Admit { member: nina.id.clone() }, ErrorCode::UnknownMember);
+    sim.assert_refused(lena.conn, C::Admit { member: nina.id.clone() }, (ErrorCode::UnknownMember, Reason::NotWaiting));
 }
 
 #[test]
@@ -1251,7 +1262,7 @@ fn commands_from_a_waiting_member_get_not_in_room() {
     let nina = sim.join(Role::Member, "Nina");
 
     for command in [C::RaiseHand {}, C::SetAway { away: true }, C::YieldFloor {}, C::EndMeeting {}] {
-        sim.assert_refused(nina.conn, command, ErrorCode::NotInRoom);
+        sim.assert_refused(nina.conn, command, (ErrorCode::NotInRoom, Reason::InLobby));
     }
 }
 
@@ -1285,7 +1296,7 @@ fn a_locked_board_refuses_members_writes_but_not_leaders() {
     sim.ok(lena.conn, C::LockBoard { locked: true });
 
     assert!(sim.view(ann.conn).board_locked);
-    assert!(sim.meeting.can_write(ann.conn).is_err());
+    assert_eq!(sim.meeting.can_write(ann.conn).map_err(|r| r.reason), Err(Reason::BoardLocked));
     assert!(sim.meeting.can_read(ann.conn));
     assert!(sim.meeting.can_write(lena.conn).is_ok());
     assert!(sim.meeting.can_write(kim.conn).is_ok(), "co-leaders write too");
@@ -1325,7 +1336,7 @@ fn a_kicked_member_is_closed_on_every_tab_and_their_resume_token_no_longer_resum
     assert!(closed_as_kicked(&out, again), "a revoked resume token is closed with 4403: {out:?}");
     assert!(introduced_id(&out, again).is_none());
     assert_eq!(sim.meeting.state(true).members.len(), 1, "nobody joined");
-    sim.assert_refused(lena.conn, C::Kick { member: lena.id.clone() }, ErrorCode::Forbidden);
+    sim.assert_refused(lena.conn, C::Kick { member: lena.id.clone() }, (ErrorCode::Forbidden, Reason::RemoveSelf));
 }
 
 #[test]
@@ -1602,7 +1613,11 @@ fn two_leaders_clicking_next_on_the_same_view_give_the_floor_once() {
     assert_eq!(sim.view(omar.conn).version, seen, "both leaders look at the same state");
 
     sim.ok(lena.conn, C::NextSpeaker { if_version: Some(seen) });
-    sim.assert_refused(omar.conn, C::NextSpeaker { if_version: Some(seen) }, ErrorCode::Conflict);
+    sim.assert_refused(
+        omar.conn,
+        C::NextSpeaker { if_version: Some(seen) },
+        (ErrorCode::Conflict, Reason::FloorChanged),
+    );
 
     let view = sim.view(ann.conn);
     assert_eq!(floor_holder(&view), Some(ann.id.as_str()));
