@@ -1156,3 +1156,7 @@ pub fn settings_json(shared: &Shared) -> Bytes {
 #[cfg(test)]
 #[path = "machine_sim.rs"]
 mod sim;
+
+#[cfg(test)]
+#[path = "machine_tests.rs"]
+mod tests;
