@@ -85,13 +85,13 @@ if [ ! -d tests/js/node_modules ] || [ tests/js/package-lock.json -nt tests/js/n
   (cd tests/js && npm ci --omit=optional --ignore-scripts --no-audit --no-fund --loglevel=error)
 fi
 
-# The browser test drives Debian's Chromium with playwright-core (pinned by
-# tests/browser/package-lock.json); it never downloads a browser of its own.
+# The browser test drives Debian's Chromium with playwright-core and checks every screen with
+# axe-core (both pinned by tests/browser/package-lock.json); it never downloads a browser of its own.
 if [ ! -x /usr/bin/chromium ] && [ -z "${BALINT_CHROMIUM:-}" ]; then
   echo "test.sh: installing Chromium"
   apt_install chromium
 fi
-if [ ! -d tests/browser/node_modules ] || [ tests/browser/package-lock.json -nt tests/browser/node_modules ]; then
+if [ ! -d tests/browser/node_modules/axe-core ] || [ tests/browser/package-lock.json -nt tests/browser/node_modules ]; then
   echo "test.sh: installing the browser test packages"
   (cd tests/browser && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
 fi

@@ -8,9 +8,13 @@
 // goes to SCREENSHOT_DIR (default: target/browser-screenshots). Every wait has a deadline; no
 // request may leave the loopback interface. The server's Content-Security-Policy is in force: every
 // page reports its violations (securitypolicyviolation) and console errors, and any violation fails
-// the run.
+// the run. Every screenshot is also checked with axe-core (pinned in package.json): an accessibility
+// violation on any screen fails the run. The room is looked at in three sizes (a laptop, a window
+// beside the call, a phone): the essentials of the meeting must be in view without scrolling, and
+// the keyboard shortcuts (Alt+Y the hand, Alt+N the next speaker, Escape, ?) must work.
 
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
@@ -20,6 +24,15 @@ const base = process.argv[2];
 const shotDir = process.argv[3] || path.join(here, '..', '..', 'target', 'browser-screenshots');
 const chromiumPath = process.env.BALINT_CHROMIUM || '/usr/bin/chromium';
 const TIMEOUT = 10_000;
+// axe-core's browser bundle. It is evaluated through the DevTools protocol, which the page's
+// Content-Security-Policy does not govern, so the policy stays as strict as in production.
+const axeSource = await readFile(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
+// The three sizes the room must work at: a laptop, a window beside the video call, a phone.
+const SIZES = [
+  { name: 'laptop', width: 1440, height: 900 },
+  { name: 'beside-call', width: 480, height: 900 },
+  { name: 'phone', width: 390, height: 844 },
+];
 
 if (!base || !/^http:\/\/(127\.0\.0\.1|localhost|\[::1\]):\d+$/.test(base)) {
   console.error('usage: node session.mjs http://127.0.0.1:PORT [screenshot-dir] (loopback only)');
@@ -73,7 +86,73 @@ async function shoot(name) {
   for (const [who, page] of Object.entries(pages)) {
     if (page.url() === 'about:blank') continue;
     await page.screenshot({ path: path.join(shotDir, `${name}-${who}.png`), fullPage: true });
+    await accessible(page, `${name}-${who}`);
   }
+}
+
+/** Runs axe-core on the page as it stands; any violation is a problem of the run. */
+async function accessible(page, screen) {
+  if (!(await page.evaluate(() => Boolean(window.axe)))) await page.evaluate(axeSource);
+  const violations = await page.evaluate(async () => {
+    const result = await window.axe.run(document, { resultTypes: ['violations'] });
+    return result.violations.map((v) => `${v.id} (${v.impact}): ${v.help} at ${v.nodes.map((n) => n.target.join(' ')).slice(0, 4).join(', ')}`);
+  });
+  for (const violation of violations) problems.push(`axe on ${screen}: ${violation}`);
+  check(violations.length === 0, `axe found violations on ${screen}:\n${violations.join('\n')}`);
+}
+
+/** Opens the leader tools panel if it is closed. */
+async function openTools(page) {
+  if (await page.isHidden('#tools')) await page.getByRole('button', { name: 'Leader tools' }).click();
+  await waitIn(page, 'the leader tools are open', () => !document.getElementById('tools').hidden);
+}
+
+/**
+ * Checks that each selector's element is inside the viewport with the page scrolled to the top,
+ * and that Tab would visit the page's controls in the order they are seen: top to bottom in one
+ * column; on a wide screen the meeting's column first, then the board's.
+ */
+async function inView(page, who, size, selectors) {
+  const report = await page.evaluate((wanted) => {
+    window.scrollTo(0, 0);
+    const out = { missing: [], outside: [], order: [], positiveTabindex: [] };
+    for (const selector of wanted) {
+      const node = document.querySelector(selector);
+      const box = node?.getBoundingClientRect();
+      if (!node || !box || box.width === 0 || box.height === 0) out.missing.push(selector);
+      else if (box.top < 0 || box.left < 0 || box.bottom > innerHeight || box.right > innerWidth) {
+        out.outside.push(`${selector} at ${Math.round(box.left)},${Math.round(box.top)}-${Math.round(box.right)},${Math.round(box.bottom)}`);
+      }
+    }
+    out.positiveTabindex = [...document.querySelectorAll('[tabindex]')].filter((n) => n.tabIndex > 0).map((n) => n.id || n.tagName);
+    const tabbable = [...document.querySelectorAll('a[href], button, input, select, textarea, summary, [tabindex]')]
+      .filter((n) => n.tabIndex >= 0 && !n.disabled && n.checkVisibility({ visibilityProperty: true })
+        && !n.closest('[hidden], dialog:not([open]), #tools')
+        && !(n.closest('details:not([open])') && n.tagName !== 'SUMMARY'));
+    const board = document.getElementById('board');
+    const wide = innerWidth >= 1024;
+    let last = null;
+    for (const node of tabbable) {
+      const box = node.getBoundingClientRect();
+      const column = wide && board.contains(node) ? 1 : 0;
+      const at = { column, top: box.top + scrollY, name: node.id || node.textContent.trim().slice(0, 20) || node.tagName };
+      if (last && (at.column < last.column || (at.column === last.column && at.top < last.top - 8))) {
+        out.order.push(`${last.name} (${Math.round(last.top)}) before ${at.name} (${Math.round(at.top)})`);
+      }
+      last = at;
+    }
+    return out;
+  }, selectors);
+  const where = `${who} at ${size.width}×${size.height}`;
+  check(report.missing.length === 0, `${where}: not shown: ${report.missing.join(', ')}`);
+  check(report.outside.length === 0, `${where}: not in view without scrolling: ${report.outside.join('; ')}`);
+  check(report.positiveTabindex.length === 0, `${where}: positive tabindex on ${report.positiveTabindex.join(', ')}`);
+  check(report.order.length === 0, `${where}: the tab order leaves the visual order: ${report.order.join('; ')}`);
+}
+
+/** The focused element's id, or its tag. */
+function focused(page) {
+  return page.evaluate(() => document.activeElement?.id || document.activeElement?.tagName);
 }
 
 /** The names in the hand queue, as a page shows them. */
@@ -213,8 +292,8 @@ try {
     const notice = await page.textContent('#ephemeral-notice');
     check(/screenshots/.test(notice) && /copying/.test(notice), `${who} is told what ephemeral cannot prevent`);
   }
-  check(await leader.isVisible('#leader-panel'), 'the leader has the leader panel');
-  check(!(await ann.isVisible('#leader-panel')), 'a member has no leader panel');
+  check(await leader.isVisible('#next-speaker'), 'the leader has the leader controls');
+  check(!(await ann.isVisible('#lead-row')), 'a member has no leader controls');
   await shoot('02-joined');
 
   // 3. A member types in the notes; the leader sees it. A card travels too.
@@ -318,13 +397,65 @@ try {
   await waitIn(ben, 'Ben is now 1st', () => /you are 1st/.test(document.getElementById('my-position').textContent));
   await shoot('05-floor');
 
+  // The keyboard: Alt+Y raises and lowers the hand, even while typing on the board (it changes
+  // nothing there); Alt+N gives leaders the next speaker; "?" opens the help except in a text
+  // field; Escape closes the help and the leader tools, and focus goes back where it was.
+  step = 'the keyboard';
+  await ann.getByLabel('Running notes').focus();
+  await ann.keyboard.press('Alt+y');
+  await sameQueueEverywhere(['Ben', 'Ann']);
+  await waitIn(ann, 'Ann is told she is 2nd', () => /you are 2nd/.test(document.getElementById('my-position').textContent));
+  await ann.keyboard.press('Alt+y');
+  await sameQueueEverywhere(['Ben']);
+  await ann.keyboard.press('Alt+y');
+  await sameQueueEverywhere(['Ben', 'Ann']);
+  check((await ann.inputValue('#notes')) === expectedNotes, 'the shortcut typed nothing on the board');
+  await ann.keyboard.press('?');
+  check(!(await ann.evaluate(() => document.getElementById('keys-dialog').open)), '"?" in the notes does not open the help');
+  await ann.keyboard.press('Backspace');
+  for (const [who, page] of Object.entries(pages)) {
+    await waitIn(page, `${who} has the notes as before`, (text) => document.getElementById('notes').value === text, expectedNotes);
+  }
+  await ann.locator('#hand').focus();
+  await ann.keyboard.press('Shift+?');
+  await waitIn(ann, 'the keyboard help opens', () => document.getElementById('keys-dialog').open);
+  check(/Alt\s*\+\s*Y/.test(await ann.textContent('#keys-dialog')), 'the help names Alt+Y');
+  await shoot('05b-keys');
+  await ann.keyboard.press('Escape');
+  await waitIn(ann, 'Escape closes the help', () => !document.getElementById('keys-dialog').open);
+  check((await focused(ann)) === 'hand', `focus is back on the hand button (on ${await focused(ann)})`);
+
+  await leader.getByLabel('Running notes').focus();
+  await leader.keyboard.press('Alt+n');
+  await sameQueueEverywhere(['Ann']);
+  await waitIn(ann, 'Ben has the floor', () => document.getElementById('floor-holder').textContent === 'Ben has the floor.');
+  await leader.keyboard.press('Alt+n');
+  await sameQueueEverywhere([]);
+  await waitIn(ben, 'Ann has the floor again', () => document.getElementById('floor-holder').textContent === 'Ann has the floor.');
+  await ben.getByLabel('Running notes').focus();
+  await ben.keyboard.press('Alt+y');
+  await sameQueueEverywhere(['Ben']);
+  check((await leader.inputValue('#notes')) === expectedNotes, "the leader's shortcut typed nothing on the board");
+
+  await leader.locator('#tools-button').focus();
+  await leader.keyboard.press('Enter');
+  await waitIn(leader, 'the leader tools open', () => !document.getElementById('tools').hidden);
+  check(await leader.evaluate(() => document.getElementById('tools').contains(document.activeElement)), 'focus moves into the tools');
+  check((await leader.getAttribute('#tools-button', 'aria-expanded')) === 'true', 'the tools button says it is expanded');
+  await leader.keyboard.press('Tab');
+  await leader.keyboard.press('Escape');
+  await waitIn(leader, 'Escape closes the leader tools', () => document.getElementById('tools').hidden);
+  check((await focused(leader)) === 'tools-button', `focus is back on the tools button (on ${await focused(leader)})`);
+
   // 6. Ben presents; in reflection he is outside the circle and his editor is read-only.
   step = 'reflection';
+  await openTools(leader);
   await leader.getByLabel('Presenter').selectOption({ label: 'Ben' });
   await waitIn(leader, 'Ben is the presenter', () => /presenter/.test(
     [...document.querySelectorAll('#members li')].find((li) => li.querySelector('.name').textContent === 'Ben')
       ?.querySelector('.badges').textContent || ''));
   await leader.getByRole('button', { name: 'Reflection' }).click();
+  await leader.getByRole('button', { name: 'Close' }).click();
   for (const [who, page] of Object.entries(pages)) {
     await waitIn(page, `${who} sees the reflection banner`, () => {
       const banner = document.getElementById('reflection-banner');
@@ -364,6 +495,7 @@ try {
 
   // The lobby: with it on, a newcomer waits, sees nothing of the board, and comes in when let in.
   step = 'lobby';
+  await openTools(leader);
   await leader.getByLabel(/Lobby: let newcomers in/).check();
   const dora = await ann.context().newPage();
   watchPage(dora, 'dora');
@@ -375,6 +507,45 @@ try {
   await waitIn(leader, 'the leader sees Dora waiting', () => /Dora/.test(document.getElementById('waiting').textContent));
   pages.dora = dora;
   await shoot('07-lobby');
+
+  // The three sizes: with Dora waiting, a member and the leader each see the essentials of the
+  // meeting without scrolling, and the leader the lobby alert with "Let in" and "Let everyone in".
+  step = 'three sizes';
+  delete pages.dora; // She is in the lobby: she sees no queue.
+  await leader.getByRole('button', { name: 'Close' }).click();
+  // Ben's hand went down when he was picked to present; Ann raises hers, to have a place.
+  await ann.getByRole('button', { name: 'Raise hand' }).click();
+  await sameQueueEverywhere(['Ann']);
+  const memberEssentials = ['#phase-name', '#phase-countdown', '#floor-holder', '#floor-timer', '#hand', '#my-position',
+    '#queue li:first-child'];
+  const leaderEssentials = [...memberEssentials.filter((s) => s !== '#my-position' && s !== '#hand'),
+    '#next-speaker', '#lobby-alert', '#waiting li:first-child button[data-act=admit]', '#admit-all'];
+  const before = { leader: leader.viewportSize(), ann: ann.viewportSize() };
+  for (const size of SIZES) {
+    for (const page of [leader, ann]) await page.setViewportSize({ width: size.width, height: size.height });
+    await waitIn(ann, 'the layout settles', () => new Promise((done) => requestAnimationFrame(() => done(true))));
+    await inView(ann, 'a member', size, memberEssentials);
+    await inView(leader, 'the leader', size, leaderEssentials);
+    if (size.width >= 1024) {
+      const tall = await leader.evaluate(() => document.documentElement.scrollHeight - innerHeight);
+      check(tall <= 1, `the leader's page on a laptop needs no scrolling (it is ${tall} px taller than the window)`);
+    }
+    for (const [who, page] of [['leader', leader], ['ann', ann]]) {
+      await page.screenshot({ path: path.join(shotDir, `07-size-${size.name}-${who}.png`) });
+      await accessible(page, `07-size-${size.name}-${who}`);
+    }
+    await openTools(leader);
+    await leader.screenshot({ path: path.join(shotDir, `07-size-${size.name}-leader-tools.png`) });
+    await accessible(leader, `07-size-${size.name}-leader-tools`);
+    await leader.keyboard.press('Escape');
+    await waitIn(leader, 'Escape closes the tools', () => document.getElementById('tools').hidden);
+    check((await focused(leader)) === 'tools-button', 'focus is back on the tools button');
+  }
+  await leader.setViewportSize(before.leader);
+  await ann.setViewportSize(before.ann);
+  await ann.getByRole('button', { name: 'Lower my hand' }).click();
+  await sameQueueEverywhere([]);
+  pages.dora = dora;
   await leader.getByRole('button', { name: 'Let in Dora' }).click();
   await waitIn(dora, 'Dora is let in and gets the board', (text) => {
     const room = document.getElementById('room');
@@ -388,6 +559,7 @@ try {
   // Fresh links from the leader panel; then Dora is removed and the invite link renewed: her old
   // link no longer lets her in, and says why.
   step = 'fresh links, remove and renew';
+  await openTools(leader);
   await leader.getByRole('button', { name: 'Issue fresh links' }).click();
   await waitIn(leader, 'the fresh links are shown', () => !document.getElementById('fresh-box').hidden);
   const fresh = {};
@@ -429,6 +601,7 @@ try {
 
   // 7. End for all, with confirmation.
   step = 'end for all';
+  await openTools(leader);
   await leader.getByRole('button', { name: /End the meeting for everyone/ }).click();
   await waitIn(leader, 'the confirmation is shown', () => document.getElementById('end-dialog').open);
   await shoot('09-confirm');
@@ -470,7 +643,9 @@ try {
   await waitIn(leader, 'the links are shown', () => !document.getElementById('created').hidden);
   await leader.getByRole('link', { name: 'Open the room as leader' }).click();
   await join(leader, null, 'Lea');
+  await openTools(leader);
   check(await leader.isVisible('#keep-box'), 'the leader of a persistent room can export and delete it');
+  await leader.getByRole('button', { name: 'Close' }).click();
   await leader.getByLabel('Running notes').click();
   await leader.keyboard.type('Kept for next week.');
   // The export reads the server's copy: wait until the edit is there.
@@ -480,12 +655,12 @@ try {
     const response = await fetch(`/api/rooms/${room}/export.md`, { headers: { Authorization: `Bearer ${token}` } });
     return (await response.text()).includes('Kept for next week.');
   });
+  await openTools(leader);
   const [download] = await Promise.all([
     leader.waitForEvent('download', { timeout: TIMEOUT }),
     leader.getByRole('button', { name: 'Export the notes (Markdown)' }).click(),
   ]);
   check(download.suggestedFilename() === 'Thursday-log.md', `the file's name: ${download.suggestedFilename()}`);
-  const { readFile } = await import('node:fs/promises');
   const markdown = await readFile(await download.path(), 'utf8');
   check(markdown.includes('# Thursday log') && markdown.includes('Kept for next week.'), `the export: ${markdown}`);
   await shoot('12-persistent');

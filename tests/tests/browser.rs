@@ -1,7 +1,9 @@
 //! The web UI in a real browser: headless Chromium, driven by `playwright-core` from Node
 //! (`tests/browser/session.mjs`), runs a whole session against a real server: a leader and two
 //! members in three browser contexts create a room on `/`, join through the links, write in the
-//! notes, raise hands, take the floor, go through reflection, and end the meeting for all.
+//! notes, raise hands (also by the keyboard), take the floor, go through reflection, and end the
+//! meeting for all. On the way the room is looked at on a laptop, beside a call and on a phone
+//! (the essentials in view without scrolling), and axe-core checks every screen.
 //!
 //! Needs `node`, `tests/browser/node_modules` (`npm ci`), Debian's `chromium` and the built wasm
 //! client in `web/assets/pkg`. `scripts/test.sh` provides all four. When one is missing this
@@ -33,8 +35,10 @@ fn require_browser_setup(root: &Path) {
         Ok(out) => panic!("`node --version` failed ({}): {advice}", out.status),
         Err(e) => panic!("`node` cannot be run ({e}): Node.js drives the browser test; {advice}"),
     }
-    let playwright = root.join("tests/browser/node_modules/playwright-core");
-    assert!(playwright.is_dir(), "{} is missing: {advice}", playwright.display());
+    for package in ["playwright-core", "axe-core"] {
+        let installed = root.join("tests/browser/node_modules").join(package);
+        assert!(installed.is_dir(), "{} is missing: {advice}", installed.display());
+    }
     let chromium = chromium();
     assert!(chromium.is_file(), "Chromium is missing at {} (or set BALINT_CHROMIUM): {advice}", chromium.display());
     for file in ["balint_client.js", "balint_client_bg.wasm"] {

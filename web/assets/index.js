@@ -1,5 +1,76 @@
 // The front page: creates a room with POST /api/rooms and shows its links.
 // Nothing is stored in the browser: the links are shown once, to be copied.
+//
+// Words: every sentence of the page is in the catalogue below; the HTML names them with
+// data-i18n="key" (data-i18n-label for an aria-label).
+
+/** The English catalogue: key → sentence; `{name}` marks a value given to `t`. */
+const en = {
+  brand: 'Balint Room',
+  skip: 'Skip to the form',
+  page_title: 'Balint Room: create a room',
+  heading: 'Create a room for your group',
+  lead: 'A room opens beside your video call. It gives the group a shared board for observations, '
+    + 'a hand queue that everyone sees in the same order, and the phases of a Balint session.',
+  title: 'Title',
+  optional: '(optional)',
+  title_placeholder: 'For example: Tuesday group',
+  title_help: 'Everyone in the room sees it. Do not put patient details here.',
+  keep_legend: 'What happens to the board',
+  ephemeral: 'Ephemeral',
+  ephemeral_text: 'Recommended for a case. The board exists only during the meeting; when it ends, everything written '
+    + 'is erased for everyone.',
+  persistent: 'Persistent',
+  persistent_text: 'The board is kept after the meeting, for groups that keep a shared log.',
+  template_legend: 'How the session runs',
+  balint: 'Balint session',
+  balint_text: 'Gathering, presentation, questions, reflection (the presenter sits outside the circle), response '
+    + 'and closing.',
+  open: 'Open discussion',
+  open_text: 'One discussion phase, without the Balint structure.',
+  entry_legend: 'Coming in',
+  lobby: 'Lobby',
+  lobby_text: 'People who open the invite link wait until a leader lets them in. They see nothing of the board before.',
+  create: 'Create the room',
+  creating: 'Creating the room…',
+  create_failed: 'The room could not be created: {error}. Please try again.',
+  server_answered: 'the server answered {status}',
+  created_title: 'Your room is ready',
+  created_text: 'These links are shown only once. Copy them now. Anyone who has a link can join with its role.',
+  leader_link: 'Leader link',
+  leader_link_help: '(keep it for yourself and co-leaders)',
+  invite_link: 'Invite link',
+  invite_link_help: '(send it to the members of the group)',
+  observer_link: 'Observer link',
+  observer_link_help: '(can read the board, cannot write or speak)',
+  copy: 'Copy',
+  copy_leader: 'Copy the leader link',
+  copy_invite: 'Copy the invite link',
+  copy_observer: 'Copy the observer link',
+  copied: '{link} copied.',
+  selected: '{link} selected: press Ctrl+C (or ⌘C) to copy it.',
+  open_leader: 'Open the room as leader',
+};
+
+/** The catalogues by language; the page speaks the first of the browser's languages it has. */
+const CATALOGUES = { en };
+const lang = [...(navigator.languages || []), navigator.language, 'en']
+  .map((tag) => String(tag || '').toLowerCase().split('-')[0])
+  .find((code) => code in CATALOGUES);
+const words = CATALOGUES[lang];
+
+/** The sentence of `key` in the page's language, with `{name}`-style `vars` filled in. */
+function t(key, vars = {}) {
+  const entry = words[key] ?? en[key];
+  if (entry === undefined) return key;
+  return entry.replace(/\{(\w+)\}/g, (whole, name) => (name in vars ? String(vars[name]) : whole));
+}
+
+document.documentElement.lang = lang;
+document.title = t('page_title');
+for (const node of document.querySelectorAll('[data-i18n]')) node.textContent = t(node.dataset.i18n);
+for (const node of document.querySelectorAll('[data-i18n-label]')) node.setAttribute('aria-label', t(node.dataset.i18nLabel));
+document.getElementById('title').placeholder = t('title_placeholder');
 
 const form = document.getElementById('create');
 const button = document.getElementById('create-button');
@@ -18,7 +89,7 @@ form.addEventListener('submit', async (event) => {
   if (title) body.title = title;
 
   button.disabled = true;
-  status.textContent = 'Creating the room…';
+  status.textContent = t('creating');
   try {
     const response = await fetch('/api/rooms', {
       method: 'POST',
@@ -27,12 +98,12 @@ form.addEventListener('submit', async (event) => {
     });
     const answer = await response.json().catch(() => ({}));
     if (response.status !== 201) {
-      throw new Error(answer.message || `the server answered ${response.status}`);
+      throw new Error(answer.message || t('server_answered', { status: response.status }));
     }
     show(answer);
     status.textContent = '';
   } catch (error) {
-    status.textContent = `The room could not be created: ${error.message}. Please try again.`;
+    status.textContent = t('create_failed', { error: error.message });
   } finally {
     button.disabled = false;
   }
@@ -52,15 +123,15 @@ const copyStatus = document.getElementById('copy-status');
 for (const copy of document.querySelectorAll('[data-copy]')) {
   copy.addEventListener('click', async () => {
     const input = document.getElementById(copy.dataset.copy);
-    const label = document.querySelector(`label[for="${input.id}"]`).firstChild.textContent.trim();
+    const link = document.querySelector(`label[for="${input.id}"] [data-i18n]`).textContent.trim();
     try {
       await navigator.clipboard.writeText(input.value);
-      copyStatus.textContent = `${label} copied.`;
+      copyStatus.textContent = t('copied', { link });
     } catch {
       // Without clipboard access, select the text so that the user can copy it by hand.
       input.focus();
       input.select();
-      copyStatus.textContent = `${label} selected: press Ctrl+C (or ⌘C) to copy it.`;
+      copyStatus.textContent = t('selected', { link });
     }
   });
 }

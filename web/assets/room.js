@@ -1,12 +1,20 @@
 // The room page: /r/{room}#t=TOKEN.
 //
 // The wasm client (balint-client's RoomClient) holds the board and speaks the room protocol;
-// this module only renders what it reports and turns clicks into its commands. The rules (who may
-// write or raise a hand, which leader actions apply to whom, a template's phases and durations,
-// whether to reconnect) come from the client, which has them from balint-proto's rules module,
-// the same code the server enforces; here they only become sentences and enabled controls. It renders each
-// state snapshot whole, updating list rows in place (keyed by member or card id) so that focus
-// and the textareas bound to the board survive.
+// this module only renders what it reports and turns clicks and shortcuts into its commands. The
+// rules (who may write or raise a hand, which leader actions apply to whom, a template's phases
+// and durations, whether to reconnect) come from the client, which has them from balint-proto's
+// rules module, the same code the server enforces; here they only become sentences and enabled
+// controls. It renders each state snapshot whole, updating list rows in place (keyed by member or
+// card id) so that focus and the textareas bound to the board survive.
+//
+// Words: every sentence the page shows is in the catalogue below (`en`, and the refusal
+// sentences in REFUSALS); `t(key, vars)` picks it in the page's language. The HTML names its
+// texts with data-i18n="key", filled in at start-up.
+//
+// Layout: the meeting (phase, floor, my hand, the queue, and for leaders "Next speaker" and the
+// lobby) comes first in the DOM and on screen at every width; the board follows. The leader's
+// other tools open in a panel that Escape closes.
 //
 // Storage: the resume token (and the name it goes with) lives in this tab's sessionStorage, so a
 // reload rejoins as the same member. Nothing goes to localStorage or IndexedDB. When the
@@ -14,21 +22,12 @@
 
 import init, { RoomClient, templatePhases } from './pkg/balint_client.js';
 
-const PHASES = {
-  gathering: { label: 'Gathering', hint: 'The leader asks who has a case and picks the presenter.' },
-  presentation: { label: 'Presentation', hint: 'The presenter tells the case. Only the presenter has the floor.' },
-  questions: { label: 'Questions', hint: 'Raise your hand to ask a factual question. The presenter answers.' },
-  reflection: {
-    label: 'Reflection',
-    hint: 'The presenter listens from outside the circle. The group shares thoughts, feelings and fantasies.',
-  },
-  response: { label: 'Response', hint: 'The presenter comes back and speaks first.' },
-  closing: { label: 'Closing', hint: 'A short reflection on the session itself.' },
-  discussion: { label: 'Discussion', hint: 'Raise your hand to speak.' },
-};
-const STATUS = { here: 'here', reconnecting: 'reconnecting…', away: 'away', outside_circle: 'outside the circle' };
+// ---------------------------------------------------------------------------------------------
+// Words
+
 // Why something was refused: the server's (and the client's) reason code, the page a sentence.
 // One entry per reason of balint-proto's rules::Reason (a test checks that none is missing).
+// These are the English sentences; the catalogue holds them under `refused_<reason>`.
 const REFUSALS = {
   bad_message: 'That did not work: the request was not understood.',
   not_joined: 'You are not in the room yet.',
@@ -56,44 +55,327 @@ const REFUSALS = {
   unavailable: 'The room is briefly unavailable. Try again in a moment.',
   rate_limited: 'You are sending changes very fast; the room is slowing you down.',
 };
-// Said after a refusal only when the server refused an edit this page had sent.
-const LOST_EDIT = 'Your last change was not kept.';
-// Why one's own controls are off, as the panel beside them says it.
-const STANDING = {
-  observer: 'You are observing: you can read the board, not write or take the floor.',
-  presenter_in_reflection: 'You are outside the circle during reflection.',
+
+const englishOrdinals = new Intl.PluralRules('en', { type: 'ordinal' });
+const ENGLISH_SUFFIX = { one: 'st', two: 'nd', few: 'rd', other: 'th' };
+
+/**
+ * The English catalogue: key → sentence. `{name}` marks a value given to `t`; a function
+ * entry computes the sentence (plurals, ordinals). Another language is another object with the
+ * same keys; a key missing there falls back to English.
+ */
+const en = {
+  brand: 'Balint Room',
+  skip: 'Skip to the room',
+  page_title: '{title} · Balint Room',
+  untitled: 'Meeting room',
+  keys_button: 'Keyboard',
+  keys_title: 'Keyboard shortcuts',
+  key_hand: 'Raise or lower your hand (works while typing on the board).',
+  key_next: 'Leaders: give the floor to the next speaker in the queue.',
+  key_escape: 'Close the leader tools, a menu or this help, and go back to the button that opened it.',
+  key_help: 'Show this help (not while typing).',
+  keys_note: 'On a Mac, Alt is the Option key (⌥). Tab and Shift+Tab move through the page in the order you see it.',
+  close: 'Close',
+  ok: 'OK',
+  cancel: 'Cancel',
+
+  // Connection.
+  conn_none: 'Not connected',
+  conn_connecting: 'Connecting…',
+  conn_lobby: 'In the lobby',
+  conn_online: 'Connected',
+  conn_reconnecting: 'Reconnecting…',
+  conn_left: 'Left',
+  retry_soon: 'Reconnecting…',
+  retry_in: 'Reconnecting in {secs} s…',
+  reconnect_now: 'Reconnect now',
+  offline_controls: 'Unavailable while reconnecting: the hand, the floor and the leader\'s controls. '
+    + 'Your edits on the board are kept and will be sent when you are back.',
+  why_connection_lost: 'The connection was lost.',
+  why_no_answer: 'No answer from the server: the network may have stalled.',
+  why_unreachable: 'The server cannot be reached. Check the network.',
+  why_server_restart: 'The server is restarting.',
+  why_too_slow: 'The connection could not keep up with the room.',
+  why_room_full: 'The room is full.',
+  why_rate_limited: 'Changes were sent too fast for too long; the room asked to wait a moment.',
+  why_server_busy: 'The server is busy.',
+  why_malformed: 'This browser sent something the room could not read. Reload the page to join again.',
+  why_board_full: 'The board is full: nothing more can be written in this room.',
+
+  // Joining and the screens instead of the room.
+  join_title: 'Join the meeting',
+  join_name: 'Your name',
+  join_name_help: 'The others in the room see this name.',
+  join_button: 'Join',
+  waiting_title: 'Waiting to be let in',
+  waiting_text: 'A leader will let you into the room shortly. Until then you see nothing of the board.',
+  no_copy: 'This page kept no copy of the board.',
+  load_failed_title: 'The room could not be loaded',
+  load_failed: 'This browser could not start the room client (it needs WebAssembly). Try a current browser.',
+  renewed_title: 'This link was replaced',
+  renewed: 'This link was replaced by a newer one; ask the leader for the new link.',
+  refused_title: 'The room closed this connection',
+  refused_connection: 'The room refused this connection. Reload the page to try again.',
+  deleted_title: 'This room was deleted',
+  deleted: 'A leader deleted the room: its board is erased from the server, and this page kept no copy.',
+  ended_title: 'The meeting has ended',
+  ended_ephemeral: 'Everything on the board was discarded: the server has erased it, and this page kept no copy.',
+  ended_nothing_kept: 'Nothing of the meeting is stored in this browser. You can close this tab.',
+  ended_persistent: 'This page kept no copy of the board. You can close this tab.',
+  removed_title: 'You are no longer in the meeting',
+  removed: 'A leader removed you from the meeting, or did not let you in. This page kept no copy of the board.',
+  origin_title: 'This page may not open the room',
+  origin: 'The server does not accept connections from this address of the page. Open the link exactly as the leader sent it.',
+  bad_name_title: 'That name was not accepted',
+  bad_name: 'Use 1 to 64 letters, digits or spaces, then open the link again.',
+  bad_link_title: 'This link does not open a room',
+  bad_link: 'It may be incomplete or expired. Ask the leader of your group for a new link.',
+  incomplete_title: 'This link is incomplete',
+  incomplete: 'A room link ends with "#t=" and a code. Copy the whole link from the leader\'s message and try again.',
+
+  // Notices.
+  notice_ephemeral: 'Ephemeral: erased for everyone when the meeting ends. It cannot stop screenshots or copying text, '
+    + 'so write as if it could be kept.',
+  notice_persistent: 'Persistent room: the board is kept after the meeting for the group. Write nothing you would not keep.',
+  released_hand: 'your raised hand was lowered',
+  released_floor: 'your turn on the floor ended',
+  released_presenter: 'you are no longer the presenter',
+  released_role: 'you had been made {role}, and now have the role of your link',
+  released: 'You were away longer than the room keeps a place (2 minutes unless the server is set otherwise), '
+    + 'so you rejoined as a new member{what}',
+  reflection_me: 'Presenter is outside the circle: that is you. Listen to the group; you can read the board but not write '
+    + 'or take the floor until the response.',
+  reflection_other: 'Presenter is outside the circle ({name}): listening, not taking part.',
+  reflection_nobody: 'Presenter is outside the circle: listening, not taking part.',
+
+  // Phases.
+  stand_title: 'The meeting',
+  phase_title: 'Phase',
+  phase_gathering: 'Gathering',
+  phase_presentation: 'Presentation',
+  phase_questions: 'Questions',
+  phase_reflection: 'Reflection',
+  phase_response: 'Response',
+  phase_closing: 'Closing',
+  phase_discussion: 'Discussion',
+  hint_gathering: 'The leader asks who has a case and picks the presenter.',
+  hint_presentation: 'The presenter tells the case. Only the presenter has the floor.',
+  hint_questions: 'Raise your hand to ask a factual question. The presenter answers.',
+  hint_reflection: 'The presenter listens from outside the circle. The group shares thoughts, feelings and fantasies.',
+  hint_response: 'The presenter comes back and speaks first.',
+  hint_closing: 'A short reflection on the session itself.',
+  hint_discussion: 'Raise your hand to speak.',
+  time_left: '{time} left',
+  time_over: '{time} over time',
+  announce_phase: 'Phase: {phase}.',
+
+  // Floor and hands.
+  floor_title: 'Floor',
+  floor_me: 'You have the floor.',
+  floor_other: '{name} has the floor.',
+  floor_free: 'Nobody has the floor.',
+  speaking: 'Speaking for {time}',
+  speaking_of: 'Speaking for {time} of {limit}',
+  time_up: '{name} has passed the speaking limit of {limit}.',
+  raise_hand: 'Raise hand',
+  lower_hand_mine: 'Lower my hand',
+  yield: 'Yield the floor',
+  ordinal: ({ n }) => `${n}${ENGLISH_SUFFIX[englishOrdinals.select(n)]}`,
+  my_place: 'Your hand is up: you are {place} in the queue.',
+  announce_place: 'You are {place} in the queue.',
+  announce_hand_down: 'Your hand is down.',
+  standing_observer: 'You are observing: you can read the board, not write or take the floor.',
+  standing_presenter_in_reflection: 'You are outside the circle during reflection.',
+  queue_title: 'Hand queue',
+  queue_empty: 'No hands raised.',
+  queue_more: ({ n }) => `and ${n} more`,
+  queue_show_all: 'Show all',
+  queue_show_fewer: 'Show fewer',
+  you_suffix: '{name} (you)',
+  give_floor: 'Give the floor',
+  give_floor_to: ' to {name}',
+  lower_hand: 'Lower hand',
+  lower_hand_of: ' of {name}',
+  someone: 'Someone',
+
+  // Statuses and roles.
+  status_here: 'here',
+  status_reconnecting: 'reconnecting…',
+  status_away: 'away',
+  status_outside_circle: 'outside the circle',
+  role_leader: 'leader',
+  role_member: 'member',
+  role_observer: 'observer',
+  role_made_leader: 'co-leader',
+  badge_presenter: 'presenter',
+  badge_speaking: 'speaking',
+
+  // Leading.
+  lead_title: 'Leading',
+  next_speaker: 'Next speaker',
+  tools_button: 'Leader tools',
+  tools_title: 'Leader tools',
+  lobby_one: '{name} is waiting to come in',
+  lobby_many: ({ n }) => `${n} people are waiting to come in`,
+  admit_all: 'Let everyone in',
+  admit: 'Let in',
+  decline: 'Turn away',
+  announce_waiting: '{name} is waiting to come in.',
+  floor_tools: 'Floor and hands',
+  revoke: 'Take back the floor',
+  lower_all: 'Lower all hands',
+  move_phase: 'Move to phase',
+  phase_minutes: 'Minutes for the next phase',
+  phase_minutes_help: '(optional; else the suggested time)',
+  phase_current_title: 'Current phase: click to restart its countdown',
+  phase_suggested_title: 'Suggested: {minutes} minutes',
+  presenter: 'Presenter',
+  nobody_yet: 'Nobody yet',
+  speaking_limit: 'Speaking limit per turn',
+  no_limit: 'No limit',
+  minutes: ({ n }) => (n === 1 ? '1 minute' : `${n} minutes`),
+  fair_order: 'Fair order: those who have not spoken in this phase go first',
+  lock_board: 'Lock the board: only leaders can write',
+  lobby_setting: 'Lobby: let newcomers in one by one',
+  participation: 'Participation',
+  participation_empty: 'Nobody has spoken yet.',
+  participation_caption: 'Turns and speaking time per person',
+  participation_legend: 'Bar: speaking time. Thin bar: turns.',
+  participation_row: ({ turns, time }) => `${turns === 1 ? '1 turn' : `${turns} turns`} · ${time}`,
+  col_name: 'Name',
+  col_turns: 'Turns',
+  col_time: 'Speaking time',
+  links_title: 'Links',
+  links_hint: 'Issue fresh links when the old ones expire, or to share them again. The links issued before keep working '
+    + 'unless you renew the invite link while removing someone.',
+  fresh_links: 'Issue fresh links',
+  leader_link: 'Leader link',
+  leader_link_help: '(for yourself and co-leaders)',
+  invite_link: 'Invite link',
+  invite_link_help: '(for the members)',
+  observer_link: 'Observer link',
+  observer_link_help: '(read only)',
+  copy: 'Copy',
+  copy_leader: 'Copy the leader link',
+  copy_invite: 'Copy the invite link',
+  copy_observer: 'Copy the observer link',
+  copied: '{link} copied.',
+  selected: '{link} selected: press Ctrl+C (or ⌘C) to copy it.',
+  links_issuing: 'Issuing fresh links…',
+  links_renewing: 'Renewing the invite link…',
+  links_ready: 'Fresh links are ready below.',
+  links_renewed: 'The invite link was renewed: share the new links below. The old invite and observer links no longer let anyone in.',
+  links_until: 'These links work until {date}.',
+  links_failed: 'No links were issued. Try again in a moment.',
+  links_offline: 'No links were issued. Check the connection and try again.',
+  keep_title: 'This room is kept',
+  keep_hint: 'Its board stays between meetings. Export it, or delete it for good.',
+  export: 'Export the notes (Markdown)',
+  export_failed: 'The export did not work. Try again in a moment.',
+  export_offline: 'The export did not work. Check the connection and try again.',
+  delete: 'Delete this room for good…',
+  delete_title: 'Delete this room for good?',
+  delete_text: 'Everyone leaves the room, and its board (the notes and every observation card) is erased from the server. '
+    + 'The links stop working. This cannot be undone.',
+  delete_confirm: 'Delete the room',
+  delete_failed: 'The room was not deleted. Try again in a moment.',
+  delete_offline: 'The room was not deleted. Check the connection and try again.',
+  http_401: 'This link has expired. Ask for a new leader link.',
+  http_403: 'Only the leader link (the one the room was created with) can do that.',
+  http_409: 'This room is ephemeral: nothing of it is kept, so there is nothing to export.',
+  http_410: 'This room no longer exists.',
+  end: 'End the meeting for everyone…',
+  end_title: 'End the meeting for everyone?',
+  end_text_ephemeral: 'Everyone leaves the room, and everything on the board is erased for good. This cannot be undone.',
+  end_text_persistent: 'Everyone leaves the room. This cannot be undone.',
+  end_confirm: 'End the meeting',
+  kick_title: 'Remove {name} from the meeting?',
+  kick_text: 'They leave the meeting at once. They can rejoin with the current invite link unless you renew it.',
+  kick_renew: 'Remove and renew the invite link: the current invite and observer links stop letting anyone new in '
+    + '(everyone here stays), and you get new links to share.',
+  kick_confirm: 'Remove',
+
+  // People.
+  people_title: 'In the room',
+  away: 'I am away for a moment',
+  member_actions: 'Actions',
+  member_actions_for: ' for {name}',
+  make_presenter: 'Make presenter',
+  unmake_presenter: 'No longer presenter',
+  make_leader: 'Make co-leader',
+  make_member: 'Make member',
+  make_observer: 'Make observer',
+  kick: 'Remove from the meeting',
+
+  // The board.
+  board_title: 'Board',
+  notes: 'Running notes',
+  observations: 'Observations',
+  cards_empty: 'No observations yet.',
+  new_card: 'New observation',
+  add_card: 'Add observation',
+  card_head: '{author} · {phase}',
+  no_phase: 'No phase',
+  board_observer: 'You are observing: the board is read-only for you.',
+  board_presenter_in_reflection: 'You are outside the circle: the board is read-only for you until the response.',
+  board_board_locked: 'The leader has locked the board: only leaders can write now.',
+  board_readonly: 'The board is read-only for you right now.',
+
+  // Refusals and problems.
+  refused_unknown: 'That was not possible just now.',
+  lost_edit: 'Your last change was not kept.',
+  not_sent: 'Not sent: {error}. Wait until the room is connected again.',
+  ...Object.fromEntries(Object.entries(REFUSALS).map(([reason, text]) => [`refused_${reason}`, text])),
 };
-const BOARD_NOTES = {
-  observer: 'You are observing: the board is read-only for you.',
-  presenter_in_reflection: 'You are outside the circle: the board is read-only for you until the response.',
-  board_locked: 'The leader has locked the board: only leaders can write now.',
-};
+
+/** The catalogues by language; the page speaks the first of the browser's languages it has. */
+const CATALOGUES = { en };
+const lang = [...(navigator.languages || []), navigator.language, 'en']
+  .map((tag) => String(tag || '').toLowerCase().split('-')[0])
+  .find((code) => code in CATALOGUES);
+const words = CATALOGUES[lang];
+
+/** The sentence of `key` in the page's language, with `{name}`-style `vars` filled in. */
+export function t(key, vars = {}) {
+  const entry = words[key] ?? en[key];
+  if (entry === undefined) return key;
+  if (typeof entry === 'function') return entry(vars);
+  return entry.replace(/\{(\w+)\}/g, (whole, name) => (name in vars ? String(vars[name]) : whole));
+}
+
+/** Fills the page's data-i18n texts and labels from the catalogue. */
+function translatePage() {
+  document.documentElement.lang = lang;
+  for (const node of document.querySelectorAll('[data-i18n]')) node.textContent = t(node.dataset.i18n);
+  for (const node of document.querySelectorAll('[data-i18n-label]')) node.setAttribute('aria-label', t(node.dataset.i18nLabel));
+  for (const option of document.querySelectorAll('#speaking-limit option[value]:not([value=""])')) {
+    option.textContent = t('minutes', { n: Number(option.value) / 60 });
+  }
+  document.title = t('brand');
+}
 
 /** The sentence of a refusal: by its reason, else (an older server) by its message. */
 function refusalText(reason, message) {
-  return REFUSALS[reason] || message || 'That was not possible just now.';
+  return (reason && reason in REFUSALS ? t(`refused_${reason}`) : null) || message || t('refused_unknown');
 }
 
-// Why the connection stands where it does: the client gives a reason code, the page a sentence.
-const REASONS = {
-  connection_lost: 'The connection was lost.',
-  no_answer: 'No answer from the server: the network may have stalled.',
-  unreachable: 'The server cannot be reached. Check the network.',
-  server_restart: 'The server is restarting.',
-  too_slow: 'The connection could not keep up with the room.',
-  room_full: 'The room is full.',
-  rate_limited: 'Changes were sent too fast for too long; the room asked to wait a moment.',
-  server_busy: 'The server is busy.',
-  malformed: 'This browser sent something the room could not read. Reload the page to join again.',
-  board_full: 'The board is full: nothing more can be written in this room.',
-};
-const ROLES = { leader: 'co-leader', member: 'member', observer: 'observer' };
+/** Why the connection stands where it does, from the client's reason code. */
+function reasonText(reason, fallback = 'why_connection_lost') {
+  return t(reason && `why_${reason}` in en ? `why_${reason}` : fallback);
+}
+
+// ---------------------------------------------------------------------------------------------
+// State
 
 const $ = (id) => document.getElementById(id);
 
 const roomId = decodeURIComponent(location.pathname.split('/')[2] || '');
 const token = new URLSearchParams(location.hash.slice(1)).get('t');
 const storageKey = `balint.room.${roomId}`;
+/** How many rows of the hand queue a narrow screen shows before "and N more". */
+const QUEUE_ROWS_COMPACT = 3;
+const wide = window.matchMedia('(min-width: 64rem)');
 
 let client = null;
 let joining = false;
@@ -125,9 +407,11 @@ function stored() {
 
 function show(screen) {
   for (const id of ['join-screen', 'waiting-screen', 'message-screen', 'room']) {
-    const el = $(id);
-    if (el) el.hidden = id !== screen;
+    const node = $(id);
+    if (node) node.hidden = id !== screen;
   }
+  // In the room the page is an app shell on wide screens: each column scrolls on its own.
+  document.body.classList.toggle('in-room', screen === 'room');
 }
 
 function wsUrls(displayName) {
@@ -139,13 +423,11 @@ function wsUrls(displayName) {
 
 async function join(displayName, resume) {
   name = displayName;
-  setConnection('Connecting…');
+  setConnection(t('conn_connecting'));
   try {
     await init();
   } catch (error) {
-    showMessage('The room could not be loaded', [
-      'This browser could not start the room client (it needs WebAssembly). Try a current browser.',
-    ]);
+    showMessage(t('load_failed_title'), [t('load_failed')]);
     return;
   }
   const urls = wsUrls(displayName);
@@ -189,15 +471,13 @@ function onEvent(event) {
     case 'board':
       renderCards();
       break;
-    case 'time_up': {
-      const who = memberName(event.member);
-      announce(`${who} has passed the speaking limit of ${duration(event.limit_secs * 1000)}.`);
+    case 'time_up':
+      announce(t('time_up', { name: memberName(event.member), limit: duration(event.limit_secs * 1000) }));
       $('floor-timer').classList.add('over');
       break;
-    }
     case 'error': {
       const why = refusalText(event.reason, event.message);
-      alertUser(event.lost_edit ? `${why} ${LOST_EDIT}` : why);
+      alertUser(event.lost_edit ? `${why} ${t('lost_edit')}` : why);
       break;
     }
     case 'released':
@@ -218,75 +498,48 @@ function onConnection(event) {
   $('offline').hidden = event.status !== 'reconnecting';
   switch (event.status) {
     case 'connecting':
-      setConnection('Connecting…');
+      setConnection(t('conn_connecting'));
       break;
     case 'waiting':
-      setConnection('In the lobby');
+      setConnection(t('conn_lobby'));
       show('waiting-screen');
       break;
     case 'online':
-      setConnection('Connected');
+      setConnection(t('conn_online'));
       show('room');
       break;
-    case 'reconnecting': {
-      const why = REASONS[event.reason] || REASONS.connection_lost;
-      const when = event.retry_in_ms == null ? 'Reconnecting…'
-        : `Reconnecting in ${Math.max(1, Math.round(event.retry_in_ms / 1000))} s…`;
-      setConnection(`Reconnecting…`, true);
-      $('offline-reason').textContent = why;
-      $('offline-retry').textContent = when;
+    case 'reconnecting':
+      setConnection(t('conn_reconnecting'), true);
+      $('offline-reason').textContent = reasonText(event.reason);
+      $('offline-retry').textContent = event.retry_in_ms == null ? t('retry_soon')
+        : t('retry_in', { secs: Math.max(1, Math.round(event.retry_in_ms / 1000)) });
       break;
-    }
     case 'link_renewed':
       finish();
-      showMessage('This link was replaced', [
-        'This link was replaced by a newer one; ask the leader for the new link.',
-        'This page kept no copy of the board.',
-      ]);
+      showMessage(t('renewed_title'), [t('renewed'), t('no_copy')]);
       break;
     case 'refused':
       finish();
-      showMessage('The room closed this connection', [
-        REASONS[event.reason] || 'The room refused this connection. Reload the page to try again.',
-        'This page kept no copy of the board.',
-      ]);
+      showMessage(t('refused_title'), [reasonText(event.reason, 'refused_connection'), t('no_copy')]);
       break;
     case 'ended':
       finish();
-      showMessage(
-        event.reason === 'deleted' ? 'This room was deleted' : 'The meeting has ended',
-        event.reason === 'deleted'
-          ? ['A leader deleted the room: its board is erased from the server, and this page kept no copy.']
-          : ephemeral
-          ? [
-            'Everything on the board was discarded: the server has erased it, and this page kept no copy.',
-            'Nothing of the meeting is stored in this browser. You can close this tab.',
-          ]
-          : ['This page kept no copy of the board. You can close this tab.'],
-      );
+      if (event.reason === 'deleted') showMessage(t('deleted_title'), [t('deleted')]);
+      else if (ephemeral) showMessage(t('ended_title'), [t('ended_ephemeral'), t('ended_nothing_kept')]);
+      else showMessage(t('ended_title'), [t('ended_persistent')]);
       break;
     case 'removed':
       finish();
-      showMessage('You are no longer in the meeting', [
-        'A leader removed you from the meeting, or did not let you in. This page kept no copy of the board.',
-      ]);
+      showMessage(t('removed_title'), [t('removed')]);
       break;
     case 'invalid_link':
       finish();
-      if (event.reason === 'origin_refused') {
-        showMessage('This page may not open the room', [
-          'The server does not accept connections from this address of the page. Open the link exactly as the leader sent it.',
-        ]);
-      } else if (event.reason === 'bad_name') {
-        showMessage('That name was not accepted', ['Use 1 to 64 letters, digits or spaces, then open the link again.']);
-      } else {
-        showMessage('This link does not open a room', [
-          'It may be incomplete or expired. Ask the leader of your group for a new link.',
-        ]);
-      }
+      if (event.reason === 'origin_refused') showMessage(t('origin_title'), [t('origin')]);
+      else if (event.reason === 'bad_name') showMessage(t('bad_name_title'), [t('bad_name')]);
+      else showMessage(t('bad_link_title'), [t('bad_link')]);
       break;
     case 'left':
-      setConnection('Left');
+      setConnection(t('conn_left'));
       break;
   }
 }
@@ -297,7 +550,9 @@ function onConnection(event) {
  */
 function setAvailable(available) {
   connected = available;
-  for (const control of document.querySelectorAll('#room .side button, #room .side input, #room .side select')) {
+  for (const control of document.querySelectorAll('#stand button, #stand input, #stand select')) {
+    // Controls that only change this page (open a panel, show more) stay available.
+    if ('local' in control.dataset) continue;
     if (!available && !control.disabled) {
       control.disabled = true;
       control.dataset.offline = '1';
@@ -313,13 +568,11 @@ function setAvailable(available) {
 /** A member back after the grace period is told what the old membership lost. */
 function showReleased(released) {
   const lost = [];
-  if (released.hand) lost.push('your raised hand was lowered');
-  if (released.floor) lost.push('your turn on the floor ended');
-  if (released.presenter) lost.push('you are no longer the presenter');
-  if (released.role) lost.push(`you had been made ${ROLES[released.role] || released.role}, and now have the role of your link`);
-  const what = lost.length ? `: ${lost.join('; ')}.` : '.';
-  $('released-text').textContent =
-    `You were away longer than the room keeps a place (2 minutes unless the server is set otherwise), so you rejoined as a new member${what}`;
+  if (released.hand) lost.push(t('released_hand'));
+  if (released.floor) lost.push(t('released_floor'));
+  if (released.presenter) lost.push(t('released_presenter'));
+  if (released.role) lost.push(t('released_role', { role: roleName(released.role, true) }));
+  $('released-text').textContent = t('released', { what: lost.length ? `: ${lost.join('; ')}.` : '.' });
   $('released-notice').hidden = false;
   announce($('released-text').textContent);
 }
@@ -330,13 +583,12 @@ function finish() {
   finished = true;
   $('offline').hidden = true;
   sessionStorage.removeItem(storageKey);
-  const dialog = $('end-dialog');
-  if (dialog.open) dialog.close();
+  for (const dialog of document.querySelectorAll('dialog')) if (dialog.open) dialog.close();
   $('room')?.remove();
   $('room-title').textContent = '';
-  document.title = 'Balint Room';
+  document.title = t('brand');
   state = null;
-  setConnection('Not connected');
+  setConnection(t('conn_none'));
 }
 
 function showMessage(title, paragraphs) {
@@ -383,6 +635,14 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+/** An SVG element, for the participation chart. */
+function svg(tag, attrs = {}, ...children) {
+  const node = document.createElementNS('http://www.w3.org/2000/svg', tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, String(value));
+  node.append(...children);
+  return node;
+}
+
 /**
  * Makes `container`'s children match `items`, reusing the element of each key so that focus
  * and bound editors stay; `create` makes a new one, `update` refreshes one.
@@ -407,17 +667,24 @@ function reconcile(container, items, keyOf, create, update) {
 }
 
 function memberName(id) {
-  return state?.members.find((m) => m.id === id)?.name || 'Someone';
+  return state?.members.find((m) => m.id === id)?.name || t('someone');
+}
+
+function roleName(role, promoted = false) {
+  if (promoted && role === 'leader') return t('role_made_leader');
+  return `role_${role}` in en ? t(`role_${role}`) : role;
+}
+
+function statusName(status) {
+  return `status_${status}` in en ? t(`status_${status}`) : status;
+}
+
+function phaseName(phase) {
+  return phase && `phase_${phase}` in en ? t(`phase_${phase}`) : phase || t('no_phase');
 }
 
 function isLeader() {
   return Boolean(actions?.lead);
-}
-
-function ordinal(n) {
-  const rem100 = n % 100;
-  if (rem100 >= 11 && rem100 <= 13) return `${n}th`;
-  return `${n}${{ 1: 'st', 2: 'nd', 3: 'rd' }[n % 10] || 'th'}`;
 }
 
 function duration(ms) {
@@ -431,18 +698,14 @@ function duration(ms) {
 function render() {
   if (!state || finished) return;
   const leader = isLeader();
-  const phase = PHASES[state.phase.name] || { label: state.phase.name, hint: '' };
   const presenterName = state.presenter ? memberName(state.presenter) : null;
   const iAmPresenter = state.presenter === me;
 
-  const title = state.title || 'Meeting room';
+  const title = state.title || t('untitled');
   $('room-title').textContent = title;
-  document.title = `${title} · Balint Room`;
+  document.title = t('page_title', { title });
 
-  $('ephemeral-notice').textContent = state.ephemeral
-    ? 'Ephemeral meeting: the board exists only during the meeting and is erased for everyone when it ends. ' +
-      'It cannot stop anyone from taking screenshots or copying text, so write as if it could be kept.'
-    : 'Persistent room: the board is kept after the meeting for the group. Write nothing you would not keep.';
+  $('ephemeral-notice').textContent = t(state.ephemeral ? 'notice_ephemeral' : 'notice_persistent');
   $('ephemeral-notice').classList.toggle('persistent', !state.ephemeral);
 
   // Reflection: the presenter is pushed back.
@@ -450,24 +713,23 @@ function render() {
   const banner = $('reflection-banner');
   banner.hidden = !reflection;
   if (reflection) {
-    banner.textContent = iAmPresenter
-      ? 'Presenter is outside the circle: that is you. Listen to the group; you can read the board but not write ' +
-        'or take the floor until the response.'
-      : `Presenter is outside the circle${presenterName ? ` (${presenterName})` : ''}: listening, not taking part.`;
+    banner.textContent = iAmPresenter ? t('reflection_me')
+      : presenterName ? t('reflection_other', { name: presenterName }) : t('reflection_nobody');
   }
 
   // Phase.
-  $('phase-name').textContent = phase.label;
-  $('phase-hint').textContent = phase.hint;
+  const label = phaseName(state.phase.name);
+  $('phase-name').textContent = label;
+  $('phase-hint').textContent = `hint_${state.phase.name}` in en ? t(`hint_${state.phase.name}`) : '';
   if (lastAnnounced.phase !== undefined && lastAnnounced.phase !== state.phase.name) {
-    announce(`Phase: ${phase.label}.`);
+    announce(t('announce_phase', { phase: label }));
   }
   lastAnnounced.phase = state.phase.name;
 
   renderFloor();
   renderQueue(leader);
+  renderLeading(leader);
   renderMembers(leader);
-  renderLeaderPanel(leader);
   renderBoardAccess();
   if (!connected) setAvailable(false);
   tick();
@@ -475,9 +737,10 @@ function render() {
 
 function renderFloor() {
   const floor = state.floor;
-  const holder = floor ? (floor.member === me ? 'You have the floor.' : `${memberName(floor.member)} has the floor.`)
-    : 'Nobody has the floor.';
+  const holder = floor ? (floor.member === me ? t('floor_me') : t('floor_other', { name: memberName(floor.member) }))
+    : t('floor_free');
   if ($('floor-holder').textContent !== holder) $('floor-holder').textContent = holder;
+  $('floor-holder').classList.toggle('free', !floor);
   $('floor-timer').classList.remove('over');
   $('yield').hidden = !actions?.yield_floor;
 
@@ -485,42 +748,63 @@ function renderFloor() {
   const hand = $('hand');
   const raise = actions?.raise_hand || { allowed: false };
   hand.hidden = !actions?.hand_shown;
-  hand.textContent = position >= 0 ? 'Lower my hand' : 'Raise hand';
+  hand.querySelector('.text').textContent = t(position >= 0 ? 'lower_hand_mine' : 'raise_hand');
+  hand.classList.toggle('primary', position < 0);
+  hand.classList.toggle('raised', position >= 0);
   hand.disabled = !raise.allowed && position < 0;
 
   let text = '';
-  if (!raise.allowed && STANDING[raise.reason]) text = STANDING[raise.reason];
-  else if (position >= 0) text = `Your hand is up: you are ${ordinal(position + 1)} in the queue.`;
+  if (!raise.allowed && `standing_${raise.reason}` in en) text = t(`standing_${raise.reason}`);
+  else if (position >= 0) text = t('my_place', { place: t('ordinal', { n: position + 1 }) });
   if ($('my-position').textContent !== text) $('my-position').textContent = text;
 }
 
+let queueExpanded = false;
 function renderQueue(leader) {
   const queue = $('queue');
   $('queue-empty').hidden = state.queue.length > 0;
+  $('queue-count').textContent = state.queue.length ? `(${state.queue.length})` : '';
+  const status = new Map(state.members.map((member) => [member.id, member.status]));
   reconcile(
     queue,
     state.queue,
     (entry) => entry.member,
     () => el('li', {},
       el('span', { class: 'name' }),
+      el('span', { class: 'badges' }),
       el('span', { class: 'row-actions' },
-        el('button', { type: 'button', dataset: { act: 'grant' } }, 'Give the floor', el('span', { class: 'visually-hidden' })),
-        el('button', { type: 'button', dataset: { act: 'lower' } }, 'Lower hand', el('span', { class: 'visually-hidden' })))),
-    (row, entry) => {
+        el('button', { type: 'button', class: 'small', dataset: { act: 'grant' } }, t('give_floor'), el('span', { class: 'visually-hidden' })),
+        el('button', { type: 'button', class: 'small quiet', dataset: { act: 'lower' } }, t('lower_hand'), el('span', { class: 'visually-hidden' })))),
+    (row, entry, index) => {
       const who = memberName(entry.member);
-      row.querySelector('.name').textContent = entry.member === me ? `${who} (you)` : who;
+      row.querySelector('.name').textContent = entry.member === me ? t('you_suffix', { name: who }) : who;
       row.classList.toggle('me', entry.member === me);
-      const actions = row.querySelector('.row-actions');
-      actions.hidden = !leader;
-      for (const hidden of actions.querySelectorAll('.visually-hidden')) hidden.textContent = ` to ${who}`;
-      actions.querySelector('[data-act=lower] .visually-hidden').textContent = ` of ${who}`;
+      // Its number, drawn by the stylesheet, stays right when a narrow screen hides rows.
+      row.dataset.place = `${index + 1}.`;
+      const memberStatus = status.get(entry.member) || 'here';
+      row.dataset.status = memberStatus;
+      row.querySelector('.badges').textContent = memberStatus === 'here' ? '' : statusName(memberStatus);
+      const buttons = row.querySelector('.row-actions');
+      buttons.hidden = !leader;
+      buttons.querySelector('[data-act=grant] .visually-hidden').textContent = t('give_floor_to', { name: who });
+      buttons.querySelector('[data-act=lower] .visually-hidden').textContent = t('lower_hand_of', { name: who });
     },
   );
+  // A narrow screen shows the head of the queue and "and N more"; your own row is always shown.
+  const extra = Math.max(0, state.queue.length - QUEUE_ROWS_COMPACT);
+  queue.classList.toggle('all', queueExpanded);
+  [...queue.children].forEach((row, index) => row.classList.toggle('beyond', index >= QUEUE_ROWS_COMPACT));
+  const more = $('queue-more');
+  more.hidden = extra === 0;
+  $('queue-more-count').textContent = queueExpanded ? '' : t('queue_more', { n: extra });
+  more.querySelector('button').textContent = t(queueExpanded ? 'queue_show_fewer' : 'queue_show_all');
+  more.querySelector('button').setAttribute('aria-expanded', String(queueExpanded));
 }
 
 function renderMembers(leader) {
   // What we may do to each member, from the client (the row's own `actions` is its menu).
   const allowed = actions || {};
+  $('people-count').textContent = `(${state.members.length})`;
   reconcile(
     $('members'),
     state.members,
@@ -529,91 +813,59 @@ function renderMembers(leader) {
       el('span', { class: 'name' }),
       el('span', { class: 'badges' }),
       el('details', { class: 'member-actions' },
-        el('summary', {}, 'Actions', el('span', { class: 'visually-hidden' })),
+        el('summary', {}, t('member_actions'), el('span', { class: 'visually-hidden' })),
         el('div', { class: 'menu' },
-          el('button', { type: 'button', dataset: { act: 'grant' } }, 'Give the floor'),
-          el('button', { type: 'button', dataset: { act: 'presenter' } }, 'Make presenter'),
-          el('button', { type: 'button', dataset: { act: 'unpresenter' } }, 'No longer presenter'),
-          el('button', { type: 'button', dataset: { act: 'co-leader' } }, 'Make co-leader'),
-          el('button', { type: 'button', dataset: { act: 'member' } }, 'Make member'),
-          el('button', { type: 'button', dataset: { act: 'observer' } }, 'Make observer'),
-          el('button', { type: 'button', dataset: { act: 'lower' } }, 'Lower hand'),
-          el('button', { type: 'button', class: 'danger', dataset: { act: 'kick' } }, 'Remove from the meeting')))),
+          el('button', { type: 'button', dataset: { act: 'grant' } }, t('give_floor')),
+          el('button', { type: 'button', dataset: { act: 'presenter' } }, t('make_presenter')),
+          el('button', { type: 'button', dataset: { act: 'unpresenter' } }, t('unmake_presenter')),
+          el('button', { type: 'button', dataset: { act: 'co-leader' } }, t('make_leader')),
+          el('button', { type: 'button', dataset: { act: 'member' } }, t('make_member')),
+          el('button', { type: 'button', dataset: { act: 'observer' } }, t('make_observer')),
+          el('button', { type: 'button', dataset: { act: 'lower' } }, t('lower_hand')),
+          el('button', { type: 'button', class: 'danger', dataset: { act: 'kick' } }, t('kick'))))),
     (row, member) => {
       const self = member.id === me;
-      row.querySelector('.name').textContent = self ? `${member.name} (you)` : member.name;
-      const badges = [member.role];
-      if (state.presenter === member.id) badges.push('presenter');
-      if (member.status !== 'here') badges.push(STATUS[member.status] || member.status);
-      if (state.floor?.member === member.id) badges.push('speaking');
+      row.querySelector('.name').textContent = self ? t('you_suffix', { name: member.name }) : member.name;
+      const badges = [roleName(member.role)];
+      if (state.presenter === member.id) badges.push(t('badge_presenter'));
+      if (member.status !== 'here') badges.push(statusName(member.status));
+      if (state.floor?.member === member.id) badges.push(t('badge_speaking'));
       row.querySelector('.badges').textContent = badges.join(' · ');
       row.dataset.status = member.status;
-      const actions = row.querySelector('.member-actions');
-      actions.hidden = !leader;
-      actions.querySelector('summary .visually-hidden').textContent = ` for ${member.name}`;
-      const show = (act, visible) => { actions.querySelector(`[data-act="${act}"]`).hidden = !visible; };
+      const menu = row.querySelector('.member-actions');
+      menu.hidden = !leader;
+      menu.querySelector('summary .visually-hidden').textContent = t('member_actions_for', { name: member.name });
+      const showAct = (act, visible) => { menu.querySelector(`[data-act="${act}"]`).hidden = !visible; };
       const may = allowed.members?.[member.id] || {};
-      show('grant', may.grant_floor);
-      show('presenter', may.make_presenter);
-      show('unpresenter', may.clear_presenter);
-      show('co-leader', may.make_leader);
-      show('member', may.make_member);
-      show('observer', may.make_observer);
-      show('lower', may.lower_hand);
-      show('kick', may.kick);
+      showAct('grant', may.grant_floor);
+      showAct('presenter', may.make_presenter);
+      showAct('unpresenter', may.clear_presenter);
+      showAct('co-leader', may.make_leader);
+      showAct('member', may.make_member);
+      showAct('observer', may.make_observer);
+      showAct('lower', may.lower_hand);
+      showAct('kick', may.kick);
     },
   );
 }
 
-function renderLeaderPanel(leader) {
-  $('leader-panel').hidden = !leader;
-  if (!leader) return;
-  $('keep-box').hidden = state.ephemeral;
-  const phases = templatePhases(state.template);
-  reconcile(
-    $('phases'),
-    phases,
-    (plan) => plan.phase,
-    (plan) => el('button', { type: 'button', dataset: { phase: plan.phase } }),
-    (button, plan) => {
-      const current = state.phase.name === plan.phase;
-      button.textContent = PHASES[plan.phase]?.label || plan.phase;
-      button.setAttribute('aria-pressed', String(current));
-      button.title = current ? 'Current phase: click to restart its countdown'
-        : `Suggested: ${plan.suggested_secs / 60} minutes`;
-    },
-  );
-
-  const presenter = $('presenter');
-  const options = [{ id: '', name: 'Nobody yet' }, ...state.members.filter((m) => m.role !== 'observer')];
-  reconcile(
-    presenter,
-    options,
-    (member) => member.id || '-',
-    () => el('option'),
-    (option, member) => {
-      option.value = member.id;
-      option.textContent = member.id === me ? `${member.name} (you)` : member.name;
-    },
-  );
-  presenter.value = state.presenter || '';
-
-  $('speaking-limit').value = state.speaking_limit_secs ? String(state.speaking_limit_secs) : '';
-  if ($('speaking-limit').value !== (state.speaking_limit_secs ? String(state.speaking_limit_secs) : '')) {
-    // A limit set elsewhere that is not one of the choices.
-    const secs = state.speaking_limit_secs;
-    $('speaking-limit').append(el('option', { value: String(secs) }, duration(secs * 1000)));
-    $('speaking-limit').value = String(secs);
+/** The leader's quick controls and lobby alert in the meeting, and the tools panel. */
+function renderLeading(leader) {
+  $('lead-row').hidden = !leader;
+  if (!leader) {
+    closeTools(false);
+    return;
   }
-  $('fair-order').checked = state.fair_order;
-  $('lock-board').checked = state.board_locked;
-  $('lobby').checked = state.lobby;
-  $('revoke').disabled = !state.floor;
-  $('lower-all').disabled = state.queue.length === 0;
   $('next-speaker').disabled = state.queue.length === 0;
+  renderLobby();
+  renderTools();
+}
 
+function renderLobby() {
   const waiting = state.waiting || [];
-  $('waiting-box').hidden = waiting.length === 0;
+  $('lobby-alert').hidden = waiting.length === 0;
+  $('lobby-count').textContent = waiting.length === 1 ? t('lobby_one', { name: waiting[0].name })
+    : t('lobby_many', { n: waiting.length });
   reconcile(
     $('waiting'),
     waiting,
@@ -621,44 +873,119 @@ function renderLeaderPanel(leader) {
     () => el('li', {},
       el('span', { class: 'name' }),
       el('span', { class: 'row-actions' },
-        el('button', { type: 'button', class: 'primary', dataset: { act: 'admit' } }, 'Let in', el('span', { class: 'visually-hidden' })),
-        el('button', { type: 'button', dataset: { act: 'decline' } }, 'Turn away', el('span', { class: 'visually-hidden' })))),
+        el('button', { type: 'button', class: 'small primary', dataset: { act: 'admit' } }, t('admit'), el('span', { class: 'visually-hidden' })),
+        el('button', { type: 'button', class: 'small', dataset: { act: 'decline' } }, t('decline'), el('span', { class: 'visually-hidden' })))),
     (row, person) => {
       row.querySelector('.name').textContent = person.name;
       for (const hidden of row.querySelectorAll('.visually-hidden')) hidden.textContent = ` ${person.name}`;
     },
   );
   if (waiting.length && (lastAnnounced.waiting || 0) < waiting.length) {
-    announce(`${waiting[waiting.length - 1].name} is waiting to come in.`);
+    announce(t('announce_waiting', { name: waiting[waiting.length - 1].name }));
   }
   lastAnnounced.waiting = waiting.length;
 }
 
+function renderTools() {
+  $('keep-box').hidden = state.ephemeral;
+  const phases = templatePhases(state.template);
+  reconcile(
+    $('phases'),
+    phases,
+    (plan) => plan.phase,
+    (plan) => el('button', { type: 'button', class: 'small', dataset: { phase: plan.phase } }),
+    (button, plan) => {
+      const current = state.phase.name === plan.phase;
+      button.textContent = phaseName(plan.phase);
+      button.setAttribute('aria-pressed', String(current));
+      button.title = current ? t('phase_current_title') : t('phase_suggested_title', { minutes: plan.suggested_secs / 60 });
+    },
+  );
+
+  const presenter = $('presenter');
+  const options = [{ id: '', name: t('nobody_yet') }, ...state.members.filter((m) => m.role !== 'observer')];
+  reconcile(
+    presenter,
+    options,
+    (member) => member.id || '-',
+    () => el('option'),
+    (option, member) => {
+      option.value = member.id;
+      option.textContent = member.id === me ? t('you_suffix', { name: member.name }) : member.name;
+    },
+  );
+  presenter.value = state.presenter || '';
+
+  const limit = state.speaking_limit_secs ? String(state.speaking_limit_secs) : '';
+  $('speaking-limit').value = limit;
+  if ($('speaking-limit').value !== limit) {
+    // A limit set elsewhere that is not one of the choices.
+    $('speaking-limit').append(el('option', { value: limit }, duration(state.speaking_limit_secs * 1000)));
+    $('speaking-limit').value = limit;
+  }
+  $('fair-order').checked = state.fair_order;
+  $('lock-board').checked = state.board_locked;
+  $('lobby').checked = state.lobby;
+  $('revoke').disabled = !state.floor;
+  $('lower-all').disabled = state.queue.length === 0;
+}
+
+/**
+ * Participation as a picture: per member, a bar of speaking time and a thin bar of turns, each
+ * against the group's largest. The SVG is drawn for the eye (aria-hidden); the visually hidden
+ * table beside it says the same to a screen reader.
+ */
 function renderParticipation() {
-  if (!state?.participation || !isLeader()) return;
+  if (!state?.participation || !isLeader() || $('tools').hidden) return;
   const now = Date.now();
+  const rows = state.participation.map((row) => {
+    const running = state.floor?.member === row.member ? Math.max(0, now - state.floor.since_ms) : 0;
+    return { member: row.member, name: memberName(row.member), turns: row.turns, ms: row.speaking_ms + running };
+  });
   reconcile(
     $('participation'),
-    state.participation,
+    rows,
     (row) => row.member,
     () => el('tr', {}, el('th', { scope: 'row' }), el('td'), el('td')),
     (tr, row) => {
-      const running = state.floor?.member === row.member ? Math.max(0, now - state.floor.since_ms) : 0;
       const cells = tr.children;
-      cells[0].textContent = memberName(row.member);
+      cells[0].textContent = row.name;
       cells[1].textContent = String(row.turns);
-      cells[2].textContent = duration(row.speaking_ms + running);
+      cells[2].textContent = duration(row.ms);
     },
   );
+  $('participation-empty').hidden = rows.some((row) => row.turns > 0 || row.ms > 0);
+
+  const width = 320;
+  const rowHeight = 34;
+  const maxMs = Math.max(1, ...rows.map((row) => row.ms));
+  const maxTurns = Math.max(1, ...rows.map((row) => row.turns));
+  const chart = svg('svg', {
+    viewBox: `0 0 ${width} ${rows.length * rowHeight + 4}`, class: 'chart-svg', 'aria-hidden': 'true', focusable: 'false',
+  });
+  rows.forEach((row, i) => {
+    const y = i * rowHeight;
+    chart.append(
+      svg('text', { x: 0, y: y + 12, class: 'chart-name' }, row.name),
+      svg('text', { x: width, y: y + 12, class: 'chart-value', 'text-anchor': 'end' },
+        t('participation_row', { turns: row.turns, time: duration(row.ms) })),
+      svg('rect', { x: 0, y: y + 17, width, height: 8, rx: 4, class: 'chart-track' }),
+      svg('rect', { x: 0, y: y + 17, width: Math.max(row.ms ? 3 : 0, (width * row.ms) / maxMs), height: 8, rx: 4, class: 'chart-time' }),
+      svg('rect', { x: 0, y: y + 27, width: Math.max(row.turns ? 3 : 0, (width * row.turns) / maxTurns), height: 3, rx: 1.5, class: 'chart-turns' }),
+    );
+  });
+  $('participation-chart').replaceChildren(chart, el('p', { class: 'hint', 'aria-hidden': 'true' }, t('participation_legend')));
 }
 
 function renderBoardAccess() {
   let note = '';
-  if (!canWrite) note = BOARD_NOTES[actions?.write?.reason] || 'The board is read-only for you right now.';
+  const reason = actions?.write?.reason;
+  if (!canWrite) note = reason && `board_${reason}` in en ? t(`board_${reason}`) : t('board_readonly');
   $('board-readonly').textContent = note;
   $('board-readonly').hidden = !note;
+  $('board').classList.toggle('readonly', !canWrite);
   $('new-card').readOnly = !canWrite;
-  $('add-card').querySelector('button').disabled = !canWrite;
+  $('add-card').hidden = !canWrite;
 }
 
 function renderCards() {
@@ -670,7 +997,7 @@ function renderCards() {
     cards,
     (card) => card.id,
     (card) => {
-      const body = el('textarea', { rows: '3', id: `card-${card.id}` });
+      const body = el('textarea', { rows: '2', id: `card-${card.id}` });
       const article = el('article', { class: 'obs' },
         el('label', { class: 'obs-head', for: `card-${card.id}` }),
         body);
@@ -678,10 +1005,10 @@ function renderCards() {
       return article;
     },
     (article, card) => {
-      const phase = PHASES[card.phase]?.label || card.phase || 'No phase';
       const time = card.created_ms
-        ? new Date(card.created_ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }) : '';
-      article.querySelector('.obs-head').textContent = `${card.author || 'Someone'} · ${phase}${time ? ` · ${time}` : ''}`;
+        ? new Intl.DateTimeFormat(lang, { hour: '2-digit', minute: '2-digit' }).format(new Date(card.created_ms)) : '';
+      const head = t('card_head', { author: card.author || t('someone'), phase: phaseName(card.phase) });
+      article.querySelector('.obs-head').textContent = time ? `${head} · ${time}` : head;
       article.dataset.phase = card.phase;
     },
   );
@@ -693,15 +1020,15 @@ function tick() {
   const now = Date.now();
   const left = state.phase.started_at_ms + state.phase.duration_secs * 1000 - now;
   const countdown = $('phase-countdown');
-  countdown.textContent = left >= 0 ? `${duration(left)} left` : `${duration(-left)} over time`;
+  countdown.textContent = left >= 0 ? t('time_left', { time: duration(left) }) : t('time_over', { time: duration(-left) });
   countdown.classList.toggle('over', left < 0);
 
   const timer = $('floor-timer');
   if (state.floor) {
     const spoken = now - state.floor.since_ms;
     const limit = state.floor.limit_secs;
-    timer.textContent = limit ? `Speaking for ${duration(spoken)} of ${duration(limit * 1000)}`
-      : `Speaking for ${duration(spoken)}`;
+    timer.textContent = limit ? t('speaking_of', { time: duration(spoken), limit: duration(limit * 1000) })
+      : t('speaking', { time: duration(spoken) });
     timer.classList.toggle('over', Boolean(limit) && spoken > limit * 1000);
   } else {
     timer.textContent = '';
@@ -717,11 +1044,11 @@ function announceChanges() {
   const position = state.queue.findIndex((entry) => entry.member === me);
   const messages = [];
   if ('floor' in lastAnnounced && lastAnnounced.floor !== floor) {
-    messages.push(floor ? (floor === me ? 'You have the floor.' : `${memberName(floor)} has the floor.`)
-      : 'The floor is free.');
+    messages.push(floor ? (floor === me ? t('floor_me') : t('floor_other', { name: memberName(floor) })) : t('floor_free'));
   }
-  if ('position' in lastAnnounced && lastAnnounced.position !== position && position >= 0) {
-    messages.push(`You are ${ordinal(position + 1)} in the queue.`);
+  if ('position' in lastAnnounced && lastAnnounced.position !== position) {
+    if (position >= 0) messages.push(t('announce_place', { place: t('ordinal', { n: position + 1 }) }));
+    else if (floor !== me) messages.push(t('announce_hand_down'));
   }
   lastAnnounced.floor = floor;
   lastAnnounced.position = position;
@@ -736,16 +1063,46 @@ function act(command) {
   try {
     command();
   } catch (error) {
-    alertUser(`Not sent: ${error.message || error}. Wait until the room is connected again.`);
+    alertUser(t('not_sent', { error: error.message || error }));
   }
 }
 
-$('hand').addEventListener('click', () => {
-  const raised = state?.queue.some((entry) => entry.member === me);
+/** Raises or lowers my hand, as the hand button says; the shortcut does the same. */
+function toggleHand() {
+  const hand = $('hand');
+  if (!state || hand.hidden) return;
+  if (hand.disabled) {
+    const reason = actions?.raise_hand?.reason;
+    if (connected && reason) alertUser(refusalText(reason, null));
+    return;
+  }
+  const raised = state.queue.some((entry) => entry.member === me);
   act(() => (raised ? client.lowerHand(undefined) : client.raiseHand()));
-});
+}
+
+/** Gives the floor to the head of the queue (leaders). */
+function nextSpeaker() {
+  if (!isLeader() || $('next-speaker').disabled) return;
+  act(() => client.nextSpeaker());
+}
+
+/**
+ * Lets everyone waiting in the lobby in. For now one `admit` per person; when the client has an
+ * `admit_all` command, this is the one place to switch to it.
+ */
+function admitEveryone() {
+  for (const person of state?.waiting || []) act(() => client.admit(person.id));
+}
+
+$('hand').addEventListener('click', toggleHand);
 $('yield').addEventListener('click', () => act(() => client.yieldFloor()));
 $('away').addEventListener('change', (event) => act(() => client.setAway(event.target.checked)));
+$('next-speaker').addEventListener('click', nextSpeaker);
+$('admit-all').addEventListener('click', admitEveryone);
+$('queue-more').querySelector('button').addEventListener('click', () => {
+  queueExpanded = !queueExpanded;
+  if (state) renderQueue(isLeader());
+});
 
 $('queue').addEventListener('click', (event) => {
   const button = event.target.closest('button[data-act]');
@@ -760,7 +1117,6 @@ $('members').addEventListener('click', (event) => {
   if (!button) return;
   const row = button.closest('li');
   const member = row.dataset.key;
-  const who = memberName(member);
   switch (button.dataset.act) {
     case 'grant': act(() => client.grantFloor(member)); break;
     case 'presenter': act(() => client.pickPresenter(member)); break;
@@ -771,7 +1127,8 @@ $('members').addEventListener('click', (event) => {
     case 'lower': act(() => client.lowerHand(member)); break;
     case 'kick':
       kicking = member;
-      $('kick-title').textContent = `Remove ${who} from the meeting?`;
+      kickOpener = row.querySelector('summary');
+      $('kick-title').textContent = t('kick_title', { name: memberName(member) });
       $('kick-renew').checked = false;
       $('kick-dialog').showModal();
       break;
@@ -782,9 +1139,11 @@ $('members').addEventListener('click', (event) => {
 // Removing someone: the confirmation offers to renew the invite link, so that they cannot come
 // back through the link they have.
 let kicking = null;
+let kickOpener = null;
 $('kick-dialog').addEventListener('close', async () => {
   const member = kicking;
   kicking = null;
+  if (kickOpener?.isConnected) kickOpener.focus();
   if ($('kick-dialog').returnValue !== 'kick' || !member) return;
   act(() => client.kick(member));
   if ($('kick-renew').checked) await issueLinks(true);
@@ -798,7 +1157,6 @@ $('waiting').addEventListener('click', (event) => {
   if (button.dataset.act === 'decline') act(() => client.decline(member));
 });
 
-$('next-speaker').addEventListener('click', () => act(() => client.nextSpeaker()));
 $('revoke').addEventListener('click', () => act(() => client.revokeFloor()));
 $('lower-all').addEventListener('click', () => act(() => client.lowerAllHands()));
 $('phases').addEventListener('click', (event) => {
@@ -820,18 +1178,91 @@ $('lock-board').addEventListener('change', (event) => act(() => client.lockBoard
 $('lobby').addEventListener('change', (event) => act(() => client.setLobby(event.target.checked)));
 
 $('end-meeting').addEventListener('click', () => {
-  $('end-text').textContent = ephemeral
-    ? 'Everyone leaves the room, and everything on the board is erased for good. This cannot be undone.'
-    : 'Everyone leaves the room. This cannot be undone.';
+  $('end-text').textContent = t(ephemeral ? 'end_text_ephemeral' : 'end_text_persistent');
   $('end-dialog').showModal();
 });
 $('end-dialog').addEventListener('close', () => {
+  $('end-meeting').focus();
   if ($('end-dialog').returnValue === 'end') act(() => client.endMeeting());
 });
 
+// ---------------------------------------------------------------------------------------------
+// The leader tools panel, the keyboard help, and the keyboard
+
+/** Opens the leader tools and moves focus into them. */
+function openTools() {
+  $('tools').hidden = false;
+  $('tools-button').setAttribute('aria-expanded', 'true');
+  renderParticipation();
+  $('tools-close').focus();
+}
+
+/** Closes the leader tools; focus goes back to the button that opened them when asked to. */
+function closeTools(returnFocus = true) {
+  if ($('tools').hidden) return;
+  const hadFocus = $('tools').contains(document.activeElement);
+  $('tools').hidden = true;
+  $('tools-button').setAttribute('aria-expanded', 'false');
+  if (returnFocus || hadFocus) $('tools-button').focus();
+}
+
+$('tools-button').addEventListener('click', () => ($('tools').hidden ? openTools() : closeTools()));
+$('tools-close').addEventListener('click', () => closeTools());
+
+let keysOpener = null;
+function openKeys() {
+  if ($('keys-dialog').open) return;
+  keysOpener = document.activeElement;
+  $('keys-dialog').showModal();
+}
+$('keys-button').addEventListener('click', openKeys);
+$('keys-dialog').addEventListener('close', () => {
+  if (keysOpener?.isConnected && keysOpener !== document.body) keysOpener.focus();
+  else $('keys-button').focus();
+  keysOpener = null;
+});
+
+/** Whether keys typed now go into a text field (then shortcuts without a modifier stay off). */
+function typingIn(target) {
+  if (!(target instanceof Element)) return false;
+  if (target.isContentEditable || target.tagName === 'TEXTAREA' || target.tagName === 'SELECT') return true;
+  return target.tagName === 'INPUT' && !['checkbox', 'radio', 'button', 'submit', 'reset'].includes(target.type);
+}
+
+// Shortcuts: Alt+Y raises and lowers the hand (as in Zoom), Alt+N gives leaders the next speaker;
+// both carry a modifier, so they work while typing on the board. "?" opens the help, but not
+// while typing. Escape closes the open menu or panel and returns focus to its button. The keys
+// are matched by their place (event.code), since Alt+Y types "¥" on a Mac.
+document.addEventListener('keydown', (event) => {
+  const inRoom = state && !finished && !$('room')?.hidden;
+  const altOnly = event.altKey && !event.ctrlKey && !event.metaKey && !event.shiftKey;
+  if (altOnly && event.code === 'KeyY' && inRoom) {
+    event.preventDefault();
+    toggleHand();
+  } else if (altOnly && event.code === 'KeyN' && inRoom && isLeader()) {
+    event.preventDefault();
+    nextSpeaker();
+  } else if (event.key === '?' && !event.altKey && !event.ctrlKey && !event.metaKey && !typingIn(event.target)
+    && !document.querySelector('dialog[open]')) {
+    event.preventDefault();
+    openKeys();
+  } else if (event.key === 'Escape' && !document.querySelector('dialog[open]')) {
+    const menu = document.activeElement?.closest?.('details.member-actions[open]')
+      || document.querySelector('details.member-actions[open]');
+    if (menu) {
+      menu.open = false;
+      menu.querySelector('summary').focus();
+    } else if (!$('tools')?.hidden) {
+      closeTools();
+    }
+  }
+});
+
+// ---------------------------------------------------------------------------------------------
 // A persistent room's board, kept between meetings: the leader link may export it or delete the
 // room. The server checks the token; a co-leader who came in through the invite link is told
 // that only the leader link can.
+
 function roomApi(suffix, method) {
   return fetch(`/api/rooms/${encodeURIComponent(roomId)}${suffix}`, {
     method,
@@ -839,11 +1270,15 @@ function roomApi(suffix, method) {
   });
 }
 
+function httpText(status, fallback) {
+  return `http_${status}` in en ? t(`http_${status}`) : t(fallback);
+}
+
 // Fresh links: POST /api/rooms/{room}/links with the leader link's token. With `renew`, the
 // invite and observer links issued before stop letting newcomers in.
 async function issueLinks(renew) {
   const status = $('links-status');
-  status.textContent = renew ? 'Renewing the invite link…' : 'Issuing fresh links…';
+  status.textContent = t(renew ? 'links_renewing' : 'links_issuing');
   try {
     const response = await fetch(`/api/rooms/${encodeURIComponent(roomId)}/links`, {
       method: 'POST',
@@ -852,7 +1287,7 @@ async function issueLinks(renew) {
     });
     if (!response.ok) {
       status.textContent = '';
-      alertUser(KEEP_ERRORS[response.status] || 'No links were issued. Try again in a moment.');
+      alertUser(httpText(response.status, 'links_failed'));
       return;
     }
     const links = await response.json();
@@ -861,14 +1296,13 @@ async function issueLinks(renew) {
     $('fresh-observer-link').value = links.observer_url;
     // expires_at is in Unix seconds.
     $('fresh-expiry').textContent = links.expires_at
-      ? `These links work until ${new Date(links.expires_at * 1000).toLocaleDateString()}.` : '';
+      ? t('links_until', { date: new Intl.DateTimeFormat(lang, { dateStyle: 'medium' }).format(new Date(links.expires_at * 1000)) })
+      : '';
     $('fresh-box').hidden = false;
-    status.textContent = renew
-      ? 'The invite link was renewed: share the new links below. The old invite and observer links no longer let anyone in.'
-      : 'Fresh links are ready below.';
+    status.textContent = t(renew ? 'links_renewed' : 'links_ready');
   } catch {
     status.textContent = '';
-    alertUser('No links were issued. Check the connection and try again.');
+    alertUser(t('links_offline'));
   }
 }
 $('fresh-links').addEventListener('click', () => issueLinks(false));
@@ -876,30 +1310,23 @@ $('fresh-links').addEventListener('click', () => issueLinks(false));
 for (const copy of document.querySelectorAll('#fresh-box [data-copy]')) {
   copy.addEventListener('click', async () => {
     const input = $(copy.dataset.copy);
-    const label = document.querySelector(`label[for="${input.id}"]`).firstChild.textContent.trim();
+    const link = document.querySelector(`label[for="${input.id}"] [data-i18n]`).textContent.trim();
     try {
       await navigator.clipboard.writeText(input.value);
-      $('links-status').textContent = `${label} copied.`;
+      $('links-status').textContent = t('copied', { link });
     } catch {
       input.focus();
       input.select();
-      $('links-status').textContent = `${label} selected: press Ctrl+C (or ⌘C) to copy it.`;
+      $('links-status').textContent = t('selected', { link });
     }
   });
 }
-
-const KEEP_ERRORS = {
-  401: 'This link has expired. Ask for a new leader link.',
-  403: 'Only the leader link (the one the room was created with) can do that.',
-  409: 'This room is ephemeral: nothing of it is kept, so there is nothing to export.',
-  410: 'This room no longer exists.',
-};
 
 $('export-board').addEventListener('click', async () => {
   try {
     const response = await roomApi('/export.md', 'GET');
     if (!response.ok) {
-      alertUser(KEEP_ERRORS[response.status] || 'The export did not work. Try again in a moment.');
+      alertUser(httpText(response.status, 'export_failed'));
       return;
     }
     const url = URL.createObjectURL(await response.blob());
@@ -910,19 +1337,22 @@ $('export-board').addEventListener('click', async () => {
     link.remove();
     setTimeout(() => URL.revokeObjectURL(url), 10_000);
   } catch {
-    alertUser('The export did not work. Check the connection and try again.');
+    alertUser(t('export_offline'));
   }
 });
 
 $('delete-room').addEventListener('click', () => $('delete-dialog').showModal());
 $('delete-dialog').addEventListener('close', async () => {
-  if ($('delete-dialog').returnValue !== 'delete') return;
+  if ($('delete-dialog').returnValue !== 'delete') {
+    $('delete-room').focus();
+    return;
+  }
   try {
     const response = await roomApi('', 'DELETE');
     // On success the server ends the meeting for everyone, this page included.
-    if (!response.ok) alertUser(KEEP_ERRORS[response.status] || 'The room was not deleted. Try again in a moment.');
+    if (!response.ok) alertUser(httpText(response.status, 'delete_failed'));
   } catch {
-    alertUser('The room was not deleted. Check the connection and try again.');
+    alertUser(t('delete_offline'));
   }
 });
 
@@ -954,10 +1384,12 @@ document.addEventListener('visibilitychange', () => {
 // ---------------------------------------------------------------------------------------------
 // Start
 
+translatePage();
+// Who is in the room is open beside the board on a wide screen, one line on a narrow one.
+$('people').open = wide.matches;
+
 if (!roomId || !token) {
-  showMessage('This link is incomplete', [
-    'A room link ends with "#t=" and a code. Copy the whole link from the leader\'s message and try again.',
-  ]);
+  showMessage(t('incomplete_title'), [t('incomplete')]);
 } else {
   const previous = stored();
   if (previous?.name && previous?.resume) {
