@@ -9,11 +9,12 @@
 //! not a number that someone else's typing has made stale.
 
 use serde::Serialize;
+use yrs::branch::BranchPtr;
 use yrs::types::text::TextPrelim;
 use yrs::updates::decoder::Decode;
 use yrs::{
-    Any, Array, ArrayRef, Assoc, Doc, GetString, IndexedSequence, Map, MapPrelim, MapRef, Number, OffsetKind, Options,
-    Out, ReadTxn, StateVector, StickyIndex, Text, TextRef, Transact, Update,
+    Any, Array, ArrayRef, Assoc, Doc, GetString, IndexScope, IndexedSequence, Map, MapPrelim, MapRef, Number,
+    OffsetKind, Options, Out, ReadTxn, StateVector, StickyIndex, Text, TextRef, Transact, Update,
 };
 
 use crate::textdiff;
@@ -266,6 +267,35 @@ impl Board {
             text.sticky_index(&txn, index, Assoc::Before)
         };
         Anchored { key: key.clone(), start: anchor(start), end: anchor(end), fallback: (start, end) }
+    }
+
+    /// This copy's Yjs client id, which its awareness state is published under.
+    pub fn client_id(&self) -> u64 {
+        self.doc.client_id().get()
+    }
+
+    /// A relative position at `index` of `key`'s text, for another client to resolve: tied to
+    /// the character after it, as Yjs does by default. `None` when the text does not exist or
+    /// the index lies past its end.
+    pub fn sticky(&self, key: &TextKey, index: u32) -> Option<StickyIndex> {
+        let text = self.text_ref(key)?;
+        let txn = self.doc.transact();
+        text.sticky_index(&txn, index, Assoc::After).or_else(|| {
+            // yrs has no item after the end to tie to; Yjs then names the text itself, which
+            // resolves to its end, and so do we.
+            let branch: &yrs::branch::Branch = text.as_ref();
+            (index == text.len(&txn)).then(|| StickyIndex::new(IndexScope::from_branch(branch.into()), Assoc::After))
+        })
+    }
+
+    /// Where a relative position from another client lies in `key`'s text now, in UTF-16
+    /// units; `None` when it does not lie in that text (or not in this copy yet).
+    pub fn resolve_sticky(&self, key: &TextKey, sticky: &StickyIndex) -> Option<u32> {
+        let text = self.text_ref(key)?;
+        let txn = self.doc.transact();
+        let offset = sticky.get_offset(&txn)?;
+        let branch: &yrs::branch::Branch = text.as_ref();
+        (offset.branch == BranchPtr::from(branch)).then_some(offset.index)
     }
 
     /// Where an anchored selection is now.

@@ -8,6 +8,9 @@
 //!   passed in, so it is unit-tested natively.
 //! - [`board`]: the yrs document (`notes`, `observations`), local edits as minimal splices,
 //!   observation cards, and selections anchored to text across remote edits.
+//! - [`attendance`]: the attendance sheet a leader's session keeps from the states it sees.
+//! - [`awareness`]: who is writing where: our cursor and everyone else's, as awareness
+//!   states in the convention of the stock Yjs editor bindings.
 //! - [`textdiff`]: the single splice between a textarea's old and new value, in UTF-16 units.
 //! - [`backoff`]: the reconnect delays.
 //! - `web` (wasm32 only): the wasm-bindgen glue: WebSocket, timers, textarea bindings, and the
@@ -17,6 +20,8 @@
 //! touches the browser; everything else builds and is tested on the host
 //! (`cargo test -p balint-client`).
 
+pub mod attendance;
+pub mod awareness;
 pub mod backoff;
 pub mod board;
 pub mod session;

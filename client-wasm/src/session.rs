@@ -45,11 +45,13 @@ use std::collections::BTreeMap;
 use balint_proto::room::{
     ClientMessage, ErrorCode, Phase, Released, Role, RoomState, ServerMessage, Status, SILENCE_LIMIT_MS,
 };
-use balint_proto::rules::{self, MemberActions, OwnActions, Refusal, Seat, Stage, Target};
+use balint_proto::rules::{self, Candidate, MemberActions, NextSpeaker, OwnActions, Refusal, Seat, Stage, Target};
 use balint_proto::sync::{self, Message, SyncMessage};
 use serde::{Deserialize, Serialize};
 use yrs::updates::decoder::Decode;
 
+use crate::attendance::{Attendance, Sheet};
+use crate::awareness::{Awareness, RemoteCursor};
 use crate::backoff::Backoff;
 use crate::board::{Board, NewCard, TextKey};
 
@@ -200,6 +202,9 @@ pub enum Event {
     },
     /// The board changed (remote edits, a resync or a wipe): render it again.
     Board,
+    /// Someone else's awareness state changed: ask for the cursors again. (They also fade
+    /// when not renewed, without an event: a page showing cursors asks on a timer too.)
+    Cursors,
     /// The floor holder passed the speaking limit.
     TimeUp {
         /// The speaker.
@@ -293,6 +298,13 @@ pub struct Session {
     edits_confirmed: u64,
     /// `edits_sent` when the unanswered step 1 went out.
     step1_covers: u64,
+    /// The latest time the driver passed in, for what happens without a time of its own
+    /// (the end of the meeting closes the attendance at it).
+    clock_ms: u64,
+    /// The attendance sheet, kept while we are a leader (see [`crate::attendance`]).
+    attendance: Attendance,
+    /// Our cursor and everyone else's (see [`crate::awareness`]).
+    awareness: Awareness,
     io: VecDeque<Io>,
     events: VecDeque<Event>,
 }
@@ -315,6 +327,9 @@ impl Session {
             edits_sent: 0,
             edits_confirmed: 0,
             step1_covers: 0,
+            clock_ms: 0,
+            attendance: Attendance::default(),
+            awareness: Awareness::default(),
             io: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -365,6 +380,7 @@ impl Session {
     /// Something arrived on the socket that the driver holds back for now (binary frames while
     /// an input method composes): the connection is alive.
     pub fn handle_activity(&mut self, now_ms: u64) {
+        self.clock_ms = self.clock_ms.max(now_ms);
         if self.has_socket() {
             self.heard_ms = self.heard_ms.max(now_ms);
         }
@@ -393,12 +409,16 @@ impl Session {
                 self.status(ConnectionStatus::Online);
                 // A new socket's welcome is the truth for it, whatever the old socket saw last.
                 self.state = None;
-                self.install(state);
+                self.install(state, now_ms);
                 // Edits sent on an old socket either reached the server or travel again in
                 // our answer to its step 1; no refusal on this socket is about them.
                 self.edits_confirmed = self.edits_sent;
                 // Our own sync step 1: the server answers with what we lack.
                 self.send_step1();
+                // Then who we are (and where our caret is); the server sends everyone else's
+                // states after its step 1.
+                self.awareness.forget_remote();
+                self.publish_awareness(now_ms);
             }
             ServerMessage::Waiting { member_id, resume_token } => {
                 self.link = Link::Waiting;
@@ -408,7 +428,7 @@ impl Session {
                 self.remember(resume_token);
                 self.status(ConnectionStatus::Waiting);
             }
-            ServerMessage::State { state } => self.install(state),
+            ServerMessage::State { state } => self.install(state, now_ms),
             ServerMessage::Heartbeat {} => {}
             ServerMessage::TimeUp { member, limit_secs } => self.events.push_back(Event::TimeUp { member, limit_secs }),
             ServerMessage::Ended { reason } => {
@@ -446,11 +466,23 @@ impl Session {
     }
 
     /// Keeps `state` if it is newer than the one shown, and tells the UI.
-    fn install(&mut self, state: RoomState) {
+    fn install(&mut self, state: RoomState, now_ms: u64) {
         if self.state.as_ref().is_some_and(|current| current.version >= state.version) {
             return;
         }
+        let me = self.member_id.as_deref().and_then(|id| state.members.iter().find(|m| m.id == id));
+        if let Some(me) = me {
+            if me.role == Role::Leader {
+                self.attendance.observe(&state, now_ms);
+            }
+            self.awareness.set_user(&me.name, &me.id);
+        }
         self.state = Some(state);
+        if !self.can_write() {
+            // A presenter pushed back, a locked board: no caret of ours is shown. Everyone
+            // else's still is.
+            self.clear_cursor(now_ms);
+        }
         let state = self.state.clone().expect("just set");
         let actions = self.actions().expect("a state is installed");
         self.events.push_back(Event::State {
@@ -470,6 +502,7 @@ impl Session {
         // The server never sends a bad frame; if one came anyway, there is nothing to answer.
         let Ok(messages) = sync::decode_frame(frame) else { return false };
         let mut changed = false;
+        let mut cursors_changed = false;
         for message in messages {
             match message {
                 Message::Sync(SyncMessage::SyncStep1(state_vector)) => {
@@ -491,12 +524,21 @@ impl Session {
                 Message::Sync(SyncMessage::Update(update)) => {
                     changed |= self.board.apply_update(&update).is_ok();
                 }
-                // Awareness (other people's cursors) is not shown by this client.
-                Message::Awareness(_) | Message::AwarenessQuery | Message::Auth(_) | Message::Custom(..) => {}
+                Message::Awareness(update) => {
+                    let applied = self.awareness.apply(&update, self.board.client_id(), now_ms);
+                    if applied.republish {
+                        self.publish_awareness(now_ms);
+                    }
+                    cursors_changed |= applied.changed;
+                }
+                Message::AwarenessQuery | Message::Auth(_) | Message::Custom(..) => {}
             }
         }
         if changed {
             self.events.push_back(Event::Board);
+        }
+        if cursors_changed {
+            self.events.push_back(Event::Cursors);
         }
         // Updates that arrived ahead of what they build on wait in the document. Normally the
         // next frames fill the gap; if they did not (yrs 0.28.1 can lose track of such updates
@@ -507,6 +549,16 @@ impl Session {
         changed
     }
 
+    /// Sends our awareness state, when we are in the room and know who we are.
+    fn publish_awareness(&mut self, now_ms: u64) {
+        if self.link != Link::Welcomed {
+            return;
+        }
+        if let Some(update) = self.awareness.publish(self.board.client_id(), now_ms) {
+            self.io.push_back(Io::SendBinary(sync::encode_awareness(&update).to_vec()));
+        }
+    }
+
     fn send_step1(&mut self) {
         self.syncing = true;
         self.step1_covers = self.edits_sent;
@@ -515,6 +567,7 @@ impl Session {
 
     /// The socket closed with `code`. `random` in `[0, 1)` spreads the reconnect delay.
     pub fn handle_close(&mut self, code: u16, random: f64, now_ms: u64) {
+        self.clock_ms = self.clock_ms.max(now_ms);
         // Whatever was asked on the old socket will not be answered.
         self.syncing = false;
         let opened = match self.link {
@@ -544,6 +597,7 @@ impl Session {
     /// The answer to [`Io::Probe`]: the HTTP status, or `None` when the server could not be
     /// reached at all.
     pub fn handle_probe(&mut self, status: Option<u16>, random: f64, now_ms: u64) {
+        self.clock_ms = self.clock_ms.max(now_ms);
         if self.link != Link::Probing {
             return;
         }
@@ -580,10 +634,15 @@ impl Session {
 
     /// When [`Session::handle_timeout`] should next be called: the next attempt, or when the
     /// current socket (attempt, probe) will count as stalled if nothing is heard.
+    /// It is also when our awareness state is due for renewal, if that comes first.
     pub fn poll_timeout(&self) -> Option<u64> {
         match self.link {
             Link::Retrying { at_ms } => Some(at_ms),
-            Link::Connecting { .. } | Link::Waiting | Link::Welcomed | Link::Probing => {
+            Link::Welcomed => {
+                let silent = self.heard_ms.saturating_add(SILENCE_LIMIT_MS);
+                Some(self.awareness.renew_at().map_or(silent, |renew| renew.min(silent)))
+            }
+            Link::Connecting { .. } | Link::Waiting | Link::Probing => {
                 Some(self.heard_ms.saturating_add(SILENCE_LIMIT_MS))
             }
             Link::Idle | Link::Finished(_) => None,
@@ -594,6 +653,13 @@ impl Session {
     /// probe) that stayed silent for [`SILENCE_LIMIT_MS`]. `random` in `[0, 1)` spreads the
     /// delay of the next attempt.
     pub fn handle_timeout(&mut self, now_ms: u64, random: f64) {
+        self.clock_ms = self.clock_ms.max(now_ms);
+        if self.link == Link::Welcomed
+            && !self.is_silent(now_ms)
+            && self.awareness.renew_at().is_some_and(|at| now_ms >= at)
+        {
+            self.publish_awareness(now_ms);
+        }
         match self.link {
             Link::Retrying { at_ms } if now_ms >= at_ms => self.connect(now_ms),
             Link::Connecting { .. } | Link::Waiting | Link::Welcomed | Link::Probing if self.is_silent(now_ms) => {
@@ -668,6 +734,10 @@ impl Session {
     }
 
     fn forget(&mut self) {
+        // The sheet stays, so a leader can still download it once the meeting has ended;
+        // everyone's presence ended here.
+        self.attendance.close_all(self.clock_ms);
+        self.awareness.reset();
         self.state = None;
         self.member_id = None;
         self.role = None;
@@ -804,6 +874,58 @@ impl Session {
         }
     }
 
+    /// Our caret moved to `anchor..head` (UTF-16 units) of `key`'s text at `now_ms`: tells
+    /// the room, as an awareness state. When we may not write, or the text does not exist, our
+    /// cursor is cleared instead. Returns whether a cursor is shown.
+    pub fn set_cursor(&mut self, key: TextKey, anchor: u32, head: u32, now_ms: u64) -> bool {
+        let shown = self.can_write() && self.awareness.set_cursor(&self.board, key, anchor, head);
+        if !shown {
+            self.awareness.clear_cursor();
+        }
+        self.publish_awareness(now_ms);
+        shown
+    }
+
+    /// Our editor lost focus: our cursor is no longer shown.
+    pub fn clear_cursor(&mut self, now_ms: u64) {
+        if self.awareness.has_cursor() {
+            self.awareness.clear_cursor();
+            self.publish_awareness(now_ms);
+        }
+    }
+
+    /// The cursors of the others in the room whose awareness is fresh at `now_ms`, resolved
+    /// against our copy of the board.
+    pub fn cursors(&self, now_ms: u64) -> Vec<RemoteCursor> {
+        if self.link != Link::Welcomed {
+            return Vec::new();
+        }
+        self.awareness.cursors(&self.board, now_ms)
+    }
+
+    /// The attendance sheet at `now_ms`: empty unless we have been a leader in this meeting.
+    pub fn attendance(&self, now_ms: u64) -> Sheet {
+        self.attendance.sheet(now_ms)
+    }
+
+    /// The attendance sheet at `now_ms` as CSV.
+    pub fn attendance_csv(&self, now_ms: u64) -> String {
+        self.attendance.csv(now_ms)
+    }
+
+    /// Whom `next_speaker` would give the floor to now, and whom it would pass over, by the
+    /// server's rule ([`rules::next_speaker`]) applied to the state on screen. `None` when no
+    /// raised hand may take the floor.
+    pub fn next_speaker(&self) -> Option<NextSpeaker> {
+        let state = self.state.as_ref()?;
+        let stage = self.stage()?;
+        let candidates = state.queue.iter().filter_map(|entry| {
+            let view = state.members.iter().find(|m| m.id == entry.member)?;
+            Some(Candidate { member: &entry.member, seat: seat_of(state, &entry.member, None)?, status: view.status })
+        });
+        rules::next_speaker(candidates, &stage)
+    }
+
     /// The next thing to do.
     pub fn poll_io(&mut self) -> Option<Io> {
         self.io.pop_front()
@@ -934,7 +1056,20 @@ mod tests {
         s.handle_text(&welcome("tok1", 1), NOW);
         let io = drain_io(&mut s);
         let frames = binaries(&io);
-        assert!(matches!(frames[..], [ref m] if matches!(m[..], [Message::Sync(SyncMessage::SyncStep1(_))])));
+        assert!(matches!(frames[0][..], [Message::Sync(SyncMessage::SyncStep1(_))]));
+        // Then who we are, as an awareness state with no cursor yet.
+        match &frames[1..] {
+            [m] => match &m[..] {
+                [Message::Awareness(update)] => {
+                    let entry = &update.clients[&yrs::block::ClientID::new(s.board().client_id())];
+                    let state: Value = serde_json::from_str(&entry.json).unwrap();
+                    assert_eq!(state["user"]["name"], "Ann");
+                    assert_eq!(state["cursor"], Value::Null);
+                }
+                other => panic!("expected our awareness state, got {other:?}"),
+            },
+            other => panic!("expected one awareness frame after step 1, got {other:?}"),
+        }
         let events = drain_events(&mut s);
         assert!(events.contains(&Event::Resume { token: Some("tok1".into()) }));
         assert!(events.iter().any(|e| matches!(e, Event::State { me, can_write: true, .. } if me == "me")));
@@ -1325,6 +1460,11 @@ mod tests {
         // Heartbeats and board frames keep the connection alive.
         s.handle_text(heartbeat(), NOW + 5_000);
         s.handle_binary(&sync::encode_update(&Board::new().update_since(&Default::default())), NOW + 9_000);
+        // Our awareness state is renewed before anyone takes it for gone.
+        assert_eq!(s.poll_timeout(), Some(NOW + crate::awareness::RENEW_MS));
+        s.handle_timeout(NOW + crate::awareness::RENEW_MS, 0.0);
+        let renewed = binaries(&drain_io(&mut s));
+        assert!(matches!(&renewed[..], [m] if matches!(m[..], [Message::Awareness(_)])), "{renewed:?}");
         assert_eq!(s.poll_timeout(), Some(NOW + 9_000 + SILENCE_LIMIT_MS));
         drain_events(&mut s);
         s.handle_timeout(NOW + 9_000 + SILENCE_LIMIT_MS - 1, 0.0);
@@ -1649,5 +1789,213 @@ mod tests {
 
     fn welcome_plain() -> String {
         welcome("tok1", 5)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Attendance, cursors and the next speaker.
+
+    const MIN: u64 = 60_000;
+
+    /// A session welcomed as `me` with `members` (`[id, name, role, status, joined_at_ms]`).
+    fn joined_as(me: &str, role: &str, members: Value, extra: Value) -> Session {
+        let mut s = Session::new(None);
+        s.start(NOW);
+        s.handle_open(NOW);
+        let welcome = json!({"type": "welcome", "member_id": me, "role": role, "resume_token": "tok",
+                             "state": state(1, with_members(members, extra))});
+        s.handle_text(&welcome.to_string(), NOW);
+        drain_io(&mut s);
+        drain_events(&mut s);
+        s
+    }
+
+    fn with_members(members: Value, extra: Value) -> Value {
+        let members: Vec<Value> = members
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| json!({"id": m[0], "name": m[1], "role": m[2], "status": m[3], "joined_at_ms": m[4]}))
+            .collect();
+        let mut extra = extra;
+        extra["members"] = Value::Array(members);
+        extra
+    }
+
+    fn push_state(s: &mut Session, version: u64, members: Value, now_ms: u64) {
+        let message = json!({"type": "state", "state": state(version, with_members(members, json!({})))});
+        s.handle_text(&message.to_string(), now_ms);
+    }
+
+    #[test]
+    fn a_leader_keeps_attendance_through_drops_absences_and_lapses() {
+        let lea = json!(["lea", "Lea", "leader", "here", NOW - MIN]);
+        let ann = |status: &str| json!(["ann", "Smith, Ann", "member", status, NOW - 2 * MIN]);
+        let ben = json!(["ben", "=HYPERLINK(\"x\")", "member", "here", NOW]);
+        let mut s = joined_as("lea", "leader", json!([lea, ann("here"), ben]), json!({}));
+        push_state(&mut s, 2, json!([lea, ann("reconnecting"), ben]), NOW + 10 * MIN);
+        push_state(&mut s, 3, json!([lea, ann("here"), ben]), NOW + 12 * MIN);
+        // Ben's grace period ran out; Ann marked herself away.
+        push_state(&mut s, 4, json!([lea, ann("away")]), NOW + 20 * MIN);
+
+        let sheet = serde_json::to_value(s.attendance(NOW + 30 * MIN)).unwrap();
+        assert_eq!(sheet["title"], "Tuesday");
+        assert_eq!(sheet["date"], NOW - 2 * MIN, "the earliest arrival");
+        let rows = sheet["members"].as_array().unwrap();
+        assert_eq!(rows.len(), 3, "a member who lapsed stays on the sheet");
+        assert_eq!(rows[0]["name"], "Lea");
+        assert_eq!(rows[0]["left_at_ms"], Value::Null, "still here");
+        assert_eq!(rows[0]["minutes_present"], 31);
+        assert_eq!(rows[1]["joined_at_ms"], NOW - 2 * MIN);
+        assert_eq!(rows[1]["left_at_ms"], NOW + 20 * MIN);
+        assert_eq!(rows[1]["minutes_present"], 12 + 8, "present before the drop and after it, until away");
+        assert_eq!(
+            rows[1]["intervals"],
+            json!([{"start_ms": NOW - 2 * MIN, "end_ms": NOW + 10 * MIN},
+                   {"start_ms": NOW + 12 * MIN, "end_ms": NOW + 20 * MIN}])
+        );
+        assert_eq!(rows[2]["left_at_ms"], NOW + 20 * MIN);
+        assert_eq!(rows[2]["minutes_present"], 20);
+
+        let csv = s.attendance_csv(NOW + 30 * MIN);
+        let lines: Vec<&str> = csv.split("\r\n").collect();
+        assert_eq!(lines[0], "meeting,date,name,role,joined_at_utc,left_at_utc,minutes_present");
+        assert_eq!(lines[1], "Tuesday,2026-01-01,Lea,leader,2026-01-01T09:59:00Z,,31");
+        assert_eq!(lines[2], "Tuesday,2026-01-01,\"Smith, Ann\",member,2026-01-01T09:58:00Z,2026-01-01T10:20:00Z,20");
+        assert_eq!(
+            lines[3],
+            "Tuesday,2026-01-01,\"'=HYPERLINK(\"\"x\"\")\",member,2026-01-01T10:00:00Z,2026-01-01T10:20:00Z,20",
+            "a name that would be a formula is quoted and guarded"
+        );
+        assert_eq!(lines[4], "", "every record ends with CRLF");
+
+        // The meeting ends: the sheet stays for the leader to download, everyone gone.
+        s.handle_text(r#"{"type":"ended","reason":"ended_by_leader"}"#, NOW + 40 * MIN);
+        let sheet = s.attendance(NOW + 50 * MIN);
+        assert_eq!(sheet.members[0].left_at_ms, Some(NOW + 40 * MIN));
+        assert_eq!(sheet.members[0].minutes_present, 41);
+    }
+
+    #[test]
+    fn members_keep_no_attendance() {
+        let mut s = joined();
+        push_state(&mut s, 2, json!([["me", "Ann", "member", "here", NOW]]), NOW + MIN);
+        assert!(s.attendance(NOW + MIN).members.is_empty());
+        assert_eq!(s.attendance_csv(NOW + MIN).lines().count(), 1, "the header only");
+    }
+
+    #[test]
+    fn the_next_speaker_is_known_before_the_leader_clicks() {
+        let lea = json!(["lea", "Lea", "leader", "here", NOW]);
+        let ann = json!(["ann", "Ann", "member", "reconnecting", NOW]);
+        let ben = json!(["ben", "Ben", "member", "here", NOW]);
+        let queue = json!({"queue": [{"member": "ann", "raised_at_ms": NOW}, {"member": "ben", "raised_at_ms": NOW}]});
+        let s = joined_as("lea", "leader", json!([lea, ann, ben]), queue);
+        let next = serde_json::to_value(s.next_speaker()).unwrap();
+        assert_eq!(
+            next,
+            json!({"member": "ben", "skipped": [{"member": "ann", "status": "reconnecting", "reason": "reconnecting"}]})
+        );
+    }
+
+    /// Hands every binary frame `from` wants to send to `to`, as the server relays them.
+    fn relay(from: &mut Session, to: &mut Session, now_ms: u64) {
+        for io in drain_io(from) {
+            if let Io::SendBinary(frame) = io {
+                to.handle_binary(&frame, now_ms);
+            }
+        }
+    }
+
+    #[test]
+    fn cursors_travel_as_awareness_and_stay_with_their_text() {
+        let people = json!([["ann", "Ann", "member", "here", NOW], ["ben", "Ben", "member", "here", NOW]]);
+        let mut ann = joined_as("ann", "member", people.clone(), json!({}));
+        let mut ben = joined_as("ben", "member", people.clone(), json!({}));
+        ann.edit_text(&TextKey::Notes, "hello world", Some(11)).unwrap();
+        ann.add_card("c1", "He seems tired", NOW).unwrap();
+        relay(&mut ann, &mut ben, NOW);
+        assert_eq!(ben.board().notes(), "hello world");
+
+        assert!(ann.set_cursor(TextKey::Notes, 6, 11, NOW + 1_000));
+        let frames = binaries(&ann.io.iter().cloned().collect::<Vec<_>>());
+        let Message::Awareness(update) = &frames[0][0] else { panic!("expected awareness, got {frames:?}") };
+        let state: Value = serde_json::from_str(&update.clients.values().next().unwrap().json).unwrap();
+        assert_eq!(state["balint"], json!({"target": "notes"}));
+        assert!(state["cursor"]["anchor"]["item"]["client"].is_u64(), "a Yjs relative position: {state}");
+        // At the end of the text there is no item to tie to: the text itself is named, as Yjs does.
+        assert_eq!(state["cursor"]["head"], json!({"tname": "notes", "assoc": 0}));
+        assert_eq!(state["user"]["color"], crate::awareness::color_of("ann"));
+        relay(&mut ann, &mut ben, NOW + 1_000);
+
+        let cursors = serde_json::to_value(ben.cursors(NOW + 2_000)).unwrap();
+        assert_eq!(
+            cursors,
+            json!([{"client": ann.board().client_id(), "name": "Ann", "color": crate::awareness::color_of("ann"),
+                    "target": "notes", "card": null, "index": 6, "head": 11}])
+        );
+        assert!(ann.cursors(NOW + 2_000).is_empty(), "our own cursor is not among the others'");
+
+        // Ben types before it: Ann's cursor stays on "world".
+        ben.edit_text(&TextKey::Notes, "Oh, hello world", Some(4)).unwrap();
+        assert_eq!((ben.cursors(NOW + 3_000)[0].index, ben.cursors(NOW + 3_000)[0].head), (10, 15));
+
+        // In a card.
+        assert!(ann.set_cursor(TextKey::Card("c1".into()), 3, 3, NOW + 4_000));
+        relay(&mut ann, &mut ben, NOW + 4_000);
+        let cursor = &ben.cursors(NOW + 5_000)[0];
+        assert_eq!((cursor.target, cursor.card.as_deref(), cursor.index), ("card", Some("c1"), 3));
+        // A card that does not exist here is no place to show.
+        assert!(!ann.set_cursor(TextKey::Card("nope".into()), 0, 0, NOW + 5_000));
+
+        // The editor loses focus: the cursor goes.
+        ann.set_cursor(TextKey::Notes, 1, 1, NOW + 6_000);
+        ann.clear_cursor(NOW + 6_500);
+        relay(&mut ann, &mut ben, NOW + 6_500);
+        assert!(ben.cursors(NOW + 7_000).is_empty());
+
+        // A state not renewed for the timeout is dropped.
+        ann.set_cursor(TextKey::Notes, 1, 1, NOW + 8_000);
+        relay(&mut ann, &mut ben, NOW + 8_000);
+        assert_eq!(ben.cursors(NOW + 8_000 + crate::awareness::OUTDATED_MS - 1).len(), 1);
+        assert!(ben.cursors(NOW + 8_000 + crate::awareness::OUTDATED_MS).is_empty());
+    }
+
+    #[test]
+    fn a_presenter_pushed_back_sees_cursors_but_shows_none() {
+        let people = json!([["ann", "Ann", "member", "here", NOW], ["pia", "Pia", "member", "outside_circle", NOW]]);
+        let reflection = json!({"presenter": "pia",
+                                "phase": {"name": "reflection", "started_at_ms": NOW, "duration_secs": 2100}});
+        let mut ann = joined_as("ann", "member", people.clone(), reflection.clone());
+        let mut pia = joined_as("pia", "member", people, reflection);
+        assert!(!pia.can_write());
+        ann.edit_text(&TextKey::Notes, "she feels", Some(9)).unwrap();
+        ann.set_cursor(TextKey::Notes, 9, 9, NOW);
+        relay(&mut ann, &mut pia, NOW);
+        assert_eq!(pia.cursors(NOW + 1_000).len(), 1, "Pia sees Ann writing");
+        assert_eq!(pia.cursors(NOW + 1_000)[0].index, 9);
+
+        assert!(!pia.set_cursor(TextKey::Notes, 0, 0, NOW + 1_000), "no cursor of hers while she listens");
+        relay(&mut pia, &mut ann, NOW + 1_000);
+        assert!(ann.cursors(NOW + 1_500).is_empty());
+    }
+
+    #[test]
+    fn a_removal_of_our_state_by_the_server_is_answered_with_a_newer_one() {
+        let mut s = joined();
+        let own = yrs::block::ClientID::new(s.board().client_id());
+        // An old socket of ours closed after the new one said who we are: the server removed
+        // our state with a higher clock.
+        let removal = balint_proto::sync::AwarenessUpdate {
+            clients: [(own, balint_proto::sync::AwarenessUpdateEntry { clock: 7, json: "null".into() })].into(),
+        };
+        s.handle_binary(&sync::encode_awareness(&removal), NOW + 1);
+        let frames = binaries(&drain_io(&mut s));
+        match &frames[..] {
+            [m] => match &m[..] {
+                [Message::Awareness(update)] => assert_eq!(update.clients[&own].clock, 8),
+                other => panic!("expected our state again, got {other:?}"),
+            },
+            other => panic!("expected one frame, got {other:?}"),
+        }
     }
 }

@@ -234,6 +234,24 @@ impl RoomClient {
         self.command(ClientMessage::SetFairOrder { enabled })
     }
 
+    /// Leader: turns the phase reset on or off (on: a phase change lowers every hand and frees
+    /// the floor).
+    #[wasm_bindgen(js_name = setPhaseReset)]
+    pub fn set_phase_reset(&self, enabled: bool) -> Result<(), JsError> {
+        self.command(ClientMessage::SetPhaseReset { enabled })
+    }
+
+    /// Leader: who "next speaker" would give the floor to now, and whom it would pass over:
+    /// `{member, skipped: [{member, status, reason}]}`, or `null` when no raised hand may
+    /// take the floor.
+    #[wasm_bindgen(js_name = nextSpeakerPreview)]
+    pub fn next_speaker_preview(&self) -> JsValue {
+        match self.shared.inner.borrow().session.next_speaker() {
+            Some(next) => to_js(&next),
+            None => JsValue::NULL,
+        }
+    }
+
     /// Leader: moves to `phase` (its wire name), optionally for `duration_secs`.
     #[wasm_bindgen(js_name = setPhase)]
     pub fn set_phase(&self, phase: &str, duration_secs: Option<u32>) -> Result<(), JsError> {
@@ -263,6 +281,12 @@ impl RoomClient {
     /// Leader: admits someone waiting.
     pub fn admit(&self, member: String) -> Result<(), JsError> {
         self.command(ClientMessage::Admit { member })
+    }
+
+    /// Leader: admits everyone waiting in the lobby.
+    #[wasm_bindgen(js_name = admitAll)]
+    pub fn admit_all(&self) -> Result<(), JsError> {
+        self.command(ClientMessage::AdmitAll {})
     }
 
     /// Leader: turns away someone waiting.
@@ -358,6 +382,49 @@ impl RoomClient {
             Some(state) => to_js(state),
             None => JsValue::NULL,
         }
+    }
+
+    /// Our caret is at `anchor..head` (UTF-16 offsets, as a textarea's selection) of the
+    /// notes (`target` = `"notes"`) or of card `card_id` (`target` = `"card"`): shown to the
+    /// others as an awareness state. Returns whether it is shown (not while we may not write).
+    #[wasm_bindgen(js_name = setCursor)]
+    pub fn set_cursor(&self, target: &str, card_id: Option<String>, anchor: u32, head: u32) -> Result<bool, JsError> {
+        let key = match (target, card_id) {
+            ("notes", _) => TextKey::Notes,
+            ("card", Some(id)) => TextKey::Card(id),
+            _ => return Err(JsError::new("target is \"notes\" or \"card\" with a card id")),
+        };
+        let shown = self.shared.inner.borrow_mut().session.set_cursor(key, anchor, head, now_ms());
+        pump(&self.shared);
+        Ok(shown)
+    }
+
+    /// Our editor lost focus: our cursor is no longer shown.
+    #[wasm_bindgen(js_name = clearCursor)]
+    pub fn clear_cursor(&self) {
+        self.shared.inner.borrow_mut().session.clear_cursor(now_ms());
+        pump(&self.shared);
+    }
+
+    /// The others' cursors: `[{client, name, color, target, card, index, head}]`, where
+    /// `target` is `"notes"` or `"card"` (with the card's id in `card`), `index` the anchor and
+    /// `head` the caret, in UTF-16 offsets of that text now. States not renewed for 30 s are
+    /// left out; the page asks again when it renders (on `board` events, and on a timer).
+    pub fn cursors(&self) -> JsValue {
+        to_js(&self.shared.inner.borrow().session.cursors(now_ms()))
+    }
+
+    /// Leader: the attendance sheet kept in this tab: `{title, date, members: [{name, role,
+    /// joined_at_ms, left_at_ms, minutes_present, intervals: [{start_ms, end_ms}]}]}`. Empty
+    /// `members` unless we have been a leader. Nothing of it leaves the browser.
+    pub fn attendance(&self) -> JsValue {
+        to_js(&self.shared.inner.borrow().session.attendance(now_ms()))
+    }
+
+    /// Leader: the attendance sheet as CSV (UTC times), for a download.
+    #[wasm_bindgen(js_name = attendanceCsv)]
+    pub fn attendance_csv(&self) -> String {
+        self.shared.inner.borrow().session.attendance_csv(now_ms())
     }
 
     /// Our member id, once in the room or the lobby.

@@ -132,6 +132,12 @@ pub enum ClientMessage {
         /// Whether those who have not spoken in this phase go first.
         enabled: bool,
     },
+    /// Leader: turns the phase reset on or off. While it is on (the default), moving to a
+    /// different phase lowers every hand and ends the current turn, the presenter's too.
+    SetPhaseReset {
+        /// Whether a phase change starts with no hands up and the floor free.
+        enabled: bool,
+    },
     /// Leader: moves to a phase of the room's template.
     SetPhase {
         /// The phase.
@@ -162,6 +168,9 @@ pub enum ClientMessage {
         /// Who.
         member: String,
     },
+    /// Leader: admits everyone waiting in the lobby at once. Refused with `nobody_waiting`
+    /// when the lobby is empty.
+    AdmitAll {},
     /// Leader: turns away someone waiting in the lobby.
     Decline {
         /// Who.
@@ -211,6 +220,11 @@ pub struct MemberView {
     pub role: Role,
     /// Presence.
     pub status: Status,
+    /// When the member first arrived in this meeting (Unix milliseconds); a reconnect within
+    /// the grace period keeps it. 0 when unknown (a member who arrived before servers kept
+    /// it, in a room whose start was not recorded either).
+    #[serde(default)]
+    pub joined_at_ms: u64,
 }
 
 /// One raised hand.
@@ -220,6 +234,21 @@ pub struct QueueEntry {
     pub member: String,
     /// When it was raised (Unix milliseconds).
     pub raised_at_ms: u64,
+    /// Set when fair order moved this hand away from its place by time raised, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved: Option<QueueMove>,
+}
+
+/// Why fair order moved a hand away from its place by time raised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueMove {
+    /// Put before hands raised earlier: this member has not spoken in this phase yet, and they
+    /// have.
+    Ahead,
+    /// Put after hands raised later: this member has spoken in this phase already, and they
+    /// have not.
+    Behind,
 }
 
 /// Who holds the floor.
@@ -290,6 +319,10 @@ pub struct RoomState {
     pub speaking_limit_secs: Option<u32>,
     /// Whether those who have not spoken in this phase go first.
     pub fair_order: bool,
+    /// Whether a phase change lowers every hand and frees the floor (on by default). A state
+    /// without the field reads as on.
+    #[serde(default = "default_phase_reset")]
+    pub phase_reset: bool,
     /// Whether newcomers wait for admission.
     pub lobby: bool,
     /// Whether the board is read-only for non-leaders.
@@ -300,6 +333,10 @@ pub struct RoomState {
     /// Turns and speaking time per member. Sent to leaders only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub participation: Option<Vec<Participation>>,
+}
+
+fn default_phase_reset() -> bool {
+    true
 }
 
 /// A message from the server.

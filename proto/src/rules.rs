@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::room::{ErrorCode, Phase, Role, Template};
+use crate::room::{ErrorCode, Phase, QueueMove, Role, Status, Template};
 
 /// Why something was refused: one stable code per distinct refusal. The wire name is the
 /// snake_case of the variant (`presenter_in_reflection`).
@@ -60,6 +60,8 @@ pub enum Reason {
     UnknownMember,
     /// Nobody by the id named waits in the lobby.
     NotWaiting,
+    /// `admit_all` while nobody waits in the lobby.
+    NobodyWaiting,
     /// The phase is not part of the room's template.
     PhaseNotInTemplate,
     /// A phase duration outside one second to 24 hours.
@@ -94,6 +96,7 @@ impl Reason {
         Reason::RemoveSelf,
         Reason::UnknownMember,
         Reason::NotWaiting,
+        Reason::NobodyWaiting,
         Reason::PhaseNotInTemplate,
         Reason::PhaseDuration,
         Reason::SpeakingLimit,
@@ -123,6 +126,7 @@ impl Reason {
             Reason::RemoveSelf => "remove_self",
             Reason::UnknownMember => "unknown_member",
             Reason::NotWaiting => "not_waiting",
+            Reason::NobodyWaiting => "nobody_waiting",
             Reason::PhaseNotInTemplate => "phase_not_in_template",
             Reason::PhaseDuration => "phase_duration",
             Reason::SpeakingLimit => "speaking_limit",
@@ -156,6 +160,7 @@ impl Reason {
             Reason::RemoveSelf => "a leader cannot remove themselves",
             Reason::UnknownMember => "no such member in the room",
             Reason::NotWaiting => "nobody by that id waits in the lobby",
+            Reason::NobodyWaiting => "nobody waits in the lobby",
             Reason::PhaseNotInTemplate => "that phase is not part of this room's template",
             Reason::PhaseDuration => "a phase lasts between one second and 24 hours",
             Reason::SpeakingLimit => "a speaking limit must be at least one second",
@@ -305,6 +310,104 @@ pub fn may_remove(self_target: bool) -> Result<(), Refusal> {
     } else {
         Ok(())
     }
+}
+
+/// What the queue order needs to know of one raised hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaisedHand {
+    /// When it was raised (Unix milliseconds).
+    pub raised_at_ms: u64,
+    /// Breaks ties between hands raised in the same millisecond (the server's sequence).
+    pub seq: u64,
+    /// Whether its member has held the floor in the current phase.
+    pub spoke_in_phase: bool,
+}
+
+/// One place of the ordered queue: which hand (an index into the hands given) and whether
+/// fair order moved it away from its place by time raised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place {
+    /// The index of the hand in the slice given to [`order_queue`].
+    pub hand: usize,
+    /// Why fair order moved it, when it did.
+    pub moved: Option<QueueMove>,
+}
+
+/// The queue in the order everyone sees: by time raised; with `fair_order` on, the hands of
+/// members who have not spoken in this phase before those of members who have, each group by
+/// time raised. A hand is [`QueueMove::Ahead`] when it comes before a hand raised earlier,
+/// [`QueueMove::Behind`] when it comes after a hand raised later.
+pub fn order_queue(hands: &[RaisedHand], fair_order: bool) -> Vec<Place> {
+    let spoke = |h: &RaisedHand| fair_order && h.spoke_in_phase;
+    let mut order: Vec<usize> = (0..hands.len()).collect();
+    order.sort_by_key(|&i| (spoke(&hands[i]), hands[i].raised_at_ms, hands[i].seq));
+    let raised = |i: usize| (hands[i].raised_at_ms, hands[i].seq);
+    order
+        .iter()
+        .enumerate()
+        .map(|(place, &hand)| {
+            let ahead = order[place + 1..].iter().any(|&later| raised(later) < raised(hand));
+            let behind = order[..place].iter().any(|&earlier| raised(earlier) > raised(hand));
+            let moved = match (ahead, behind) {
+                (true, _) => Some(QueueMove::Ahead),
+                (false, true) => Some(QueueMove::Behind),
+                (false, false) => None,
+            };
+            Place { hand, moved }
+        })
+        .collect()
+}
+
+/// One raised hand as [`next_speaker`] weighs it, in queue order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate<'a> {
+    /// Whose hand.
+    pub member: &'a str,
+    /// Their seat.
+    pub seat: Seat,
+    /// Their presence, as the room state shows it.
+    pub status: Status,
+}
+
+/// A hand that `next_speaker` passes over. It stays where it is in the queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    /// Whose hand.
+    pub member: String,
+    /// Their presence (`reconnecting`, say).
+    pub status: Status,
+    /// Why they cannot take the floor now.
+    pub reason: Reason,
+}
+
+/// Who `next_speaker` gives the floor to, and whom it passes over on the way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NextSpeaker {
+    /// The first hand in queue order that may take the floor now.
+    pub member: String,
+    /// The hands before it that may not (a member reconnecting, or anyone but the presenter
+    /// during the presentation). They keep their place: the next `next_speaker` weighs them
+    /// again.
+    pub skipped: Vec<Skipped>,
+}
+
+/// The member `next_speaker` gives the floor to: the first hand of the queue (in order) that
+/// may take the floor now ([`may_take_floor`]), with the hands it passes over. `None` when no
+/// hand may. Members who marked themselves away are not passed over: away is their own word,
+/// shown in the queue, and the leader decides.
+pub fn next_speaker<'a>(queue: impl IntoIterator<Item = Candidate<'a>>, stage: &Stage) -> Option<NextSpeaker> {
+    let mut skipped = Vec::new();
+    for candidate in queue {
+        match may_take_floor(&candidate.seat, stage) {
+            Ok(()) => return Some(NextSpeaker { member: candidate.member.to_owned(), skipped }),
+            Err(refusal) => skipped.push(Skipped {
+                member: candidate.member.to_owned(),
+                status: candidate.status,
+                reason: refusal.reason,
+            }),
+        }
+    }
+    None
 }
 
 /// The longest a phase may be set to last, in seconds: 24 hours.
@@ -601,6 +704,66 @@ mod tests {
         assert!(!menu.grant_floor && !menu.make_presenter && menu.make_member);
     }
 
+    fn hand(raised_at_ms: u64, spoke_in_phase: bool) -> RaisedHand {
+        RaisedHand { raised_at_ms, seq: raised_at_ms, spoke_in_phase }
+    }
+
+    #[test]
+    fn fair_order_says_which_hands_it_moved() {
+        // Ann raised first but spoke already; Ben and Cy have not spoken.
+        let hands = [hand(10, true), hand(20, false), hand(30, false)];
+        let order = |fair| order_queue(&hands, fair).iter().map(|p| (p.hand, p.moved)).collect::<Vec<_>>();
+        assert_eq!(order(false), [(0, None), (1, None), (2, None)], "by time raised, nothing moved");
+        assert_eq!(
+            order(true),
+            [(1, Some(QueueMove::Ahead)), (2, Some(QueueMove::Ahead)), (0, Some(QueueMove::Behind))]
+        );
+        // Nobody moves when the hands that spoke were raised last anyway.
+        let hands = [hand(10, false), hand(20, true), hand(30, true)];
+        assert!(order_queue(&hands, true).iter().all(|p| p.moved.is_none()));
+        // Ties in the same millisecond are broken by the sequence.
+        let first = RaisedHand { raised_at_ms: 5, seq: 2, spoke_in_phase: false };
+        let hands = [first, RaisedHand { seq: 1, ..first }];
+        assert_eq!(order_queue(&hands, true)[0].hand, 1);
+        assert_eq!(
+            serde_json::to_value([QueueMove::Ahead, QueueMove::Behind]).unwrap(),
+            serde_json::json!(["ahead", "behind"])
+        );
+    }
+
+    #[test]
+    fn next_speaker_passes_over_those_who_cannot_speak_and_says_so() {
+        let away = Seat { connected: false, ..MEMBER };
+        let questions = stage(Phase::Questions);
+        let queue = [
+            Candidate { member: "ann", seat: away, status: Status::Reconnecting },
+            Candidate { member: "ben", seat: MEMBER, status: Status::Away },
+            Candidate { member: "cy", seat: MEMBER, status: Status::Here },
+        ];
+        let next = next_speaker(queue, &questions).unwrap();
+        assert_eq!(next.member, "ben", "an away member is not passed over");
+        assert_eq!(
+            next.skipped,
+            [Skipped { member: "ann".into(), status: Status::Reconnecting, reason: Reason::Reconnecting }]
+        );
+        assert_eq!(
+            serde_json::to_value(&next).unwrap(),
+            serde_json::json!({"member": "ben", "skipped": [
+                {"member": "ann", "status": "reconnecting", "reason": "reconnecting"}]})
+        );
+        // During the presentation only the presenter may speak.
+        let presenter = Seat { presenter: true, ..MEMBER };
+        let queue = [
+            Candidate { member: "cy", seat: MEMBER, status: Status::Here },
+            Candidate { member: "pat", seat: presenter, status: Status::Here },
+        ];
+        let next = next_speaker(queue, &stage(Phase::Presentation)).unwrap();
+        assert_eq!(next.member, "pat");
+        assert_eq!(next.skipped[0].reason, Reason::OnlyPresenterDuringPresentation);
+        assert_eq!(next_speaker(queue[..1].iter().copied(), &stage(Phase::Presentation)), None);
+        assert_eq!(next_speaker([], &questions), None);
+    }
+
     #[test]
     fn reasons_have_distinct_stable_names_and_messages() {
         let mut names = HashSet::new();
@@ -613,6 +776,6 @@ mod tests {
         // ALL is complete: a variant missing from it would have no name in the table above.
         let probe = serde_json::from_str::<Reason>("\"no_such_reason\"");
         assert!(probe.is_err());
-        assert_eq!(Reason::ALL.len(), 24);
+        assert_eq!(Reason::ALL.len(), 25);
     }
 }

@@ -458,3 +458,57 @@ async fn two_leaders_calling_the_next_speaker_at_once_give_the_floor_once() {
     let state = settle(&mut all, |s| floor(s) == Some(ben)).await;
     assert!(state.queue.is_empty());
 }
+
+#[tokio::test]
+async fn a_leader_lets_everyone_in_at_once_and_a_phase_change_leaves_no_hands_or_floor() {
+    let server = TestServer::start().await;
+    let room = server.create_room(json!({"lobby": true})).await;
+    let mut lea = YClient::join(&server.ws_url(&room.id, &room.leader_token, "Lea")).await.unwrap();
+    assert!(lea.latest_state().unwrap().phase_reset, "on by default");
+    let mut ann = YClient::join(&server.ws_url(&room.id, &room.invite_token, "Ann")).await.unwrap();
+    let mut ben = YClient::join(&server.ws_url(&room.id, &room.invite_token, "Ben")).await.unwrap();
+    assert!(!ann.is_admitted() && !ben.is_admitted());
+    lea.wait_state(|s| s.waiting.as_ref().is_some_and(|w| w.len() == 2)).await.unwrap();
+
+    lea.command(json!({"type": "admit_all"})).await.unwrap();
+
+    ann.wait_until(|c| c.is_admitted() && c.is_synced()).await.unwrap();
+    ben.wait_until(|c| c.is_admitted() && c.is_synced()).await.unwrap();
+    let state = lea.wait_state(|s| s.members.len() == 3).await.unwrap();
+    assert_eq!(state.waiting, Some(vec![]));
+    assert!(state.lobby, "the lobby stays on");
+    assert!(state.members.iter().all(|m| m.joined_at_ms > 0), "every member carries an arrival time");
+    // Nobody waits now: the refusal says so.
+    let before = lea.texts.len();
+    assert_eq!(lea.refused(json!({"type": "admit_all"})).await.unwrap(), ErrorCode::Conflict);
+    let reason = lea.texts[before..].iter().find_map(|m| match m {
+        ServerMessage::Error { reason, .. } => *reason,
+        _ => None,
+    });
+    assert_eq!(reason, Some(balint_proto::rules::Reason::NobodyWaiting));
+
+    // Hands up and a speaker in the questions; then the reflection starts clean.
+    let ann_id = ann.member_id().unwrap().to_owned();
+    let mut all = vec![lea, ann, ben];
+    all[LEA].command(json!({"type": "set_phase", "phase": "questions"})).await.unwrap();
+    all[ANN].command(json!({"type": "raise_hand"})).await.unwrap();
+    all[BEN].command(json!({"type": "raise_hand"})).await.unwrap();
+    settle(&mut all, |s| s.phase.name == Phase::Questions && s.queue.len() == 2).await;
+    all[LEA].command(json!({"type": "next_speaker"})).await.unwrap();
+    let state = settle(&mut all, |s| s.floor.is_some()).await;
+    assert_eq!(floor(&state), Some(ann_id.as_str()));
+
+    all[LEA].command(json!({"type": "set_phase", "phase": "reflection"})).await.unwrap();
+    let state = settle(&mut all, |s| s.phase.name == Phase::Reflection).await;
+    assert!(state.queue.is_empty(), "the hands of the questions are down");
+    assert_eq!(state.floor, None, "the floor is free");
+
+    // With the reset off, hands carry over.
+    all[LEA].command(json!({"type": "set_phase_reset", "enabled": false})).await.unwrap();
+    settle(&mut all, |s| !s.phase_reset).await;
+    all[BEN].command(json!({"type": "raise_hand"})).await.unwrap();
+    settle(&mut all, |s| s.queue.len() == 1).await;
+    all[LEA].command(json!({"type": "set_phase", "phase": "closing"})).await.unwrap();
+    let state = settle(&mut all, |s| s.phase.name == Phase::Closing).await;
+    assert_eq!(state.queue.len(), 1, "Ben's hand carried over");
+}

@@ -332,10 +332,10 @@ impl Intent {
         }
     }
 
-    fn plan(&self, meeting: &Meeting) -> Plan {
+    fn plan(&self, meeting: &Meeting, now_ms: u64) -> Plan {
         match self {
             Intent::Command(conn, message, now_ms) => meeting.plan_command(*conn, message.clone(), *now_ms),
-            Intent::BindStock(conn) => meeting.plan_bind(*conn, false, None),
+            Intent::BindStock(conn) => meeting.plan_bind(*conn, false, None, now_ms),
             Intent::RenewLinks => meeting.plan_renew_links(),
             Intent::End(reason) => meeting.plan_end(reason),
             Intent::Tick { now_ms, elsewhere, settling } => meeting
@@ -840,7 +840,7 @@ impl RoomMachine {
                     }
                     commit.attempts += 1;
                     let version = self.meeting.version();
-                    let plan = commit.intent.plan(&self.meeting);
+                    let plan = commit.intent.plan(&self.meeting, now_ms);
                     let Some(next) = &plan.next else {
                         let Plan { binding, immediate, .. } = plan;
                         let outputs = self.meeting.install(version, None, binding);

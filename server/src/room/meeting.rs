@@ -40,10 +40,10 @@ use std::sync::Arc;
 
 use balint_proto::close;
 use balint_proto::room::{
-    ClientMessage, ErrorCode, Floor, MemberView, Participation, Phase, PhaseState, QueueEntry, Released, Role,
-    RoomState, ServerMessage, Status, Template, Waiting,
+    ClientMessage, ErrorCode, Floor, MemberView, Participation, Phase, PhaseState, QueueEntry, QueueMove, Released,
+    Role, RoomState, ServerMessage, Status, Template, Waiting,
 };
-use balint_proto::rules::{self, Reason, Refusal, Seat, Stage};
+use balint_proto::rules::{self, Candidate, RaisedHand, Reason, Refusal, Seat, Stage};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use sha2::{Digest, Sha256};
@@ -160,6 +160,8 @@ struct Member {
     resume_token: String,
     /// Order of arrival, for the member list.
     arrival: u64,
+    /// When the member first arrived in this meeting (Unix milliseconds), for attendance.
+    joined_at_ms: u64,
     /// When the member was last seen connected nowhere, while reconnecting.
     dropped_at_ms: Option<u64>,
     away: bool,
@@ -221,6 +223,8 @@ pub struct Shared {
     presenter: Option<String>,
     speaking_limit_secs: Option<u32>,
     fair_order: bool,
+    /// Whether a phase change lowers every hand and frees the floor.
+    phase_reset: bool,
     board_locked: bool,
     next_seq: u64,
     /// Members a leader removed, by id, so every node closes their connections and their
@@ -326,6 +330,7 @@ impl Shared {
             presenter: None,
             speaking_limit_secs: None,
             fair_order: false,
+            phase_reset: true,
             board_locked: false,
             next_seq: 0,
             removed: BTreeMap::new(),
@@ -407,13 +412,14 @@ impl Shared {
         self.next_seq
     }
 
-    fn add_member(&mut self, link_role: Role, name: &str, ids: &dyn Ids) -> String {
+    fn add_member(&mut self, link_role: Role, name: &str, ids: &dyn Ids, now: u64) -> String {
         let id = ids.member_id();
         let member = Member {
             name: name.to_owned(),
             role: link_role,
             resume_token: ids.resume_token(),
             arrival: self.bump_seq(),
+            joined_at_ms: now,
             dropped_at_ms: None,
             away: false,
             // Leaders hold the leader link and never wait.
@@ -503,17 +509,17 @@ impl Shared {
             }
             C::NextSpeaker { .. } => {
                 self.require_leader(me)?;
-                let next = self
-                    .ordered_queue()
-                    .into_iter()
-                    .find(|h| {
-                        self.seat(&h.member).is_some_and(|seat| rules::may_take_floor(&seat, &self.stage()).is_ok())
-                    })
-                    .map(|h| h.member);
-                let Some(next) = next else {
+                let queue = self.ordered_queue();
+                let candidates = queue.iter().filter_map(|(hand, _)| {
+                    let member = self.members.get(&hand.member)?;
+                    let seat = self.seat(&hand.member)?;
+                    Some(Candidate { member: &hand.member, seat, status: self.status(&hand.member, member) })
+                });
+                // Hands passed over (a member reconnecting) keep their place.
+                let Some(next) = rules::next_speaker(candidates, &self.stage()) else {
                     return Err(Refusal::new(ErrorCode::QueueEmpty, Reason::QueueEmpty));
                 };
-                self.grant(&next, now)?;
+                self.grant(&next.member, now)?;
                 Ok(true)
             }
             C::RevokeFloor {} => {
@@ -542,6 +548,10 @@ impl Shared {
             C::SetFairOrder { enabled } => {
                 self.require_leader(me)?;
                 Ok(std::mem::replace(&mut self.fair_order, enabled) != enabled)
+            }
+            C::SetPhaseReset { enabled } => {
+                self.require_leader(me)?;
+                Ok(std::mem::replace(&mut self.phase_reset, enabled) != enabled)
             }
             C::SetPhase { phase, duration_secs } => {
                 self.require_leader(me)?;
@@ -594,6 +604,17 @@ impl Shared {
                 self.require_leader(me)?;
                 self.require_waiting(&member)?;
                 self.members.get_mut(&member).expect("checked").admitted = true;
+                Ok(true)
+            }
+            C::AdmitAll {} => {
+                self.require_leader(me)?;
+                // Everyone waiting already counts towards the member limit (a newcomer over it
+                // is refused before reaching the lobby), so admitting them all never exceeds it.
+                let mut waiting = self.members.values_mut().filter(|m| !m.admitted).peekable();
+                if waiting.peek().is_none() {
+                    return Err(Refusal::new(ErrorCode::Conflict, Reason::NobodyWaiting));
+                }
+                waiting.for_each(|m| m.admitted = true);
                 Ok(true)
             }
             C::Decline { member } => {
@@ -683,6 +704,11 @@ impl Shared {
 
     fn set_phase(&mut self, phase: Phase, duration_secs: Option<u32>, now: u64) -> Result<(), Refusal> {
         let duration = rules::phase_duration(self.template, phase, duration_secs)?;
+        if self.phase_reset && phase != self.phase.name {
+            // A new phase starts clean: no hands from the last one, and the floor free.
+            self.queue.clear();
+            self.end_turn(now);
+        }
         self.phase = PhaseState { name: phase, started_at_ms: now, duration_secs: duration };
         for member in self.members.values_mut() {
             member.spoke_in_phase = false;
@@ -754,15 +780,20 @@ impl Shared {
         }
     }
 
-    /// The queue in the order everyone sees: by time raised, and with fair order on, those who
-    /// have not spoken in this phase first.
-    fn ordered_queue(&self) -> Vec<Hand> {
-        let mut queue = self.queue.clone();
-        queue.sort_by_key(|h| {
-            let spoke = self.fair_order && self.members.get(&h.member).is_some_and(|m| m.spoke_in_phase);
-            (spoke, h.raised_at_ms, h.seq)
-        });
-        queue
+    /// The queue in the order everyone sees ([`rules::order_queue`]): by time raised, and with
+    /// fair order on, those who have not spoken in this phase first; each hand with the reason
+    /// fair order moved it, if it did.
+    fn ordered_queue(&self) -> Vec<(&Hand, Option<QueueMove>)> {
+        let hands: Vec<RaisedHand> = self
+            .queue
+            .iter()
+            .map(|h| RaisedHand {
+                raised_at_ms: h.raised_at_ms,
+                seq: h.seq,
+                spoke_in_phase: self.members.get(&h.member).is_some_and(|m| m.spoke_in_phase),
+            })
+            .collect();
+        rules::order_queue(&hands, self.fair_order).into_iter().map(|p| (&self.queue[p.hand], p.moved)).collect()
     }
 
     /// Advances timers: the speaking limit, presence and the reconnect grace. `live` says
@@ -847,6 +878,7 @@ impl Shared {
                 name: m.name.clone(),
                 role: m.role,
                 status: self.status(id, m),
+                joined_at_ms: m.joined_at_ms,
             })
             .collect();
         let waiting = for_leader.then(|| {
@@ -871,7 +903,7 @@ impl Shared {
             queue: self
                 .ordered_queue()
                 .into_iter()
-                .map(|h| QueueEntry { member: h.member, raised_at_ms: h.raised_at_ms })
+                .map(|(h, moved)| QueueEntry { member: h.member.clone(), raised_at_ms: h.raised_at_ms, moved })
                 .collect(),
             floor: self.floor.as_ref().map(|t| Floor {
                 member: t.member.clone(),
@@ -880,6 +912,7 @@ impl Shared {
             }),
             speaking_limit_secs: self.speaking_limit_secs,
             fair_order: self.fair_order,
+            phase_reset: self.phase_reset,
             lobby: self.lobby,
             board_locked: self.board_locked,
             waiting,
@@ -957,7 +990,8 @@ impl Meeting {
 
     /// Plans binding a connection to a member: the one `resume` names, or a new one. Called
     /// with the connection's first message, and again when a bound connection says `hello`.
-    pub fn plan_bind(&self, conn: ConnId, hello: bool, resume: Option<&str>) -> Plan {
+    /// A new member's arrival is dated `now_ms`.
+    pub fn plan_bind(&self, conn: ConnId, hello: bool, resume: Option<&str>, now_ms: u64) -> Plan {
         let Some(connection) = self.connections.get(&conn) else { return Plan::default() };
         if let Some(member) = &connection.member {
             if hello && !connection.hello {
@@ -992,7 +1026,7 @@ impl Meeting {
             }
             None => {
                 released = digest.and_then(|d| next.take_lapsed(&d, connection.link_role));
-                next.add_member(connection.link_role, &connection.name, &*self.ids)
+                next.add_member(connection.link_role, &connection.name, &*self.ids, now_ms)
             }
         };
         // Someone is here: an empty meeting's countdown starts over.
@@ -1011,7 +1045,7 @@ impl Meeting {
     /// Plans a room-protocol message from `conn`.
     pub fn plan_command(&self, conn: ConnId, message: ClientMessage, now_ms: u64) -> Plan {
         if let ClientMessage::Hello { resume } = &message {
-            return self.plan_bind(conn, true, resume.as_deref());
+            return self.plan_bind(conn, true, resume.as_deref(), now_ms);
         }
         let member_id = match self.connections.get(&conn) {
             Some(Connection { member: Some(id), hello: true, .. })
@@ -1226,8 +1260,8 @@ impl Meeting {
     }
 
     /// Binds a connection and applies the change at once (one node, no concurrent writer).
-    pub fn bind(&mut self, conn: ConnId, hello: bool, resume: Option<&str>) -> Vec<Output> {
-        let plan = self.plan_bind(conn, hello, resume);
+    pub fn bind(&mut self, conn: ConnId, hello: bool, resume: Option<&str>, now_ms: u64) -> Vec<Output> {
+        let plan = self.plan_bind(conn, hello, resume, now_ms);
         self.apply_locally(plan)
     }
 

@@ -305,7 +305,7 @@ impl Node {
                 if hello {
                     self.meeting.handle(conn, C::Hello { resume: None }, self.now)
                 } else {
-                    self.meeting.bind(conn, false, None)
+                    self.meeting.bind(conn, false, None, self.now)
                 }
             }
             Step::Resume(role, k) => {
@@ -321,7 +321,7 @@ impl Node {
             }
             Step::Binary(i) => {
                 let Some(conn) = pick(&self.open(), i) else { return };
-                self.meeting.bind(conn, false, None)
+                self.meeting.bind(conn, false, None, self.now)
             }
             Step::Disconnect(i) => {
                 let Some(conn) = pick(&self.open(), i) else { return };

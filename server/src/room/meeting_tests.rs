@@ -80,7 +80,7 @@ impl Sim {
 
     /// A first binary frame from a stock y-sync client (no room protocol).
     fn binary_frame(&mut self, conn: ConnId) -> Vec<Output> {
-        let out = self.meeting.bind(conn, false, None);
+        let out = self.meeting.bind(conn, false, None, self.now);
         self.record(out)
     }
 
@@ -557,12 +557,14 @@ fn a_member_gets_forbidden_for_every_leader_only_command_and_nothing_changes() {
         C::LowerAllHands {},
         C::SetSpeakingLimit { seconds: Some(60) },
         C::SetFairOrder { enabled: true },
+        C::SetPhaseReset { enabled: false },
         set_phase(Phase::Presentation),
         C::PickPresenter { member: Some(ben.id.clone()) },
         C::SetRole { member: ben.id.clone(), role: Role::Leader },
         C::SetRole { member: ann.id.clone(), role: Role::Leader },
         C::SetLobby { enabled: false },
         C::Admit { member: wanda.id.clone() },
+        C::AdmitAll {},
         C::Decline { member: wanda.id.clone() },
         C::LockBoard { locked: true },
         C::Kick { member: ben.id.clone() },
@@ -908,6 +910,8 @@ fn a_phase_change_resets_who_has_spoken_for_fair_order() {
     let lena = sim.join(Role::Leader, "Lena");
     let ann = sim.join(Role::Member, "Ann");
     let ben = sim.join(Role::Member, "Ben");
+    // Hands carry over from phase to phase here, so the new phase's order shows.
+    sim.ok(lena.conn, C::SetPhaseReset { enabled: false });
     sim.ok(lena.conn, C::SetFairOrder { enabled: true });
     sim.ok(lena.conn, grant(&ann));
     sim.ok(lena.conn, C::RevokeFloor {});
@@ -1033,6 +1037,8 @@ fn balint_with_presenter() -> (Sim, Person, Person, Person, Person) {
 #[test]
 fn in_reflection_the_presenter_is_outside_the_circle_with_hand_lowered_and_floor_lost() {
     let (mut sim, lena, pia, ann, _ben) = balint_with_presenter();
+    // Without the phase reset, which would lower every hand: only Pia's goes.
+    sim.ok(lena.conn, C::SetPhaseReset { enabled: false });
     sim.ok(lena.conn, set_phase(Phase::Questions));
     sim.ok(lena.conn, grant(&pia));
     sim.ok(pia.conn, C::RaiseHand {});
@@ -1696,4 +1702,167 @@ fn a_full_room_turns_newcomers_away_but_lets_members_resume() {
     let back = sim.connect(Role::Member, "p1");
     let out = sim.send(back, C::Hello { resume: Some(token) });
     assert!(out.iter().any(|o| matches!(o, Output::Send(_, ServerMessage::Welcome { .. }))), "{out:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The room beside the call: phases leave no debris, the lobby empties at once, the queue and
+// the next speaker explain themselves, and members carry their arrival time.
+
+#[test]
+fn a_phase_change_lowers_every_hand_and_frees_the_floor_by_default() {
+    let (mut sim, lena, pia, ann, ben) = balint_with_presenter();
+    assert!(sim.view(ann.conn).phase_reset, "on by default");
+    sim.ok(lena.conn, set_phase(Phase::Presentation));
+    assert_eq!(floor_holder(&sim.view(ann.conn)), Some(pia.id.as_str()));
+    sim.ok(ann.conn, C::RaiseHand {});
+    sim.ok(ben.conn, C::RaiseHand {});
+
+    sim.ok(lena.conn, set_phase(Phase::Questions));
+
+    let view = sim.view(ann.conn);
+    assert!(view.queue.is_empty(), "the hands of the presentation are down");
+    assert_eq!(view.floor, None, "the presenter's turn ended with the phase");
+    let spoken = sim.view(lena.conn).participation.unwrap();
+    assert_eq!(spoken.iter().find(|p| p.member == pia.id).unwrap().turns, 1);
+
+    // Setting the same phase again (a new countdown) is no phase change: the hands stay.
+    sim.ok(ann.conn, C::RaiseHand {});
+    sim.ok(lena.conn, grant(&ben));
+    sim.ok(lena.conn, C::SetPhase { phase: Phase::Questions, duration_secs: Some(300) });
+    let view = sim.view(ann.conn);
+    assert_eq!(queue(&view), [ann.id.as_str()]);
+    assert_eq!(floor_holder(&view), Some(ben.id.as_str()));
+
+    // In the response the presenter gets the floor first, on a turn of their own.
+    sim.ok(lena.conn, set_phase(Phase::Response));
+    let view = sim.view(ann.conn);
+    assert!(view.queue.is_empty());
+    assert_eq!(floor_holder(&view), Some(pia.id.as_str()));
+}
+
+#[test]
+fn with_the_phase_reset_off_hands_and_the_floor_carry_over() {
+    let (mut sim, lena, _pia, ann, ben) = balint_with_presenter();
+    sim.assert_refused(ann.conn, C::SetPhaseReset { enabled: false }, (ErrorCode::Forbidden, Reason::NotLeader));
+
+    sim.ok(lena.conn, C::SetPhaseReset { enabled: false });
+
+    assert!(!sim.view(ann.conn).phase_reset, "everyone sees the setting");
+    sim.ok(ann.conn, C::RaiseHand {});
+    sim.ok(lena.conn, grant(&ben));
+    sim.ok(lena.conn, set_phase(Phase::Closing));
+    let view = sim.view(ann.conn);
+    assert_eq!(queue(&view), [ann.id.as_str()]);
+    assert_eq!(floor_holder(&view), Some(ben.id.as_str()));
+    let before = sim.meeting.version();
+    sim.ok(lena.conn, C::SetPhaseReset { enabled: false });
+    assert_eq!(sim.meeting.version(), before, "setting it to what it is changes nothing");
+}
+
+#[test]
+fn admit_all_lets_everyone_waiting_in_at_once() {
+    let mut sim = Sim::with_lobby();
+    let lena = sim.join(Role::Leader, "Lena");
+    let nina = sim.join(Role::Member, "Nina");
+    let omar = sim.join(Role::Observer, "Omar");
+    sim.assert_refused(nina.conn, C::AdmitAll {}, (ErrorCode::NotInRoom, Reason::InLobby));
+
+    let out = sim.ok(lena.conn, C::AdmitAll {});
+
+    for person in [&nina, &omar] {
+        let first = messages_to(&out, person.conn).first().copied();
+        assert!(matches!(first, Some(ServerMessage::Welcome { member_id, .. }) if *member_id == person.id));
+        assert!(out.contains(&Output::Greet { conn: person.conn, full: true }));
+        assert!(sim.meeting.can_read(person.conn));
+    }
+    assert_eq!(state_count(&out), 2, "one snapshot for leaders and one for the rest, not one per admission");
+    let view = sim.view(lena.conn);
+    assert!(view.lobby, "the lobby stays on for those who come later");
+    assert_eq!(view.waiting, Some(vec![]));
+    assert_eq!(member(&view, &omar).unwrap().role, Role::Observer, "each keeps the role of their link");
+    let paul = sim.join(Role::Member, "Paul");
+    assert!(member(&sim.view(lena.conn), &paul).is_none(), "a newcomer waits again");
+    sim.ok(lena.conn, C::Admit { member: paul.id.clone() });
+
+    sim.assert_refused(lena.conn, C::AdmitAll {}, (ErrorCode::Conflict, Reason::NobodyWaiting));
+}
+
+#[test]
+fn the_queue_says_which_hands_fair_order_moved() {
+    let mut sim = Sim::balint();
+    let lena = sim.join(Role::Leader, "Lena");
+    let ann = sim.join(Role::Member, "Ann");
+    let ben = sim.join(Role::Member, "Ben");
+    sim.ok(lena.conn, grant(&ann));
+    sim.ok(lena.conn, C::RevokeFloor {});
+    sim.ok(ann.conn, C::RaiseHand {});
+    sim.advance(1_000);
+    sim.ok(ben.conn, C::RaiseHand {});
+    let view = sim.view(ben.conn);
+    assert!(view.queue.iter().all(|e| e.moved.is_none()), "by time raised, nobody is moved");
+
+    sim.ok(lena.conn, C::SetFairOrder { enabled: true });
+
+    let view = sim.view(ben.conn);
+    let moved: Vec<(&str, Option<QueueMove>)> = view.queue.iter().map(|e| (e.member.as_str(), e.moved)).collect();
+    assert_eq!(moved, [(ben.id.as_str(), Some(QueueMove::Ahead)), (ann.id.as_str(), Some(QueueMove::Behind))]);
+    assert_eq!(view.queue, sim.view(lena.conn).queue, "identical for everyone");
+    let json = serde_json::to_value(&view.queue).unwrap();
+    assert_eq!(json[0]["moved"], "ahead");
+    assert_eq!(json[1]["moved"], "behind");
+    assert_eq!(json[1]["raised_at_ms"], START_MS);
+}
+
+#[test]
+fn next_speaker_passes_over_a_reconnecting_head_who_keeps_their_place() {
+    let mut sim = Sim::balint();
+    let lena = sim.join(Role::Leader, "Lena");
+    let ann = sim.join(Role::Member, "Ann");
+    let ben = sim.join(Role::Member, "Ben");
+    let ann_token = sim.token(ann.conn);
+    sim.ok(ann.conn, C::RaiseHand {});
+    sim.advance(1_000);
+    sim.ok(ben.conn, C::RaiseHand {});
+    sim.drop_conn(ann.conn);
+    assert_eq!(status(&sim.view(lena.conn), &ann), Status::Reconnecting);
+
+    sim.ok(lena.conn, C::NextSpeaker { if_version: None });
+
+    let view = sim.view(lena.conn);
+    assert_eq!(floor_holder(&view), Some(ben.id.as_str()));
+    assert_eq!(queue(&view), [ann.id.as_str()], "Ann keeps her place");
+    // Nobody else may speak: the refusal says the queue has nobody who can.
+    sim.assert_refused(lena.conn, C::NextSpeaker { if_version: None }, (ErrorCode::QueueEmpty, Reason::QueueEmpty));
+    let back = sim.resume(Role::Member, "Ann", &ann_token);
+    assert_eq!(back.id, ann.id);
+    sim.ok(lena.conn, C::NextSpeaker { if_version: None });
+    assert_eq!(floor_holder(&sim.view(lena.conn)), Some(ann.id.as_str()));
+}
+
+#[test]
+fn members_carry_when_they_first_arrived() {
+    let mut sim = Sim::with_lobby();
+    let lena = sim.join(Role::Leader, "Lena");
+    sim.advance(60_000);
+    let ann = sim.join(Role::Member, "Ann");
+    let token = sim.token(ann.conn);
+    sim.advance(30_000);
+    sim.ok(lena.conn, C::Admit { member: ann.id.clone() });
+    sim.advance(5_000);
+    let dora = sim.connect(Role::Member, "Dora");
+    sim.binary_frame(dora);
+
+    let view = sim.view(lena.conn);
+    assert_eq!(member(&view, &lena).unwrap().joined_at_ms, START_MS);
+    assert_eq!(member(&view, &ann).unwrap().joined_at_ms, START_MS + 60_000, "from the lobby on");
+    sim.ok(lena.conn, C::AdmitAll {});
+    let view = sim.view(lena.conn);
+    let dora_view = view.members.iter().find(|m| m.name == "Dora").unwrap();
+    assert_eq!(dora_view.joined_at_ms, START_MS + 95_000, "a stock client too");
+
+    // A reconnect within the grace period is the same arrival.
+    sim.drop_conn(ann.conn);
+    sim.advance(10_000);
+    let back = sim.resume(Role::Member, "Ann", &token);
+    assert_eq!(member(&sim.view(back.conn), &ann).unwrap().joined_at_ms, START_MS + 60_000);
 }

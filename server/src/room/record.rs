@@ -128,6 +128,19 @@ mod migrate {
         crate::limits::MAX_MEMBERS
     }
 
+    /// Records written before the phase reset existed read as on, its default: a leader who
+    /// wants hands to carry over from one phase to the next turns it off.
+    pub fn phase_reset() -> bool {
+        true
+    }
+
+    /// A member recorded before arrival times were kept arrived, as far as anyone can tell,
+    /// when the meeting started; in a room whose start was not recorded either (persistent
+    /// rooms do not record it), at 0, which the protocol defines as "unknown".
+    pub fn joined_at_ms(joined_at_ms: Option<u64>, started_at_ms: Option<u64>) -> u64 {
+        joined_at_ms.or(started_at_ms).unwrap_or(0)
+    }
+
     // Records and settings written before link generations, revoked resume tokens and lapsed
     // memberships existed read as generation 0, nothing revoked and nothing lapsed: each
     // field's `Default`, named at the field by `#[serde(default)]`.
@@ -156,6 +169,8 @@ struct RecordV1 {
     presenter: Option<String>,
     speaking_limit_secs: Option<u32>,
     fair_order: bool,
+    #[serde(default = "migrate::phase_reset")]
+    phase_reset: bool,
     board_locked: bool,
     next_seq: u64,
     removed: BTreeMap<String, RemovalV1>,
@@ -181,6 +196,9 @@ struct MemberV1 {
     role: Role,
     resume_token: String,
     arrival: u64,
+    /// Absent from records written before it; see [`migrate::joined_at_ms`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    joined_at_ms: Option<u64>,
     dropped_at_ms: Option<u64>,
     away: bool,
     admitted: bool,
@@ -273,6 +291,7 @@ impl From<&Shared> for RecordV1 {
             presenter,
             speaking_limit_secs,
             fair_order,
+            phase_reset,
             board_locked,
             next_seq,
             removed,
@@ -301,6 +320,7 @@ impl From<&Shared> for RecordV1 {
             presenter: presenter.clone(),
             speaking_limit_secs: *speaking_limit_secs,
             fair_order: *fair_order,
+            phase_reset: *phase_reset,
             board_locked: *board_locked,
             next_seq: *next_seq,
             removed: removed.iter().map(|(id, r)| (id.clone(), RemovalV1::from(*r))).collect(),
@@ -334,6 +354,7 @@ impl From<RecordV1> for Shared {
             presenter,
             speaking_limit_secs,
             fair_order,
+            phase_reset,
             board_locked,
             next_seq,
             removed,
@@ -354,13 +375,14 @@ impl From<RecordV1> for Shared {
             max_members,
             started_at_ms,
             empty_since_ms,
-            members: members.into_iter().map(|(id, m)| (id, m.into())).collect(),
+            members: members.into_iter().map(|(id, m)| (id, m.into_member(started_at_ms))).collect(),
             queue: queue.into_iter().map(Into::into).collect(),
             floor: floor.map(Into::into),
             phase: phase.into(),
             presenter,
             speaking_limit_secs,
             fair_order,
+            phase_reset,
             board_locked,
             next_seq,
             removed: removed.into_iter().map(|(id, r)| (id, r.into())).collect(),
@@ -380,6 +402,7 @@ impl From<&Member> for MemberV1 {
             role,
             resume_token,
             arrival,
+            joined_at_ms,
             dropped_at_ms,
             away,
             admitted,
@@ -392,6 +415,7 @@ impl From<&Member> for MemberV1 {
             role: *role,
             resume_token: resume_token.clone(),
             arrival: *arrival,
+            joined_at_ms: Some(*joined_at_ms),
             dropped_at_ms: *dropped_at_ms,
             away: *away,
             admitted: *admitted,
@@ -402,21 +426,36 @@ impl From<&Member> for MemberV1 {
     }
 }
 
-impl From<MemberV1> for Member {
-    fn from(member: MemberV1) -> Self {
+impl MemberV1 {
+    /// The member, in a meeting that started at `started_at_ms` (for records written before
+    /// arrival times were kept).
+    fn into_member(self, started_at_ms: Option<u64>) -> Member {
         let MemberV1 {
             name,
             role,
             resume_token,
             arrival,
+            joined_at_ms,
             dropped_at_ms,
             away,
             admitted,
             turns,
             speaking_ms,
             spoke_in_phase,
-        } = member;
-        Member { name, role, resume_token, arrival, dropped_at_ms, away, admitted, turns, speaking_ms, spoke_in_phase }
+        } = self;
+        Member {
+            name,
+            role,
+            resume_token,
+            arrival,
+            joined_at_ms: migrate::joined_at_ms(joined_at_ms, started_at_ms),
+            dropped_at_ms,
+            away,
+            admitted,
+            turns,
+            speaking_ms,
+            spoke_in_phase,
+        }
     }
 }
 

@@ -29,10 +29,24 @@ fn json(bytes: &[u8]) -> serde_json::Value {
     serde_json::from_slice(bytes).unwrap()
 }
 
-/// `old` as this build writes it: the same object, with its format named.
+/// `old` as this build writes it: the same object, with its format named and the fields
+/// added since filled in by their migrations (the phase reset on, each member arrived when
+/// the meeting started, or at 0 when that is unknown).
 fn with_format(old: &str) -> serde_json::Value {
-    let mut value: serde_json::Value = serde_json::from_str(old).unwrap();
+    let mut value = with_migrations(old);
     value.as_object_mut().unwrap().insert("format".to_owned(), FORMAT.into());
+    value
+}
+
+/// `old` with the fields added since filled in by their migrations, format left out.
+fn with_migrations(old: &str) -> serde_json::Value {
+    let mut value: serde_json::Value = serde_json::from_str(old).unwrap();
+    let started = value["started_at_ms"].as_u64().unwrap_or(0);
+    let object = value.as_object_mut().unwrap();
+    object.insert("phase_reset".to_owned(), true.into());
+    for member in object["members"].as_object_mut().unwrap().values_mut() {
+        member.as_object_mut().unwrap().insert("joined_at_ms".to_owned(), started.into());
+    }
     value
 }
 
@@ -93,7 +107,28 @@ fn a_record_written_now_is_todays_layout_plus_its_format() {
     let shared = decode(LIVE.as_bytes()).unwrap();
     let mut written = json(&encode(&shared).unwrap());
     assert_eq!(written.as_object_mut().unwrap().remove("format"), Some(FORMAT.into()));
-    assert_eq!(written, json(LIVE.as_bytes()));
+    assert_eq!(written, with_migrations(LIVE));
+}
+
+#[test]
+fn records_from_before_the_phase_reset_and_arrival_times_read_as_their_defaults() {
+    let live = decode(LIVE.as_bytes()).unwrap();
+    assert!(live.phase_reset, "the phase reset reads as on, its default");
+    assert!(live.members.values().all(|m| m.joined_at_ms == 1_700_000_001_000), "arrived at the meeting's start");
+    // A room whose start was not recorded: arrival unknown, which the protocol says as 0.
+    let lobby = decode(LOBBY.as_bytes()).unwrap();
+    assert!(lobby.members.values().all(|m| m.joined_at_ms == 0));
+    let view = Meeting::from_shared(live, 3).state(true);
+    assert!(view.phase_reset);
+    assert!(view.members.iter().all(|m| m.joined_at_ms == 1_700_000_001_000));
+
+    // Written now, both stay as they are.
+    let mut shared = decode(LIVE.as_bytes()).unwrap();
+    shared.phase_reset = false;
+    shared.members.values_mut().next().unwrap().joined_at_ms = 1_700_000_000_500;
+    let again = decode(&encode(&shared).unwrap()).unwrap();
+    assert_eq!(again, shared);
+    assert!(!again.phase_reset);
 }
 
 #[test]
