@@ -39,6 +39,7 @@ const REFUSALS = {
   board_locked: 'A leader has locked the board: only leaders can write now.',
   board_full: 'The board is full. A leader can end the meeting and start a new room.',
   not_leader: 'Only a leader can do that.',
+  nobody_waiting: 'Nobody is waiting in the lobby.',
   only_presenter_during_presentation: 'During the presentation only the presenter holds the floor.',
   reconnecting: 'That person is reconnecting. Give them the floor when they are back.',
   queue_empty: 'Nobody in the queue can take the floor right now.',
