@@ -302,7 +302,13 @@ impl Job {
     /// The stores answer again after an outage: re-announce the record, presence and the
     /// board, and take what the others wrote meanwhile.
     pub fn rebuild() -> Self {
-        Job::of([Stage::Settle, Stage::Restore, Stage::Heartbeat { forced: true }, Stage::CatchUpMutual, Stage::Reload])
+        Job::of([
+            Stage::Settle,
+            Stage::Restore { again: false },
+            Stage::Heartbeat { forced: true },
+            Stage::CatchUpMutual,
+            Stage::Reload,
+        ])
     }
 }
 
@@ -347,29 +353,58 @@ impl Intent {
 #[derive(Debug)]
 enum Stage {
     BindStock(ConnId),
-    Binary { conn: ConnId, frame: Bytes },
+    Binary {
+        conn: ConnId,
+        frame: Bytes,
+    },
     Commit(Box<Commit>),
     Leave(ConnId),
     RemovePresence(String),
     PresenceRemoved,
-    Sweep { timeout_ms: u64 },
-    Heartbeat { forced: bool },
+    Sweep {
+        timeout_ms: u64,
+    },
+    Heartbeat {
+        forced: bool,
+    },
     HeartbeatSent,
-    ReadPresence { leaving: Option<String> },
-    PresenceRead { leaving: Option<String> },
+    ReadPresence {
+        leaving: Option<String>,
+    },
+    PresenceRead {
+        leaving: Option<String>,
+    },
     CatchUp,
     CatchUpMutual,
-    Save { force: bool },
-    Saved { changed_ms: u64, settings: Bytes },
+    Save {
+        force: bool,
+    },
+    Saved {
+        changed_ms: u64,
+        settings: Bytes,
+    },
     Renew,
-    Renewed { before: u64 },
+    Renewed {
+        before: u64,
+    },
     Settle,
-    Restore,
-    Restored { version: u64, record: Bytes },
+    /// Puts this node's copy back; `again` once a refusal was followed by an empty store.
+    Restore {
+        again: bool,
+    },
+    Restored {
+        version: u64,
+        record: Bytes,
+        again: bool,
+    },
     Reload,
     Reloaded,
-    Confirm,
-    Confirmed,
+    Confirm {
+        again: bool,
+    },
+    Confirmed {
+        again: bool,
+    },
 }
 
 impl Stage {
@@ -772,19 +807,19 @@ impl RoomMachine {
                 self.settle_presence(now_ms);
                 Next::Continue
             }
-            Stage::Restore => {
+            Stage::Restore { again } => {
                 if self.ended {
                     return Next::Continue;
                 }
                 match self.restore_request() {
                     Some(Io::Restore { version, record, ttl }) => {
                         let io = Io::Restore { version, record: record.clone(), ttl };
-                        Next::Wait(Stage::Restored { version, record }, io)
+                        Next::Wait(Stage::Restored { version, record, again }, io)
                     }
                     _ => Next::Continue,
                 }
             }
-            Stage::Restored { version, record } => {
+            Stage::Restored { version, record, again } => {
                 match answer {
                     Some(Answer::Written(Ok(true))) => {
                         info!(room = %self.id, version, "room record restored");
@@ -795,15 +830,22 @@ impl RoomMachine {
                     Some(Answer::Written(Err(e))) => warn!(room = %self.id, error = %e, "room record restore failed"),
                     // The store holds a newer record, or the room ended and was retired on
                     // another node (the store refuses to restore an ended room).
-                    Some(Answer::Written(Ok(false))) => job.stages.push_front(Stage::Confirm),
+                    Some(Answer::Written(Ok(false))) => job.stages.push_front(Stage::Confirm { again }),
                     _ => {}
                 }
                 Next::Continue
             }
-            Stage::Confirm => Next::Wait(Stage::Confirmed, Io::Load),
-            Stage::Confirmed => {
+            Stage::Confirm { again } => Next::Wait(Stage::Confirmed { again }, Io::Load),
+            Stage::Confirmed { again: false } if matches!(answer, Some(Answer::Loaded(Ok(None)))) => {
+                // Refused, and now nothing stored: the room's tombstone, or the store lost
+                // everything again (it restarted) since it refused. Only a tombstone refuses
+                // a second time.
+                job.stages.push_front(Stage::Restore { again: true });
+                Next::Continue
+            }
+            Stage::Confirmed { .. } => {
                 if let Some(Answer::Loaded(Ok(None))) = answer {
-                    // Refused, and still nothing stored: the room's tombstone. This node
+                    // Refused twice, and still nothing stored: the room's tombstone. This node
                     // missed the end's announcement; the meeting ends here too.
                     let plan = self.meeting.plan_end("ended");
                     if let Some(next) = plan.next {
@@ -818,7 +860,7 @@ impl RoomMachine {
             Stage::Reload => Next::Wait(Stage::Reloaded, Io::Load),
             Stage::Reloaded => {
                 if self.reloaded(answer, now_ms) {
-                    job.stages.push_front(Stage::Restore);
+                    job.stages.push_front(Stage::Restore { again: false });
                 }
                 Next::Continue
             }

@@ -17,9 +17,18 @@
 //! invariants are checked: one record (and so one queue order) on every node and in the
 //! store; no two records ever written at one version between two restarts (no write lost to a
 //! fork); the same board on every node, with every edit any node accepted; an end that reached
-//! every node and closed every connection with 4410; a `time_up` told once per turn to each
-//! connection; and, all along, the meeting's own invariants on every node and every
-//! connection that said hello last told the state its node holds.
+//! every node and closed every connection with 4410; a `time_up` told at most once per turn to
+//! each connection, only for turns its node held past their limit; and, all along, the
+//! meeting's own invariants on every node and every connection that said hello last told the
+//! state its node holds.
+//!
+//! The random schedule rarely puts a turn past its limit, so scenarios ([`speaking_turns`])
+//! do it on purpose: leaders set short limits and give the floor to members on different
+//! nodes, turn after turn, through the same faults. They check that every connection there
+//! all along was told `time_up` exactly once for each turn its node held past its limit, and
+//! that every node held each turn the cluster settled on. A node that learns of a passed
+//! limit only after the next turn began (it reloaded past the version, or the announcement
+//! came late) tells nothing: the turn is over, and the web UI would mark the new speaker.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -88,6 +97,21 @@ pub(super) fn node(name: &str, clustered: bool, seed: u64) -> Node {
 }
 
 const NODES: usize = 3;
+
+/// A turn as clients see it: the speaker, when the turn started and its limit in seconds.
+type Turn = (String, u64, u32);
+
+/// The floor of a stored record, when it is past its speaking limit (`time_up_sent`). Read
+/// from the record's JSON, since the flag is in no state a client sees.
+fn timed_out_turn(record: &[u8]) -> Option<Turn> {
+    let record: serde_json::Value = serde_json::from_slice(record).expect("a record is JSON");
+    let floor = record.get("floor")?.as_object()?;
+    let limit = floor.get("limit_secs")?.as_u64()?;
+    floor.get("time_up_sent")?.as_bool()?.then(|| {
+        let member = floor["member"].as_str().expect("a speaker").to_owned();
+        (member, floor["since_ms"].as_u64().expect("a start"), u32::try_from(limit).expect("a limit"))
+    })
+}
 const ROOM: &str = "simroom";
 const AWARENESS_TIMEOUT: Duration = limits::AWARENESS_TIMEOUT;
 
@@ -104,6 +128,9 @@ struct Store {
     /// Every record written since the store last lost its data, by version.
     history: BTreeMap<u64, Bytes>,
     board: Option<StoredBoard>,
+    /// Every turn a written record marked as past its speaking limit, restarts included: the
+    /// simulation's log, not the store's data.
+    timed_out: BTreeSet<Turn>,
 }
 
 impl Store {
@@ -111,6 +138,7 @@ impl Store {
         if let Some(before) = self.history.insert(version, record.clone()) {
             assert_eq!(before, record, "two different records written at version {version}: a write was lost");
         }
+        self.timed_out.extend(timed_out_turn(&record));
         self.record = Some(Versioned { version, record });
     }
 
@@ -158,6 +186,11 @@ struct SimNode {
     retired: bool,
     /// The event at which the machine ended.
     ended_at: Option<u64>,
+    /// The version of the record the machine held when last looked at.
+    seen_version: u64,
+    /// Every turn this node held as the floor past its speaking limit: the turns whose
+    /// `time_up` its connections must have been told.
+    timed_out: BTreeSet<Turn>,
 }
 
 /// One WebSocket client and what it observed.
@@ -165,6 +198,8 @@ struct Client {
     node: usize,
     conn: ConnId,
     role: Role,
+    /// It opened the room protocol (a stock client does not).
+    hello: bool,
     /// The client closed its socket.
     left: bool,
     /// The server closed it: the code and the event at which it did.
@@ -175,11 +210,11 @@ struct Client {
     /// A `time_up` whose state (sent right after it) has not arrived yet.
     time_up: Option<(String, u32)>,
     /// The turn the last `time_up` was for, until the state shows another turn or limit.
-    told: Option<(String, u64, u32)>,
+    told: Option<Turn>,
     doc: Doc,
     tokens: Vec<String>,
-    /// How many `time_up` it was told.
-    time_ups: usize,
+    /// The turns it was told `time_up` for, in order.
+    time_ups: Vec<Turn>,
     /// A message of it is being handled.
     busy: bool,
 }
@@ -209,7 +244,6 @@ impl Client {
                 ServerMessage::State { state } => self.seen(state),
                 ServerMessage::TimeUp { member, limit_secs } => {
                     assert!(self.time_up.is_none(), "{}: two time_up without a state between", self.conn);
-                    self.time_ups += 1;
                     self.time_up = Some((member, limit_secs));
                 }
                 _ => {}
@@ -224,6 +258,7 @@ impl Client {
             let turn = turn.clone().expect("a time_up is for the floor holder");
             assert_eq!((&turn.0, turn.2), (&member, limit), "a time_up for another turn than the floor's");
             assert_ne!(self.told.as_ref(), Some(&turn), "{}: time_up told twice for one turn", self.conn);
+            self.time_ups.push(turn.clone());
             self.told = Some(turn);
         } else if self.told.is_some() && self.told != turn {
             self.told = None;
@@ -322,6 +357,8 @@ impl Sim {
                     stalled_until: 0,
                     retired: false,
                     ended_at: None,
+                    seen_version: 0,
+                    timed_out: BTreeSet::new(),
                 }
             })
             .collect();
@@ -376,6 +413,7 @@ impl Sim {
                 Effect::BackendFailed => {}
             }
         }
+        self.observe(n);
         if self.nodes[n].machine.is_ended() && self.nodes[n].ended_at.is_none() {
             self.nodes[n].ended_at = Some(self.event);
         }
@@ -383,6 +421,17 @@ impl Sim {
             if !self.clients[c].busy {
                 self.start(n, Job::leave(self.clients[c].conn), None);
             }
+        }
+    }
+
+    /// Notes a record the node installed since it was last looked at.
+    fn observe(&mut self, n: usize) {
+        let node = &mut self.nodes[n];
+        let version = node.machine.meeting().version();
+        if version != node.seen_version {
+            node.seen_version = version;
+            let record = encode_record(node.machine.meeting().shared()).expect("a record encodes");
+            node.timed_out.extend(timed_out_turn(&record));
         }
     }
 
@@ -517,6 +566,8 @@ impl Sim {
         self.event += 1;
         for envelope in envelopes {
             self.nodes[n].machine.on_bus(&from, envelope, self.now);
+            // One batch may carry several records: each is looked at as it is installed.
+            self.observe(n);
         }
         self.drain(n);
     }
@@ -626,6 +677,7 @@ impl Sim {
             node: n,
             conn,
             role,
+            hello: matches!(first, First::Hello(_)),
             left: false,
             closed: None,
             last_state: None,
@@ -635,7 +687,7 @@ impl Sim {
             told: None,
             doc,
             tokens: Vec::new(),
-            time_ups: 0,
+            time_ups: Vec::new(),
             busy: false,
         });
         let c = self.clients.len() - 1;
@@ -749,18 +801,21 @@ impl Sim {
                 self.now += self.rng.gen_range(0..6_000);
                 self.timers();
             }
-            _ => {
-                // Not once the meeting ended somewhere: a restart then loses the tombstone,
-                // and a node that missed the end puts its record back. The retired node's
-                // tombstone is not written again at a rebuild (`Rooms::tick`); known gap.
-                let ended = self.nodes.iter().any(|n| n.machine.is_ended());
-                if self.faults.restarts && self.store.up && !ended && self.rng.gen_bool(0.3) {
-                    self.restart();
-                } else if self.faults.stalls {
-                    let n = self.rng.gen_range(0..NODES);
-                    self.nodes[n].stalled_until = self.now + self.rng.gen_range(1_000..20_000);
-                }
-            }
+            _ => self.strike(),
+        }
+    }
+
+    /// A restart of Redis or a stalled node, as the schedule allows.
+    fn strike(&mut self) {
+        // Not once the meeting ended somewhere: a restart then loses the tombstone, and a
+        // node that missed the end puts its record back. The retired node's tombstone is not
+        // written again at a rebuild (`Rooms::tick`); known gap.
+        let ended = self.nodes.iter().any(|n| n.machine.is_ended());
+        if self.faults.restarts && self.store.up && !ended && self.rng.gen_bool(0.3) {
+            self.restart();
+        } else if self.faults.stalls {
+            let n = self.rng.gen_range(0..NODES);
+            self.nodes[n].stalled_until = self.now + self.rng.gen_range(1_000..20_000);
         }
     }
 
@@ -848,6 +903,11 @@ impl Sim {
 
     /// Heals every fault and runs a few rounds of ticks to quiescence.
     fn quiesce(&mut self) {
+        self.heal(12);
+    }
+
+    /// Heals every fault and runs `rounds` rounds of ticks, each to quiescence.
+    fn heal(&mut self, rounds: usize) {
         self.faults = Faults::NONE;
         for node in &mut self.nodes {
             node.stalled_until = 0;
@@ -859,7 +919,7 @@ impl Sim {
             self.store.down_until = self.now;
         }
         self.settle();
-        for _ in 0..12 {
+        for _ in 0..rounds {
             self.now += limits::TICK_INTERVAL.as_millis() as u64;
             self.timers();
             self.settle();
@@ -935,6 +995,26 @@ impl Sim {
             }
         }
     }
+
+    /// What holds of `time_up` in any run: a turn past its limit was marked by a write that
+    /// some node installed, and no node held one that was not written; a connection was told
+    /// only of turns its node held so, and only if it said hello.
+    fn check_time_ups(&self) {
+        let held: BTreeSet<Turn> = self.nodes.iter().flat_map(|n| n.timed_out.iter().cloned()).collect();
+        assert_eq!(held, self.store.timed_out, "the nodes held other turns past their limit than were written");
+        for client in &self.clients {
+            if !client.hello {
+                assert!(client.time_ups.is_empty(), "{} never said hello but was told time_up", client.conn);
+            }
+            for turn in &client.time_ups {
+                assert!(
+                    self.nodes[client.node].timed_out.contains(turn),
+                    "{} was told time_up for a turn its node never held past the limit",
+                    client.conn
+                );
+            }
+        }
+    }
 }
 
 enum First {
@@ -962,19 +1042,22 @@ fn run(seed: u64, faults: Faults, steps: usize) {
     }
     sim.quiesce();
     if std::env::var("SIM_STATS").is_ok() {
-        let time_ups: usize = sim.clients.iter().map(|c| c.time_ups).sum();
+        let time_ups: usize = sim.clients.iter().map(|c| c.time_ups.len()).sum();
         eprintln!(
-            "seed {seed}: edits {} version {:?} ended {} clients {} accepted {} time_up {} now+{}s",
+            "seed {seed}: edits {} version {:?} ended {} clients {} accepted {} turns past limit {} time_up {} \
+             now+{}s",
             sim.edits,
             sim.store.record.as_ref().map(|r| r.version),
             sim.nodes[0].machine.is_ended(),
             sim.clients.len(),
             sim.accepted.len(),
+            sim.store.timed_out.len(),
             time_ups,
             (sim.now - props::START_MS) / 1000
         );
     }
     sim.check_quiescent();
+    sim.check_time_ups();
 }
 
 /// Runs `run` over `count` seeds from `first`, and names the seed that failed.
@@ -1008,4 +1091,283 @@ fn a_lossy_bus_loses_nothing() {
 fn redis_restarts_and_stalled_nodes_lose_nothing() {
     let faults = Faults { drop: 0.1, duplicate: 0.05, delay: 0.2, restarts: true, stalls: true };
     seeds(2_000, 60, faults, 300);
+}
+
+// ---- turns past their speaking limit ----
+
+/// What one run of [`speaking_turns`] counted.
+#[derive(Default, Debug)]
+struct TurnStats {
+    /// Turns a written record marked as past their limit.
+    past_limit: usize,
+    /// `time_up` messages clients were told.
+    told: usize,
+    /// Connections present for every turn, whose `time_up`s were checked one by one.
+    present: usize,
+    /// Turns past their limit that the cluster settled on before the next turn began.
+    settled: usize,
+    /// (node, turn) pairs where the node never held the turn past its limit: it learnt of
+    /// the limit only once the turn was over, and its connections were rightly not told.
+    skipped: usize,
+}
+
+impl std::ops::AddAssign for TurnStats {
+    fn add_assign(&mut self, other: Self) {
+        self.past_limit += other.past_limit;
+        self.told += other.told;
+        self.present += other.present;
+        self.settled += other.settled;
+        self.skipped += other.skipped;
+    }
+}
+
+impl Sim {
+    /// One event while the clients wait: the machinery runs, time passes, the faults of the
+    /// schedule strike.
+    fn background_step(&mut self) {
+        match self.rng.gen_range(0..100) {
+            0..=44 => {
+                let n = self.rng.gen_range(0..NODES);
+                if !self.stalled(n) {
+                    let round_trip = self.rng.gen_bool(0.7);
+                    self.any_job(n, round_trip);
+                }
+            }
+            45..=59 => {
+                let n = self.rng.gen_range(0..NODES);
+                if !self.stalled(n) {
+                    self.flush(n);
+                }
+            }
+            60..=79 => {
+                let n = self.rng.gen_range(0..NODES);
+                if !self.stalled(n) {
+                    self.any_delivery(n);
+                }
+            }
+            80..=97 => {
+                self.now += self.rng.gen_range(0..1_500);
+                self.timers();
+            }
+            _ => self.strike(),
+        }
+        self.check_all_along();
+    }
+
+    /// Runs the cluster until clients `cs` are idle and their nodes are not stalled.
+    fn wait_for(&mut self, cs: &[usize]) {
+        for _ in 0..100_000 {
+            if cs.iter().all(|&c| !self.clients[c].busy && !self.stalled(self.clients[c].node)) {
+                return;
+            }
+            self.background_step();
+        }
+        panic!("clients {cs:?} never became idle");
+    }
+
+    /// Client `c` sends `message`, once it and its node are free to.
+    fn send(&mut self, c: usize, message: C) {
+        self.wait_for(&[c]);
+        if !self.clients[c].is_open() {
+            return;
+        }
+        let (n, conn) = (self.clients[c].node, self.clients[c].conn);
+        let job = Job::command(conn, message, self.now);
+        self.start(n, job, Some(c));
+    }
+
+    /// The current floor of the stored record, when it is past its limit.
+    fn stored_time_up(&self) -> Option<Turn> {
+        self.store.record.as_ref().and_then(|r| timed_out_turn(&r.record))
+    }
+
+    /// The member client `c` speaks for on its node.
+    fn member(&self, c: usize) -> Option<String> {
+        let client = &self.clients[c];
+        self.nodes[client.node].machine.meeting().member_of(client.conn).map(str::to_owned)
+    }
+}
+
+/// A meeting of members on every node, one of them with a stock client, and leaders who set
+/// short speaking limits (1 to 5 s) and give the floor to members on different nodes, turn
+/// after turn, while time passes in random steps, every node ticks and the faults strike.
+/// Some turns end in a calm that lets the cluster settle, the others run straight into the
+/// next. Checks that every connection that said hello and was there all along was told
+/// `time_up` exactly once for each turn its node held past its limit, never for another
+/// turn, that every node held each settled turn past its limit, and that no connection was
+/// told twice for one turn.
+fn speaking_turns(seed: u64, faults: Faults, turns: usize) -> TurnStats {
+    let mut setup = StdRng::seed_from_u64(seed ^ 0x7157);
+    let ephemeral = setup.gen_bool(0.5);
+    let mut sim = Sim::new(seed, Template::Open, false, ephemeral, Faults::NONE);
+    // Two leaders, a member with hello on every node, an observer and a stock client.
+    let leader_nodes = [setup.gen_range(0..NODES), setup.gen_range(0..NODES)];
+    for n in leader_nodes {
+        sim.connect(n, Role::Leader, First::Hello(None));
+    }
+    for n in 0..NODES {
+        sim.connect(n, Role::Member, First::Hello(None));
+    }
+    sim.connect(setup.gen_range(0..NODES), Role::Observer, First::Hello(None));
+    sim.connect(setup.gen_range(0..NODES), Role::Member, First::Binary);
+    sim.heal(2);
+    let everyone: Vec<usize> = (0..sim.clients.len()).collect();
+    for &c in &everyone {
+        assert!(sim.member(c).is_some(), "{} did not join", sim.clients[c].conn);
+        if sim.clients[c].hello {
+            assert!(sim.clients[c].last_state.is_some(), "{} was not welcomed", sim.clients[c].conn);
+        }
+    }
+    let leaders: Vec<usize> = everyone.iter().copied().filter(|&c| sim.clients[c].role == Role::Leader).collect();
+    let speakers: Vec<usize> = everyone.iter().copied().filter(|&c| sim.clients[c].role == Role::Member).collect();
+    sim.faults = faults;
+
+    let mut settled = BTreeSet::new();
+    let mut previous: Option<usize> = None;
+    let mut leader = leaders[0];
+    for turn in 0..turns {
+        // The leader of the last turn is done before another one takes over, so that the
+        // limits of one turn never come after the grant of the next.
+        sim.wait_for(&[leader]);
+        leader = leaders[sim.rng.gen_range(0..leaders.len())];
+        let mut limits = Vec::new();
+        if turn == 0 || sim.rng.gen_bool(0.4) {
+            let limit = sim.rng.gen_range(1..=5);
+            limits.push(limit);
+            sim.send(leader, C::SetSpeakingLimit { seconds: Some(limit) });
+        }
+        // The next speaker is on another node than the last, when one is.
+        let others: Vec<usize> = speakers
+            .iter()
+            .copied()
+            .filter(|&c| Some(c) != previous)
+            .filter(|&c| previous.is_none_or(|p| sim.clients[c].node != sim.clients[p].node))
+            .collect();
+        let others = if others.is_empty() { speakers.clone() } else { others };
+        let speaker = others[sim.rng.gen_range(0..others.len())];
+        previous = Some(speaker);
+        if sim.clients[speaker].hello && sim.rng.gen_bool(0.5) {
+            sim.send(speaker, C::RaiseHand {});
+            sim.wait_for(&[speaker]);
+            sim.send(leader, C::NextSpeaker { if_version: None });
+        } else {
+            let member = sim.member(speaker).expect("a speaker is a member");
+            sim.send(leader, C::GrantFloor { member, if_version: None });
+        }
+        // The turn runs for up to twice the longest limit, or is over before it.
+        let until = sim.now + sim.rng.gen_range(0..10_000);
+        let mut steps = 0;
+        while sim.now < until && steps < 2_000 {
+            steps += 1;
+            sim.background_step();
+            if steps % 50 == 0 && sim.rng.gen_bool(0.3) {
+                // A new limit for the running turn gets its own `time_up`; never one this
+                // turn already had, so that one turn is told once per limit.
+                let limit = sim.rng.gen_range(1..=5);
+                if !limits.contains(&limit) && sim.rng.gen_bool(0.5) {
+                    limits.push(limit);
+                    sim.send(leader, C::SetSpeakingLimit { seconds: Some(limit) });
+                }
+            }
+        }
+        if sim.rng.gen_bool(0.5) {
+            // A calm: the faults heal for a few ticks, and every node tells the turn.
+            sim.heal(4);
+            sim.faults = faults;
+            sim.check_all_along();
+            if let Some(turn) = sim.stored_time_up() {
+                for (n, node) in sim.nodes.iter().enumerate() {
+                    assert!(node.timed_out.contains(&turn), "node {n} never held a settled turn past its limit");
+                }
+                settled.insert(turn);
+            } else if let Some(floor) = sim.nodes[0].machine.leader_view().floor {
+                let limit = floor.limit_secs.map_or(u64::MAX, |l| floor.since_ms + u64::from(l) * 1000);
+                assert!(sim.now < limit, "a turn ran past its limit through a calm without time_up");
+            }
+        }
+    }
+    sim.quiesce();
+    // Nobody ended the meeting, and people were there all along: it must still run.
+    for (n, node) in sim.nodes.iter().enumerate() {
+        assert!(!node.machine.is_ended(), "the meeting ended on node {n} with everyone still there");
+    }
+    sim.check_quiescent();
+    sim.check_time_ups();
+    settled.extend(sim.stored_time_up());
+    for (n, node) in sim.nodes.iter().enumerate() {
+        for turn in &settled {
+            assert!(node.timed_out.contains(turn), "node {n} never held a settled turn past its limit");
+        }
+    }
+    // Everyone but the stock client was there all along, said hello, and is told each turn
+    // its node held past the limit exactly once.
+    let mut stats = TurnStats { past_limit: sim.store.timed_out.len(), settled: settled.len(), ..TurnStats::default() };
+    for (c, client) in sim.clients.iter().enumerate() {
+        stats.told += client.time_ups.len();
+        let node = &sim.nodes[client.node];
+        let meeting = node.machine.meeting();
+        if !client.hello || !client.is_open() || !meeting.said_hello(client.conn) || !meeting.can_read(client.conn) {
+            continue;
+        }
+        assert_eq!(sim.member(c), client.member, "{} changed member", client.conn);
+        stats.present += 1;
+        let told: BTreeSet<Turn> = client.time_ups.iter().cloned().collect();
+        assert_eq!(told.len(), client.time_ups.len(), "{} was told time_up twice for one turn", client.conn);
+        assert_eq!(told, node.timed_out, "{} was not told time_up once for each turn past its limit", client.conn);
+    }
+    for node in &sim.nodes {
+        stats.skipped += sim.store.timed_out.difference(&node.timed_out).count();
+    }
+    if std::env::var("SIM_STATS").is_ok() {
+        eprintln!(
+            "seed {seed}: {stats:?} version {} now+{}s",
+            sim.nodes[0].seen_version,
+            (sim.now - props::START_MS) / 1000
+        );
+    }
+    stats
+}
+
+/// Runs [`speaking_turns`] over `count` seeds from `first`, names the seed that failed, and
+/// checks that the seeds put many turns past their limit: at least `min_settled` settled ones
+/// a seed, each told to at least five connections.
+fn turn_seeds(first: u64, count: u64, faults: Faults, turns: usize, min_settled: usize) {
+    let only = std::env::var("SIM_SEED").ok().and_then(|s| s.parse::<u64>().ok());
+    let seeds: Vec<u64> = match only {
+        Some(seed) => vec![seed],
+        None => (first..first + count).collect(),
+    };
+    let mut total = TurnStats::default();
+    for &seed in &seeds {
+        match std::panic::catch_unwind(|| speaking_turns(seed, faults, turns)) {
+            Ok(stats) => total += stats,
+            Err(panic) => {
+                eprintln!("simulation failed with seed {seed}; replay it with SIM_SEED={seed}");
+                std::panic::resume_unwind(panic);
+            }
+        }
+    }
+    if std::env::var("SIM_STATS").is_ok() {
+        eprintln!("seeds {first}..{}: {total:?}", first + count);
+    }
+    let runs = seeds.len();
+    assert!(total.settled >= runs * min_settled, "too few settled turns past their limit: {total:?}");
+    assert!(total.told >= runs * min_settled * 5, "too few time_up told: {total:?}");
+}
+
+#[test]
+fn each_turn_past_its_limit_is_told_once_without_faults() {
+    turn_seeds(3_000, 40, Faults::NONE, 8, 3);
+}
+
+#[test]
+fn each_turn_past_its_limit_is_told_once_on_a_lossy_bus() {
+    let faults = Faults { drop: 0.15, duplicate: 0.1, delay: 0.3, restarts: false, stalls: false };
+    turn_seeds(4_000, 40, faults, 8, 3);
+}
+
+#[test]
+fn each_turn_past_its_limit_is_told_once_through_restarts_and_stalls() {
+    let faults = Faults { drop: 0.1, duplicate: 0.05, delay: 0.2, restarts: true, stalls: true };
+    turn_seeds(5_000, 40, faults, 8, 2);
 }
