@@ -316,6 +316,19 @@ try {
   }
   const annCaret = await ann.evaluate(() => document.getElementById('notes').selectionEnd);
   check(annCaret === expectedNotes.length, `Ann's caret stayed at the end of her text (at ${annCaret})`);
+  // Who is writing where: while both type, each sees the other's name at their caret (on the
+  // first line of the notes, where both are), and in words under the notes.
+  for (const [who, other] of [['leader', 'Ann'], ['ann', 'Lea']]) {
+    await waitIn(pages[who], `${who} sees ${other}'s name at the caret in the notes`, (name) => {
+      const notes = document.getElementById('notes').getBoundingClientRect();
+      const at = [...document.querySelectorAll('#notes ~ .carets .caret')].some((caret) => {
+        const box = caret.getBoundingClientRect();
+        return caret.textContent === name && caret.checkVisibility()
+          && box.top >= notes.top && box.top < notes.top + 48 && box.left > notes.left && box.left < notes.right;
+      });
+      return at && document.getElementById('notes-writers').textContent.includes(`${name} is writing in the notes.`);
+    }, other);
+  }
 
   await ann.getByLabel('New observation').fill('I felt tired just listening.');
   await ann.getByRole('button', { name: 'Add observation' }).click();
@@ -325,6 +338,12 @@ try {
       return card && card.querySelector('textarea').value === 'I felt tired just listening.'
         && /Ann · Gathering/.test(card.querySelector('.obs-head').textContent);
     });
+  }
+  // Ben clicks into the card: the others see his name on it.
+  await ben.locator('#cards .obs textarea').first().click();
+  for (const who of ['leader', 'ann']) {
+    await waitIn(pages[who], `${who} sees Ben writing in the card`, () =>
+      /Ben is writing/.test(document.querySelector('#cards .obs .obs-writers').textContent));
   }
   await shoot('03-notes');
 
@@ -447,6 +466,43 @@ try {
   await waitIn(leader, 'Escape closes the leader tools', () => document.getElementById('tools').hidden);
   check((await focused(leader)) === 'tools-button', `focus is back on the tools button (on ${await focused(leader)})`);
 
+  // A phase change lowers the hands and releases the floor (the leader setting, on by default).
+  // In the new phase fair order puts Ben, who has not spoken in it, ahead of Ann, and each row
+  // says why; beside "Next speaker" the leader sees whom it would give the floor to.
+  step = 'phase reset, fair order and the next speaker preview';
+  await openTools(leader);
+  check(await leader.getByLabel('Lower hands and release the floor when the phase changes').isChecked(),
+    'the phase reset is on by default');
+  await leader.getByLabel(/Fair order/).check();
+  await leader.getByRole('button', { name: 'Questions' }).click();
+  await leader.getByRole('button', { name: 'Close' }).click();
+  await sameQueueEverywhere([]);
+  for (const [who, page] of Object.entries(pages)) {
+    await waitIn(page, `${who} sees the floor released in the new phase`, () =>
+      document.getElementById('phase-name').textContent === 'Questions'
+      && document.getElementById('floor-holder').textContent === 'Nobody has the floor.');
+  }
+  await ann.getByRole('button', { name: 'Raise hand' }).click();
+  await sameQueueEverywhere(['Ann']);
+  await waitIn(leader, 'the preview names Ann', () => document.getElementById('next-preview').textContent.includes('Next: Ann'));
+  await leader.getByRole('button', { name: 'Next speaker' }).click();
+  await waitIn(ann, 'Ann has the floor', () => document.getElementById('floor-holder').textContent === 'You have the floor.');
+  await ann.getByRole('button', { name: 'Raise hand' }).click();
+  await sameQueueEverywhere(['Ann']);
+  await ben.getByRole('button', { name: 'Raise hand' }).click();
+  await sameQueueEverywhere(['Ben', 'Ann']);
+  for (const [who, page] of Object.entries(pages)) {
+    await waitIn(page, `${who} sees why fair order moved the hands`, () => {
+      const why = [...document.querySelectorAll('#queue li')].map((li) =>
+        (li.querySelector('.why').checkVisibility() ? li.querySelector('.why').textContent : ''));
+      return why[0] === 'ahead: has not spoken in this phase yet' && why[1] === 'after others: has spoken in this phase';
+    });
+    await waitIn(page, `${who} sees everyone here in the queue`, () =>
+      [...document.querySelectorAll('#queue li .badges')].every((b) => b.textContent === '· here'));
+  }
+  await waitIn(leader, 'the preview names Ben', () => document.getElementById('next-preview').textContent.includes('Next: Ben'));
+  await shoot('05c-fair-order');
+
   // 6. Ben presents; in reflection he is outside the circle and his editor is read-only.
   step = 'reflection';
   await openTools(leader);
@@ -463,6 +519,10 @@ try {
     });
     await waitIn(page, `${who} sees the phase`, () => document.getElementById('phase-name').textContent === 'Reflection');
   }
+  // Picking Ben lowered his hand; the phase change lowered Ann's and ended her turn.
+  await sameQueueEverywhere([]);
+  await waitIn(ann, "Ann's turn ended with the phase", () =>
+    document.getElementById('floor-holder').textContent === 'Nobody has the floor.');
   await waitIn(ben, "the presenter's notes are read-only", () => document.getElementById('notes').readOnly);
   await waitIn(ben, "the presenter's cards are read-only", () => document.querySelector('#cards .obs textarea').readOnly
     && document.getElementById('new-card').readOnly);
@@ -487,6 +547,9 @@ try {
   await leader.keyboard.type(' Group: anger?');
   await waitIn(ben, 'the presenter still reads the board', (text) => document.getElementById('notes').value === text,
     `${expectedNotes} Group: anger?`);
+  await waitIn(ben, 'the presenter pushed back still sees who writes in the notes', () =>
+    [...document.querySelectorAll('#notes ~ .carets .caret')].some((caret) => caret.textContent === 'Lea')
+    && /Lea is writing in the notes/.test(document.getElementById('notes-writers').textContent));
   check(!(await ann.inputValue('#notes')).includes('not allowed'), "the presenter's keystrokes went nowhere");
   await waitIn(leader, 'the leader sees Ben outside the circle', () => /outside the circle/.test(
     [...document.querySelectorAll('#members li')].find((li) => li.querySelector('.name').textContent === 'Ben')
@@ -505,21 +568,36 @@ try {
   await waitIn(dora, 'Dora waits in the lobby', () => !document.getElementById('waiting-screen').hidden);
   check((await dora.inputValue('#notes')) === '', 'nothing of the board reaches the lobby');
   await waitIn(leader, 'the leader sees Dora waiting', () => /Dora/.test(document.getElementById('waiting').textContent));
+  const eve = await ann.context().newPage();
+  watchPage(eve, 'eve');
+  await eve.goto(inviteLink);
+  await eve.getByLabel('Your name').fill('Eve');
+  await eve.getByRole('button', { name: 'Join' }).click();
+  await waitIn(eve, 'Eve waits in the lobby', () => !document.getElementById('waiting-screen').hidden);
+  await waitIn(leader, 'the leader sees two people waiting', () =>
+    document.getElementById('lobby-count').textContent === '2 people are waiting to come in');
   pages.dora = dora;
+  pages.eve = eve;
   await shoot('07-lobby');
 
   // The three sizes: with Dora waiting, a member and the leader each see the essentials of the
   // meeting without scrolling, and the leader the lobby alert with "Let in" and "Let everyone in".
   step = 'three sizes';
-  delete pages.dora; // She is in the lobby: she sees no queue.
+  delete pages.dora; // They are in the lobby: they see no queue.
+  delete pages.eve;
   await leader.getByRole('button', { name: 'Close' }).click();
-  // Ben's hand went down when he was picked to present; Ann raises hers, to have a place.
+  // The phase change lowered every hand and ended Ann's turn: Ann takes the floor again and
+  // raises her hand, so that there is a speaker and a queue to see.
+  await ann.getByRole('button', { name: 'Raise hand' }).click();
+  await sameQueueEverywhere(['Ann']);
+  await leader.getByRole('button', { name: 'Next speaker' }).click();
+  await waitIn(ann, 'Ann has the floor', () => document.getElementById('floor-holder').textContent === 'You have the floor.');
   await ann.getByRole('button', { name: 'Raise hand' }).click();
   await sameQueueEverywhere(['Ann']);
   const memberEssentials = ['#phase-name', '#phase-countdown', '#floor-holder', '#floor-timer', '#hand', '#my-position',
     '#queue li:first-child'];
   const leaderEssentials = [...memberEssentials.filter((s) => s !== '#my-position' && s !== '#hand'),
-    '#next-speaker', '#lobby-alert', '#waiting li:first-child button[data-act=admit]', '#admit-all'];
+    '#next-speaker', '#next-preview', '#lobby-alert', '#waiting li:first-child button[data-act=admit]', '#admit-all'];
   const before = { leader: leader.viewportSize(), ann: ann.viewportSize() };
   for (const size of SIZES) {
     for (const page of [leader, ann]) await page.setViewportSize({ width: size.width, height: size.height });
@@ -546,13 +624,18 @@ try {
   await ann.getByRole('button', { name: 'Lower my hand' }).click();
   await sameQueueEverywhere([]);
   pages.dora = dora;
-  await leader.getByRole('button', { name: 'Let in Dora' }).click();
-  await waitIn(dora, 'Dora is let in and gets the board', (text) => {
-    const room = document.getElementById('room');
-    return room && !room.hidden && document.getElementById('notes').value === text;
-  }, `${expectedNotes} Group: anger?`);
+  pages.eve = eve;
+  // One click lets both in.
+  await leader.getByRole('button', { name: 'Let everyone in' }).click();
+  for (const [who, page] of [['Dora', dora], ['Eve', eve]]) {
+    await waitIn(page, `${who} is let in and gets the board`, (text) => {
+      const room = document.getElementById('room');
+      return room && !room.hidden && document.getElementById('notes').value === text;
+    }, `${expectedNotes} Group: anger?`);
+  }
+  await waitIn(leader, 'the lobby alert is gone', () => document.getElementById('lobby-alert').hidden);
   for (const [who, page] of Object.entries(pages)) {
-    await waitIn(page, `${who} sees four people`, () => document.querySelectorAll('#members li').length === 4);
+    await waitIn(page, `${who} sees five people`, () => document.querySelectorAll('#members li').length === 5);
   }
   await shoot('08-admitted');
 
@@ -585,7 +668,7 @@ try {
   const renewedInvite = await leader.inputValue('#fresh-invite-link');
   for (const [who, page] of Object.entries(pages)) {
     if (who === 'dora') continue;
-    await waitIn(page, `${who} sees three people again`, () => document.querySelectorAll('#members li').length === 3);
+    await waitIn(page, `${who} sees four people again`, () => document.querySelectorAll('#members li').length === 4);
   }
   await dora.goto('about:blank');
   await dora.goto(inviteLink);
@@ -599,11 +682,31 @@ try {
   await dora.close();
   delete pages.dora;
 
-  // 7. End for all, with confirmation.
-  step = 'end for all';
+  // 7. The attendance sheet, then end for all, with confirmation. The leader tools preview the
+  // sheet and say whose the file is; the confirmation offers to download it before ending.
+  step = 'attendance and end for all';
   await openTools(leader);
+  check(/^5 people so far · \d+ minutes? since /.test(await leader.textContent('#attendance-summary')),
+    `the attendance preview: ${await leader.textContent('#attendance-summary')}`);
+  check(await leader.getByText('This file holds names: it is yours to keep safe; Balint Room keeps no copy.').first().isVisible(),
+    'the leader is told the file is theirs to keep safe');
   await leader.getByRole('button', { name: /End the meeting for everyone/ }).click();
   await waitIn(leader, 'the confirmation is shown', () => document.getElementById('end-dialog').open);
+  check(await leader.isVisible('#end-attendance'), 'the confirmation offers the attendance');
+  check(/before ending/.test(await leader.textContent('#end-attendance')), 'the confirmation says to download it first');
+  const [sheet] = await Promise.all([
+    leader.waitForEvent('download', { timeout: TIMEOUT }),
+    leader.locator('#end-dialog').getByRole('button', { name: 'Download attendance (CSV)' }).click(),
+  ]);
+  const sheetName = sheet.suggestedFilename();
+  check(/^attendance-\d{4}-\d{2}-\d{2}\.csv$/.test(sheetName), `the sheet's file name: ${sheetName}`);
+  const csv = (await readFile(await sheet.path(), 'utf8')).replace(/^\ufeff/, '');
+  const rows = csv.trim().split(/\r?\n/);
+  check(rows[0] === 'meeting,date,name,role,joined_at_utc,left_at_utc,minutes_present', `the sheet's header: ${rows[0]}`);
+  for (const person of ['Lea', 'Ann', 'Ben', 'Dora', 'Eve']) {
+    check(rows.some((row) => row.startsWith(`Tuesday group,${sheetName.slice(11, 21)},${person},`)), `${person} is on the sheet:\n${csv}`);
+  }
+  check(await leader.evaluate(() => document.getElementById('end-dialog').open), 'the download leaves the confirmation open');
   await shoot('09-confirm');
   await leader.getByRole('button', { name: 'End the meeting', exact: true }).click();
   for (const [who, page] of Object.entries(pages)) {

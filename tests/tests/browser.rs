@@ -3,7 +3,9 @@
 //! members in three browser contexts create a room on `/`, join through the links, write in the
 //! notes, raise hands (also by the keyboard), take the floor, go through reflection, and end the
 //! meeting for all. On the way the room is looked at on a laptop, beside a call and on a phone
-//! (the essentials in view without scrolling), and axe-core checks every screen.
+//! (the essentials in view without scrolling), two writers see each other's carets, the queue
+//! explains fair order, a phase change lowers the hands, two newcomers come in with one click,
+//! the leader downloads the attendance sheet, and axe-core checks every screen.
 //!
 //! Needs `node`, `tests/browser/node_modules` (`npm ci`), Debian's `chromium` and the built wasm
 //! client in `web/assets/pkg`. `scripts/test.sh` provides all four. When one is missing this

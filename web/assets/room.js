@@ -199,6 +199,9 @@ const en = {
   lower_hand: 'Lower hand',
   lower_hand_of: ' of {name}',
   someone: 'Someone',
+  // Why fair order moved a hand (the queue row says it in words, for everyone).
+  moved_ahead: 'ahead: has not spoken in this phase yet',
+  moved_behind: 'after others: has spoken in this phase',
 
   // Statuses and roles.
   status_here: 'here',
@@ -215,6 +218,13 @@ const en = {
   // Leading.
   lead_title: 'Leading',
   next_speaker: 'Next speaker',
+  next_preview_to: 'Next: {name}',
+  next_preview_none: 'Nobody in the queue can take the floor now.',
+  next_preview_skips: ({ list }) => `Passes over ${list}; they keep their place.`,
+  next_preview_skip: '{name} ({why})',
+  skip_reconnecting: 'reconnecting…',
+  skip_only_presenter_during_presentation: 'only the presenter speaks now',
+  skip_presenter_in_reflection: 'outside the circle',
   tools_button: 'Leader tools',
   tools_title: 'Leader tools',
   lobby_one: '{name} is waiting to come in',
@@ -239,6 +249,15 @@ const en = {
   fair_order: 'Fair order: those who have not spoken in this phase go first',
   lock_board: 'Lock the board: only leaders can write',
   lobby_setting: 'Lobby: let newcomers in one by one',
+  phase_reset: 'Lower hands and release the floor when the phase changes',
+  attendance_title: 'Attendance',
+  attendance_download: 'Download attendance (CSV)',
+  attendance_yours: 'This file holds names: it is yours to keep safe; Balint Room keeps no copy.',
+  attendance_summary: ({ people, minutes, since }) =>
+    `${people === 1 ? '1 person' : `${people} people`} so far · ${minutes === 1 ? '1 minute' : `${minutes} minutes`} since ${since}`,
+  attendance_none: 'Nobody on the sheet yet.',
+  attendance_file: 'attendance-{date}.csv',
+  end_attendance: 'Download the attendance before ending: afterwards it is gone.',
   participation: 'Participation',
   participation_empty: 'Nobody has spoken yet.',
   participation_caption: 'Turns and speaking time per person',
@@ -322,6 +341,9 @@ const en = {
   board_presenter_in_reflection: 'You are outside the circle: the board is read-only for you until the response.',
   board_board_locked: 'The leader has locked the board: only leaders can write now.',
   board_readonly: 'The board is read-only for you right now.',
+  // Who is writing where: a line under the notes, a chip on a card.
+  writing_notes: ({ names, n }) => `${names} ${n === 1 ? 'is' : 'are'} writing in the notes.`,
+  writing_card: ({ names, n }) => `${names} ${n === 1 ? 'is' : 'are'} writing`,
 
   // Refusals and problems.
   refused_unknown: 'That was not possible just now.',
@@ -468,9 +490,15 @@ function onEvent(event) {
       actions = event.actions;
       ephemeral = state.ephemeral;
       render();
+      // May we show our caret now? (Not while pushed back, say.)
+      scheduleCursor();
       break;
     case 'board':
       renderCards();
+      renderCursors();
+      break;
+    case 'cursors':
+      renderCursors();
       break;
     case 'time_up':
       announce(t('time_up', { name: memberName(event.member), limit: duration(event.limit_secs * 1000) }));
@@ -771,8 +799,10 @@ function renderQueue(leader) {
     state.queue,
     (entry) => entry.member,
     () => el('li', {},
-      el('span', { class: 'name' }),
-      el('span', { class: 'badges' }),
+      el('span', { class: 'who' },
+        el('span', { class: 'name' }),
+        el('span', { class: 'badges' })),
+      el('span', { class: 'why' }),
       el('span', { class: 'row-actions' },
         el('button', { type: 'button', class: 'small', dataset: { act: 'grant' } }, t('give_floor'), el('span', { class: 'visually-hidden' })),
         el('button', { type: 'button', class: 'small quiet', dataset: { act: 'lower' } }, t('lower_hand'), el('span', { class: 'visually-hidden' })))),
@@ -784,7 +814,13 @@ function renderQueue(leader) {
       row.dataset.place = `${index + 1}.`;
       const memberStatus = status.get(entry.member) || 'here';
       row.dataset.status = memberStatus;
-      row.querySelector('.badges').textContent = memberStatus === 'here' ? '' : statusName(memberStatus);
+      // Each row says where its person is, in words.
+      row.querySelector('.badges').textContent = `· ${statusName(memberStatus)}`;
+      // When fair order moved the hand, why: shown to everyone, read with the row.
+      const why = row.querySelector('.why');
+      why.textContent = entry.moved ? t(`moved_${entry.moved}`) : '';
+      why.hidden = !entry.moved;
+      row.dataset.moved = entry.moved || '';
       const buttons = row.querySelector('.row-actions');
       buttons.hidden = !leader;
       buttons.querySelector('[data-act=grant] .visually-hidden').textContent = t('give_floor_to', { name: who });
@@ -857,9 +893,36 @@ function renderLeading(leader) {
     closeTools(false);
     return;
   }
-  $('next-speaker').disabled = state.queue.length === 0;
+  renderNextPreview();
   renderLobby();
   renderTools();
+}
+
+/**
+ * Beside "Next speaker": whom it would give the floor to, and whom it passes over and why, by
+ * the same rule the server applies (the client's preview). Passed-over hands keep their place.
+ */
+function renderNextPreview() {
+  const preview = client?.nextSpeakerPreview() || null;
+  $('next-speaker').disabled = !preview;
+  const box = $('next-preview');
+  box.hidden = state.queue.length === 0;
+  if (box.hidden) return;
+  const to = preview ? t('next_preview_to', { name: memberName(preview.member) }) : t('next_preview_none');
+  if ($('next-preview-to').textContent !== to) $('next-preview-to').textContent = to;
+  // Without a next speaker, the rows of the queue say where each person is.
+  const skipped = preview?.skipped || [];
+  const list = nameList(skipped.map((skip) => t('next_preview_skip', {
+    name: memberName(skip.member),
+    why: skip.reason && `skip_${skip.reason}` in en ? t(`skip_${skip.reason}`) : statusName(skip.status),
+  })));
+  const text = skipped.length ? t('next_preview_skips', { list }) : '';
+  if ($('next-preview-skipped').textContent !== text) $('next-preview-skipped').textContent = text;
+}
+
+/** Names or phrases joined as a list in the page's language ("Ann, Ben and Cem"). */
+function nameList(items) {
+  return new Intl.ListFormat(lang, { style: 'long', type: 'conjunction' }).format(items);
 }
 
 function renderLobby() {
@@ -925,6 +988,8 @@ function renderTools() {
     $('speaking-limit').value = limit;
   }
   $('fair-order').checked = state.fair_order;
+  // Absent (an older server) reads as on, as the protocol says.
+  $('phase-reset').checked = state.phase_reset !== false;
   $('lock-board').checked = state.board_locked;
   $('lobby').checked = state.lobby;
   $('revoke').disabled = !state.floor;
@@ -1000,8 +1065,10 @@ function renderCards() {
     (card) => {
       const body = el('textarea', { rows: '2', id: `card-${card.id}` });
       const article = el('article', { class: 'obs' },
-        el('label', { class: 'obs-head', for: `card-${card.id}` }),
-        body);
+        el('div', { class: 'obs-top' },
+          el('label', { class: 'obs-head', for: `card-${card.id}` }),
+          el('span', { class: 'obs-writers' })),
+        el('div', { class: 'editor' }, body, el('div', { class: 'carets', 'aria-hidden': 'true' })));
       client.bindCard(card.id, body);
       return article;
     },
@@ -1014,6 +1081,186 @@ function renderCards() {
     },
   );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Who is writing where
+//
+// Our caret goes to the others as an awareness state (client.setCursor) whenever it moves in the
+// notes or a card, and is withdrawn when the editor loses focus. The others' carets are drawn
+// over the editors: a thin line in their colour with their name on a flag, placed by measuring
+// the text up to the caret in a hidden copy of the textarea (a "mirror"). For screen readers and
+// as a summary, a line under the notes and a chip on each card say the same in words. A state
+// not renewed fades (the client leaves it out), so the page asks again every second.
+
+let cursorSent = '';
+let cursorPending = false;
+
+/** The board editor that has focus, as `{target, card, el}`, or null. */
+function focusedEditor() {
+  const active = document.activeElement;
+  if (!(active instanceof HTMLTextAreaElement)) return null;
+  if (active.id === 'notes') return { target: 'notes', card: undefined, el: active };
+  const article = active.closest('#cards .obs');
+  return article ? { target: 'card', card: article.dataset.key, el: active } : null;
+}
+
+/** Publishes where our caret is now (after the client has taken the edit that moved it). */
+function scheduleCursor() {
+  if (cursorPending) return;
+  cursorPending = true;
+  setTimeout(publishCursor, 0);
+}
+
+function publishCursor() {
+  cursorPending = false;
+  if (!client || finished || !connected) return;
+  const editor = focusedEditor();
+  if (!editor) {
+    if (cursorSent) client.clearCursor();
+    cursorSent = '';
+    return;
+  }
+  const { selectionStart: start, selectionEnd: end, selectionDirection: direction } = editor.el;
+  const [anchor, head] = direction === 'backward' ? [end, start] : [start, end];
+  const key = [editor.target, editor.card, anchor, head, canWrite].join(':');
+  if (key === cursorSent) return;
+  cursorSent = key;
+  try {
+    client.setCursor(editor.target, editor.card ?? null, anchor, head);
+  } catch {
+    // A card that went away meanwhile: nothing to show.
+  }
+}
+
+for (const name of ['focusin', 'focusout', 'input', 'keyup', 'mouseup', 'select']) {
+  document.addEventListener(name, (event) => {
+    if (event.target instanceof HTMLTextAreaElement) scheduleCursor();
+    if (name === 'input' && event.target instanceof HTMLTextAreaElement) renderCursors();
+  });
+}
+document.addEventListener('selectionchange', () => { if (focusedEditor()) scheduleCursor(); });
+
+/** The style properties that decide where text wraps in a textarea, copied onto the mirror. */
+const MIRRORED = ['boxSizing', 'fontFamily', 'fontSize', 'fontStyle', 'fontVariant', 'fontWeight', 'fontStretch',
+  'lineHeight', 'letterSpacing', 'wordSpacing', 'textTransform', 'textIndent', 'textAlign', 'tabSize',
+  'paddingTop', 'paddingRight', 'paddingBottom', 'paddingLeft'];
+
+/**
+ * Where the character at `index` of `textarea` starts, in pixels from the textarea's border box
+ * (scrolling included), with the line's height: `{x, y, line}`. The text is copied into a
+ * hidden element that wraps as the textarea does, measured, and wiped at once.
+ */
+function caretPosition(textarea, index) {
+  let mirror = $('caret-mirror');
+  if (!mirror) {
+    mirror = el('div', { id: 'caret-mirror', class: 'caret-mirror', 'aria-hidden': 'true' });
+    // Inside the board, so that it leaves the page with it.
+    $('board').append(mirror);
+  }
+  const style = getComputedStyle(textarea);
+  for (const property of MIRRORED) mirror.style[property] = style[property];
+  mirror.style.boxSizing = 'border-box';
+  mirror.style.width = `${textarea.clientWidth}px`;
+  const value = textarea.value;
+  const at = Math.max(0, Math.min(index, value.length));
+  const marker = el('span', {}, value.slice(at, at + 1).replace('\n', '') || '\u200b');
+  mirror.replaceChildren(document.createTextNode(value.slice(0, at)), marker);
+  const line = parseFloat(style.lineHeight) || parseFloat(style.fontSize) * 1.5;
+  const position = {
+    x: textarea.clientLeft + marker.offsetLeft - textarea.scrollLeft,
+    y: textarea.clientTop + marker.offsetTop - textarea.scrollTop,
+    line,
+  };
+  mirror.replaceChildren();
+  return position;
+}
+
+/** Black or white, whichever reads better on `color` (a #rrggbb): 4.5:1 at least either way. */
+function readableOn(color) {
+  const channel = (i) => {
+    const c = parseInt(color.slice(i, i + 2), 16) / 255;
+    return c <= 0.04045 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+  };
+  const luminance = 0.2126 * channel(1) + 0.7152 * channel(3) + 0.0722 * channel(5);
+  return (luminance + 0.05) / 0.05 >= 1.05 / (luminance + 0.05) ? '#000000' : '#ffffff';
+}
+
+/** Gives `node` the colours of one writer, as CSS custom properties (no inline style attribute). */
+function paint(node, color) {
+  const safe = /^#[0-9a-f]{6}$/i.test(color) ? color : '#4f5d64';
+  node.style.setProperty('--who', safe);
+  node.style.setProperty('--who-text', readableOn(safe));
+}
+
+/** Draws `cursors` over `textarea`: a caret line and a name flag each, or a flag at the edge. */
+function drawCarets(textarea, cursors) {
+  const layer = textarea?.parentElement?.querySelector('.carets');
+  if (!layer) return;
+  reconcile(
+    layer,
+    cursors,
+    (cursor) => String(cursor.client),
+    () => el('span', { class: 'caret' }, el('span', { class: 'caret-flag' })),
+    (caret, cursor) => {
+      paint(caret, cursor.color);
+      caret.querySelector('.caret-flag').textContent = cursor.name;
+      const { x, y, line } = caretPosition(textarea, cursor.head);
+      const height = textarea.clientHeight + textarea.clientTop;
+      // Scrolled out of view: the flag waits at the top or bottom edge, pointing there.
+      const above = y < textarea.clientTop;
+      const below = y + line > height;
+      caret.classList.toggle('above', above);
+      caret.classList.toggle('below', below);
+      caret.classList.toggle('flip', !above && !below && y < line);
+      caret.classList.toggle('end', x > textarea.clientWidth - 80);
+      caret.style.left = `${Math.max(textarea.clientLeft, Math.min(x, textarea.clientWidth))}px`;
+      caret.style.top = `${above ? textarea.clientTop : below ? height - line : y}px`;
+      caret.style.height = `${line}px`;
+    },
+  );
+}
+
+/** The names of `cursors`, each once, with the colour of its first cursor. */
+function writers(cursors) {
+  const seen = new Map();
+  for (const cursor of cursors) if (!seen.has(cursor.name)) seen.set(cursor.name, cursor.color);
+  return [...seen].map(([name, color]) => ({ name, color }));
+}
+
+/** Shows the others' cursors: on the notes and on each card, in colour and in words. */
+function renderCursors() {
+  if (!client || finished || !state || $('room')?.hidden !== false) return;
+  const cursors = client.cursors();
+  const onNotes = cursors.filter((cursor) => cursor.target === 'notes');
+  drawCarets($('notes'), onNotes);
+  const inNotes = writers(onNotes);
+  const line = $('notes-writers');
+  const sentence = inNotes.length ? t('writing_notes', { names: nameList(inNotes.map((w) => w.name)), n: inNotes.length }) : '';
+  if (line.textContent !== sentence) {
+    line.replaceChildren(...inNotes.map((w) => {
+      const dot = el('span', { class: 'dot', 'aria-hidden': 'true' });
+      paint(dot, w.color);
+      return dot;
+    }), sentence);
+  }
+  for (const article of $('cards').children) {
+    const here = cursors.filter((cursor) => cursor.target === 'card' && cursor.card === article.dataset.key);
+    drawCarets(article.querySelector('textarea'), here);
+    reconcile(
+      article.querySelector('.obs-writers'),
+      writers(here),
+      (w) => w.name,
+      () => el('span', { class: 'writer-chip' }),
+      (chip, w) => {
+        paint(chip, w.color);
+        chip.textContent = t('writing_card', { names: w.name, n: 1 });
+      },
+    );
+  }
+}
+setInterval(renderCursors, 1000);
+window.addEventListener('resize', renderCursors);
+$('notes').addEventListener('scroll', renderCursors);
 
 /** Once a second: the countdown, the speaking timer and the running participation. */
 function tick() {
@@ -1035,6 +1282,7 @@ function tick() {
     timer.textContent = '';
   }
   renderParticipation();
+  renderAttendance();
   announceChanges();
 }
 setInterval(tick, 1000);
@@ -1087,12 +1335,10 @@ function nextSpeaker() {
   act(() => client.nextSpeaker());
 }
 
-/**
- * Lets everyone waiting in the lobby in. For now one `admit` per person; when the client has an
- * `admit_all` command, this is the one place to switch to it.
- */
+/** Lets everyone waiting in the lobby in, with one command. */
 function admitEveryone() {
-  for (const person of state?.waiting || []) act(() => client.admit(person.id));
+  if (!state?.waiting?.length) return;
+  act(() => client.admitAll());
 }
 
 $('hand').addEventListener('click', toggleHand);
@@ -1175,11 +1421,14 @@ $('speaking-limit').addEventListener('change', (event) => {
   act(() => client.setSpeakingLimit(secs > 0 ? secs : undefined));
 });
 $('fair-order').addEventListener('change', (event) => act(() => client.setFairOrder(event.target.checked)));
+$('phase-reset').addEventListener('change', (event) => act(() => client.setPhaseReset(event.target.checked)));
 $('lock-board').addEventListener('change', (event) => act(() => client.lockBoard(event.target.checked)));
 $('lobby').addEventListener('change', (event) => act(() => client.setLobby(event.target.checked)));
 
 $('end-meeting').addEventListener('click', () => {
   $('end-text').textContent = t(ephemeral ? 'end_text_ephemeral' : 'end_text_persistent');
+  // Before ending: the attendance sheet, which ends with the meeting.
+  $('end-attendance').hidden = !client || client.attendance().members.length === 0;
   $('end-dialog').showModal();
 });
 $('end-dialog').addEventListener('close', () => {
@@ -1195,6 +1444,7 @@ function openTools() {
   $('tools').hidden = false;
   $('tools-button').setAttribute('aria-expanded', 'true');
   renderParticipation();
+  renderAttendance();
   $('tools-close').focus();
 }
 
@@ -1330,17 +1580,55 @@ $('export-board').addEventListener('click', async () => {
       alertUser(httpText(response.status, 'export_failed'));
       return;
     }
-    const url = URL.createObjectURL(await response.blob());
     const title = (state?.title || 'balint-room').replace(/[^\p{L}\p{N}]+/gu, '-').replace(/^-|-$/g, '');
-    const link = el('a', { href: url, download: `${title || 'balint-room'}.md` });
-    document.body.append(link);
-    link.click();
-    link.remove();
-    setTimeout(() => URL.revokeObjectURL(url), 10_000);
+    saveFile(await response.blob(), `${title || 'balint-room'}.md`);
   } catch {
     alertUser(t('export_offline'));
   }
 });
+
+/**
+ * Saves `blob` as a file named `filename`, through a link with `download` to an object URL.
+ * A download is not a fetch, so the Content-Security-Policy needs no `blob:` for it.
+ */
+function saveFile(blob, filename) {
+  const url = URL.createObjectURL(blob);
+  const link = el('a', { href: url, download: filename });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}
+
+// The attendance sheet: written down by this tab's client from the room states, for a leader to
+// download (CME/CPD records). Nothing of it is sent anywhere; it is gone when the page is.
+
+/** The preview in the leader tools: how many people, and how long since the meeting began. */
+function renderAttendance() {
+  if (!client || !isLeader() || $('tools').hidden) return;
+  const sheet = client.attendance();
+  const people = sheet.members.length;
+  const text = people && sheet.date ? t('attendance_summary', {
+    people,
+    minutes: Math.max(0, Math.floor((Date.now() - sheet.date) / 60_000)),
+    since: new Intl.DateTimeFormat(lang, { hour: '2-digit', minute: '2-digit' }).format(new Date(sheet.date)),
+  }) : t('attendance_none');
+  if ($('attendance-summary').textContent !== text) $('attendance-summary').textContent = text;
+  $('download-attendance').disabled = people === 0;
+}
+
+/**
+ * Saves the sheet as `attendance-YYYY-MM-DD.csv` (the meeting's date in UTC, as in the file).
+ * A byte order mark tells spreadsheet programs that it is UTF-8, so that names keep their accents.
+ */
+function downloadAttendance() {
+  if (!client) return;
+  const sheet = client.attendance();
+  const date = new Date(sheet.date || Date.now()).toISOString().slice(0, 10);
+  saveFile(new Blob(['\ufeff', client.attendanceCsv()], { type: 'text/csv;charset=utf-8' }), t('attendance_file', { date }));
+}
+$('download-attendance').addEventListener('click', downloadAttendance);
+$('end-download-attendance').addEventListener('click', downloadAttendance);
 
 $('delete-room').addEventListener('click', () => $('delete-dialog').showModal());
 $('delete-dialog').addEventListener('close', async () => {
