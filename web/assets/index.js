@@ -1,5 +1,6 @@
 // The front page: creates a room with POST /api/rooms and shows its links.
-// Nothing is stored in the browser: the links are shown once, to be copied.
+// Nothing is stored in the browser but the language picked in the header (sessionStorage): the
+// links are shown once, to be copied.
 //
 // Words: every sentence of the page is in the catalogue below, and in German and French in
 // i18n/de.js and i18n/fr.js (`front`); the HTML names them with data-i18n="key"

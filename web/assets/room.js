@@ -18,7 +18,7 @@
 // other tools open in a panel that Escape closes.
 //
 // Storage: the resume token (and the name it goes with) lives in this tab's sessionStorage, so a
-// reload rejoins as the same member. Nothing goes to localStorage or IndexedDB. When the
+// reload rejoins as the same member; so does the language picked in the header. Nothing goes to localStorage or IndexedDB. When the
 // meeting ends, the token is forgotten, the client wipes its board and the board leaves the DOM.
 
 import init, { RoomClient, templatePhases } from './pkg/balint_client.js';
@@ -335,6 +335,7 @@ const en = {
   refused_unknown: 'That was not possible just now.',
   lost_edit: 'Your last change was not kept.',
   not_sent: 'Not sent: {error}. Wait until the room is connected again.',
+  not_connected: 'not connected to the room',
   ...Object.fromEntries(Object.entries(REFUSALS).map(([reason, text]) => [`refused_${reason}`, text])),
 };
 
@@ -1075,12 +1076,16 @@ function announceChanges() {
 // ---------------------------------------------------------------------------------------------
 // Actions
 
-/** Runs a client command; a refusal before sending (not connected) is shown to the user. */
+/**
+ * Runs a client command; a refusal before sending is shown to the user. The client refuses a
+ * command only when not connected (its other errors are the page's mistakes), so that is what
+ * the sentence says, in the page's language rather than the client's English.
+ */
 function act(command) {
   try {
     command();
-  } catch (error) {
-    alertUser(t('not_sent', { error: error.message || error }));
+  } catch {
+    alertUser(t('not_sent', { error: t('not_connected') }));
   }
 }
 

@@ -270,6 +270,7 @@ export const room = {
   refused_unknown: 'Das war gerade nicht möglich.',
   lost_edit: 'Ihre letzte Änderung wurde nicht übernommen.',
   not_sent: 'Nicht gesendet: {error}. Warten Sie, bis der Raum wieder verbunden ist.',
+  not_connected: 'nicht mit dem Raum verbunden',
 
   // Refusals, by the reason code of balint-proto's rules::Reason.
   refused_bad_message: 'Das hat nicht funktioniert: Die Anfrage wurde nicht verstanden.',

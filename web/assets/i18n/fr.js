@@ -272,6 +272,7 @@ export const room = {
   refused_unknown: 'Ce n’était pas possible à l’instant.',
   lost_edit: 'Votre dernière modification n’a pas été conservée.',
   not_sent: 'Non envoyé : {error}. Attendez que la salle soit de nouveau connectée.',
+  not_connected: 'pas connecté à la salle',
 
   // Refusals, by the reason code of balint-proto's rules::Reason.
   refused_bad_message: 'Cela n’a pas fonctionné : la demande n’a pas été comprise.',
