@@ -514,9 +514,14 @@ try {
   step = 'three sizes';
   delete pages.dora; // She is in the lobby: she sees no queue.
   await leader.getByRole('button', { name: 'Close' }).click();
-  // Ben's hand went down when he was picked to present; Ann raises hers, to have a place.
+  // Ben's hand went down when he was picked to present, and the phase change released the
+  // floor: the leader takes it through the queue, and Ann raises her hand, to have a place.
+  await leader.evaluate(async () => (await import('/assets/room.js')).roomClient().raiseHand());
   await ann.getByRole('button', { name: 'Raise hand' }).click();
+  await sameQueueEverywhere(['Lea', 'Ann']);
+  await leader.getByRole('button', { name: 'Next speaker' }).click();
   await sameQueueEverywhere(['Ann']);
+  await waitIn(ann, 'Lea has the floor', () => document.getElementById('floor-holder').textContent === 'Lea has the floor.');
   const memberEssentials = ['#phase-name', '#phase-countdown', '#floor-holder', '#floor-timer', '#hand', '#my-position',
     '#queue li:first-child'];
   const leaderEssentials = [...memberEssentials.filter((s) => s !== '#my-position' && s !== '#hand'),
@@ -546,6 +551,8 @@ try {
   await ann.setViewportSize(before.ann);
   await ann.getByRole('button', { name: 'Lower my hand' }).click();
   await sameQueueEverywhere([]);
+  await leader.getByRole('button', { name: 'Yield the floor' }).click();
+  await waitIn(ann, 'the floor is free again', () => document.getElementById('floor-holder').textContent === 'Nobody has the floor.');
   pages.dora = dora;
   await leader.getByRole('button', { name: 'Let in Dora' }).click();
   await waitIn(dora, 'Dora is let in and gets the board', (text) => {
@@ -702,6 +709,9 @@ try {
   const phone = SIZES.find((size) => size.name === 'phone');
   const greta = await newPage('greta', { viewport: { width: besideCall.width, height: besideCall.height }, locale: 'de-DE' });
   const chloe = await newPage('chloe', { viewport: { width: phone.width, height: phone.height }, locale: 'en-GB' });
+  // Only these two from here on (a failure's screenshots show them).
+  for (const who of Object.keys(pages)) delete pages[who];
+  Object.assign(pages, { greta, chloe });
   await greta.goto(`${base}/`);
   await greta.getByRole('heading', { name: 'Einen Raum für Ihre Gruppe anlegen' }).waitFor();
   check((await greta.evaluate(() => document.documentElement.lang)) === 'de', 'the front page says it is in German');
@@ -709,7 +719,7 @@ try {
   await greta.getByLabel('Titel').fill('Balintgruppe Dienstag');
   await greta.getByRole('button', { name: 'Raum anlegen' }).click();
   await waitIn(greta, 'the links are shown', () => !document.getElementById('created').hidden);
-  const germanInvite = await greta.getByLabel(/^Einladungslink/).inputValue();
+  const germanInvite = await greta.inputValue('#invite-link');
   await shootOne(greta, '14-de-created');
   await greta.getByRole('link', { name: 'Raum als Leitung öffnen' }).click();
   await greta.getByLabel('Ihr Name').fill('Greta');

@@ -63,7 +63,7 @@ fn placeholders(value: &str) -> BTreeSet<String> {
 fn entries(body: &str, prefix: &str, file: &str) -> Catalogue {
     let mut catalogue = Catalogue::new();
     let mut current: Option<(String, String)> = None;
-    let mut finish = |entry: Option<(String, String)>, catalogue: &mut Catalogue| {
+    let finish = |entry: Option<(String, String)>, catalogue: &mut Catalogue| {
         if let Some((key, value)) = entry {
             let names = placeholders(&value);
             assert!(catalogue.insert(key.clone(), names).is_none(), "{file}: `{key}` appears twice");
@@ -185,7 +185,9 @@ fn variant_names<T: serde::de::DeserializeOwned + std::fmt::Debug>() -> Vec<Stri
     let error = serde_json::from_str::<T>(r#""no such variant""#).expect_err("not a variant").to_string();
     let list = error.split_once("expected one of ").expect("serde lists the variants").1;
     let list = list.split_once(" at line").map_or(list, |(list, _)| list);
-    list.split(", ").map(|name| name.trim_matches(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).to_owned()).collect()
+    list.split(", ")
+        .map(|name| name.trim_matches(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).to_owned())
+        .collect()
 }
 
 #[test]
@@ -199,7 +201,7 @@ fn every_phase_role_status_and_meeting_end_has_a_sentence() {
     wanted.extend(variant_names::<Role>().iter().map(|role| format!("role_{role}")));
     wanted.extend(variant_names::<Status>().iter().map(|status| format!("status_{status}")));
     // docs/PROTOCOL.md's `ended` reasons (`deleted` has its own screen; `ended` says nothing more).
-    wanted.extend(["ended_by_leader", "ended_empty", "ended_max_length", "deleted"].map(String::from));
+    wanted.extend(["why_ended_by_leader", "why_empty", "why_max_length", "deleted"].map(String::from));
     let missing: Vec<&String> = wanted.iter().filter(|key| !english.contains_key(*key)).collect();
     assert!(missing.is_empty(), "room.js has no sentence for {missing:?}");
 }

@@ -126,9 +126,9 @@ const en = {
   deleted_title: 'This room was deleted',
   deleted: 'A leader deleted the room: its board is erased from the server, and this page kept no copy.',
   ended_title: 'The meeting has ended',
-  ended_by_leader: 'A leader ended the meeting.',
-  ended_empty: 'Everyone had left, so the meeting ended.',
-  ended_max_length: 'The meeting reached the longest time a room may run.',
+  why_ended_by_leader: 'A leader ended the meeting.',
+  why_empty: 'Everyone had left, so the meeting ended.',
+  why_max_length: 'The meeting reached the longest time a room may run.',
   ended_ephemeral: 'Everything on the board was discarded: the server has erased it, and this page kept no copy.',
   ended_nothing_kept: 'Nothing of the meeting is stored in this browser. You can close this tab.',
   ended_persistent: 'This page kept no copy of the board. You can close this tab.',
@@ -544,8 +544,8 @@ function onConnection(event) {
       if (event.reason === 'deleted') {
         showMessage(t('deleted_title'), [t('deleted')]);
       } else {
-        // Why it ended, when the server said (ended_by_leader, empty, max_length).
-        const why = event.reason && `ended_${event.reason}` in en ? [t(`ended_${event.reason}`)] : [];
+        // Why it ended, when the server said (the client's reasons ended_by_leader, empty, max_length).
+        const why = event.reason && `why_${event.reason}` in en ? [t(`why_${event.reason}`)] : [];
         if (ephemeral) showMessage(t('ended_title'), [...why, t('ended_ephemeral'), t('ended_nothing_kept')]);
         else showMessage(t('ended_title'), [...why, t('ended_persistent')]);
       }
