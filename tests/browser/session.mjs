@@ -11,7 +11,8 @@
 // the run. Every screenshot is also checked with axe-core (pinned in package.json): an accessibility
 // violation on any screen fails the run. The room is looked at in three sizes (a laptop, a window
 // beside the call, a phone): the essentials of the meeting must be in view without scrolling, and
-// the keyboard shortcuts (Alt+Y the hand, Alt+N the next speaker, Escape, ?) must work.
+// the keyboard shortcuts (Alt+Y the hand, Alt+N the next speaker, Escape, ?) must work. Last, a
+// German session with a French member who picks her language in the header.
 
 import { mkdir, readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
@@ -586,14 +587,14 @@ try {
   delete pages.dora; // They are in the lobby: they see no queue.
   delete pages.eve;
   await leader.getByRole('button', { name: 'Close' }).click();
-  // The phase change lowered every hand and ended Ann's turn: Ann takes the floor again and
-  // raises her hand, so that there is a speaker and a queue to see.
+  // Ben's hand went down when he was picked to present, and the phase change released the
+  // floor: the leader takes it through the queue, and Ann raises her hand, to have a place.
+  await leader.evaluate(async () => (await import('/assets/room.js')).roomClient().raiseHand());
   await ann.getByRole('button', { name: 'Raise hand' }).click();
-  await sameQueueEverywhere(['Ann']);
+  await sameQueueEverywhere(['Lea', 'Ann']);
   await leader.getByRole('button', { name: 'Next speaker' }).click();
-  await waitIn(ann, 'Ann has the floor', () => document.getElementById('floor-holder').textContent === 'You have the floor.');
-  await ann.getByRole('button', { name: 'Raise hand' }).click();
   await sameQueueEverywhere(['Ann']);
+  await waitIn(ann, 'Lea has the floor', () => document.getElementById('floor-holder').textContent === 'Lea has the floor.');
   const memberEssentials = ['#phase-name', '#phase-countdown', '#floor-holder', '#floor-timer', '#hand', '#my-position',
     '#queue li:first-child'];
   const leaderEssentials = [...memberEssentials.filter((s) => s !== '#my-position' && s !== '#hand'),
@@ -623,6 +624,8 @@ try {
   await ann.setViewportSize(before.ann);
   await ann.getByRole('button', { name: 'Lower my hand' }).click();
   await sameQueueEverywhere([]);
+  await leader.getByRole('button', { name: 'Yield the floor' }).click();
+  await waitIn(ann, 'the floor is free again', () => document.getElementById('floor-holder').textContent === 'Nobody has the floor.');
   pages.dora = dora;
   pages.eve = eve;
   // One click lets both in.
@@ -775,6 +778,125 @@ try {
     return !screen.hidden && document.getElementById('message-title').textContent === 'This room was deleted';
   });
   await shoot('13-deleted');
+
+  // 10. A German session: Greta's browser speaks German, so both pages do; Chloé's speaks
+  // English and she picks Français in the header. Sentences, the server's refusal and the end
+  // of the meeting come in each one's language; the compact layouts hold with the longer words.
+  step = 'a German session';
+  /** A page in a new context, watched like the others, with `options` (locale, viewport). */
+  async function newPage(who, options) {
+    const context = await browser.newContext(options);
+    context.setDefaultTimeout(TIMEOUT);
+    await context.route('**/*', (route) => {
+      const host = new URL(route.request().url()).hostname;
+      if (['127.0.0.1', 'localhost', '[::1]'].includes(host)) return route.continue();
+      problems.push(`${who}: a request left loopback: ${route.request().url()}`);
+      return route.abort();
+    });
+    await watchPolicy(context, who);
+    const page = await context.newPage();
+    watchPage(page, who);
+    return page;
+  }
+  /** A screenshot of one page (the viewport, as the person sees it), checked by axe-core. */
+  async function shootOne(page, name) {
+    await page.screenshot({ path: path.join(shotDir, `${name}.png`) });
+    await accessible(page, name);
+  }
+  const besideCall = SIZES.find((size) => size.name === 'beside-call');
+  const phone = SIZES.find((size) => size.name === 'phone');
+  const greta = await newPage('greta', { viewport: { width: besideCall.width, height: besideCall.height }, locale: 'de-DE' });
+  const chloe = await newPage('chloe', { viewport: { width: phone.width, height: phone.height }, locale: 'en-GB' });
+  // Only these two from here on (a failure's screenshots show them).
+  for (const who of Object.keys(pages)) delete pages[who];
+  Object.assign(pages, { greta, chloe });
+  await greta.goto(`${base}/`);
+  await greta.getByRole('heading', { name: 'Einen Raum für Ihre Gruppe anlegen' }).waitFor();
+  check((await greta.evaluate(() => document.documentElement.lang)) === 'de', 'the front page says it is in German');
+  check((await greta.getByLabel('Sprache').inputValue()) === 'de', 'the picker shows Deutsch');
+  await greta.getByLabel('Titel').fill('Balintgruppe Dienstag');
+  await greta.getByRole('button', { name: 'Raum anlegen' }).click();
+  await waitIn(greta, 'the links are shown', () => !document.getElementById('created').hidden);
+  const germanInvite = await greta.inputValue('#invite-link');
+  await shootOne(greta, '14-de-created');
+  await greta.getByRole('link', { name: 'Raum als Leitung öffnen' }).click();
+  await greta.getByLabel('Ihr Name').fill('Greta');
+  await greta.getByRole('button', { name: 'Teilnehmen' }).click();
+  await waitIn(greta, 'Greta is in the room', () => !document.getElementById('room').hidden
+    && document.getElementById('connection').textContent === 'Verbunden');
+
+  step = 'a French pick';
+  await chloe.goto(germanInvite);
+  await waitIn(chloe, 'the join form, in English first', () => document.documentElement.lang === 'en'
+    && !document.getElementById('join-screen').hidden);
+  await Promise.all([chloe.waitForEvent('load'), chloe.getByLabel('Language').selectOption('fr')]);
+  await waitIn(chloe, 'the page in French', () => document.documentElement.lang === 'fr'
+    && document.getElementById('join-title').textContent === 'Rejoindre la séance');
+  await chloe.getByLabel('Votre nom').fill('Chloé');
+  await chloe.getByRole('button', { name: 'Rejoindre' }).click();
+  await waitIn(chloe, 'Chloé is in the room', () => !document.getElementById('room').hidden
+    && document.getElementById('connection').textContent === 'Connecté');
+
+  step = 'German and French in the room';
+  for (const [page, words] of [
+    [greta, { hand: 'Hand heben', phase: 'Ankommen', countdown: /^noch \d+:\d\d$/, floor: 'Niemand hat das Wort.' }],
+    [chloe, { hand: 'Lever la main', phase: 'Accueil', countdown: /^reste \d+:\d\d$/, floor: 'Personne n’a la parole.' }],
+  ]) {
+    await waitIn(page, `${words.phase}: two people`, () => document.querySelectorAll('#members li').length === 2);
+    check((await page.textContent('#hand .text')) === words.hand, `the hand button says ${words.hand}`);
+    check((await page.textContent('#phase-name')) === words.phase, `the phase is ${words.phase}`);
+    check(words.countdown.test(await page.textContent('#phase-countdown')), `the countdown in ${words.phase}'s language`);
+    check((await page.textContent('#floor-holder')) === words.floor, `the floor: ${words.floor}`);
+  }
+  await chloe.getByRole('button', { name: 'Lever la main' }).click();
+  await waitIn(chloe, 'Chloé is told her place in French', () =>
+    /vous êtes en 1re position/.test(document.getElementById('my-position').textContent));
+  await waitIn(greta, 'Greta sees Chloé in the queue', () =>
+    document.querySelector('#queue li .name')?.textContent === 'Chloé');
+  // The server refuses a yield from someone without the floor; its reason is shown in German,
+  // and none of the server's English message.
+  await greta.evaluate(async () => (await import('/assets/room.js')).roomClient().yieldFloor());
+  await waitIn(greta, 'the refusal in German', () => {
+    const alert = document.getElementById('alert');
+    return !alert.hidden && alert.textContent === 'Sie haben nicht das Wort.';
+  });
+  await greta.getByRole('button', { name: 'Nächste Wortmeldung' }).click();
+  await waitIn(chloe, 'Chloé has the floor, in French', () =>
+    document.getElementById('floor-holder').textContent === 'Vous avez la parole.'
+    && /^Parle depuis \d+:\d\d$/.test(document.getElementById('floor-timer').textContent));
+  await waitIn(greta, 'Greta sees it in German', () =>
+    document.getElementById('floor-holder').textContent === 'Chloé hat das Wort.'
+    && /^Spricht seit \d+:\d\d$/.test(document.getElementById('floor-timer').textContent));
+  const essentials = ['#phase-name', '#phase-countdown', '#floor-holder', '#floor-timer', '#hand', '#next-speaker'];
+  await inView(greta, 'a German leader', besideCall, essentials);
+  await inView(chloe, 'a French member', phone, ['#phase-name', '#phase-countdown', '#floor-holder', '#floor-timer', '#hand']);
+  // No line may run wider than the window with the longer words.
+  for (const [who, page] of [['greta', greta], ['chloe', chloe]]) {
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - innerWidth);
+    check(overflow <= 0, `${who}'s page is ${overflow} px wider than the window`);
+  }
+  await shootOne(greta, '14-de-room-480x900');
+  await shootOne(chloe, '14-fr-room-390x844');
+  await greta.setViewportSize({ width: phone.width, height: phone.height });
+  await inView(greta, 'a German leader', phone, essentials);
+  await shootOne(greta, '14-de-room-390x844');
+
+  step = 'the German leader ends the meeting';
+  await greta.getByRole('button', { name: 'Leitungswerkzeuge' }).click();
+  await greta.getByRole('button', { name: 'Sitzung für alle beenden…' }).click();
+  await waitIn(greta, 'the confirmation in German', () => document.getElementById('end-dialog').open);
+  await greta.getByRole('button', { name: 'Sitzung beenden', exact: true }).click();
+  await waitIn(chloe, 'Chloé is told in French why the meeting ended', () => {
+    const screen = document.getElementById('message-screen');
+    return !screen.hidden && document.getElementById('message-title').textContent === 'La séance est terminée'
+      && screen.textContent.includes('L’animateur·rice a mis fin à la séance.');
+  });
+  await waitIn(greta, 'Greta sees the end in German', () =>
+    document.getElementById('message-title').textContent === 'Die Sitzung ist beendet');
+  const chloeKeeps = await chloe.evaluate(() => ({ local: localStorage.length, session: Object.keys(sessionStorage) }));
+  check(chloeKeeps.local === 0 && JSON.stringify(chloeKeeps.session) === '["balint.lang"]',
+    `only the language pick stays, in the tab: ${JSON.stringify(chloeKeeps)}`);
+  await shootOne(chloe, '15-fr-ended');
 
   check(problems.length === 0, problems.join('\n'));
   console.log(JSON.stringify({ ok: true, screenshots: shotDir }));

@@ -1,13 +1,20 @@
 // The front page: creates a room with POST /api/rooms and shows its links.
-// Nothing is stored in the browser: the links are shown once, to be copied.
+// Nothing is stored in the browser but the language picked in the header (sessionStorage): the
+// links are shown once, to be copied.
 //
-// Words: every sentence of the page is in the catalogue below; the HTML names them with
-// data-i18n="key" (data-i18n-label for an aria-label).
+// Words: every sentence of the page is in the catalogue below, and in German and French in
+// i18n/de.js and i18n/fr.js (`front`); the HTML names them with data-i18n="key"
+// (data-i18n-label for an aria-label). The header's picker changes the language at once.
+
+import { chooseLanguage, mountPicker } from './i18n/i18n.js';
+import * as de from './i18n/de.js';
+import * as fr from './i18n/fr.js';
 
 /** The English catalogue: key → sentence; `{name}` marks a value given to `t`. */
 const en = {
   brand: 'Balint Room',
   skip: 'Skip to the form',
+  language: 'Language',
   page_title: 'Balint Room: create a room',
   heading: 'Create a room for your group',
   lead: 'A room opens beside your video call. It gives the group a shared board for observations, '
@@ -35,6 +42,15 @@ const en = {
   creating: 'Creating the room…',
   create_failed: 'The room could not be created: {error}. Please try again.',
   server_answered: 'the server answered {status}',
+  network_failed: 'the server could not be reached',
+  // The server's refusals, by the `error` code of its JSON answer (its `message` is English
+  // for API users and is not shown).
+  error_bad_title: 'the title is too long or contains control characters',
+  error_bad_json: 'the request was not understood',
+  error_too_many_rooms_created: 'too many rooms were created from this address in the last minute',
+  error_too_many_rooms: 'this server holds as many rooms as it may',
+  error_unavailable: 'the room service is briefly unavailable',
+  error_server_busy: 'the server is busy',
   created_title: 'Your room is ready',
   created_text: 'These links are shown only once. Copy them now. Anyone who has a link can join with its role.',
   leader_link: 'Leader link',
@@ -52,25 +68,41 @@ const en = {
   open_leader: 'Open the room as leader',
 };
 
-/** The catalogues by language; the page speaks the first of the browser's languages it has. */
-const CATALOGUES = { en };
-const lang = [...(navigator.languages || []), navigator.language, 'en']
-  .map((tag) => String(tag || '').toLowerCase().split('-')[0])
-  .find((code) => code in CATALOGUES);
-const words = CATALOGUES[lang];
+/** The catalogues by language; the page speaks the tab's pick, else the browser's first it has. */
+const CATALOGUES = { en, de: de.front, fr: fr.front };
+let lang = chooseLanguage(CATALOGUES);
+let words = CATALOGUES[lang];
 
 /** The sentence of `key` in the page's language, with `{name}`-style `vars` filled in. */
 function t(key, vars = {}) {
   const entry = words[key] ?? en[key];
   if (entry === undefined) return key;
-  return entry.replace(/\{(\w+)\}/g, (whole, name) => (name in vars ? String(vars[name]) : whole));
+  const shown = (value) => (typeof value === 'number' ? new Intl.NumberFormat(lang).format(value) : String(value));
+  return entry.replace(/\{(\w+)\}/g, (whole, name) => (name in vars ? shown(vars[name]) : whole));
 }
 
-document.documentElement.lang = lang;
-document.title = t('page_title');
-for (const node of document.querySelectorAll('[data-i18n]')) node.textContent = t(node.dataset.i18n);
-for (const node of document.querySelectorAll('[data-i18n-label]')) node.setAttribute('aria-label', t(node.dataset.i18nLabel));
-document.getElementById('title').placeholder = t('title_placeholder');
+/** Fills the page's texts in its language; again when the picker changes it. */
+function translatePage() {
+  document.documentElement.lang = lang;
+  document.title = t('page_title');
+  for (const node of document.querySelectorAll('[data-i18n]')) node.textContent = t(node.dataset.i18n);
+  for (const node of document.querySelectorAll('[data-i18n-label]')) node.setAttribute('aria-label', t(node.dataset.i18nLabel));
+  document.getElementById('title').placeholder = t('title_placeholder');
+}
+translatePage();
+// A new pick re-renders at once (a reload would lose the links shown only once).
+mountPicker(document.getElementById('language'), CATALOGUES, lang, (code) => {
+  lang = code;
+  words = CATALOGUES[code];
+  translatePage();
+  document.getElementById('create-status').textContent = '';
+});
+
+/** The sentence for a refused creation: by the server's `error` code, never its English message. */
+function refusal(status, answer) {
+  const key = `error_${answer?.error}`;
+  return key in en ? t(key) : t('server_answered', { status });
+}
 
 const form = document.getElementById('create');
 const button = document.getElementById('create-button');
@@ -98,12 +130,13 @@ form.addEventListener('submit', async (event) => {
     });
     const answer = await response.json().catch(() => ({}));
     if (response.status !== 201) {
-      throw new Error(answer.message || t('server_answered', { status: response.status }));
+      status.textContent = t('create_failed', { error: refusal(response.status, answer) });
+      return;
     }
     show(answer);
     status.textContent = '';
-  } catch (error) {
-    status.textContent = t('create_failed', { error: error.message });
+  } catch {
+    status.textContent = t('create_failed', { error: t('network_failed') });
   } finally {
     button.disabled = false;
   }

@@ -9,18 +9,22 @@
 // card id) so that focus and the textareas bound to the board survive.
 //
 // Words: every sentence the page shows is in the catalogue below (`en`, and the refusal
-// sentences in REFUSALS); `t(key, vars)` picks it in the page's language. The HTML names its
-// texts with data-i18n="key", filled in at start-up.
+// sentences in REFUSALS), and in German and French in i18n/de.js and i18n/fr.js; `t(key, vars)`
+// picks it in the page's language (see i18n/i18n.js). The HTML names its texts with
+// data-i18n="key", filled in at start-up. Numbers, times and dates go through Intl (`fmt`).
 //
 // Layout: the meeting (phase, floor, my hand, the queue, and for leaders "Next speaker" and the
 // lobby) comes first in the DOM and on screen at every width; the board follows. The leader's
 // other tools open in a panel that Escape closes.
 //
 // Storage: the resume token (and the name it goes with) lives in this tab's sessionStorage, so a
-// reload rejoins as the same member. Nothing goes to localStorage or IndexedDB. When the
+// reload rejoins as the same member; so does the language picked in the header. Nothing goes to localStorage or IndexedDB. When the
 // meeting ends, the token is forgotten, the client wipes its board and the board leaves the DOM.
 
 import init, { RoomClient, templatePhases } from './pkg/balint_client.js';
+import { chooseLanguage, formatters, mountPicker } from './i18n/i18n.js';
+import * as de from './i18n/de.js';
+import * as fr from './i18n/fr.js';
 
 // ---------------------------------------------------------------------------------------------
 // Words
@@ -78,6 +82,7 @@ const en = {
   key_help: 'Show this help (not while typing).',
   keys_note: 'On a Mac, Alt is the Option key (⌥). Tab and Shift+Tab move through the page in the order you see it.',
   close: 'Close',
+  language: 'Language',
   ok: 'OK',
   cancel: 'Cancel',
 
@@ -89,7 +94,7 @@ const en = {
   conn_reconnecting: 'Reconnecting…',
   conn_left: 'Left',
   retry_soon: 'Reconnecting…',
-  retry_in: 'Reconnecting in {secs} s…',
+  retry_in: 'Reconnecting {when}…',
   reconnect_now: 'Reconnect now',
   offline_controls: 'Unavailable while reconnecting: the hand, the floor and the leader\'s controls. '
     + 'Your edits on the board are kept and will be sent when you are back.',
@@ -121,6 +126,9 @@ const en = {
   deleted_title: 'This room was deleted',
   deleted: 'A leader deleted the room: its board is erased from the server, and this page kept no copy.',
   ended_title: 'The meeting has ended',
+  why_ended_by_leader: 'A leader ended the meeting.',
+  why_empty: 'Everyone had left, so the meeting ended.',
+  why_max_length: 'The meeting reached the longest time a room may run.',
   ended_ephemeral: 'Everything on the board was discarded: the server has erased it, and this page kept no copy.',
   ended_nothing_kept: 'Nothing of the meeting is stored in this browser. You can close this tab.',
   ended_persistent: 'This page kept no copy of the board. You can close this tab.',
@@ -349,22 +357,27 @@ const en = {
   refused_unknown: 'That was not possible just now.',
   lost_edit: 'Your last change was not kept.',
   not_sent: 'Not sent: {error}. Wait until the room is connected again.',
+  not_connected: 'not connected to the room',
   ...Object.fromEntries(Object.entries(REFUSALS).map(([reason, text]) => [`refused_${reason}`, text])),
 };
 
-/** The catalogues by language; the page speaks the first of the browser's languages it has. */
-const CATALOGUES = { en };
-const lang = [...(navigator.languages || []), navigator.language, 'en']
-  .map((tag) => String(tag || '').toLowerCase().split('-')[0])
-  .find((code) => code in CATALOGUES);
+/** The catalogues by language; the page speaks the tab's pick, else the browser's first it has. */
+const CATALOGUES = { en, de: de.room, fr: fr.room };
+const lang = chooseLanguage(CATALOGUES);
 const words = CATALOGUES[lang];
+/** Numbers, times, dates and durations in the page's language. */
+const fmt = formatters(lang);
 
-/** The sentence of `key` in the page's language, with `{name}`-style `vars` filled in. */
+/**
+ * The sentence of `key` in the page's language, with `{name}`-style `vars` filled in (numbers
+ * formatted for the language). A function entry gets the raw `vars`.
+ */
 export function t(key, vars = {}) {
   const entry = words[key] ?? en[key];
   if (entry === undefined) return key;
   if (typeof entry === 'function') return entry(vars);
-  return entry.replace(/\{(\w+)\}/g, (whole, name) => (name in vars ? String(vars[name]) : whole));
+  const shown = (value) => (typeof value === 'number' ? fmt.number(value) : String(value));
+  return entry.replace(/\{(\w+)\}/g, (whole, name) => (name in vars ? shown(vars[name]) : whole));
 }
 
 /** Fills the page's data-i18n texts and labels from the catalogue. */
@@ -378,9 +391,12 @@ function translatePage() {
   document.title = t('brand');
 }
 
-/** The sentence of a refusal: by its reason, else (an older server) by its message. */
-function refusalText(reason, message) {
-  return (reason && reason in REFUSALS ? t(`refused_${reason}`) : null) || message || t('refused_unknown');
+/**
+ * The sentence of a refusal, by its reason code. The server's `message` is English for API
+ * users and is never shown: an unknown reason (a newer server) gets the general sentence.
+ */
+function refusalText(reason) {
+  return reason && reason in REFUSALS ? t(`refused_${reason}`) : t('refused_unknown');
 }
 
 /** Why the connection stands where it does, from the client's reason code. */
@@ -505,7 +521,7 @@ function onEvent(event) {
       $('floor-timer').classList.add('over');
       break;
     case 'error': {
-      const why = refusalText(event.reason, event.message);
+      const why = refusalText(event.reason);
       alertUser(event.lost_edit ? `${why} ${t('lost_edit')}` : why);
       break;
     }
@@ -541,7 +557,7 @@ function onConnection(event) {
       setConnection(t('conn_reconnecting'), true);
       $('offline-reason').textContent = reasonText(event.reason);
       $('offline-retry').textContent = event.retry_in_ms == null ? t('retry_soon')
-        : t('retry_in', { secs: Math.max(1, Math.round(event.retry_in_ms / 1000)) });
+        : t('retry_in', { when: fmt.inSeconds(Math.max(1, Math.round(event.retry_in_ms / 1000))) });
       break;
     case 'link_renewed':
       finish();
@@ -553,9 +569,14 @@ function onConnection(event) {
       break;
     case 'ended':
       finish();
-      if (event.reason === 'deleted') showMessage(t('deleted_title'), [t('deleted')]);
-      else if (ephemeral) showMessage(t('ended_title'), [t('ended_ephemeral'), t('ended_nothing_kept')]);
-      else showMessage(t('ended_title'), [t('ended_persistent')]);
+      if (event.reason === 'deleted') {
+        showMessage(t('deleted_title'), [t('deleted')]);
+      } else {
+        // Why it ended, when the server said (the client's reasons ended_by_leader, empty, max_length).
+        const why = event.reason && `why_${event.reason}` in en ? [t(`why_${event.reason}`)] : [];
+        if (ephemeral) showMessage(t('ended_title'), [...why, t('ended_ephemeral'), t('ended_nothing_kept')]);
+        else showMessage(t('ended_title'), [...why, t('ended_persistent')]);
+      }
       break;
     case 'removed':
       finish();
@@ -716,12 +737,9 @@ function isLeader() {
   return Boolean(actions?.lead);
 }
 
+/** A stopwatch duration (m:ss, h:mm:ss), in the page's language's digits. */
 function duration(ms) {
-  const total = Math.max(0, Math.floor(ms / 1000));
-  const hours = Math.floor(total / 3600);
-  const minutes = Math.floor((total % 3600) / 60);
-  const seconds = String(total % 60).padStart(2, '0');
-  return hours ? `${hours}:${String(minutes).padStart(2, '0')}:${seconds}` : `${minutes}:${seconds}`;
+  return fmt.duration(ms);
 }
 
 function render() {
@@ -792,7 +810,7 @@ let queueExpanded = false;
 function renderQueue(leader) {
   const queue = $('queue');
   $('queue-empty').hidden = state.queue.length > 0;
-  $('queue-count').textContent = state.queue.length ? `(${state.queue.length})` : '';
+  $('queue-count').textContent = state.queue.length ? `(${fmt.number(state.queue.length)})` : '';
   const status = new Map(state.members.map((member) => [member.id, member.status]));
   reconcile(
     queue,
@@ -841,7 +859,7 @@ function renderQueue(leader) {
 function renderMembers(leader) {
   // What we may do to each member, from the client (the row's own `actions` is its menu).
   const allowed = actions || {};
-  $('people-count').textContent = `(${state.members.length})`;
+  $('people-count').textContent = `(${fmt.number(state.members.length)})`;
   reconcile(
     $('members'),
     state.members,
@@ -1016,7 +1034,7 @@ function renderParticipation() {
     (tr, row) => {
       const cells = tr.children;
       cells[0].textContent = row.name;
-      cells[1].textContent = String(row.turns);
+      cells[1].textContent = fmt.number(row.turns);
       cells[2].textContent = duration(row.ms);
     },
   );
@@ -1073,8 +1091,7 @@ function renderCards() {
       return article;
     },
     (article, card) => {
-      const time = card.created_ms
-        ? new Intl.DateTimeFormat(lang, { hour: '2-digit', minute: '2-digit' }).format(new Date(card.created_ms)) : '';
+      const time = card.created_ms ? fmt.time(card.created_ms) : '';
       const head = t('card_head', { author: card.author || t('someone'), phase: phaseName(card.phase) });
       article.querySelector('.obs-head').textContent = time ? `${head} · ${time}` : head;
       article.dataset.phase = card.phase;
@@ -1307,12 +1324,16 @@ function announceChanges() {
 // ---------------------------------------------------------------------------------------------
 // Actions
 
-/** Runs a client command; a refusal before sending (not connected) is shown to the user. */
+/**
+ * Runs a client command; a refusal before sending is shown to the user. The client refuses a
+ * command only when not connected (its other errors are the page's mistakes), so that is what
+ * the sentence says, in the page's language rather than the client's English.
+ */
 function act(command) {
   try {
     command();
-  } catch (error) {
-    alertUser(t('not_sent', { error: error.message || error }));
+  } catch {
+    alertUser(t('not_sent', { error: t('not_connected') }));
   }
 }
 
@@ -1322,7 +1343,7 @@ function toggleHand() {
   if (!state || hand.hidden) return;
   if (hand.disabled) {
     const reason = actions?.raise_hand?.reason;
-    if (connected && reason) alertUser(refusalText(reason, null));
+    if (connected && reason) alertUser(refusalText(reason));
     return;
   }
   const raised = state.queue.some((entry) => entry.member === me);
@@ -1547,7 +1568,7 @@ async function issueLinks(renew) {
     $('fresh-observer-link').value = links.observer_url;
     // expires_at is in Unix seconds.
     $('fresh-expiry').textContent = links.expires_at
-      ? t('links_until', { date: new Intl.DateTimeFormat(lang, { dateStyle: 'medium' }).format(new Date(links.expires_at * 1000)) })
+      ? t('links_until', { date: fmt.date(links.expires_at * 1000) })
       : '';
     $('fresh-box').hidden = false;
     status.textContent = t(renew ? 'links_renewed' : 'links_ready');
@@ -1657,7 +1678,7 @@ $('add-card').addEventListener('submit', (event) => {
     $('new-card').value = '';
   } catch (error) {
     // The client's rule refused it before sending: say why; nothing was lost.
-    alertUser(refusalText(client.actions()?.write?.reason, null));
+    alertUser(refusalText(client.actions()?.write?.reason));
   }
 });
 
@@ -1674,6 +1695,8 @@ document.addEventListener('visibilitychange', () => {
 // Start
 
 translatePage();
+// The language picker: a new pick reloads the page, which rejoins as the same member.
+mountPicker($('language'), CATALOGUES, lang, () => location.reload());
 // Who is in the room is open beside the board on a wide screen, one line on a narrow one.
 $('people').open = wide.matches;
 
