@@ -172,7 +172,9 @@ mod tests {
     #[test]
     fn the_table_is_ordered_and_each_code_is_in_its_range() {
         assert!(CLOSE_CODES.windows(2).all(|w| w[0].code < w[1].code));
-        for code in [REMOVED, SEALED_MISMATCH, MEETING_ENDED, LINK_RENEWED, BOARD_FULL, MALFORMED_SYNC, UNKNOWN_MESSAGE_TYPE] {
+        for code in
+            [REMOVED, SEALED_MISMATCH, MEETING_ENDED, LINK_RENEWED, BOARD_FULL, MALFORMED_SYNC, UNKNOWN_MESSAGE_TYPE]
+        {
             assert_eq!(reconnect_after(code), Reconnect::Never, "{code}");
         }
         for code in [UNRESPONSIVE, TOO_SLOW, ROOM_FULL, RATE_LIMITED] {
