@@ -145,6 +145,7 @@ impl People {
             empty_grace_ms: 60_000,
             max_length_ms: 3_600_000,
             max_members: 50,
+            sealed: false,
             link_generation: 0,
         };
         let mut people =
