@@ -364,7 +364,7 @@ fn a_sealed_entry_is_forwarded_stamped_with_its_sender_and_logged_for_newcomers(
     let sent = effects(&mut m);
     assert_eq!(sealed_frames_to(&sent, leader).len(), 1);
     assert_eq!(sealed_frames_to(&sent, member).len(), 1);
-    assert_eq!(m.sealed_log().unwrap().entries(), &[expected.clone()]);
+    assert_eq!(m.sealed_log().unwrap().entries(), std::slice::from_ref(&expected));
 
     // The log goes with the meeting.
     drive(&mut m, Job::end("ended"), START_MS, fine);
