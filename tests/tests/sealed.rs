@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use yrs::updates::decoder::Decode;
-use yrs::{Doc, GetString, ReadTxn, Text, Transact, Update};
+use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
 
 /// A marker no server-side byte may hold in clear.
 const MARKER: &str = "SEALED-MARKER-7f3a Frau K. rief um drei Uhr an";
@@ -31,6 +31,8 @@ struct SealedClient {
     frames: Vec<Frame>,
     /// Every room-protocol message received.
     texts: Vec<ServerMessage>,
+    /// The `(sender, seq)` of every update in the document: sent or applied.
+    applied: Vec<(String, u64)>,
 }
 
 impl SealedClient {
@@ -47,6 +49,7 @@ impl SealedClient {
             member_id: String::new(),
             frames: Vec::new(),
             texts: Vec::new(),
+            applied: Vec::new(),
         };
         client.socket.send(WsMessage::Text(r#"{"type":"hello"}"#.into())).await?;
         client
@@ -66,15 +69,37 @@ impl SealedClient {
 
     /// Types `text` at the start of the notes, seals the change and sends it.
     async fn write(&mut self, text: &str) -> anyhow::Result<Vec<u8>> {
-        let before = self.doc.transact().state_vector();
         let notes = self.doc.get_or_insert_text("notes");
-        notes.insert(&mut self.doc.transact_mut(), 0, text);
-        let update = self.doc.transact().encode_state_as_update_v1(&before);
+        self.change(|doc| notes.insert(&mut doc.transact_mut(), 0, text)).await
+    }
+
+    /// Deletes `len` characters of the notes from `index`, seals the change and sends it.
+    async fn delete(&mut self, index: u32, len: u32) -> anyhow::Result<Vec<u8>> {
+        let notes = self.doc.get_or_insert_text("notes");
+        self.change(|doc| notes.remove_range(&mut doc.transact_mut(), index, len)).await
+    }
+
+    async fn change(&mut self, edit: impl FnOnce(&Doc)) -> anyhow::Result<Vec<u8>> {
+        let before = self.doc.transact().state_vector();
+        edit(&self.doc);
+        let update = self.doc.transact().encode_diff_v1(&before);
         let seq = self.seq.next_seq()?;
         let sealed = seal::seal(&self.key, &self.room, &self.member_id, seq, Kind::Update, &update)?;
         let frame = sealed::encode_client_entry(&sealed);
         self.socket.send(WsMessage::Binary(frame.clone())).await?;
+        self.applied.push((self.member_id.clone(), seq));
         Ok(frame.to_vec())
+    }
+
+    /// Seals the whole board as a snapshot of everything applied so far, and uploads it.
+    async fn compact(&mut self) -> anyhow::Result<Vec<u8>> {
+        let state = self.doc.transact().encode_state_as_update_v1(&StateVector::default());
+        let seq = self.seq.next_seq()?;
+        let sealed = seal::seal(&self.key, &self.room, &self.member_id, seq, Kind::Snapshot, &state)?;
+        let upload = sealed::SnapshotUpload { covers: std::mem::take(&mut self.applied), sealed };
+        self.applied.push((self.member_id.clone(), seq));
+        self.socket.send(WsMessage::Binary(sealed::encode_snapshot(&upload))).await?;
+        Ok(state)
     }
 
     fn notes(&self) -> String {
@@ -86,6 +111,7 @@ impl SealedClient {
     fn apply(&mut self, entry: &Entry) -> anyhow::Result<()> {
         let update = seal::open_update(&self.key, &self.room, entry)?;
         self.doc.transact_mut().apply_update(Update::decode_v1(&update)?)?;
+        self.applied.push((entry.sender.clone(), entry.sealed.seq));
         Ok(())
     }
 
@@ -105,7 +131,7 @@ impl SealedClient {
                         Frame::Log(entries) => entries.clone(),
                         other => bail!("the server sent a client's frame type: {other:?}"),
                     };
-                    for entry in entries.iter().filter(|e| e.sealed.kind == Kind::Update) {
+                    for entry in entries.iter().filter(|e| matches!(e.sealed.kind, Kind::Update | Kind::Snapshot)) {
                         self.apply(entry)?;
                     }
                     self.frames.push(frame);
@@ -262,4 +288,48 @@ async fn an_entry_moved_to_another_sender_does_not_open() {
     };
     let moved = Entry { sender: member.member_id.clone(), ..entry };
     assert_eq!(seal::open_update(&key, &room.id, &moved), Err(seal::SealError::Forged));
+}
+
+#[tokio::test]
+async fn a_snapshot_replaces_the_log_for_newcomers_and_leaves_out_what_was_deleted() {
+    let server = TestServer::start().await;
+    let room = sealed_room(&server).await;
+    let key = RoomKey::generate().unwrap();
+    let mut leader = SealedClient::join(&server, &room.id, &room.leader_token, &key).await.unwrap();
+    let mut member = SealedClient::join(&server, &room.id, &room.invite_token, &key).await.unwrap();
+    leader.write(MARKER).await.unwrap();
+    member.wait(|c| c.notes() == MARKER).await.unwrap();
+    member.write("Bleibt. ").await.unwrap();
+    leader.wait(|c| c.notes().starts_with("Bleibt. ")).await.unwrap();
+    // The group erases the marker.
+    leader.delete(8, MARKER.chars().count() as u32).await.unwrap();
+    member.wait(|c| c.notes() == "Bleibt. ").await.unwrap();
+
+    let mut before = SealedClient::join(&server, &room.id, &room.observer_token, &key).await.unwrap();
+    before.wait(|c| !c.logs().is_empty()).await.unwrap();
+    assert_eq!(before.logs()[0].len(), 3, "the log before compaction");
+    let history = seal::open_update(&key, &room.id, &before.logs()[0][0]).unwrap();
+    assert!(contains(&history, MARKER.as_bytes()), "the log keeps the erased text until compaction");
+
+    let snapshot = member.compact().await.unwrap();
+    assert!(!contains(&snapshot, MARKER.as_bytes()), "a snapshot holds no deleted text");
+    // The server handles a socket's frames in order: once the member's next entry reaches the
+    // leader, the snapshot before it was handled.
+    member.write("Neu: ").await.unwrap();
+    leader.wait(|c| c.notes().starts_with("Neu: ")).await.unwrap();
+
+    let mut late = SealedClient::join(&server, &room.id, &room.invite_token, &key).await.unwrap();
+    late.wait(|c| !c.logs().is_empty()).await.unwrap();
+    let log = late.logs()[0].clone();
+    let kinds: Vec<(String, Kind)> = log.iter().map(|e| (e.sender.clone(), e.sealed.kind)).collect();
+    assert_eq!(kinds, [(member.member_id.clone(), Kind::Snapshot), (member.member_id.clone(), Kind::Update)]);
+    assert_eq!(late.notes(), "Neu: Bleibt. ");
+    for entry in &log {
+        let opened = seal::open_update(&key, &room.id, entry).unwrap();
+        assert!(!contains(&opened, MARKER.as_bytes()), "a newcomer cannot read what the group erased");
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }

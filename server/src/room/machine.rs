@@ -36,7 +36,7 @@ use yrs::StateVector;
 use super::board::{Board, Relay};
 use super::meeting::record;
 use super::meeting::{Audience, Meeting, MeetingSettings, Output as MeetingOutput, Plan, Shared};
-use super::sealed::{Appended, SealedLog};
+use super::sealed::{Appended, Compacted, SealedLog};
 use super::{ConnId, Ids, RoomSettings};
 use crate::backend::{BackendError, BackendResult, StoredBoard, Versioned};
 use crate::fanout::{self, Envelope};
@@ -1131,7 +1131,8 @@ impl RoomMachine {
     ) -> Result<BinaryOutcome, FrameError> {
         let sealed = match sealed_frame::decode(frame) {
             Ok(sealed_frame::Frame::ClientEntry(sealed)) => sealed,
-            // y-sync, the server's own frame types and snapshots (not served yet): not spoken here.
+            Ok(sealed_frame::Frame::Snapshot(upload)) => return Ok(self.snapshot(conn, upload, outcome, now_ms)),
+            // y-sync and the server's own frame types: not spoken here.
             Ok(_) => return Err(FrameError::UnknownType(u32::from(frame[0]))),
             Err(sealed_frame::FrameError::UnknownType(t)) => return Err(FrameError::UnknownType(u32::from(t))),
             Err(sealed_frame::FrameError::Empty) => return Err(FrameError::Empty),
@@ -1172,6 +1173,35 @@ impl RoomMachine {
             }
         }
         Ok(outcome)
+    }
+
+    /// A snapshot upload from `conn`: the entries it covers are replaced by it, if the sender
+    /// may write now. Nobody is sent anything: members hold what it holds already.
+    fn snapshot(
+        &mut self,
+        conn: ConnId,
+        upload: sealed_frame::SnapshotUpload,
+        mut outcome: BinaryOutcome,
+        now_ms: u64,
+    ) -> BinaryOutcome {
+        if !self.meeting.can_read(conn) {
+            return outcome;
+        }
+        let Some(sender) = self.meeting.member_of(conn).map(str::to_owned) else { return outcome };
+        if let Err(refusal) = self.meeting.can_write(conn) {
+            outcome.refused = self.meeting.said_hello(conn).then_some(refusal);
+            return outcome;
+        }
+        let Some(log) = self.sealed.as_mut() else { return outcome };
+        match log.compact(sender, upload) {
+            Compacted::Replaced => {
+                debug!(room = %self.id, "sealed log compacted");
+                self.board_changed(now_ms);
+            }
+            Compacted::Stale => {}
+            Compacted::Full => outcome.board_full = true,
+        }
+        outcome
     }
 
     /// What a connection gets when it may first read the board: a sealed room's log, or the

@@ -425,7 +425,7 @@ fn the_board_limit_applies_to_the_ciphertext_and_bad_frames_are_refused() {
     assert!(!send_binary(&mut m, member, client_entry(3, Kind::Update, 40)).unwrap().board_full);
     assert_eq!(m.sealed_log().unwrap().bytes(), 100);
 
-    // y-sync in a sealed room, the server's own frame types and snapshots (not served yet).
+    // y-sync in a sealed room, and the server's own frame types.
     assert_eq!(send_binary(&mut m, member, edit("clear text")), Err(FrameError::UnknownType(0)));
     let log = sealed_frame::encode_log(&[]);
     assert_eq!(send_binary(&mut m, member, log), Err(FrameError::UnknownType(0x42)));
@@ -444,4 +444,39 @@ fn a_plain_room_refuses_sealed_frames() {
     let member = join(&mut m, 1, START_MS);
     let frame = client_entry(1, Kind::Update, 16);
     assert_eq!(send_binary(&mut m, member, frame), Err(FrameError::UnknownType(0x40)));
+}
+
+#[test]
+fn a_snapshot_replaces_the_entries_it_covers_for_newcomers_if_its_sender_may_write() {
+    use balint_proto::room::{ClientMessage, Phase};
+    let mut m = sealed_room(false, 1 << 20);
+    let leader = join_as(&mut m, 1, Role::Leader);
+    let member = join_as(&mut m, 2, Role::Member);
+    let (leader_id, member_id) = (member_id(&m, leader), member_id(&m, member));
+    send_binary(&mut m, member, client_entry(1, Kind::Update, 30)).unwrap();
+    send_binary(&mut m, leader, client_entry(1, Kind::Update, 30)).unwrap();
+    send_binary(&mut m, member, client_entry(2, Kind::Update, 30)).unwrap();
+    effects(&mut m);
+    let upload = |covers: Vec<(String, u64)>| {
+        let sealed =
+            sealed_frame::Sealed { seq: 3, kind: Kind::Snapshot, nonce: [6; 24], ciphertext: vec![7; 20].into() };
+        sealed_frame::encode_snapshot(&sealed_frame::SnapshotUpload { covers, sealed })
+    };
+    let covers = vec![(member_id.clone(), 1), (leader_id.clone(), 1)];
+
+    // The presenter in reflection may not compact any more than write.
+    command(&mut m, leader, ClientMessage::PickPresenter { member: Some(member_id.clone()) });
+    command(&mut m, leader, ClientMessage::SetPhase { phase: Phase::Reflection, duration_secs: None });
+    let outcome = send_binary(&mut m, member, upload(covers.clone())).unwrap();
+    assert_eq!(outcome.refused.map(|r| r.reason), Some(Reason::PresenterInReflection));
+    assert_eq!(m.sealed_log().unwrap().entries().len(), 3);
+
+    command(&mut m, leader, ClientMessage::SetPhase { phase: Phase::Response, duration_secs: None });
+    effects(&mut m);
+    assert_eq!(send_binary(&mut m, member, upload(covers)).unwrap(), BinaryOutcome::default());
+    assert!(sealed_frames_to(&effects(&mut m), leader).is_empty(), "a snapshot is not forwarded");
+    let ids: Vec<(String, u64, Kind)> =
+        m.sealed_log().unwrap().entries().iter().map(|e| (e.sender.clone(), e.sealed.seq, e.sealed.kind)).collect();
+    assert_eq!(ids, [(member_id.clone(), 3, Kind::Snapshot), (member_id, 2, Kind::Update)]);
+    assert_eq!(m.sealed_log().unwrap().bytes(), 50);
 }

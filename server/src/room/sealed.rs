@@ -9,7 +9,7 @@
 
 use std::collections::HashSet;
 
-use balint_proto::sealed::{self, Entry};
+use balint_proto::sealed::{self, Entry, SnapshotUpload};
 use bytes::Bytes;
 
 /// What became of an entry offered to the log.
@@ -19,6 +19,18 @@ pub enum Appended {
     Added(Bytes),
     /// The log already holds an entry of this sender and sequence number: a resend, ignored.
     Duplicate,
+    /// It would take the log's ciphertext past the board size limit: refused.
+    Full,
+}
+
+/// What became of a snapshot upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compacted {
+    /// The covered entries are replaced by the snapshot.
+    Replaced,
+    /// It covers nothing, or an entry the log no longer holds (another snapshot replaced it),
+    /// or its own id is taken: ignored.
+    Stale,
     /// It would take the log's ciphertext past the board size limit: refused.
     Full,
 }
@@ -55,6 +67,47 @@ impl SealedLog {
         self.ids.insert(id);
         self.entries.push(entry);
         Appended::Added(frame)
+    }
+
+    /// Replaces the entries `upload` covers by its snapshot, stamped with `sender`, at the
+    /// place of the earliest covered entry; entries not covered keep their order.
+    pub fn compact(&mut self, sender: String, upload: SnapshotUpload) -> Compacted {
+        let covered: HashSet<(String, u64)> = upload.covers.into_iter().collect();
+        if covered.is_empty() || !covered.iter().all(|id| self.ids.contains(id)) {
+            // Nothing to replace, or entries already replaced by another snapshot: a stale
+            // snapshot, which would bring back what they dropped.
+            return Compacted::Stale;
+        }
+        let id = (sender.clone(), upload.sealed.seq);
+        if self.ids.contains(&id) && !covered.contains(&id) {
+            return Compacted::Stale;
+        }
+        let freed: usize = self
+            .entries
+            .iter()
+            .filter(|e| covered.contains(&(e.sender.clone(), e.sealed.seq)))
+            .map(|e| e.sealed.ciphertext.len())
+            .sum();
+        let bytes = (self.bytes - freed).saturating_add(upload.sealed.ciphertext.len());
+        if bytes > self.limit {
+            return Compacted::Full;
+        }
+        let mut snapshot = Some(Entry { sender, sealed: upload.sealed });
+        let mut entries = Vec::with_capacity(self.entries.len() + 1 - covered.len());
+        for entry in self.entries.drain(..) {
+            if covered.contains(&(entry.sender.clone(), entry.sealed.seq)) {
+                entries.extend(snapshot.take());
+            } else {
+                entries.push(entry);
+            }
+        }
+        self.entries = entries;
+        for id in &covered {
+            self.ids.remove(id);
+        }
+        self.ids.insert(id);
+        self.bytes = bytes;
+        Compacted::Replaced
     }
 
     /// The log frame for a newcomer: every entry, in order.
@@ -97,5 +150,32 @@ mod tests {
         assert_eq!(log.bytes(), 100);
         let expected = vec![entry("a", 1, 40), entry("b", 1, 40), entry("a", 2, 20)];
         assert_eq!(sealed::decode(&log.log_frame()), Ok(Frame::Log(expected)));
+    }
+
+    fn snapshot(seq: u64, covers: &[(&str, u64)], len: usize) -> SnapshotUpload {
+        let sealed = Sealed { seq, kind: Kind::Snapshot, nonce: [4; 24], ciphertext: vec![5; len].into() };
+        SnapshotUpload { covers: covers.iter().map(|(s, q)| ((*s).to_owned(), *q)).collect(), sealed }
+    }
+
+    #[test]
+    fn a_snapshot_replaces_what_it_covers_in_place_and_keeps_the_rest_in_order() {
+        let mut log = SealedLog::with_limit(100);
+        for (sender, seq) in [("a", 1), ("b", 1), ("a", 2), ("c", 1)] {
+            log.append(entry(sender, seq, 20));
+        }
+        assert_eq!(log.compact("b".into(), snapshot(9, &[("a", 1), ("a", 2), ("nobody", 1)], 10)), Compacted::Stale);
+        assert_eq!(log.compact("b".into(), snapshot(9, &[], 10)), Compacted::Stale);
+        assert_eq!(log.compact("b".into(), snapshot(9, &[("b", 1), ("a", 2)], 61)), Compacted::Full);
+        assert_eq!(log.compact("b".into(), snapshot(9, &[("b", 1), ("a", 2)], 30)), Compacted::Replaced);
+        let order: Vec<(String, u64)> = log.entries().iter().map(|e| (e.sender.clone(), e.sealed.seq)).collect();
+        assert_eq!(order, [("a".into(), 1), ("b".into(), 9), ("c".into(), 1)]);
+        assert_eq!(log.bytes(), 70);
+        // The covered entries are gone for good: a snapshot naming one again is stale, and a
+        // resend of one is a new entry.
+        assert_eq!(log.compact("a".into(), snapshot(3, &[("a", 2)], 10)), Compacted::Stale);
+        // A later snapshot may cover an earlier one.
+        assert_eq!(log.compact("c".into(), snapshot(2, &[("a", 1), ("b", 9), ("c", 1)], 16)), Compacted::Replaced);
+        assert_eq!(log.entries().len(), 1);
+        assert_eq!(log.bytes(), 16);
     }
 }
