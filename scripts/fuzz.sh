@@ -14,7 +14,7 @@ cd "$(dirname "$0")/../fuzz"
 
 seconds="${1:-20}"
 sanitizer="${BALINT_FUZZ_SANITIZER:-none}"
-targets=(sync_frame room_message token)
+targets=(sync_frame room_message token sealed_frame)
 
 if ! rustup toolchain list | grep -q '^nightly'; then
   echo "fuzz.sh: installing the nightly toolchain"

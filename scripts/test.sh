@@ -107,7 +107,7 @@ if cargo clippy --version >/dev/null 2>&1; then
   cargo clippy --workspace --all-targets --locked -- -D warnings
 fi
 
-# A short fuzz run of the decoders (y-sync frames, room messages, tokens): a crash fails it.
+# A short fuzz run of the decoders (y-sync frames, sealed frames, room messages, tokens): a crash fails it.
 bash scripts/fuzz.sh 20
 
 cargo test --workspace --locked

@@ -11,6 +11,8 @@
 //! - [`attendance`]: the attendance sheet a leader's session keeps from the states it sees.
 //! - [`awareness`]: who is writing where: our cursor and everyone else's, as awareness
 //!   states in the convention of the stock Yjs editor bindings.
+//! - [`seal`]: sealed rooms: the room key from the link, sealing and opening entries with
+//!   XChaCha20-Poly1305, and the bounded walk on what opens before yrs sees it.
 //! - [`textdiff`]: the single splice between a textarea's old and new value, in UTF-16 units.
 //! - [`backoff`]: the reconnect delays.
 //! - `web` (wasm32 only): the wasm-bindgen glue: WebSocket, timers, textarea bindings, and the
@@ -24,6 +26,7 @@ pub mod attendance;
 pub mod awareness;
 pub mod backoff;
 pub mod board;
+pub mod seal;
 pub mod session;
 pub mod textdiff;
 

@@ -48,6 +48,9 @@ pub const SERVICE_RESTART: u16 = 1012;
 pub const MALFORMED_SYNC: u16 = 4400;
 /// A binary frame held a y-sync message type this server does not know.
 pub const UNKNOWN_MESSAGE_TYPE: u16 = 4401;
+/// A stock Yjs client (no `sealed=1`) in a sealed room, or a sealed client in a plain room:
+/// the client cannot read this room's board, and reconnecting will not change that.
+pub const SEALED_MISMATCH: u16 = 4406;
 /// The member was removed by a leader, turned away from the lobby, or came back with a resume
 /// token that a leader revoked.
 pub const REMOVED: u16 = 4403;
@@ -102,17 +105,22 @@ pub const CLOSE_CODES: &[CloseCode] = &[
     CloseCode {
         code: MALFORMED_SYNC,
         name: "MALFORMED_SYNC",
-        meaning: "a binary frame held a malformed or truncated y-sync message",
+        meaning: "a binary frame held a malformed or truncated y-sync or sealed message",
     },
     CloseCode {
         code: UNKNOWN_MESSAGE_TYPE,
         name: "UNKNOWN_MESSAGE_TYPE",
-        meaning: "a binary frame held a y-sync message type this server does not know",
+        meaning: "a binary frame held a message type this room does not speak",
     },
     CloseCode {
         code: REMOVED,
         name: "REMOVED",
         meaning: "removed by a leader, turned away from the lobby, or a revoked resume token",
+    },
+    CloseCode {
+        code: SEALED_MISMATCH,
+        name: "SEALED_MISMATCH",
+        meaning: "a stock Yjs client (no `sealed=1`) in a sealed room, or a sealed client in a plain one",
     },
     CloseCode {
         code: MEETING_ENDED,
@@ -164,7 +172,9 @@ mod tests {
     #[test]
     fn the_table_is_ordered_and_each_code_is_in_its_range() {
         assert!(CLOSE_CODES.windows(2).all(|w| w[0].code < w[1].code));
-        for code in [REMOVED, MEETING_ENDED, LINK_RENEWED, BOARD_FULL, MALFORMED_SYNC, UNKNOWN_MESSAGE_TYPE] {
+        for code in
+            [REMOVED, SEALED_MISMATCH, MEETING_ENDED, LINK_RENEWED, BOARD_FULL, MALFORMED_SYNC, UNKNOWN_MESSAGE_TYPE]
+        {
             assert_eq!(reconnect_after(code), Reconnect::Never, "{code}");
         }
         for code in [UNRESPONSIVE, TOO_SLOW, ROOM_FULL, RATE_LIMITED] {

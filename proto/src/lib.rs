@@ -10,6 +10,8 @@
 //! - [`rules`]: the rules of a meeting, written once: who may write or take the floor and why
 //!   not, what a leader may do, the templates with their phases and durations, and the reason
 //!   of every refusal. The server enforces them; the wasm client and the web UI ask them.
+//! - [`sealed`]: the sealed frames of a sealed room (entries the server forwards and logs
+//!   without reading them) and the associated data their contents are sealed with.
 //! - [`close`]: the WebSocket close codes the server uses, so that clients can tell a
 //!   malformed frame from a slow connection from an ended meeting.
 //!
@@ -18,4 +20,5 @@
 pub mod close;
 pub mod room;
 pub mod rules;
+pub mod sealed;
 pub mod sync;

@@ -55,6 +55,9 @@ pub struct Participant {
     pub link_generation: u64,
     /// The display name from the query string. Never logged.
     pub name: String,
+    /// Whether the client opened with `sealed=1`: it holds a room key and speaks sealed
+    /// frames. It must match the room's mode.
+    pub sealed: bool,
 }
 
 /// Per-connection settings.
@@ -153,6 +156,19 @@ pub async fn serve<S, E>(
     E: TransportError,
 {
     let role = participant.role;
+    if participant.sealed != room.is_sealed() {
+        // A stock Yjs client cannot read a sealed room, nor a sealed client a plain one; a
+        // 44xx close keeps a stock client from retrying.
+        metrics.refused("sealed_mismatch");
+        let reason = if room.is_sealed() {
+            "this room is sealed: open it with a client that holds its key"
+        } else {
+            "this room is not sealed"
+        };
+        let _ = write(&mut socket, Message::Close(Some(closing(close::SEALED_MISMATCH, reason))), limits.write_timeout)
+            .await;
+        return;
+    }
     let Some(mut feed) = room.connect(conn, participant.role, participant.link_generation, participant.name) else {
         let frame = closing(close::MEETING_ENDED, "this meeting has ended");
         let _ = write(&mut socket, Message::Close(Some(frame)), limits.write_timeout).await;
@@ -824,6 +840,7 @@ mod tests {
             ephemeral: true,
             template: Default::default(),
             lobby: false,
+            sealed: false,
             link_generation: 0,
         };
         let room = rooms.create(settings).await.unwrap();
@@ -841,7 +858,7 @@ mod tests {
             ]),
         };
         let limits = ConnectionLimits { write_timeout: Duration::from_secs(1), ..ConnectionLimits::defaults() };
-        let participant = Participant { role: Role::Member, link_generation: 0, name: "ada".to_owned() };
+        let participant = Participant { role: Role::Member, link_generation: 0, name: "ada".to_owned(), sealed: false };
         let conn = rooms.next_conn_id();
         serve(
             socket,

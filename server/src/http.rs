@@ -32,6 +32,8 @@ pub struct CreateRoom {
     template: Template,
     #[serde(default)]
     lobby: bool,
+    #[serde(default)]
+    sealed: bool,
 }
 
 fn default_true() -> bool {
@@ -46,6 +48,7 @@ pub struct CreatedRoom {
     ephemeral: bool,
     template: Template,
     lobby: bool,
+    sealed: bool,
 }
 
 /// A room's three links, as `POST /api/rooms` and `POST /api/rooms/{room}/links` hand them out.
@@ -112,6 +115,14 @@ pub async fn create_room(
         ));
     }
     let request: CreateRoom = json_object(&body)?;
+    if request.sealed && (!request.ephemeral || state.config.redis_url.is_some()) {
+        // Not yet: a persistent sealed room needs its log in the board store, and several
+        // nodes need to exchange entries over the bus (docs/PROTOCOL.md §13).
+        return Err(AppError::bad_request(
+            "sealed_unsupported",
+            "a sealed room is ephemeral and served by a single node (no Redis) for now",
+        ));
+    }
     let title = match request.title.map(|t| t.trim().to_owned()) {
         Some(t) if t.chars().count() > limits::MAX_TITLE_CHARS => {
             return Err(AppError::bad_request(
@@ -132,6 +143,7 @@ pub async fn create_room(
             ephemeral: request.ephemeral,
             template: request.template,
             lobby: request.lobby,
+            sealed: request.sealed,
             link_generation: 0,
         })
         .await
@@ -142,6 +154,7 @@ pub async fn create_room(
         ephemeral: request.ephemeral,
         template: request.template,
         lobby: request.lobby,
+        sealed: request.sealed,
     };
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
@@ -225,6 +238,9 @@ pub struct JoinParams {
     token: Option<String>,
     #[serde(default)]
     name: Option<String>,
+    /// `1` from a client of sealed rooms; anything else (or nothing) is a plain client.
+    #[serde(default)]
+    sealed: Option<String>,
 }
 
 /// `GET /ws/{room}?token=&name=`: checks the token, then the room, then upgrades.
@@ -265,7 +281,8 @@ pub async fn join_room(
     };
     let upgrade = upgrade.map_err(|_| AppError::UpgradeRequired)?;
     let conn = state.rooms.next_conn_id();
-    let participant = Participant { role: grant.role, link_generation: grant.generation, name };
+    let sealed = params.sealed.as_deref() == Some("1");
+    let participant = Participant { role: grant.role, link_generation: grant.generation, name, sealed };
     let conn_limits = ConnectionLimits {
         max_frame_bytes: state.config.max_frame_bytes,
         write_timeout: std::time::Duration::from_millis(state.config.write_timeout_ms),
@@ -532,6 +549,7 @@ mod tests {
             ephemeral: false,
             template: Template::Balint,
             lobby: false,
+            sealed: false,
             link_generation: 0,
         };
         let room = state.rooms.create(settings).await.unwrap().id().to_owned();

@@ -249,6 +249,11 @@ impl Room {
         self.lock().is_ephemeral()
     }
 
+    /// Whether the room's board is sealed.
+    pub fn is_sealed(&self) -> bool {
+        self.lock().is_sealed()
+    }
+
     /// The room state as a leader sees it.
     pub fn leader_view(&self) -> balint_proto::room::RoomState {
         self.lock().leader_view()

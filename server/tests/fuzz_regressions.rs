@@ -51,6 +51,11 @@ fn room_message_inputs_pass() {
 }
 
 #[test]
+fn sealed_frame_inputs_pass() {
+    assert!(replay("sealed_frame", checks::sealed_frame) > 1);
+}
+
+#[test]
 fn token_inputs_pass() {
     assert!(replay("token", checks::token) > 1);
 }
@@ -60,7 +65,7 @@ fn token_inputs_pass() {
 #[test]
 fn committed_seeds_are_up_to_date() {
     let write = std::env::var_os("BALINT_WRITE_SEEDS").is_some();
-    for target in ["sync_frame", "room_message", "token"] {
+    for target in ["sync_frame", "room_message", "token", "sealed_frame"] {
         let dir = fuzz_dir().join("seeds").join(target);
         if write {
             std::fs::create_dir_all(&dir).unwrap();

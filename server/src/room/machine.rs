@@ -26,6 +26,7 @@ use std::time::Duration;
 use balint_proto::close;
 use balint_proto::room::{ClientMessage, ErrorCode, Role, RoomState, ServerMessage};
 use balint_proto::rules::{Reason, Refusal};
+use balint_proto::sealed::{self as sealed_frame, Entry, Kind};
 use balint_proto::sync::{self, FrameError};
 use bytes::Bytes;
 use tracing::{debug, info, warn};
@@ -35,6 +36,7 @@ use yrs::StateVector;
 use super::board::{Board, Relay};
 use super::meeting::record;
 use super::meeting::{Audience, Meeting, MeetingSettings, Output as MeetingOutput, Plan, Shared};
+use super::sealed::{Appended, Compacted, SealedLog};
 use super::{ConnId, Ids, RoomSettings};
 use crate::backend::{BackendError, BackendResult, StoredBoard, Versioned};
 use crate::fanout::{self, Envelope};
@@ -73,6 +75,7 @@ impl RoomOptions {
                 template: settings.template,
                 ephemeral: settings.ephemeral,
                 lobby: settings.lobby,
+                sealed: settings.sealed,
                 reconnect_grace_ms: self.reconnect_grace.as_millis() as u64,
                 empty_grace_ms: self.empty_grace.as_millis() as u64,
                 max_length_ms: self.max_length.as_millis() as u64,
@@ -456,6 +459,8 @@ pub struct RoomMachine {
     id: Arc<str>,
     node: Node,
     board: Board,
+    /// A sealed room's board: its log of opaque entries. A sealed room's `board` stays empty.
+    sealed: Option<SealedLog>,
     meeting: Meeting,
     ended: bool,
     last_heartbeat_ms: u64,
@@ -487,8 +492,10 @@ impl RoomMachine {
     /// A room whose meeting is `meeting`, on `node`.
     pub fn new(id: &str, meeting: Meeting, node: Node) -> Self {
         let board = Board::with_limit(node.options.max_board_bytes);
+        let sealed = meeting.shared().is_sealed().then(|| SealedLog::with_limit(node.options.max_board_bytes));
         RoomMachine {
             id: id.into(),
+            sealed,
             meeting: meeting.with_ids(node.ids.clone()),
             node,
             board,
@@ -546,6 +553,16 @@ impl RoomMachine {
     /// Whether the meeting is ephemeral.
     pub fn is_ephemeral(&self) -> bool {
         self.meeting.shared().is_ephemeral()
+    }
+
+    /// Whether the room's board is sealed.
+    pub fn is_sealed(&self) -> bool {
+        self.sealed.is_some()
+    }
+
+    /// A sealed room's log of entries.
+    pub fn sealed_log(&self) -> Option<&SealedLog> {
+        self.sealed.as_ref()
     }
 
     /// The room's current link generation, for links issued now.
@@ -1064,7 +1081,10 @@ impl RoomMachine {
             return Ok(outcome);
         }
         if greeted {
-            outcome.reply = self.board.greeting();
+            outcome.reply = self.greeting();
+        }
+        if self.sealed.is_some() {
+            return self.sealed_binary(conn, frame, outcome, now_ms);
         }
         if !self.meeting.can_read(conn) {
             // Waiting in the lobby (or not yet bound, when the store was unavailable): nothing
@@ -1098,6 +1118,99 @@ impl RoomMachine {
             _ => None,
         };
         Ok(outcome)
+    }
+
+    /// Feeds a binary frame from `conn` to a sealed room's log. Only the entry's header is read:
+    /// refusals go by the sender's identity and the room's state, as in a plain room.
+    fn sealed_binary(
+        &mut self,
+        conn: ConnId,
+        frame: &[u8],
+        mut outcome: BinaryOutcome,
+        now_ms: u64,
+    ) -> Result<BinaryOutcome, FrameError> {
+        let sealed = match sealed_frame::decode(frame) {
+            Ok(sealed_frame::Frame::ClientEntry(sealed)) => sealed,
+            Ok(sealed_frame::Frame::Snapshot(upload)) => return Ok(self.snapshot(conn, upload, outcome, now_ms)),
+            // y-sync and the server's own frame types: not spoken here.
+            Ok(_) => return Err(FrameError::UnknownType(u32::from(frame[0]))),
+            Err(sealed_frame::FrameError::UnknownType(t)) => return Err(FrameError::UnknownType(u32::from(t))),
+            Err(sealed_frame::FrameError::Empty) => return Err(FrameError::Empty),
+            Err(sealed_frame::FrameError::Truncated) => return Err(FrameError::Truncated),
+            Err(_) => return Err(FrameError::Malformed),
+        };
+        if !matches!(sealed.kind, Kind::Update | Kind::Awareness) {
+            return Err(FrameError::Malformed);
+        }
+        if !self.meeting.can_read(conn) {
+            // Waiting in the lobby: nothing of the board goes either way.
+            return Ok(outcome);
+        }
+        let Some(sender) = self.meeting.member_of(conn).map(str::to_owned) else { return Ok(outcome) };
+        let kind = sealed.kind;
+        let entry = Entry { sender, sealed };
+        let audience = self.meeting.board_audience();
+        match kind {
+            Kind::Awareness => {
+                // Forwarded to every reader, never logged.
+                let frame = sealed_frame::encode_entry(&entry);
+                self.send(Some(conn), audience, Frame::Binary(frame));
+            }
+            _ => {
+                if let Err(refusal) = self.meeting.can_write(conn) {
+                    outcome.refused = self.meeting.said_hello(conn).then_some(refusal);
+                    return Ok(outcome);
+                }
+                let Some(log) = self.sealed.as_mut() else { return Ok(outcome) };
+                match log.append(entry) {
+                    Appended::Added(frame) => {
+                        self.board_changed(now_ms);
+                        self.send(Some(conn), audience, Frame::Binary(frame));
+                    }
+                    Appended::Duplicate => {}
+                    Appended::Full => outcome.board_full = true,
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// A snapshot upload from `conn`: the entries it covers are replaced by it, if the sender
+    /// may write now. Nobody is sent anything: members hold what it holds already.
+    fn snapshot(
+        &mut self,
+        conn: ConnId,
+        upload: sealed_frame::SnapshotUpload,
+        mut outcome: BinaryOutcome,
+        now_ms: u64,
+    ) -> BinaryOutcome {
+        if !self.meeting.can_read(conn) {
+            return outcome;
+        }
+        let Some(sender) = self.meeting.member_of(conn).map(str::to_owned) else { return outcome };
+        if let Err(refusal) = self.meeting.can_write(conn) {
+            outcome.refused = self.meeting.said_hello(conn).then_some(refusal);
+            return outcome;
+        }
+        let Some(log) = self.sealed.as_mut() else { return outcome };
+        match log.compact(sender, upload) {
+            Compacted::Replaced => {
+                debug!(room = %self.id, "sealed log compacted");
+                self.board_changed(now_ms);
+            }
+            Compacted::Stale => {}
+            Compacted::Full => outcome.board_full = true,
+        }
+        outcome
+    }
+
+    /// What a connection gets when it may first read the board: a sealed room's log, or the
+    /// server's y-sync step 1.
+    fn greeting(&self) -> Vec<Bytes> {
+        match &self.sealed {
+            Some(log) => vec![log.log_frame()],
+            None => self.board.greeting(),
+        }
     }
 
     fn apply_remote(&mut self, update: &[u8], now_ms: u64) {
@@ -1146,10 +1259,10 @@ impl RoomMachine {
                         continue;
                     }
                     let audience = Audience::one(conn);
-                    for frame in self.board.greeting() {
+                    for frame in self.greeting() {
                         self.send(None, audience.clone(), Frame::Binary(frame));
                     }
-                    if full {
+                    if full && self.sealed.is_none() {
                         let everything = self.board.whole_board(now_ms);
                         self.send(None, audience.clone(), Frame::Binary(everything));
                         let held: Vec<Bytes> = self.board.pending().to_vec();
@@ -1172,6 +1285,9 @@ impl RoomMachine {
                     self.ended = true;
                     // The board and its history go now; nothing else holds them.
                     self.board = Board::with_limit(0);
+                    if self.sealed.is_some() {
+                        self.sealed = Some(SealedLog::with_limit(0));
+                    }
                 }
             }
         }

@@ -320,7 +320,8 @@ fn notes(machine: &RoomMachine) -> String {
 
 impl Sim {
     fn new(seed: u64, template: Template, lobby: bool, ephemeral: bool, faults: Faults) -> Self {
-        let settings = RoomSettings { title: Some("sim".into()), ephemeral, template, lobby, link_generation: 0 };
+        let settings =
+            RoomSettings { title: Some("sim".into()), ephemeral, template, lobby, sealed: false, link_generation: 0 };
         let now = props::START_MS;
         let meeting = options().new_meeting(&settings, now);
         let record = encode_record(meeting.shared()).expect("a record encodes");

@@ -17,8 +17,14 @@ use crate::room::meeting::props::START_MS;
 const SECOND: u64 = 1_000;
 
 fn room(ephemeral: bool) -> RoomMachine {
-    let settings =
-        RoomSettings { title: None, ephemeral, template: Template::Balint, lobby: false, link_generation: 0 };
+    let settings = RoomSettings {
+        title: None,
+        ephemeral,
+        template: Template::Balint,
+        lobby: false,
+        sealed: false,
+        link_generation: 0,
+    };
     let node = node("solo", false, 7);
     let meeting = node.options.new_meeting(&settings, START_MS);
     RoomMachine::new("room", meeting, node)
@@ -260,4 +266,217 @@ fn the_board_is_wiped_when_the_meeting_ends() {
     // Nothing more happens in an ended room.
     let (asked, _) = drive(&mut m, Job::tick(Duration::from_secs(30)), START_MS + SECOND, fine);
     assert!(asked.is_empty(), "asked: {asked:?}");
+}
+
+/// A sealed ephemeral room (with a lobby when `lobby`), whose board holds `max_board_bytes`.
+fn sealed_room(lobby: bool, max_board_bytes: usize) -> RoomMachine {
+    let settings = RoomSettings {
+        title: None,
+        ephemeral: true,
+        template: Template::Balint,
+        lobby,
+        sealed: true,
+        link_generation: 0,
+    };
+    let mut node = node("solo", false, 7);
+    node.options.max_board_bytes = max_board_bytes;
+    let meeting = node.options.new_meeting(&settings, START_MS);
+    RoomMachine::new("room", meeting, node)
+}
+
+/// A connection of `role` that said hello.
+fn join_as(m: &mut RoomMachine, conn: u64, role: Role) -> ConnId {
+    let conn = ConnId(conn);
+    assert!(m.connect(conn, role, 0, "Guest".into()));
+    let hello = balint_proto::room::ClientMessage::Hello { resume: None };
+    let (_, outcome) = drive(m, Job::command(conn, hello, START_MS), START_MS, fine);
+    assert!(outcome.committed);
+    conn
+}
+
+fn command(m: &mut RoomMachine, conn: ConnId, message: balint_proto::room::ClientMessage) {
+    let (_, outcome) = drive(m, Job::command(conn, message, START_MS), START_MS, fine);
+    assert!(outcome.committed);
+}
+
+/// An entry from a client: random-looking bytes the server cannot read.
+fn client_entry(seq: u64, kind: Kind, len: usize) -> Bytes {
+    let sealed = sealed_frame::Sealed { seq, kind, nonce: [3; 24], ciphertext: vec![0xC5; len].into() };
+    sealed_frame::encode_client_entry(&sealed)
+}
+
+fn send_binary(m: &mut RoomMachine, conn: ConnId, frame: Bytes) -> Result<BinaryOutcome, FrameError> {
+    let (_, outcome) = drive(m, Job::binary(conn, frame), START_MS, fine);
+    outcome.binary.expect("a binary outcome")
+}
+
+/// The sealed frames sent to `conn` (not its own echo), decoded.
+fn sealed_frames_to(effects: &[Effect], conn: ConnId) -> Vec<sealed_frame::Frame> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Send { origin, audience, frame: Frame::Binary(bytes) }
+                if audience.contains(conn) && *origin != Some(conn) =>
+            {
+                Some(sealed_frame::decode(bytes).expect("the server sends well-formed sealed frames"))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn member_id(m: &RoomMachine, conn: ConnId) -> String {
+    m.meeting().member_of(conn).expect("a member").to_owned()
+}
+
+#[test]
+fn a_sealed_entry_is_forwarded_stamped_with_its_sender_and_logged_for_newcomers() {
+    let mut m = sealed_room(false, 1 << 20);
+    let leader = join_as(&mut m, 1, Role::Leader);
+    let member = join_as(&mut m, 2, Role::Member);
+    effects(&mut m);
+
+    let outcome = send_binary(&mut m, member, client_entry(1 << 32 | 1, Kind::Update, 40)).unwrap();
+    assert_eq!(outcome, BinaryOutcome::default());
+    let sent = effects(&mut m);
+    let expected = Entry {
+        sender: member_id(&m, member),
+        sealed: sealed_frame::Sealed {
+            seq: 1 << 32 | 1,
+            kind: Kind::Update,
+            nonce: [3; 24],
+            ciphertext: vec![0xC5; 40].into(),
+        },
+    };
+    assert_eq!(sealed_frames_to(&sent, leader), vec![sealed_frame::Frame::Entry(expected.clone())]);
+    assert!(sealed_frames_to(&sent, member).is_empty(), "no echo to the sender");
+    assert_eq!(m.board().doc().transact().state_vector(), StateVector::default(), "a sealed room has no yrs content");
+
+    // A resend of the same (sender, seq) is neither logged again nor forwarded.
+    send_binary(&mut m, member, client_entry(1 << 32 | 1, Kind::Update, 40)).unwrap();
+    assert!(sealed_frames_to(&effects(&mut m), leader).is_empty());
+
+    // Awareness is forwarded to readers, observers included, and never logged.
+    let observer = join_as(&mut m, 3, Role::Observer);
+    let greeting = sealed_frames_to(&effects(&mut m), observer);
+    assert_eq!(greeting, vec![sealed_frame::Frame::Log(vec![expected.clone()])], "a newcomer gets the log");
+    send_binary(&mut m, observer, client_entry(7, Kind::Awareness, 16)).unwrap();
+    let sent = effects(&mut m);
+    assert_eq!(sealed_frames_to(&sent, leader).len(), 1);
+    assert_eq!(sealed_frames_to(&sent, member).len(), 1);
+    assert_eq!(m.sealed_log().unwrap().entries(), std::slice::from_ref(&expected));
+
+    // The log goes with the meeting.
+    drive(&mut m, Job::end("ended"), START_MS, fine);
+    assert!(m.sealed_log().unwrap().entries().is_empty());
+}
+
+#[test]
+fn sealed_entries_are_refused_by_role_and_state_without_reading_them() {
+    use balint_proto::room::{ClientMessage, Phase};
+    let mut m = sealed_room(true, 1 << 20);
+    let leader = join_as(&mut m, 1, Role::Leader);
+    let presenter = join_as(&mut m, 2, Role::Member);
+    let observer = join_as(&mut m, 3, Role::Observer);
+    let waiting = join_as(&mut m, 4, Role::Member);
+    for conn in [presenter, observer] {
+        let member = member_id(&m, conn);
+        command(&mut m, leader, ClientMessage::Admit { member });
+    }
+    let admitted = effects(&mut m);
+    assert_eq!(sealed_frames_to(&admitted, presenter), vec![sealed_frame::Frame::Log(vec![])], "admitted: the log");
+    assert!(sealed_frames_to(&admitted, waiting).is_empty(), "nothing of the board reaches the lobby");
+    let refused = |m: &mut RoomMachine, conn, seq| {
+        let outcome = send_binary(m, conn, client_entry(seq, Kind::Update, 32)).unwrap();
+        let leader_got = sealed_frames_to(&effects(m), leader);
+        assert!(leader_got.is_empty(), "a refused entry is not forwarded");
+        outcome.refused.map(|r| r.reason)
+    };
+
+    assert_eq!(refused(&mut m, observer, 1), Some(Reason::Observer));
+    // In the lobby: dropped without a word, and nothing goes to the waiting connection either.
+    assert_eq!(refused(&mut m, waiting, 1), None);
+    assert!(m.sealed_log().unwrap().entries().is_empty());
+
+    let picked = member_id(&m, presenter);
+    command(&mut m, leader, ClientMessage::PickPresenter { member: Some(picked) });
+    command(&mut m, leader, ClientMessage::SetPhase { phase: Phase::Reflection, duration_secs: None });
+    effects(&mut m);
+    assert_eq!(refused(&mut m, presenter, 1), Some(Reason::PresenterInReflection));
+    // The presenter still reads along: others' entries reach them, and their awareness goes out.
+    send_binary(&mut m, leader, client_entry(1, Kind::Update, 32)).unwrap();
+    assert_eq!(sealed_frames_to(&effects(&mut m), presenter).len(), 1);
+    assert!(sealed_frames_to(&effects(&mut m), waiting).is_empty());
+
+    command(&mut m, leader, ClientMessage::SetPhase { phase: Phase::Response, duration_secs: None });
+    command(&mut m, leader, ClientMessage::LockBoard { locked: true });
+    effects(&mut m);
+    assert_eq!(refused(&mut m, presenter, 2), Some(Reason::BoardLocked));
+    send_binary(&mut m, leader, client_entry(2, Kind::Update, 32)).unwrap();
+    assert_eq!(m.sealed_log().unwrap().entries().len(), 2, "leaders write on a locked board");
+}
+
+#[test]
+fn the_board_limit_applies_to_the_ciphertext_and_bad_frames_are_refused() {
+    let mut m = sealed_room(false, 100);
+    let member = join_as(&mut m, 1, Role::Member);
+    assert!(!send_binary(&mut m, member, client_entry(1, Kind::Update, 60)).unwrap().board_full);
+    assert!(send_binary(&mut m, member, client_entry(2, Kind::Update, 41)).unwrap().board_full);
+    assert!(!send_binary(&mut m, member, client_entry(3, Kind::Update, 40)).unwrap().board_full);
+    assert_eq!(m.sealed_log().unwrap().bytes(), 100);
+
+    // y-sync in a sealed room, and the server's own frame types.
+    assert_eq!(send_binary(&mut m, member, edit("clear text")), Err(FrameError::UnknownType(0)));
+    let log = sealed_frame::encode_log(&[]);
+    assert_eq!(send_binary(&mut m, member, log), Err(FrameError::UnknownType(0x42)));
+    // Kinds that do not travel as entries, and a truncated entry.
+    for kind in [Kind::Snapshot, Kind::Name, Kind::Title] {
+        assert_eq!(send_binary(&mut m, member, client_entry(9, kind, 16)), Err(FrameError::Malformed));
+    }
+    let whole = client_entry(9, Kind::Update, 16);
+    assert_eq!(send_binary(&mut m, member, whole.slice(..whole.len() - 1)), Err(FrameError::Truncated));
+    assert_eq!(m.sealed_log().unwrap().entries().len(), 2);
+}
+
+#[test]
+fn a_plain_room_refuses_sealed_frames() {
+    let mut m = room(true);
+    let member = join(&mut m, 1, START_MS);
+    let frame = client_entry(1, Kind::Update, 16);
+    assert_eq!(send_binary(&mut m, member, frame), Err(FrameError::UnknownType(0x40)));
+}
+
+#[test]
+fn a_snapshot_replaces_the_entries_it_covers_for_newcomers_if_its_sender_may_write() {
+    use balint_proto::room::{ClientMessage, Phase};
+    let mut m = sealed_room(false, 1 << 20);
+    let leader = join_as(&mut m, 1, Role::Leader);
+    let member = join_as(&mut m, 2, Role::Member);
+    let (leader_id, member_id) = (member_id(&m, leader), member_id(&m, member));
+    send_binary(&mut m, member, client_entry(1, Kind::Update, 30)).unwrap();
+    send_binary(&mut m, leader, client_entry(1, Kind::Update, 30)).unwrap();
+    send_binary(&mut m, member, client_entry(2, Kind::Update, 30)).unwrap();
+    effects(&mut m);
+    let upload = |covers: Vec<(String, u64)>| {
+        let sealed =
+            sealed_frame::Sealed { seq: 3, kind: Kind::Snapshot, nonce: [6; 24], ciphertext: vec![7; 20].into() };
+        sealed_frame::encode_snapshot(&sealed_frame::SnapshotUpload { covers, sealed })
+    };
+    let covers = vec![(member_id.clone(), 1), (leader_id.clone(), 1)];
+
+    // The presenter in reflection may not compact any more than write.
+    command(&mut m, leader, ClientMessage::PickPresenter { member: Some(member_id.clone()) });
+    command(&mut m, leader, ClientMessage::SetPhase { phase: Phase::Reflection, duration_secs: None });
+    let outcome = send_binary(&mut m, member, upload(covers.clone())).unwrap();
+    assert_eq!(outcome.refused.map(|r| r.reason), Some(Reason::PresenterInReflection));
+    assert_eq!(m.sealed_log().unwrap().entries().len(), 3);
+
+    command(&mut m, leader, ClientMessage::SetPhase { phase: Phase::Response, duration_secs: None });
+    effects(&mut m);
+    assert_eq!(send_binary(&mut m, member, upload(covers)).unwrap(), BinaryOutcome::default());
+    assert!(sealed_frames_to(&effects(&mut m), leader).is_empty(), "a snapshot is not forwarded");
+    let ids: Vec<(String, u64, Kind)> =
+        m.sealed_log().unwrap().entries().iter().map(|e| (e.sender.clone(), e.sealed.seq, e.sealed.kind)).collect();
+    assert_eq!(ids, [(member_id.clone(), 3, Kind::Snapshot), (member_id, 2, Kind::Update)]);
+    assert_eq!(m.sealed_log().unwrap().bytes(), 50);
 }

@@ -123,6 +123,8 @@ pub struct MeetingSettings {
     pub ephemeral: bool,
     /// Whether newcomers wait for a leader.
     pub lobby: bool,
+    /// Whether the board is sealed: opaque entries the server forwards and logs, never reads.
+    pub sealed: bool,
     /// How long a dropped member keeps their place, in milliseconds.
     pub reconnect_grace_ms: u64,
     /// How long an ephemeral meeting may stay empty before it ends, in milliseconds.
@@ -208,6 +210,8 @@ pub struct Shared {
     template: Template,
     ephemeral: bool,
     lobby: bool,
+    /// Whether the board is sealed (end-to-end encrypted): fixed at creation.
+    sealed: bool,
     reconnect_grace_ms: u64,
     empty_grace_ms: u64,
     max_length_ms: u64,
@@ -317,6 +321,7 @@ impl Shared {
             template: settings.template,
             ephemeral: settings.ephemeral,
             lobby: settings.lobby,
+            sealed: settings.sealed,
             reconnect_grace_ms: settings.reconnect_grace_ms,
             empty_grace_ms: settings.empty_grace_ms,
             max_length_ms: settings.max_length_ms,
@@ -371,6 +376,11 @@ impl Shared {
     /// Whether the meeting leaves nothing behind.
     pub fn is_ephemeral(&self) -> bool {
         self.ephemeral
+    }
+
+    /// Whether the room's board is sealed.
+    pub fn is_sealed(&self) -> bool {
+        self.sealed
     }
 
     /// The room's title.

@@ -36,6 +36,7 @@ fn settings(template: Template, lobby: bool, ephemeral: bool) -> MeetingSettings
         empty_grace_ms: 3 * GRACE_MS,
         max_length_ms: 40 * GRACE_MS,
         max_members: MAX_MEMBERS,
+        sealed: false,
         link_generation: 0,
     }
 }

@@ -55,6 +55,7 @@ impl Sim {
             empty_grace_ms: EMPTY_GRACE_MS,
             max_length_ms: MAX_LENGTH_MS,
             max_members: MAX_MEMBERS,
+            sealed: false,
             link_generation: 0,
         };
         Sim { meeting: Meeting::new(settings, START_MS), now: START_MS, log: Vec::new(), next_conn: 0 }

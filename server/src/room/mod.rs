@@ -9,6 +9,7 @@ pub mod awareness;
 pub mod board;
 pub mod machine;
 pub mod meeting;
+pub mod sealed;
 
 pub use meeting::record;
 
@@ -26,6 +27,8 @@ pub struct RoomSettings {
     pub template: Template,
     /// Whether newcomers wait for a leader to admit them.
     pub lobby: bool,
+    /// Whether the board is sealed: end-to-end encrypted, with a key the server never sees.
+    pub sealed: bool,
     /// The room's link generation (0 at creation; raised when a leader renews the links).
     pub link_generation: u64,
 }

@@ -81,6 +81,7 @@ pub fn encode_settings(shared: &Shared) -> Result<Bytes, RecordError> {
         ephemeral: shared.ephemeral,
         template: shared.template,
         lobby: shared.lobby,
+        sealed: shared.sealed,
         link_generation: shared.link_generation,
     };
     serde_json::to_vec(&settings).map(Bytes::from).map_err(|_| RecordError::Encode)
@@ -88,8 +89,8 @@ pub fn encode_settings(shared: &Shared) -> Result<Bytes, RecordError> {
 
 /// Decodes a persistent room's stored settings of any known format.
 pub fn decode_settings(bytes: &[u8]) -> Result<RoomSettings, RecordError> {
-    let SettingsV1 { format: _, title, ephemeral, template, lobby, link_generation } = parse(bytes)?;
-    Ok(RoomSettings { title, ephemeral, template, lobby, link_generation })
+    let SettingsV1 { format: _, title, ephemeral, template, lobby, sealed, link_generation } = parse(bytes)?;
+    Ok(RoomSettings { title, ephemeral, template, lobby, sealed, link_generation })
 }
 
 /// Parses a stored object of format 1, or says which format it is instead.
@@ -134,6 +135,11 @@ mod migrate {
         true
     }
 
+    /// Records and settings written before sealed rooms existed are of plain rooms.
+    pub fn sealed() -> bool {
+        false
+    }
+
     /// A member recorded before arrival times were kept arrived, as far as anyone can tell,
     /// when the meeting started; in a room whose start was not recorded either (persistent
     /// rooms do not record it), at 0, which the protocol defines as "unknown".
@@ -155,6 +161,8 @@ struct RecordV1 {
     template: Template,
     ephemeral: bool,
     lobby: bool,
+    #[serde(default = "migrate::sealed")]
+    sealed: bool,
     reconnect_grace_ms: u64,
     empty_grace_ms: u64,
     max_length_ms: u64,
@@ -261,6 +269,8 @@ struct SettingsV1 {
     ephemeral: bool,
     template: Template,
     lobby: bool,
+    #[serde(default = "migrate::sealed")]
+    sealed: bool,
     #[serde(default)]
     link_generation: u64,
 }
@@ -278,6 +288,7 @@ impl From<&Shared> for RecordV1 {
             template,
             ephemeral,
             lobby,
+            sealed,
             reconnect_grace_ms,
             empty_grace_ms,
             max_length_ms,
@@ -307,6 +318,7 @@ impl From<&Shared> for RecordV1 {
             template: *template,
             ephemeral: *ephemeral,
             lobby: *lobby,
+            sealed: *sealed,
             reconnect_grace_ms: *reconnect_grace_ms,
             empty_grace_ms: *empty_grace_ms,
             max_length_ms: *max_length_ms,
@@ -341,6 +353,7 @@ impl From<RecordV1> for Shared {
             template,
             ephemeral,
             lobby,
+            sealed,
             reconnect_grace_ms,
             empty_grace_ms,
             max_length_ms,
@@ -369,6 +382,7 @@ impl From<RecordV1> for Shared {
             template,
             ephemeral,
             lobby,
+            sealed,
             reconnect_grace_ms,
             empty_grace_ms,
             max_length_ms,

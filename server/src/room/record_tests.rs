@@ -44,6 +44,8 @@ fn with_migrations(old: &str) -> serde_json::Value {
     let started = value["started_at_ms"].as_u64().unwrap_or(0);
     let object = value.as_object_mut().unwrap();
     object.insert("phase_reset".to_owned(), true.into());
+    // Rooms recorded before sealed rooms existed are plain.
+    object.insert("sealed".to_owned(), false.into());
     for member in object["members"].as_object_mut().unwrap().values_mut() {
         member.as_object_mut().unwrap().insert("joined_at_ms".to_owned(), started.into());
     }
@@ -142,11 +144,14 @@ fn a_new_meeting_round_trips() {
         empty_grace_ms: 2,
         max_length_ms: 3,
         max_members: 4,
+        sealed: true,
         link_generation: 5,
     };
     let meeting = Meeting::new(settings, 1_700_000_000_000);
     let shared = decode(&encode(meeting.shared()).unwrap()).unwrap();
     assert_eq!(&shared, meeting.shared());
+    assert!(shared.is_sealed());
+    assert!(decode_settings(&encode_settings(&shared).unwrap()).unwrap().sealed);
 }
 
 #[test]
@@ -159,12 +164,13 @@ fn settings_written_before_formats_were_numbered_read_whole() {
             ephemeral: false,
             template: Template::Open,
             lobby: true,
+            sealed: false,
             link_generation: 3,
         }
     );
     let old = decode_settings(PRE_GENERATIONS_SETTINGS.as_bytes()).unwrap();
     assert_eq!(old.link_generation, 0);
-    assert_eq!((old.template, old.lobby, old.ephemeral), (Template::Open, true, false));
+    assert_eq!((old.template, old.lobby, old.ephemeral, old.sealed), (Template::Open, true, false, false));
 }
 
 #[test]
@@ -179,6 +185,7 @@ fn settings_are_the_meetings_and_round_trip() {
             "ephemeral": true,
             "template": "balint",
             "lobby": false,
+            "sealed": false,
             "link_generation": 1,
         })
     );
