@@ -239,6 +239,12 @@ impl Board {
         self.doc.transact().state_vector()
     }
 
+    /// What the document has seen: its state vector and its delete set. Two copies with equal
+    /// summaries hold the same board.
+    pub fn summary(&self) -> yrs::Snapshot {
+        self.doc.transact().snapshot()
+    }
+
     /// What a peer with `state_vector` lacks, for a sync step 2.
     pub fn update_since(&self, state_vector: &StateVector) -> Vec<u8> {
         self.doc.transact().encode_state_as_update_v1(state_vector)

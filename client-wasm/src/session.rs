@@ -46,14 +46,26 @@ use balint_proto::room::{
     ClientMessage, ErrorCode, Phase, Released, Role, RoomState, ServerMessage, Status, SILENCE_LIMIT_MS,
 };
 use balint_proto::rules::{self, Candidate, MemberActions, NextSpeaker, OwnActions, Refusal, Seat, Stage, Target};
+use balint_proto::sealed::{self as sealed_frame, Entry, Kind, SnapshotUpload};
 use balint_proto::sync::{self, Message, SyncMessage};
 use serde::{Deserialize, Serialize};
 use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
 
 use crate::attendance::{Attendance, Sheet};
 use crate::awareness::{Awareness, RemoteCursor};
 use crate::backoff::Backoff;
 use crate::board::{Board, NewCard, TextKey};
+use crate::seal::{self, RoomKey, SealError, Sequence};
+
+/// A sealed room's log is compacted (by the client chosen for it) once it holds this many
+/// entries since the last snapshot...
+pub const COMPACT_AFTER_ENTRIES: usize = 200;
+/// ...or this many bytes of ciphertext.
+pub const COMPACT_AFTER_BYTES: usize = 64 * 1024;
+/// A snapshot upload larger than this is not sent: it would pass the server's frame limit
+/// (1 MiB by default).
+pub const MAX_SNAPSHOT_FRAME_BYTES: usize = 900 * 1024;
 
 /// Something the driver must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +77,7 @@ pub enum Io {
     Probe,
     /// Send a text frame (the room protocol).
     SendText(String),
-    /// Send a binary frame (y-sync).
+    /// Send a binary frame (y-sync, or a sealed frame in a sealed room).
     SendBinary(Vec<u8>),
     /// Close the current socket and forget it: report nothing more from it (neither frames nor
     /// its close). The session asks for a new one with [`Io::Connect`] when it reconnects.
@@ -225,6 +237,10 @@ pub enum Event {
         /// not kept. Only a refusal by the server of an edit this client sent sets it.
         lost_edit: bool,
     },
+    /// Sealed rooms: an entry of the board (or an awareness state) failed to authenticate or
+    /// was not a well-formed update, and was skipped. Reported once per session; it carries
+    /// nothing of the entry.
+    Unreadable,
     /// Keep this resume token for the tab (sessionStorage), or forget it (`None`).
     Resume {
         /// The token.
@@ -305,6 +321,8 @@ pub struct Session {
     attendance: Attendance,
     /// Our cursor and everyone else's (see [`crate::awareness`]).
     awareness: Awareness,
+    /// In a sealed room, its key and the log as this client knows it.
+    sealing: Option<Sealing>,
     io: VecDeque<Io>,
     events: VecDeque<Event>,
 }
@@ -330,9 +348,33 @@ impl Session {
             clock_ms: 0,
             attendance: Attendance::default(),
             awareness: Awareness::default(),
+            sealing: None,
             io: VecDeque::new(),
             events: VecDeque::new(),
         }
+    }
+
+    /// A session in the sealed room `room`, whose key the link carried (`docs/PROTOCOL.md`
+    /// §13): the board travels as sealed entries instead of y-sync. Fails only when the
+    /// platform gives no random numbers.
+    pub fn sealed(resume: Option<String>, room: &str, key: RoomKey) -> Result<Self, SealError> {
+        let mut session = Session::new(resume);
+        session.sealing = Some(Sealing {
+            key,
+            room: room.to_owned(),
+            seq: Sequence::new()?,
+            synced: false,
+            log: Vec::new(),
+            bytes_since_snapshot: 0,
+            unreadable: false,
+            reported: false,
+        });
+        Ok(session)
+    }
+
+    /// Whether this session speaks sealed frames.
+    pub fn is_sealed(&self) -> bool {
+        self.sealing.is_some()
     }
 
     /// Opens the first connection.
@@ -413,8 +455,12 @@ impl Session {
                 // Edits sent on an old socket either reached the server or travel again in
                 // our answer to its step 1; no refusal on this socket is about them.
                 self.edits_confirmed = self.edits_sent;
-                // Our own sync step 1: the server answers with what we lack.
-                self.send_step1();
+                match &mut self.sealing {
+                    // The server sends its log; local edits wait in the board until it came.
+                    Some(sealing) => sealing.synced = false,
+                    // Our own sync step 1: the server answers with what we lack.
+                    None => self.send_step1(),
+                }
                 // Then who we are (and where our caret is); the server sends everyone else's
                 // states after its step 1.
                 self.awareness.forget_remote();
@@ -448,7 +494,15 @@ impl Session {
                     self.edits_confirmed = self.edits_sent;
                     self.board.wipe();
                     self.events.push_back(Event::Board);
-                    if self.link == Link::Welcomed {
+                    if let Some(sealing) = &mut self.sealing {
+                        // Nothing acknowledges a sealed entry: the server's log is the truth,
+                        // and a new socket brings it.
+                        sealing.forget_log();
+                        if self.link == Link::Welcomed {
+                            self.io.push_back(Io::Close);
+                            self.connect(now_ms);
+                        }
+                    } else if self.link == Link::Welcomed {
                         self.send_step1();
                     }
                     lost_edit = true;
@@ -498,6 +552,9 @@ impl Session {
         self.handle_activity(now_ms);
         if self.link != Link::Welcomed {
             return false;
+        }
+        if self.sealing.is_some() {
+            return self.handle_sealed(frame, now_ms);
         }
         // The server never sends a bad frame; if one came anyway, there is nothing to answer.
         let Ok(messages) = sync::decode_frame(frame) else { return false };
@@ -555,7 +612,11 @@ impl Session {
             return;
         }
         if let Some(update) = self.awareness.publish(self.board.client_id(), now_ms) {
-            self.io.push_back(Io::SendBinary(sync::encode_awareness(&update).to_vec()));
+            if self.sealing.is_some() {
+                self.send_sealed(Kind::Awareness, &update.encode_v1());
+            } else {
+                self.io.push_back(Io::SendBinary(sync::encode_awareness(&update).to_vec()));
+            }
         }
     }
 
@@ -570,6 +631,9 @@ impl Session {
         self.clock_ms = self.clock_ms.max(now_ms);
         // Whatever was asked on the old socket will not be answered.
         self.syncing = false;
+        if let Some(sealing) = &mut self.sealing {
+            sealing.synced = false;
+        }
         let opened = match self.link {
             Link::Connecting { opened } => opened,
             Link::Waiting | Link::Welcomed => true,
@@ -677,6 +741,9 @@ impl Session {
     /// Forgets a socket (or probe) that went silent.
     fn drop_stalled(&mut self) {
         self.syncing = false;
+        if let Some(sealing) = &mut self.sealing {
+            sealing.synced = false;
+        }
         if self.link != Link::Probing {
             self.io.push_back(Io::Close);
         }
@@ -738,6 +805,9 @@ impl Session {
         // everyone's presence ended here.
         self.attendance.close_all(self.clock_ms);
         self.awareness.reset();
+        if let Some(sealing) = &mut self.sealing {
+            sealing.forget_log();
+        }
         self.state = None;
         self.member_id = None;
         self.role = None;
@@ -868,9 +938,22 @@ impl Session {
     }
 
     fn send_update(&mut self, update: &[u8]) {
-        if self.link == Link::Welcomed {
-            self.edits_sent += 1;
-            self.io.push_back(Io::SendBinary(sync::encode_update(update).to_vec()));
+        if self.link != Link::Welcomed {
+            return;
+        }
+        match &self.sealing {
+            // Until the log came, the edit waits in the board: what the log lacks goes out
+            // when it comes.
+            Some(sealing) if !sealing.synced => {}
+            Some(_) => {
+                self.edits_sent += 1;
+                self.send_sealed(Kind::Update, update);
+                self.maybe_compact();
+            }
+            None => {
+                self.edits_sent += 1;
+                self.io.push_back(Io::SendBinary(sync::encode_update(update).to_vec()));
+            }
         }
     }
 
@@ -949,6 +1032,204 @@ impl Session {
     /// Our member id, once welcomed or waiting.
     pub fn member_id(&self) -> Option<&str> {
         self.member_id.as_deref()
+    }
+}
+
+/// A sealed room's key and the server's log as this client knows it (`docs/PROTOCOL.md` §13).
+struct Sealing {
+    key: RoomKey,
+    room: String,
+    /// Our sequence numbers: a random epoch for this page load, and a counter.
+    seq: Sequence,
+    /// The log came on this socket: local edits go out as entries from now on.
+    synced: bool,
+    /// The ids of the log's entries as this client knows it, in order: the log frame's, then
+    /// those forwarded since and our own. A snapshot covers them.
+    log: Vec<(String, u64)>,
+    /// Ciphertext logged since the last snapshot (or the log frame).
+    bytes_since_snapshot: usize,
+    /// An entry of the log failed to open: this client does not hold the whole board, so it
+    /// never compacts (a snapshot would erase what it could not read).
+    unreadable: bool,
+    /// [`Event::Unreadable`] was sent (once per session).
+    reported: bool,
+}
+
+impl Sealing {
+    fn forget_log(&mut self) {
+        self.synced = false;
+        self.log.clear();
+        self.bytes_since_snapshot = 0;
+        self.unreadable = false;
+    }
+}
+
+/// Sealed rooms: the board travels as sealed entries (`docs/PROTOCOL.md` §13).
+impl Session {
+    /// A sealed frame arrived. Returns whether the board changed.
+    fn handle_sealed(&mut self, frame: &[u8], now_ms: u64) -> bool {
+        // The server never sends a bad frame; if one came anyway, there is nothing to answer.
+        let Ok(frame) = sealed_frame::decode(frame) else { return false };
+        let changed = match frame {
+            sealed_frame::Frame::Log(entries) => self.take_log(entries),
+            sealed_frame::Frame::Entry(entry) if entry.sealed.kind == Kind::Awareness => {
+                self.take_awareness(&entry, now_ms);
+                false
+            }
+            sealed_frame::Frame::Entry(entry) => {
+                let changed = self.take_entry(&entry, None);
+                self.maybe_compact();
+                changed
+            }
+            // Frames of the client's direction are never sent to it.
+            sealed_frame::Frame::ClientEntry(_) | sealed_frame::Frame::Snapshot(_) => false,
+        };
+        if changed {
+            self.events.push_back(Event::Board);
+        }
+        changed
+    }
+
+    /// The log, on a new socket: every logged entry, in order. A reconnecting client then
+    /// sends, as one entry, what its board holds that the log lacks: edits made while offline,
+    /// or sent on a socket that dropped before the server had them (nothing acknowledges an
+    /// entry). This is what the answer to the server's sync step 1 does in a plain room.
+    fn take_log(&mut self, entries: Vec<Entry>) -> bool {
+        let Some(sealing) = &mut self.sealing else { return false };
+        sealing.forget_log();
+        // A board that held nothing needs no comparison with the log.
+        let mut server = (!self.board.is_empty()).then(Board::new);
+        let mut changed = false;
+        for entry in &entries {
+            changed |= self.take_entry(entry, server.as_mut());
+        }
+        let Some(sealing) = &mut self.sealing else { return changed };
+        sealing.synced = true;
+        if let Some(mut server) = server {
+            let before = server.summary();
+            let missing = self.board.update_since(&server.state_vector());
+            let _ = server.apply_update(&missing);
+            if server.summary() != before && self.can_write() {
+                self.edits_sent += 1;
+                self.send_sealed(Kind::Update, &missing);
+            }
+        }
+        self.maybe_compact();
+        changed
+    }
+
+    /// A logged entry (an update or a snapshot): opened, checked and applied to the board (and
+    /// to `server`, the copy of the log being read). Returns whether the board changed.
+    fn take_entry(&mut self, entry: &Entry, server: Option<&mut Board>) -> bool {
+        let Some(sealing) = &mut self.sealing else { return false };
+        let id = (entry.sender.clone(), entry.sealed.seq);
+        if sealing.log.contains(&id) {
+            return false;
+        }
+        sealing.log.push(id);
+        sealing.bytes_since_snapshot += entry.sealed.ciphertext.len();
+        match seal::open_update(&sealing.key, &sealing.room, entry) {
+            Ok(update) => {
+                if let Some(server) = server {
+                    let _ = server.apply_update(&update);
+                }
+                self.board.apply_update(&update).is_ok()
+            }
+            Err(_) => {
+                sealing.unreadable = true;
+                self.report_unreadable();
+                false
+            }
+        }
+    }
+
+    /// Someone's awareness state, sealed.
+    fn take_awareness(&mut self, entry: &Entry, now_ms: u64) {
+        let Some(sealing) = &self.sealing else { return };
+        let opened = seal::open(&sealing.key, &sealing.room, &entry.sender, &entry.sealed)
+            .ok()
+            .and_then(|plaintext| sync::decode_awareness(&plaintext).ok());
+        let Some(update) = opened else {
+            self.report_unreadable();
+            return;
+        };
+        let applied = self.awareness.apply(&update, self.board.client_id(), now_ms);
+        if applied.republish {
+            self.publish_awareness(now_ms);
+        }
+        if applied.changed {
+            self.events.push_back(Event::Cursors);
+        }
+    }
+
+    fn report_unreadable(&mut self) {
+        if let Some(sealing) = &mut self.sealing {
+            if !sealing.reported {
+                sealing.reported = true;
+                self.events.push_back(Event::Unreadable);
+            }
+        }
+    }
+
+    /// Seals `plaintext` as our next entry of `kind` and sends it; an update is added to the
+    /// log as we know it.
+    fn send_sealed(&mut self, kind: Kind, plaintext: &[u8]) {
+        let (Some(sealing), Some(me)) = (&mut self.sealing, self.member_id.as_deref()) else { return };
+        let Ok(seq) = sealing.seq.next_seq() else { return };
+        let Ok(value) = seal::seal(&sealing.key, &sealing.room, me, seq, kind, plaintext) else { return };
+        if kind == Kind::Update {
+            sealing.log.push((me.to_owned(), seq));
+            sealing.bytes_since_snapshot += value.ciphertext.len();
+        }
+        self.io.push_back(Io::SendBinary(sealed_frame::encode_client_entry(&value).to_vec()));
+    }
+
+    /// Uploads a snapshot of the board when the log has grown enough since the last one, this
+    /// client holds the whole board, may write, and is the one member chosen to compact.
+    fn maybe_compact(&mut self) {
+        let Some(sealing) = &self.sealing else { return };
+        let grown = sealing.log.len() > COMPACT_AFTER_ENTRIES || sealing.bytes_since_snapshot > COMPACT_AFTER_BYTES;
+        if !sealing.synced
+            || sealing.unreadable
+            || sealing.log.len() < 2
+            || !grown
+            || self.link != Link::Welcomed
+            || self.board.is_waiting()
+            || !self.is_compactor()
+        {
+            return;
+        }
+        let me = self.member_id.clone().expect("a compactor is in the room");
+        let snapshot = self.board.update_since(&Default::default());
+        let sealing = self.sealing.as_mut().expect("checked above");
+        let Ok(seq) = sealing.seq.next_seq() else { return };
+        let Ok(value) = seal::seal(&sealing.key, &sealing.room, &me, seq, Kind::Snapshot, &snapshot) else { return };
+        let covers = std::mem::take(&mut sealing.log);
+        let frame = sealed_frame::encode_snapshot(&SnapshotUpload { covers, sealed: value });
+        // Whether or not it goes out, the count starts again: a board too large for one frame
+        // is not sealed again at every entry.
+        sealing.log = vec![(me, seq)];
+        sealing.bytes_since_snapshot = 0;
+        if frame.len() <= MAX_SNAPSHOT_FRAME_BYTES {
+            self.io.push_back(Io::SendBinary(frame.to_vec()));
+        }
+    }
+
+    /// Whether we are the member who compacts the log: the first leader in the room's list
+    /// who is connected and may write, else the first such member. One compactor, because a
+    /// snapshot is not forwarded: another client's later snapshot would name entries that the
+    /// first one replaced, and be ignored.
+    fn is_compactor(&self) -> bool {
+        let (Some(state), Some(me), Some(stage)) = (self.state.as_ref(), self.member_id.as_deref(), self.stage())
+        else {
+            return false;
+        };
+        let writers = state.members.iter().filter(|m| {
+            matches!(m.status, Status::Here | Status::Away)
+                && seat_of(state, &m.id, None).is_some_and(|seat| rules::may_write(Some(&seat), &stage).is_ok())
+        });
+        let chosen = writers.clone().find(|m| m.role == Role::Leader).or_else(|| writers.clone().next());
+        chosen.is_some_and(|m| m.id == me)
     }
 }
 
@@ -1997,5 +2278,248 @@ mod tests {
             },
             other => panic!("expected one frame, got {other:?}"),
         }
+    }
+
+    /// A fake server for sealed rooms: it stamps senders, keeps the log, forwards entries and
+    /// applies snapshots, as `docs/PROTOCOL.md` §13 says, and reads nothing sealed.
+    mod sealed_room {
+        use super::*;
+        use balint_proto::sealed::{decode, encode_entry, encode_log, Frame};
+
+        pub const ROOM: &str = "room1";
+
+        pub struct Server {
+            pub log: Vec<Entry>,
+            /// Every frame any client sent, for the leak check.
+            pub sent: Vec<Vec<u8>>,
+        }
+
+        pub struct Peer {
+            pub id: &'static str,
+            pub session: Session,
+        }
+
+        pub fn key() -> RoomKey {
+            RoomKey::from_bytes([7; 32])
+        }
+
+        pub fn welcome(id: &str, role: &str) -> String {
+            json!({"type": "welcome", "member_id": id, "role": role, "resume_token": format!("tok-{id}"),
+                   "state": state(1, json!({}))})
+            .to_string()
+        }
+
+        impl Server {
+            pub fn new() -> Self {
+                Server { log: Vec::new(), sent: Vec::new() }
+            }
+
+            /// `peer` joins: welcome, then the log.
+            pub fn join(&mut self, id: &'static str, role: &str, key: RoomKey) -> Peer {
+                let mut session = Session::sealed(None, ROOM, key).unwrap();
+                session.start(NOW);
+                session.handle_open(NOW);
+                session.handle_text(&welcome(id, role), NOW);
+                session.handle_binary(&encode_log(&self.log), NOW);
+                Peer { id, session }
+            }
+
+            /// Delivers what every peer sent until nobody sends anything more.
+            pub fn pump(&mut self, peers: &mut [&mut Peer]) {
+                loop {
+                    let mut moved = false;
+                    for i in 0..peers.len() {
+                        let io = drain_io(&mut peers[i].session);
+                        for frame in io.into_iter().filter_map(|io| match io {
+                            Io::SendBinary(b) => Some(b),
+                            _ => None,
+                        }) {
+                            moved = true;
+                            self.sent.push(frame.clone());
+                            let sender = peers[i].id.to_owned();
+                            match decode(&frame).expect("a sealed frame") {
+                                Frame::ClientEntry(sealed) => {
+                                    let logged = sealed.kind == Kind::Update;
+                                    let entry = Entry { sender, sealed };
+                                    if logged {
+                                        self.log.push(entry.clone());
+                                    }
+                                    let out = encode_entry(&entry);
+                                    for (j, peer) in peers.iter_mut().enumerate() {
+                                        if j != i {
+                                            peer.session.handle_binary(&out, NOW);
+                                        }
+                                    }
+                                }
+                                Frame::Snapshot(upload) => {
+                                    let ids: Vec<_> =
+                                        self.log.iter().map(|e| (e.sender.clone(), e.sealed.seq)).collect();
+                                    if upload.covers.iter().all(|c| ids.contains(c)) && !upload.covers.is_empty() {
+                                        let at = ids.iter().position(|id| upload.covers.contains(id)).unwrap();
+                                        let snapshot = Entry { sender, sealed: upload.sealed };
+                                        let mut log: Vec<Entry> = Vec::new();
+                                        for (k, e) in self.log.drain(..).enumerate() {
+                                            if k == at {
+                                                log.push(snapshot.clone());
+                                            }
+                                            if !upload.covers.contains(&(e.sender.clone(), e.sealed.seq)) {
+                                                log.push(e);
+                                            }
+                                        }
+                                        self.log = log;
+                                    }
+                                }
+                                other => panic!("a client sent {other:?}"),
+                            }
+                        }
+                    }
+                    if !moved {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn two_sealed_sessions_co_write_through_entries_the_server_cannot_read() {
+        use sealed_room::*;
+        let mut server = Server::new();
+        let mut ann = server.join("me", "member", key());
+        let mut lea = server.join("lea", "leader", key());
+        server.pump(&mut [&mut ann, &mut lea]);
+        let marker = "Frau K. rief nachts an";
+        ann.session.edit_text(&TextKey::Notes, marker, None).unwrap();
+        server.pump(&mut [&mut ann, &mut lea]);
+        assert_eq!(lea.session.board().notes(), marker);
+        lea.session.edit_text(&TextKey::Notes, &format!("{marker}, zweimal"), None).unwrap();
+        server.pump(&mut [&mut ann, &mut lea]);
+        assert_eq!(ann.session.board().notes(), format!("{marker}, zweimal"));
+        assert!(drain_events(&mut ann.session).contains(&Event::Board));
+        // Every frame was sealed: no y-sync, and nothing of the text in clear.
+        assert!(server.sent.iter().all(|f| sealed_frame::is_sealed_frame(f)));
+        assert!(!server.sent.iter().any(|f| f.windows(6).any(|w| w == b"Frau K")));
+        assert_eq!(server.log.len(), 2, "two updates logged; awareness is not");
+        assert_eq!(server.log[0].sender, "me");
+        assert!(server.log[0].sealed.seq >> 32 != 0 || server.log[0].sealed.seq & 0xffff_ffff == 1);
+    }
+
+    #[test]
+    fn a_newcomer_builds_the_board_from_the_log_and_a_reconnect_resends_what_the_log_lacks() {
+        use sealed_room::*;
+        let mut server = Server::new();
+        let mut ann = server.join("me", "member", key());
+        ann.session.edit_text(&TextKey::Notes, "erste Notiz", None).unwrap();
+        server.pump(&mut [&mut ann]);
+        let mut lea = server.join("lea", "leader", key());
+        assert_eq!(lea.session.board().notes(), "erste Notiz");
+
+        // Ann's socket drops; she writes on, offline; the new socket's log lacks it.
+        ann.session.handle_close(1006, 0.0, NOW);
+        ann.session.edit_text(&TextKey::Notes, "erste Notiz, offline weiter", None).unwrap();
+        assert!(drain_io(&mut ann.session).iter().all(|io| !matches!(io, Io::SendBinary(_))));
+        ann.session.handle_timeout(NOW + 60_000, 0.0);
+        ann.session.handle_open(NOW + 60_000);
+        ann.session.handle_text(&welcome("me", "member"), NOW + 60_000);
+        ann.session.handle_binary(&balint_proto::sealed::encode_log(&server.log), NOW + 60_000);
+        let logged = server.log.len();
+        server.pump(&mut [&mut ann, &mut lea]);
+        assert_eq!(server.log.len(), logged + 1, "one entry with what the log lacked");
+        assert_eq!(lea.session.board().notes(), "erste Notiz, offline weiter");
+        // A reconnect with nothing new sends no update.
+        ann.session.handle_close(1006, 0.0, NOW + 61_000);
+        ann.session.handle_timeout(NOW + 120_000, 0.0);
+        ann.session.handle_open(NOW + 120_000);
+        ann.session.handle_text(&welcome("me", "member"), NOW + 120_000);
+        ann.session.handle_binary(&balint_proto::sealed::encode_log(&server.log), NOW + 120_000);
+        let logged = server.log.len();
+        server.pump(&mut [&mut ann, &mut lea]);
+        assert_eq!(server.log.len(), logged);
+        assert_eq!(ann.session.board().notes(), "erste Notiz, offline weiter");
+    }
+
+    #[test]
+    fn a_tampered_entry_is_reported_once_and_skipped() {
+        use sealed_room::*;
+        let mut server = Server::new();
+        let mut ann = server.join("me", "member", key());
+        ann.session.edit_text(&TextKey::Notes, "echt", None).unwrap();
+        server.pump(&mut [&mut ann]);
+        // The server (or anyone on the way) flips a byte of one entry, and moves another to a
+        // different author; a third was sealed under another key.
+        let mut flipped = server.log[0].clone();
+        flipped.sealed.seq += 100;
+        let mut ciphertext = flipped.sealed.ciphertext.to_vec();
+        ciphertext[0] ^= 1;
+        flipped.sealed.ciphertext = ciphertext.into();
+        let mut moved = server.log[0].clone();
+        moved.sender = "lea".into();
+        let other_key = seal::seal(&RoomKey::from_bytes([9; 32]), ROOM, "lea", 1, Kind::Update, &{
+            let mut b = Board::new();
+            b.set_text(&TextKey::Notes, "fremd", None).unwrap().unwrap()
+        })
+        .unwrap();
+        let foreign = Entry { sender: "lea".into(), sealed: other_key };
+        let log = vec![server.log[0].clone(), flipped, moved, foreign];
+        let mut bob = Session::sealed(None, ROOM, key()).unwrap();
+        bob.start(NOW);
+        bob.handle_open(NOW);
+        bob.handle_text(&welcome("bob", "member"), NOW);
+        drain_events(&mut bob);
+        bob.handle_binary(&balint_proto::sealed::encode_log(&log), NOW);
+        assert_eq!(bob.board().notes(), "echt", "the good entry applies, the bad ones are skipped");
+        let events = drain_events(&mut bob);
+        assert_eq!(events.iter().filter(|e| **e == Event::Unreadable).count(), 1, "{events:?}");
+        let json = serde_json::to_value(Event::Unreadable).unwrap();
+        assert_eq!(json, json!({"type": "unreadable"}));
+    }
+
+    #[test]
+    fn the_chosen_member_compacts_the_entries_it_applied_into_one_snapshot() {
+        use sealed_room::*;
+        let mut server = Server::new();
+        let mut ann = server.join("me", "member", key());
+        let mut lea = server.join("lea", "leader", key());
+        let mut text = String::new();
+        for i in 0..COMPACT_AFTER_ENTRIES - 1 {
+            text.push_str(if i % 2 == 0 { "a" } else { "b" });
+            ann.session.edit_text(&TextKey::Notes, &text, None).unwrap();
+            server.pump(&mut [&mut ann, &mut lea]);
+        }
+        // Ann deletes a secret before the snapshot.
+        text.push_str(" geheim");
+        ann.session.edit_text(&TextKey::Notes, &text, None).unwrap();
+        text.truncate(COMPACT_AFTER_ENTRIES - 1);
+        ann.session.edit_text(&TextKey::Notes, &text, None).unwrap();
+        server.pump(&mut [&mut ann, &mut lea]);
+        // Lea, the leader, uploaded a snapshot that covered every entry she had: the log is it.
+        assert_eq!(server.log.len(), 1, "the log is one snapshot");
+        assert_eq!(server.log[0].sender, "lea");
+        assert_eq!(server.log[0].sealed.kind, Kind::Snapshot);
+        // A newcomer reads the board from it, and not what was erased.
+        let bob = server.join("bob", "member", key());
+        assert_eq!(bob.session.board().notes(), text);
+        let opened = seal::open_update(&key(), ROOM, &server.log[0]).unwrap();
+        assert!(!opened.windows(6).any(|w| w == b"geheim"));
+        // Ann, not the chosen one, never uploaded one; later entries are covered by the next.
+        ann.session.edit_text(&TextKey::Notes, "neu", None).unwrap();
+        server.pump(&mut [&mut ann, &mut lea]);
+        assert_eq!(server.log.len(), 2);
+    }
+
+    #[test]
+    fn a_client_that_could_not_read_an_entry_never_compacts() {
+        use sealed_room::*;
+        let mut server = Server::new();
+        let mut ann = server.join("me", "member", key());
+        let mut lea = server.join("lea", "leader", RoomKey::from_bytes([1; 32]));
+        let mut text = String::new();
+        for _ in 0..=COMPACT_AFTER_ENTRIES {
+            text.push('x');
+            ann.session.edit_text(&TextKey::Notes, &text, None).unwrap();
+            server.pump(&mut [&mut ann, &mut lea]);
+        }
+        assert_eq!(lea.session.board().notes(), "");
+        assert_eq!(server.log.len(), COMPACT_AFTER_ENTRIES + 1, "nothing was compacted");
     }
 }

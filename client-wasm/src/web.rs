@@ -24,6 +24,7 @@ use web_sys::{
 };
 
 use crate::board::{Anchored, TextKey};
+use crate::seal::RoomKey;
 use crate::session::{Event, Io, Session};
 
 /// A JavaScript callback of one value (a promise's outcome).
@@ -130,10 +131,28 @@ impl RoomClient {
     /// `probe_url` is the same address over HTTP, asked when a socket fails to open, to tell
     /// an ended meeting from a network problem. `resume` is the token this tab kept, if any.
     /// `on_event` receives every [`Event`] as a plain object.
+    ///
+    /// In a sealed room, `room` is the room id and `key` the room key from the link's `k=`
+    /// (`ws_url` then carries `sealed=1`): the board travels sealed. A malformed key is an
+    /// error.
     #[wasm_bindgen(constructor)]
-    pub fn new(ws_url: String, probe_url: String, resume: Option<String>, on_event: Function) -> RoomClient {
+    pub fn new(
+        ws_url: String,
+        probe_url: String,
+        resume: Option<String>,
+        on_event: Function,
+        room: Option<String>,
+        key: Option<String>,
+    ) -> Result<RoomClient, JsError> {
+        let session = match (room, key) {
+            (Some(room), Some(key)) => {
+                let key = RoomKey::from_base64url(&key).map_err(|e| JsError::new(&e.to_string()))?;
+                Session::sealed(resume, &room, key).map_err(|e| JsError::new(&e.to_string()))?
+            }
+            _ => Session::new(resume),
+        };
         let inner = Inner {
-            session: Session::new(resume),
+            session,
             ws_url,
             probe_url,
             socket: None,
@@ -143,7 +162,13 @@ impl RoomClient {
             deferred: Vec::new(),
             probe_handlers: None,
         };
-        RoomClient { shared: Rc::new(Shared { inner: RefCell::new(inner), on_event }) }
+        Ok(RoomClient { shared: Rc::new(Shared { inner: RefCell::new(inner), on_event }) })
+    }
+
+    /// Whether the board travels sealed (the link carried a room key).
+    #[wasm_bindgen(js_name = isSealed)]
+    pub fn is_sealed(&self) -> bool {
+        self.shared.inner.borrow().session.is_sealed()
     }
 
     /// Connects.

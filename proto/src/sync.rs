@@ -110,6 +110,13 @@ fn decode_message(cursor: &mut Cursor<'_>) -> Result<Message, FrameError> {
     }
 }
 
+/// Decodes a y-protocols awareness update payload (what an awareness message carries, and
+/// what a sealed room's awareness entry seals), after checking its counts.
+pub fn decode_awareness(payload: &[u8]) -> Result<AwarenessUpdate, FrameError> {
+    check_awareness(payload)?;
+    Ok(AwarenessUpdate::decode_v1(payload)?)
+}
+
 /// Decodes a Yjs v1 update payload, after checking its counts (see [`check_update`]).
 ///
 /// The update must also survive yrs's own round trip. A document keeps what it cannot integrate
