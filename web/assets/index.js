@@ -35,6 +35,11 @@ const en = {
     + 'and closing.',
   open: 'Open discussion',
   open_text: 'One discussion phase, without the Balint structure.',
+  seal_legend: 'Encryption',
+  sealed: 'Sealed (end-to-end encrypted)',
+  sealed_text: 'The board is encrypted in the browsers with a key that travels only in the links, so the server '
+    + 'never reads it; names and the title are not sealed yet.',
+  sealed_persistent: 'Not available for persistent rooms yet.',
   entry_legend: 'Coming in',
   lobby: 'Lobby',
   lobby_text: 'People who open the invite link wait until a leader lets them in. They see nothing of the board before.',
@@ -51,6 +56,7 @@ const en = {
   error_too_many_rooms: 'this server holds as many rooms as it may',
   error_unavailable: 'the room service is briefly unavailable',
   error_server_busy: 'the server is busy',
+  error_sealed_unsupported: 'this server does not offer sealed rooms yet; untick “Sealed” and try again',
   created_title: 'Your room is ready',
   created_text: 'These links are shown only once. Copy them now. Anyone who has a link can join with its role.',
   leader_link: 'Leader link',
@@ -108,6 +114,24 @@ const form = document.getElementById('create');
 const button = document.getElementById('create-button');
 const status = document.getElementById('create-status');
 const created = document.getElementById('created');
+const sealedBox = document.getElementById('sealed');
+
+/** Sealed rooms are ephemeral for now: the box is off and disabled for a persistent room. */
+function syncSealed() {
+  const persistent = form.elements.keep.value === 'persistent';
+  if (persistent) sealedBox.checked = false;
+  else if (sealedBox.disabled) sealedBox.checked = true;
+  sealedBox.disabled = persistent;
+  document.getElementById('sealed-persistent').hidden = !persistent;
+}
+for (const radio of form.elements.keep) radio.addEventListener('change', syncSealed);
+syncSealed();
+
+/** A fresh 256-bit room key, base64url without padding (docs/PROTOCOL.md §13). */
+function roomKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(32));
+  return btoa(String.fromCharCode(...bytes)).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+}
 
 form.addEventListener('submit', async (event) => {
   event.preventDefault();
@@ -117,6 +141,7 @@ form.addEventListener('submit', async (event) => {
     ephemeral: data.get('keep') !== 'persistent',
     template: data.get('template') === 'open' ? 'open' : 'balint',
     lobby: data.get('lobby') === 'on',
+    sealed: data.get('sealed') === 'on',
   };
   if (title) body.title = title;
 
@@ -133,7 +158,9 @@ form.addEventListener('submit', async (event) => {
       status.textContent = t('create_failed', { error: refusal(response.status, answer) });
       return;
     }
-    show(answer);
+    // The key is drawn here and only ever appended to the links' fragment: it never
+    // reaches the server.
+    show(answer, body.sealed ? roomKey() : null);
     status.textContent = '';
   } catch {
     status.textContent = t('create_failed', { error: t('network_failed') });
@@ -142,11 +169,12 @@ form.addEventListener('submit', async (event) => {
   }
 });
 
-function show(room) {
-  document.getElementById('leader-link').value = room.leader_url;
-  document.getElementById('invite-link').value = room.invite_url;
-  document.getElementById('observer-link').value = room.observer_url;
-  document.getElementById('open-leader').href = room.leader_url;
+function show(room, key) {
+  const link = (url) => (key ? `${url}&k=${key}` : url);
+  document.getElementById('leader-link').value = link(room.leader_url);
+  document.getElementById('invite-link').value = link(room.invite_url);
+  document.getElementById('observer-link').value = link(room.observer_url);
+  document.getElementById('open-leader').href = link(room.leader_url);
   form.hidden = true;
   created.hidden = false;
   created.focus();

@@ -144,6 +144,10 @@ const en = {
   incomplete: 'A room link ends with "#t=" and a code. Copy the whole link from the leader\'s message and try again.',
 
   // Notices.
+  notice_sealed: 'Sealed: the board is encrypted in your browsers with the key in your link; the server cannot read it.',
+  unreadable: 'A part of the board could not be decrypted and was left out: it was altered on the way or sealed with another key.',
+  bad_key_title: 'This link is damaged',
+  bad_key: 'The key at the end of this link (after "&k=") is incomplete. Copy the whole link again.',
   notice_ephemeral: 'Ephemeral: erased for everyone when the meeting ends. It cannot stop screenshots or copying text, '
     + 'so write as if it could be kept.',
   notice_persistent: 'Persistent room: the board is kept after the meeting for the group. Write nothing you would not keep.',
@@ -411,6 +415,8 @@ const $ = (id) => document.getElementById(id);
 
 const roomId = decodeURIComponent(location.pathname.split('/')[2] || '');
 const token = new URLSearchParams(location.hash.slice(1)).get('t');
+// A sealed room's key (docs/PROTOCOL.md §13): it stays in this page; only `sealed=1` goes to the server.
+const roomKey = new URLSearchParams(location.hash.slice(1)).get('k');
 const storageKey = `balint.room.${roomId}`;
 /** How many rows of the hand queue a narrow screen shows before "and N more". */
 const QUEUE_ROWS_COMPACT = 3;
@@ -454,7 +460,8 @@ function show(screen) {
 }
 
 function wsUrls(displayName) {
-  const query = `token=${encodeURIComponent(token)}&name=${encodeURIComponent(displayName)}`;
+  // Names still travel in clear, also in a sealed room (sealed names are a later step).
+  const query = `token=${encodeURIComponent(token)}&name=${encodeURIComponent(displayName)}${roomKey ? '&sealed=1' : ''}`;
   const path = `/ws/${encodeURIComponent(roomId)}?${query}`;
   const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
   return { ws: `${scheme}//${location.host}${path}`, probe: `${location.origin}${path}` };
@@ -470,7 +477,14 @@ async function join(displayName, resume) {
     return;
   }
   const urls = wsUrls(displayName);
-  client = new RoomClient(urls.ws, urls.probe, resume || undefined, onEvent);
+  try {
+    client = new RoomClient(urls.ws, urls.probe, resume || undefined, onEvent,
+      roomKey ? roomId : undefined, roomKey || undefined);
+  } catch {
+    showMessage(t('bad_key_title'), [t('bad_key')]);
+    return;
+  }
+  $('sealed-notice').hidden = !client.isSealed();
   client.bindNotes($('notes'));
   client.start();
 }
@@ -527,6 +541,10 @@ function onEvent(event) {
     }
     case 'released':
       showReleased(event);
+      break;
+    case 'unreadable':
+      // Once per session, and never with anything of the entry.
+      alertUser(t('unreadable'));
       break;
     case 'resume':
       if (event.token) {
@@ -1546,6 +1564,11 @@ function httpText(status, fallback) {
   return `http_${status}` in en ? t(`http_${status}`) : t(fallback);
 }
 
+/** A link with this room's key appended, in a sealed room: the server's links never carry it. */
+function withKey(url) {
+  return roomKey ? `${url}&k=${roomKey}` : url;
+}
+
 // Fresh links: POST /api/rooms/{room}/links with the leader link's token. With `renew`, the
 // invite and observer links issued before stop letting newcomers in.
 async function issueLinks(renew) {
@@ -1563,9 +1586,9 @@ async function issueLinks(renew) {
       return;
     }
     const links = await response.json();
-    $('fresh-leader-link').value = links.leader_url;
-    $('fresh-invite-link').value = links.invite_url;
-    $('fresh-observer-link').value = links.observer_url;
+    $('fresh-leader-link').value = withKey(links.leader_url);
+    $('fresh-invite-link').value = withKey(links.invite_url);
+    $('fresh-observer-link').value = withKey(links.observer_url);
     // expires_at is in Unix seconds.
     $('fresh-expiry').textContent = links.expires_at
       ? t('links_until', { date: fmt.date(links.expires_at * 1000) })

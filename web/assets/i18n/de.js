@@ -84,6 +84,10 @@ export const room = {
   incomplete_title: 'Dieser Link ist unvollständig',
   incomplete: 'Ein Raum-Link endet mit „#t=“ und einem Code. Kopieren Sie den ganzen Link aus der Nachricht der Leitung und versuchen Sie es erneut.',
 
+  notice_sealed: 'Versiegelt: Die Tafel wird in Ihren Browsern mit dem Schlüssel aus Ihrem Link verschlüsselt; der Server kann sie nicht lesen.',
+  unreadable: 'Ein Teil der Tafel konnte nicht entschlüsselt werden und wurde ausgelassen: Er wurde unterwegs verändert oder mit einem anderen Schlüssel versiegelt.',
+  bad_key_title: 'Dieser Link ist beschädigt',
+  bad_key: 'Der Schlüssel am Ende dieses Links (nach „&k=“) ist unvollständig. Kopieren Sie den ganzen Link noch einmal.',
   notice_ephemeral: 'Flüchtig: Wird für alle gelöscht, wenn die Sitzung endet. Bildschirmfotos oder kopierten Text kann das '
     + 'nicht verhindern – schreiben Sie also so, als könnte es aufbewahrt werden.',
   notice_persistent: 'Dauerhafter Raum: Die Tafel bleibt nach der Sitzung für die Gruppe erhalten. Schreiben Sie nichts, '
@@ -346,6 +350,11 @@ export const front = {
     + 'des Kreises), Rückmeldung und Abschluss.',
   open: 'Offener Austausch',
   open_text: 'Eine einzige Austauschphase, ohne die Balint-Struktur.',
+  seal_legend: 'Verschlüsselung',
+  sealed: 'Versiegelt (Ende-zu-Ende-verschlüsselt)',
+  sealed_text: 'Die Tafel wird in den Browsern mit einem Schlüssel verschlüsselt, der nur in den Links mitreist, '
+    + 'sodass der Server sie nie lesen kann; Namen und Titel sind noch nicht versiegelt.',
+  sealed_persistent: 'Für dauerhafte Räume noch nicht verfügbar.',
   entry_legend: 'Eintreten',
   lobby: 'Warteraum',
   lobby_text: 'Wer den Einladungslink öffnet, wartet, bis die Leitung einlässt. Vorher ist nichts von der Tafel zu sehen.',
@@ -360,6 +369,7 @@ export const front = {
   error_too_many_rooms: 'dieser Server hält bereits so viele Räume, wie er darf',
   error_unavailable: 'der Raumdienst ist kurz nicht erreichbar',
   error_server_busy: 'der Server ist ausgelastet',
+  error_sealed_unsupported: 'dieser Server bietet noch keine versiegelten Räume an; entfernen Sie das Häkchen bei „Versiegelt“ und versuchen Sie es erneut',
   created_title: 'Ihr Raum ist bereit',
   created_text: 'Diese Links werden nur einmal angezeigt. Kopieren Sie sie jetzt. Wer einen Link hat, kann mit dessen Rolle teilnehmen.',
   leader_link: 'Leitungslink',

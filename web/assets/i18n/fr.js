@@ -86,6 +86,10 @@ export const room = {
   incomplete_title: 'Ce lien est incomplet',
   incomplete: 'Un lien de salle se termine par « #t= » suivi d’un code. Copiez le lien entier depuis le message de l’animateur·rice et réessayez.',
 
+  notice_sealed: 'Scellée\u00a0: le tableau est chiffré dans vos navigateurs avec la clé de votre lien\u00a0; le serveur ne peut pas le lire.',
+  unreadable: 'Une partie du tableau n’a pas pu être déchiffrée et a été ignorée\u00a0: elle a été modifiée en route ou scellée avec une autre clé.',
+  bad_key_title: 'Ce lien est endommagé',
+  bad_key: 'La clé à la fin de ce lien (après «\u00a0&k=\u00a0») est incomplète. Copiez à nouveau le lien en entier.',
   notice_ephemeral: 'Éphémère : effacé pour tout le monde à la fin de la séance. Cela n’empêche ni les captures d’écran ni la copie '
     + 'du texte : écrivez comme si cela pouvait être conservé.',
   notice_persistent: 'Salle permanente : le tableau est conservé après la séance pour le groupe. N’écrivez rien que vous ne '
@@ -348,6 +352,11 @@ export const front = {
     + 'retour du présentateur et clôture.',
   open: 'Discussion libre',
   open_text: 'Une seule phase de discussion, sans la structure Balint.',
+  seal_legend: 'Chiffrement',
+  sealed: 'Scellée (chiffrée de bout en bout)',
+  sealed_text: 'Le tableau est chiffré dans les navigateurs avec une clé qui ne voyage que dans les liens\u00a0: le serveur '
+    + 'ne peut jamais le lire\u00a0; les noms et le titre ne sont pas encore scellés.',
+  sealed_persistent: 'Pas encore disponible pour les salles persistantes.',
   entry_legend: 'Entrée',
   lobby: 'Salle d’attente',
   lobby_text: 'Les personnes qui ouvrent le lien d’invitation attendent qu’un animateur les fasse entrer. Elles ne voient rien du tableau avant.',
@@ -362,6 +371,7 @@ export const front = {
   error_too_many_rooms: 'ce serveur héberge déjà autant de salles qu’il le peut',
   error_unavailable: 'le service des salles est brièvement indisponible',
   error_server_busy: 'le serveur est surchargé',
+  error_sealed_unsupported: 'ce serveur ne propose pas encore de salles scellées\u00a0; décochez «\u00a0Scellée\u00a0» et réessayez',
   created_title: 'Votre salle est prête',
   created_text: 'Ces liens ne s’affichent qu’une fois. Copiez-les maintenant. Toute personne qui a un lien peut entrer avec son rôle.',
   leader_link: 'Lien d’animation',
