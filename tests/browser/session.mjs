@@ -42,6 +42,9 @@ if (!base || !/^http:\/\/(127\.0\.0\.1|localhost|\[::1\]):\d+$/.test(base)) {
 
 const pages = {};
 const problems = [];
+/** Every WebSocket URL a page asked for, and every frame it sent, for the sealed-room checks. */
+const socketUrls = [];
+const framesSent = [];
 const consoleErrors = [];
 let step = 'launch';
 
@@ -220,6 +223,10 @@ async function watchPolicy(context, who) {
 
 /** Uncaught errors are problems; console errors are kept, and a CSP one is a problem too. */
 function watchPage(page, who) {
+  page.on('websocket', (ws) => {
+    socketUrls.push(ws.url());
+    ws.on('framesent', (frame) => framesSent.push(Buffer.from(frame.payload)));
+  });
   page.on('pageerror', (error) => problems.push(`${who}: uncaught error in the page: ${error.message}`));
   page.on('console', (message) => {
     if (message.type() !== 'error') return;
@@ -272,6 +279,7 @@ try {
   await leader.getByLabel('Title').fill('Tuesday group');
   check(await leader.getByLabel(/Ephemeral/).isChecked(), 'ephemeral is the default');
   check(await leader.getByLabel(/Balint session/).isChecked(), 'the Balint template is the default');
+  check(await leader.getByLabel(/^Sealed/).isChecked(), 'a new ephemeral room is sealed by default');
   await leader.getByRole('button', { name: 'Create the room' }).click();
   await waitIn(leader, 'the links are shown', () => !document.getElementById('created').hidden);
   const leaderLink = await leader.getByLabel(/^Leader link/).inputValue();
@@ -279,6 +287,9 @@ try {
   check(leaderLink.startsWith(`${base}/r/`) && leaderLink.includes('#t='), `leader link: ${leaderLink}`);
   check(inviteLink.startsWith(`${base}/r/`) && inviteLink.includes('#t='), `invite link: ${inviteLink}`);
   check(leaderLink !== inviteLink, 'two different links');
+  // The room key, drawn in the browser, rides in the links' fragment: the same on each link.
+  const key = /#t=[^&]+&k=([A-Za-z0-9_-]{43})$/.exec(leaderLink)?.[1];
+  check(key && inviteLink.endsWith(`&k=${key}`), `the links carry the room key: ${leaderLink} ${inviteLink}`);
   await shoot('01-created');
 
   // 2. Everyone joins through their link.
@@ -292,6 +303,7 @@ try {
     check((await page.textContent('#room-title')) === 'Tuesday group', `${who} sees the title`);
     const notice = await page.textContent('#ephemeral-notice');
     check(/screenshots/.test(notice) && /copying/.test(notice), `${who} is told what ephemeral cannot prevent`);
+    check(await page.isVisible('#sealed-notice'), `${who} is told the room is sealed`);
   }
   check(await leader.isVisible('#next-speaker'), 'the leader has the leader controls');
   check(!(await ann.isVisible('#lead-row')), 'a member has no leader controls');
@@ -315,6 +327,14 @@ try {
   for (const [who, page] of Object.entries(pages)) {
     await waitIn(page, `${who} has both edits`, (text) => document.getElementById('notes').value === text, expectedNotes);
   }
+  // Sealed: nothing any page sent carried the notes in clear, and no socket was asked for with
+  // the key (nor does any frame carry it).
+  check(framesSent.length > 0 && socketUrls.length >= 3, `the pages' sockets were watched (${framesSent.length})`);
+  for (const marker of ['dreads the Monday', 'feels guilty', 'Case 1', key]) {
+    check(!framesSent.some((frame) => frame.includes(marker)), `no frame sent carries "${marker}" in clear`);
+  }
+  check(socketUrls.every((url) => url.includes('sealed=1') && !url.includes('k=') && !url.includes(key)),
+    `no socket URL carries the key: ${socketUrls.join(' ')}`);
   const annCaret = await ann.evaluate(() => document.getElementById('notes').selectionEnd);
   check(annCaret === expectedNotes.length, `Ann's caret stayed at the end of her text (at ${annCaret})`);
   // Who is writing where: while both type, each sees the other's name at their caret (on the
