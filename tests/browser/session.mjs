@@ -276,10 +276,10 @@ try {
   for (const directive of ["script-src 'self' 'wasm-unsafe-eval'", "frame-ancestors 'none'", "base-uri 'none'"]) {
     check(policy.includes(directive), `the page is served with the CSP directive ${directive}: ${policy}`);
   }
-  await leader.getByLabel('Title').fill('Tuesday group');
+  await leader.getByRole('textbox', { name: /^Title/ }).fill('Tuesday group');
   check(await leader.getByLabel(/Ephemeral/).isChecked(), 'ephemeral is the default');
   check(await leader.getByLabel(/Balint session/).isChecked(), 'the Balint template is the default');
-  check(await leader.getByLabel(/^Sealed/).isChecked(), 'a new ephemeral room is sealed by default');
+  check(await leader.getByRole('checkbox', { name: /Sealed/ }).isChecked(), 'a new ephemeral room is sealed by default');
   await leader.getByRole('button', { name: 'Create the room' }).click();
   await waitIn(leader, 'the links are shown', () => !document.getElementById('created').hidden);
   const leaderLink = await leader.getByLabel(/^Leader link/).inputValue();
@@ -763,7 +763,7 @@ try {
   // 9. A persistent room: the leader exports the board, then deletes the room.
   step = 'export and delete a persistent room';
   await leader.goto(`${base}/`);
-  await leader.getByLabel('Title').fill('Thursday log');
+  await leader.getByRole('textbox', { name: /^Title/ }).fill('Thursday log');
   await leader.getByLabel(/Persistent/).check();
   await leader.getByRole('button', { name: 'Create the room' }).click();
   await waitIn(leader, 'the links are shown', () => !document.getElementById('created').hidden);
@@ -834,7 +834,7 @@ try {
   await greta.getByRole('heading', { name: 'Einen Raum für Ihre Gruppe anlegen' }).waitFor();
   check((await greta.evaluate(() => document.documentElement.lang)) === 'de', 'the front page says it is in German');
   check((await greta.getByLabel('Sprache').inputValue()) === 'de', 'the picker shows Deutsch');
-  await greta.getByLabel('Titel').fill('Balintgruppe Dienstag');
+  await greta.getByRole('textbox', { name: /^Titel/ }).fill('Balintgruppe Dienstag');
   await greta.getByRole('button', { name: 'Raum anlegen' }).click();
   await waitIn(greta, 'the links are shown', () => !document.getElementById('created').hidden);
   const germanInvite = await greta.inputValue('#invite-link');
