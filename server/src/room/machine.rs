@@ -36,7 +36,7 @@ use yrs::StateVector;
 use super::board::{Board, Relay};
 use super::meeting::record;
 use super::meeting::{Audience, Meeting, MeetingSettings, Output as MeetingOutput, Plan, Shared};
-use super::sealed::{Appended, Compacted, SealedLog};
+use super::sealed::{Appended, Compacted, Ranges, SealedLog, Summary};
 use super::{ConnId, Ids, RoomSettings};
 use crate::backend::{BackendError, BackendResult, StoredBoard, Versioned};
 use crate::fanout::{self, Envelope};
@@ -637,6 +637,11 @@ impl RoomMachine {
             // One node: there is nobody to ask.
             return;
         }
+        if let Some(log) = &self.sealed {
+            let summary = log.summary().encode();
+            self.publish_bus(Envelope::SealedSyncRequest { summary, mutual });
+            return;
+        }
         let state_vector = Bytes::from(self.board.doc().transact().state_vector().encode_v1());
         self.publish_bus(Envelope::SyncRequest { state_vector, mutual });
     }
@@ -667,6 +672,104 @@ impl RoomMachine {
                 Some(shared) => self.install_remote(version, shared, now_ms),
                 None => warn!(room = %self.id, "announced room record did not decode"),
             },
+            Envelope::SealedEntry(frame) => self.sealed_remote_entry(&frame, now_ms),
+            Envelope::SealedSnapshot { sender, upload } => self.sealed_remote_snapshot(sender, &upload, now_ms),
+            Envelope::SealedSyncRequest { summary, mutual } => self.sealed_sync_request(from, &summary, mutual),
+            Envelope::SealedSyncReply { to, log, covered } if *to == *self.node.id => {
+                self.sealed_sync_reply(&log, &covered, now_ms);
+            }
+            Envelope::SealedSyncReply { .. } => {}
+        }
+    }
+
+    /// An entry another node accepted (an update) or forwarded (awareness), in a sealed room:
+    /// logged here too unless known, and forwarded to this node's readers.
+    fn sealed_remote_entry(&mut self, frame: &[u8], now_ms: u64) {
+        if self.ended {
+            return;
+        }
+        let Some(log) = self.sealed.as_mut() else { return };
+        let Ok(sealed_frame::Frame::Entry(entry)) = sealed_frame::decode(frame) else {
+            warn!(room = %self.id, "sealed entry from the bus did not decode");
+            return;
+        };
+        let forward = match entry.sealed.kind {
+            Kind::Awareness => Some(Bytes::copy_from_slice(frame)),
+            Kind::Update | Kind::Snapshot => {
+                let added = log.append_remote(entry);
+                if added.is_some() {
+                    self.board_changed(now_ms);
+                }
+                added
+            }
+            Kind::Name | Kind::Title => None,
+        };
+        if let Some(frame) = forward {
+            self.send(None, self.meeting.board_audience(), Frame::Binary(frame));
+        }
+    }
+
+    /// A snapshot another node accepted: it replaces the entries it covers here too.
+    fn sealed_remote_snapshot(&mut self, sender: String, upload: &[u8], now_ms: u64) {
+        if self.ended {
+            return;
+        }
+        let Some(log) = self.sealed.as_mut() else { return };
+        let Ok(sealed_frame::Frame::Snapshot(upload)) = sealed_frame::decode(upload) else {
+            warn!(room = %self.id, "sealed snapshot from the bus did not decode");
+            return;
+        };
+        if !sealed_frame::valid_sender(&sender) {
+            return;
+        }
+        let forward = log.compact_remote(sender, upload);
+        self.board_changed(now_ms);
+        if let Some(frame) = forward {
+            self.send(None, self.meeting.board_audience(), Frame::Binary(frame));
+        }
+    }
+
+    /// Another node asks for the sealed entries it lacks: it gets them, with the ids snapshots
+    /// replaced here; what it knows replaced goes from this log too.
+    fn sealed_sync_request(&mut self, from: &str, summary: &[u8], mutual: bool) {
+        if self.ended {
+            return;
+        }
+        let Some(log) = self.sealed.as_mut() else { return };
+        let Some(summary) = Summary::decode(summary) else {
+            warn!(room = %self.id, "sealed catch-up request did not decode");
+            return;
+        };
+        log.learn(&summary);
+        let covered = log.covered();
+        let lacking = log.lacking(&summary);
+        if !lacking.is_empty() || !covered.is_empty() {
+            let log = sealed_frame::encode_log(lacking);
+            let reply = Envelope::SealedSyncReply { to: from.to_owned(), log, covered: covered.encode() };
+            self.publish_bus(reply);
+        }
+        if mutual {
+            self.request_catch_up(false);
+        }
+    }
+
+    /// The answer to this node's sealed catch-up request.
+    fn sealed_sync_reply(&mut self, log_frame: &[u8], covered: &[u8], now_ms: u64) {
+        if self.ended {
+            return;
+        }
+        let Some(log) = self.sealed.as_mut() else { return };
+        let (Ok(sealed_frame::Frame::Log(entries)), Some(covered)) =
+            (sealed_frame::decode(log_frame), Ranges::decode(covered))
+        else {
+            warn!(room = %self.id, "sealed catch-up reply did not decode");
+            return;
+        };
+        let added = log.apply_reply(&covered, entries);
+        self.board_changed(now_ms);
+        let audience = self.meeting.board_audience();
+        for frame in added {
+            self.send(None, audience.clone(), Frame::Binary(frame));
         }
     }
 
@@ -1152,9 +1255,10 @@ impl RoomMachine {
         let audience = self.meeting.board_audience();
         match kind {
             Kind::Awareness => {
-                // Forwarded to every reader, never logged.
+                // Forwarded to every reader, here and on the other nodes, never logged.
                 let frame = sealed_frame::encode_entry(&entry);
-                self.send(Some(conn), audience, Frame::Binary(frame));
+                self.send(Some(conn), audience, Frame::Binary(frame.clone()));
+                self.publish_bus(Envelope::SealedEntry(frame));
             }
             _ => {
                 if let Err(refusal) = self.meeting.can_write(conn) {
@@ -1165,7 +1269,8 @@ impl RoomMachine {
                 match log.append(entry) {
                     Appended::Added(frame) => {
                         self.board_changed(now_ms);
-                        self.send(Some(conn), audience, Frame::Binary(frame));
+                        self.send(Some(conn), audience, Frame::Binary(frame.clone()));
+                        self.publish_bus(Envelope::SealedEntry(frame));
                     }
                     Appended::Duplicate => {}
                     Appended::Full => outcome.board_full = true,
@@ -1193,10 +1298,14 @@ impl RoomMachine {
             return outcome;
         }
         let Some(log) = self.sealed.as_mut() else { return outcome };
-        match log.compact(sender, upload) {
+        let frame = self.node.clustered.then(|| sealed_frame::encode_snapshot(&upload));
+        match log.compact(sender.clone(), upload) {
             Compacted::Replaced => {
                 debug!(room = %self.id, "sealed log compacted");
                 self.board_changed(now_ms);
+                if let Some(upload) = frame {
+                    self.publish_bus(Envelope::SealedSnapshot { sender, upload });
+                }
             }
             Compacted::Stale => {}
             Compacted::Full => outcome.board_full = true,

@@ -6,11 +6,19 @@
 //! the room's readers. It reads only an entry's header: the sender it stamped, the sequence
 //! number, the kind and the size. Who may append is decided before, by the room machine, from
 //! the sender's identity and the room's state ([`balint_proto::rules::may_write`]).
+//!
+//! With several nodes, each node keeps its own copy of the log, and the copies converge as
+//! sets: a log holds every entry any node accepted, minus the entries some snapshot covers
+//! (the ids a snapshot replaced are remembered, so that a covered entry arriving late is
+//! dropped). Order is each node's arrival order and may differ between nodes; clients apply
+//! entries in any order, as Yjs updates commute. A node catches up by sending a [`Summary`] of
+//! the ids it knows, as ranges of sequence numbers per sender, and gets back what it lacks.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use balint_proto::sealed::{self, Entry, SnapshotUpload};
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 /// What became of an entry offered to the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +49,9 @@ pub struct SealedLog {
     entries: Vec<Entry>,
     /// `(sender, seq)` of every entry, so that a resend is not logged twice.
     ids: HashSet<(String, u64)>,
+    /// The ids a snapshot replaced, here or on another node: such an entry is never logged
+    /// again.
+    covered: HashSet<(String, u64)>,
     /// The sum of the entries' ciphertext lengths: what the board size limit applies to.
     bytes: usize,
     limit: usize,
@@ -55,7 +66,7 @@ impl SealedLog {
     /// Offers an entry, stamped with its sender, to the log.
     pub fn append(&mut self, entry: Entry) -> Appended {
         let id = (entry.sender.clone(), entry.sealed.seq);
-        if self.ids.contains(&id) {
+        if self.knows(&id) {
             return Appended::Duplicate;
         }
         let bytes = self.bytes.saturating_add(entry.sealed.ciphertext.len());
@@ -102,12 +113,107 @@ impl SealedLog {
             }
         }
         self.entries = entries;
-        for id in &covered {
-            self.ids.remove(id);
+        for id in covered {
+            self.ids.remove(&id);
+            self.covered.insert(id);
         }
         self.ids.insert(id);
         self.bytes = bytes;
         Compacted::Replaced
+    }
+
+    /// Whether the log holds the entry `id` or a snapshot replaced it.
+    pub fn knows(&self, id: &(String, u64)) -> bool {
+        self.ids.contains(id) || self.covered.contains(id)
+    }
+
+    /// Adds an entry another node accepted, unless this log knows it (holds it, or a snapshot
+    /// replaced it). Returns the frame that forwards it to the readers when it was added. The
+    /// size limit is not applied: the node that accepted it did, and refusing it here would
+    /// leave the nodes with different logs.
+    pub fn append_remote(&mut self, entry: Entry) -> Option<Bytes> {
+        let id = (entry.sender.clone(), entry.sealed.seq);
+        if self.knows(&id) {
+            return None;
+        }
+        let frame = sealed::encode_entry(&entry);
+        self.bytes = self.bytes.saturating_add(entry.sealed.ciphertext.len());
+        self.ids.insert(id);
+        self.entries.push(entry);
+        Some(frame)
+    }
+
+    /// Applies a snapshot another node accepted: the covered entries this log holds go, the
+    /// covered ids are remembered, and the snapshot takes the place of the earliest covered
+    /// entry held here (at the end when none is), unless this log knows it already. Returns
+    /// the frame that forwards the snapshot to the readers when it was added: they may lack
+    /// some of what it covers (entries this node never had, or that it dropped on learning
+    /// from a catch-up that a snapshot covers them).
+    pub fn compact_remote(&mut self, sender: String, upload: SnapshotUpload) -> Option<Bytes> {
+        let id = (sender, upload.sealed.seq);
+        let place = self.cover(upload.covers);
+        if self.knows(&id) {
+            return None;
+        }
+        let entry = Entry { sender: id.0.clone(), sealed: upload.sealed };
+        let frame = sealed::encode_entry(&entry);
+        self.bytes = self.bytes.saturating_add(entry.sealed.ciphertext.len());
+        self.ids.insert(id);
+        self.entries.insert(place.unwrap_or(self.entries.len()), entry);
+        Some(frame)
+    }
+
+    /// Removes the held entries among `ids` and remembers them all as covered. Returns where
+    /// the earliest removed entry stood.
+    fn cover(&mut self, ids: impl IntoIterator<Item = (String, u64)>) -> Option<usize> {
+        let mut removed = HashSet::new();
+        for id in ids {
+            if self.ids.remove(&id) {
+                removed.insert(id.clone());
+            }
+            self.covered.insert(id);
+        }
+        if removed.is_empty() {
+            return None;
+        }
+        let place = self.entries.iter().position(|e| removed.contains(&(e.sender.clone(), e.sealed.seq)));
+        let bytes = &mut self.bytes;
+        self.entries.retain(|e| {
+            let gone = removed.contains(&(e.sender.clone(), e.sealed.seq));
+            if gone {
+                *bytes -= e.sealed.ciphertext.len();
+            }
+            !gone
+        });
+        place
+    }
+
+    /// What this log knows, for a catch-up request: the ids it holds or that a snapshot
+    /// replaced, and the replaced ones apart.
+    pub fn summary(&self) -> Summary {
+        Summary { known: Ranges::of(self.ids.iter().chain(&self.covered)), covered: Ranges::of(&self.covered) }
+    }
+
+    /// Learns from another node's summary which entries snapshots replaced there.
+    pub fn learn(&mut self, summary: &Summary) {
+        self.cover(summary.covered.ids());
+    }
+
+    /// The entries this log holds that `summary` does not know, in order.
+    pub fn lacking(&self, summary: &Summary) -> Vec<&Entry> {
+        self.entries.iter().filter(|e| !summary.known.contains(&e.sender, e.sealed.seq)).collect()
+    }
+
+    /// The ids snapshots replaced, as ranges.
+    pub fn covered(&self) -> Ranges {
+        Ranges::of(&self.covered)
+    }
+
+    /// Applies a catch-up reply: the entries `covered` names go, then the `entries` this log
+    /// does not know are added. Returns the frames that forward the added ones.
+    pub fn apply_reply(&mut self, covered: &Ranges, entries: Vec<Entry>) -> Vec<Bytes> {
+        self.cover(covered.ids());
+        entries.into_iter().filter_map(|e| self.append_remote(e)).collect()
     }
 
     /// The log frame for a newcomer: every entry, in order.
@@ -123,6 +229,98 @@ impl SealedLog {
     /// The sum of the entries' ciphertext lengths.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+}
+
+/// Sets of `(sender, seq)` ids as inclusive ranges of sequence numbers per sender. A
+/// client's numbers run on from 1 within each session's epoch (`docs/PROTOCOL.md` §13), so a
+/// set of ids takes one range per sender and session, plus one per gap: at most one per id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ranges(Vec<(String, Vec<(u64, u64)>)>);
+
+/// The most ids one catch-up expands ranges into: far beyond a real room's entries, so that a
+/// damaged range costs no more than that.
+const MAX_RANGE_IDS: u64 = 1 << 20;
+
+impl Ranges {
+    /// The ranges of `ids`.
+    pub fn of<'a>(ids: impl IntoIterator<Item = &'a (String, u64)>) -> Ranges {
+        let mut by_sender: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+        for (sender, seq) in ids {
+            by_sender.entry(sender).or_default().push(*seq);
+        }
+        let ranges = by_sender
+            .into_iter()
+            .map(|(sender, mut seqs)| {
+                seqs.sort_unstable();
+                seqs.dedup();
+                let mut ranges: Vec<(u64, u64)> = Vec::new();
+                for seq in seqs {
+                    match ranges.last_mut() {
+                        Some((_, end)) if end.checked_add(1) == Some(seq) => *end = seq,
+                        _ => ranges.push((seq, seq)),
+                    }
+                }
+                (sender.to_owned(), ranges)
+            })
+            .collect();
+        Ranges(ranges)
+    }
+
+    /// Whether the set holds `(sender, seq)`.
+    pub fn contains(&self, sender: &str, seq: u64) -> bool {
+        let Ok(at) = self.0.binary_search_by(|(s, _)| s.as_str().cmp(sender)) else { return false };
+        let ranges = &self.0[at].1;
+        let after = ranges.partition_point(|(start, _)| *start <= seq);
+        after > 0 && ranges[after - 1].1 >= seq
+    }
+
+    /// Every id of the set, at most [`MAX_RANGE_IDS`] of them.
+    pub fn ids(&self) -> impl Iterator<Item = (String, u64)> + '_ {
+        self.0
+            .iter()
+            .flat_map(|(sender, ranges)| {
+                ranges.iter().flat_map(move |&(start, end)| (start..=end).map(move |seq| (sender.clone(), seq)))
+            })
+            .take(MAX_RANGE_IDS as usize)
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// What a log knows, sent with a catch-up request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// The ids the log holds or knows replaced.
+    pub known: Ranges,
+    /// The ids it knows replaced by a snapshot.
+    pub covered: Ranges,
+}
+
+impl Summary {
+    /// The summary's bytes on the bus.
+    pub fn encode(&self) -> Bytes {
+        Bytes::from(postcard::to_allocvec(self).unwrap_or_default())
+    }
+
+    /// A summary from its bytes; `None` when they do not decode.
+    pub fn decode(bytes: &[u8]) -> Option<Summary> {
+        postcard::from_bytes(bytes).ok()
+    }
+}
+
+impl Ranges {
+    /// The set's bytes on the bus.
+    pub fn encode(&self) -> Bytes {
+        Bytes::from(postcard::to_allocvec(self).unwrap_or_default())
+    }
+
+    /// A set from its bytes; `None` when they do not decode.
+    pub fn decode(bytes: &[u8]) -> Option<Ranges> {
+        postcard::from_bytes(bytes).ok()
     }
 }
 
@@ -171,8 +369,9 @@ mod tests {
         assert_eq!(order, [("a".into(), 1), ("b".into(), 9), ("c".into(), 1)]);
         assert_eq!(log.bytes(), 70);
         // The covered entries are gone for good: a snapshot naming one again is stale, and a
-        // resend of one is a new entry.
+        // resend of one is dropped.
         assert_eq!(log.compact("a".into(), snapshot(3, &[("a", 2)], 10)), Compacted::Stale);
+        assert_eq!(log.append(entry("a", 2, 20)), Appended::Duplicate);
         // A later snapshot may cover an earlier one.
         assert_eq!(log.compact("c".into(), snapshot(2, &[("a", 1), ("b", 9), ("c", 1)], 16)), Compacted::Replaced);
         assert_eq!(log.entries().len(), 1);
