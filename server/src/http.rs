@@ -115,13 +115,10 @@ pub async fn create_room(
         ));
     }
     let request: CreateRoom = json_object(&body)?;
-    if request.sealed && (!request.ephemeral || state.config.redis_url.is_some()) {
-        // Not yet: a persistent sealed room needs its log in the board store, and several
-        // nodes need to exchange entries over the bus (docs/PROTOCOL.md §13).
-        return Err(AppError::bad_request(
-            "sealed_unsupported",
-            "a sealed room is ephemeral and served by a single node (no Redis) for now",
-        ));
+    if request.sealed && !request.ephemeral {
+        // Not yet: a persistent sealed room needs its log in the board store
+        // (docs/PROTOCOL.md §13).
+        return Err(AppError::bad_request("sealed_unsupported", "a sealed room is ephemeral for now"));
     }
     let title = match request.title.map(|t| t.trim().to_owned()) {
         Some(t) if t.chars().count() > limits::MAX_TITLE_CHARS => {
