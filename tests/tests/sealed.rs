@@ -109,20 +109,6 @@ async fn stock_yjs_clients_are_turned_away_from_a_sealed_room_and_sealed_clients
     assert_eq!(frame.reason.as_str(), "this room is not sealed");
 }
 
-#[tokio::test]
-async fn sealed_rooms_that_are_not_served_yet_are_refused_at_creation() {
-    let server = TestServer::start().await;
-    let response = reqwest::Client::new()
-        .post(format!("{}/api/rooms", server.base()))
-        .json(&json!({"sealed": true, "ephemeral": false}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 400);
-    let body: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(body["error"], "sealed_unsupported");
-}
-
 /// The client's sequence numbers and the server's stamping agree with what the document says
 /// a receiver checks: an entry replayed under another sender does not open.
 #[tokio::test]

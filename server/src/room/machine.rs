@@ -513,11 +513,26 @@ impl RoomMachine {
         }
     }
 
-    /// A persistent room opened from its stored board: `board` and `settings` as saved.
+    /// A persistent room opened from its stored board: `board` (a sealed room's log) and
+    /// `settings` as saved.
     pub fn load_board(&mut self, stored: &StoredBoard) -> Result<(), FrameError> {
-        self.board.load(&stored.board)?;
+        match &mut self.sealed {
+            Some(log) => {
+                *log = SealedLog::from_stored(&stored.board, self.node.options.max_board_bytes)
+                    .ok_or(FrameError::Malformed)?;
+            }
+            None => self.board.load(&stored.board)?,
+        }
         self.saved_settings = Some(stored.settings.clone());
         Ok(())
+    }
+
+    /// The board as the board store keeps it: the yrs state, or a sealed room's log.
+    fn stored_board(&self) -> Bytes {
+        match &self.sealed {
+            Some(log) => log.encode_stored(),
+            None => Bytes::from(self.board.encode_state()),
+        }
     }
 
     /// Notes that the stored settings are `settings` (a room just created and saved).
@@ -586,7 +601,8 @@ impl RoomMachine {
         now_ms.saturating_sub(since) >= self.node.options.idle_unload.as_millis() as u64
     }
 
-    /// The board as Markdown, for a leader's export.
+    /// The board as Markdown, for a leader's export. A sealed room's board cannot be read
+    /// here: it exports as the title and phases alone, and the HTTP layer refuses it before.
     pub fn export_markdown(&self) -> String {
         let shared = self.meeting.shared();
         let phases: Vec<String> = shared
@@ -1171,7 +1187,7 @@ impl RoomMachine {
         if !(settings_changed || board_due) {
             return None;
         }
-        let stored = StoredBoard { settings: settings.clone(), board: Bytes::from(self.board.encode_state()) };
+        let stored = StoredBoard { settings: settings.clone(), board: self.stored_board() };
         Some((stored, self.changed_ms, settings))
     }
 

@@ -360,7 +360,11 @@ impl Sim {
         store.write(1, record.clone());
         let settings_json = super::settings_json(meeting.shared());
         if !ephemeral {
-            let empty = Bytes::from(super::Board::new().encode_state());
+            let empty = if sealed {
+                crate::room::sealed::SealedLog::default().encode_stored()
+            } else {
+                Bytes::from(super::Board::new().encode_state())
+            };
             store.board = Some(StoredBoard { settings: settings_json.clone(), board: empty });
         }
         let nodes = (0..NODES)
@@ -1086,6 +1090,14 @@ impl Sim {
         for id in &self.sealed_accepted {
             assert!(first.contains(id) || covered.contains(id), "the accepted entry {id:?} was lost");
         }
+        if !self.nodes[0].machine.is_ephemeral() {
+            // A persistent sealed room's saved log is the same set.
+            let stored = self.store.board.as_ref().expect("a persistent room has a saved board");
+            let saved = crate::room::sealed::SealedLog::from_stored(&stored.board, usize::MAX)
+                .expect("the saved sealed log loads");
+            let saved: BTreeSet<Id> = saved.entries().iter().map(id_of).collect();
+            assert_eq!(saved, first, "the saved log holds other entries than the nodes");
+        }
         for client in self.clients.iter().filter(|c| c.is_open()) {
             let meeting = self.nodes[client.node].machine.meeting();
             if !meeting.can_read(client.conn) {
@@ -1209,7 +1221,7 @@ fn seed_bytes(seed: u64) -> [u8; 32] {
 fn run(seed: u64, faults: Faults, steps: usize, sealed: bool) {
     let mut setup = StdRng::seed_from_u64(seed ^ 0x5eed);
     let template = if setup.gen_bool(0.75) { Template::Balint } else { Template::Open };
-    let (lobby, ephemeral) = (setup.gen_bool(0.5), setup.gen_bool(0.5) || sealed);
+    let (lobby, ephemeral) = (setup.gen_bool(0.5), setup.gen_bool(0.5));
     let mut sim = Sim::new(seed, template, lobby, ephemeral, sealed, faults);
     for _ in 0..steps {
         sim.chaos_step();
@@ -1575,14 +1587,16 @@ fn each_turn_past_its_limit_is_told_once_through_restarts_and_stalls() {
 
 // ---- sealed rooms under load ----
 
-/// A sealed meeting with two members on every node who send sealed updates, awareness and
-/// snapshots (opaque random bytes) while the faults strike, and newcomers who join on any
+/// A sealed meeting (ephemeral or persistent) with two members on every node who send sealed
+/// updates, awareness and snapshots (opaque random bytes) while the faults strike, and newcomers who join on any
 /// node along the way. After quiescence, [`Sim::check_sealed_logs`] holds: the same entries
 /// on every node, once each, every accepted entry kept or replaced by an accepted snapshot,
 /// and every reader holding the content of every accepted entry. Returns how many entries
 /// and snapshots were accepted.
 fn sealed_writing(seed: u64, faults: Faults, rounds: usize) -> (usize, usize) {
-    let mut sim = Sim::new(seed, Template::Open, false, true, true, Faults::NONE);
+    // Every other seed is a persistent room, whose saved log is checked too.
+    let ephemeral = seed.is_multiple_of(2);
+    let mut sim = Sim::new(seed, Template::Open, false, ephemeral, true, Faults::NONE);
     sim.connect(0, Role::Leader, First::Hello(None));
     for n in 0..NODES {
         sim.connect(n, Role::Member, First::Hello(None));

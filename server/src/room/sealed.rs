@@ -230,6 +230,42 @@ impl SealedLog {
     pub fn bytes(&self) -> usize {
         self.bytes
     }
+
+    /// The log as a persistent sealed room keeps it in the board store: its entries (a `0x42`
+    /// log frame) and the ids snapshots replaced, opaque but for the headers, as on the bus.
+    pub fn encode_stored(&self) -> Bytes {
+        let stored = StoredLog { format: STORED_FORMAT, log: self.log_frame().to_vec(), covered: self.covered() };
+        Bytes::from(postcard::to_allocvec(&stored).unwrap_or_default())
+    }
+
+    /// A log from what [`SealedLog::encode_stored`] wrote, holding at most `limit` bytes of
+    /// ciphertext from now on (what it holds already stays, even beyond); `None` when the
+    /// bytes do not decode.
+    pub fn from_stored(bytes: &[u8], limit: usize) -> Option<SealedLog> {
+        let stored: StoredLog = postcard::from_bytes(bytes).ok()?;
+        if stored.format != STORED_FORMAT {
+            return None;
+        }
+        let Ok(sealed::Frame::Log(entries)) = sealed::decode(&stored.log) else { return None };
+        let mut log = SealedLog::with_limit(limit);
+        log.covered.extend(stored.covered.ids());
+        for entry in entries {
+            log.append_remote(entry);
+        }
+        Some(log)
+    }
+}
+
+/// The format of a stored sealed log; a later format takes another number.
+const STORED_FORMAT: u8 = 1;
+
+/// A sealed log as stored (postcard).
+#[derive(Serialize, Deserialize)]
+struct StoredLog {
+    format: u8,
+    /// A `0x42` log frame.
+    log: Vec<u8>,
+    covered: Ranges,
 }
 
 /// Sets of `(sender, seq)` ids as inclusive ranges of sequence numbers per sender. A
@@ -353,6 +389,73 @@ mod tests {
     fn snapshot(seq: u64, covers: &[(&str, u64)], len: usize) -> SnapshotUpload {
         let sealed = Sealed { seq, kind: Kind::Snapshot, nonce: [4; 24], ciphertext: vec![5; len].into() };
         SnapshotUpload { covers: covers.iter().map(|(s, q)| ((*s).to_owned(), *q)).collect(), sealed }
+    }
+
+    fn ids(log: &SealedLog) -> Vec<(String, u64)> {
+        log.entries().iter().map(|e| (e.sender.clone(), e.sealed.seq)).collect()
+    }
+
+    #[test]
+    fn a_stored_log_loads_with_its_entries_in_order_and_what_snapshots_replaced() {
+        let mut log = SealedLog::with_limit(1000);
+        for (sender, seq) in [("a", 1), ("b", 1), ("a", 2), ("c", 7)] {
+            log.append(entry(sender, seq, 20));
+        }
+        assert_eq!(log.compact("b".into(), snapshot(2, &[("a", 1), ("b", 1)], 30)), Compacted::Replaced);
+        let loaded = SealedLog::from_stored(&log.encode_stored(), 1000).expect("it loads");
+        assert_eq!(loaded.log_frame(), log.log_frame());
+        assert_eq!(loaded.bytes(), log.bytes());
+        assert!(loaded.knows(&("a".into(), 1)), "a replaced entry stays known");
+        assert!(SealedLog::from_stored(b"not a log", 1000).is_none());
+        assert!(
+            SealedLog::from_stored(&SealedLog::default().encode_stored(), 10).is_some_and(|l| l.entries().is_empty())
+        );
+    }
+
+    #[test]
+    fn remote_entries_and_snapshots_converge_as_sets_whatever_their_order() {
+        // A snapshot on one node covers entries another node has not seen yet.
+        let mut here = SealedLog::with_limit(1000);
+        here.append(entry("a", 1, 20));
+        assert!(here.compact_remote("b".into(), snapshot(5, &[("a", 1), ("a", 2)], 30)).is_some());
+        assert_eq!(ids(&here), [("b".into(), 5)]);
+        assert_eq!(here.append_remote(entry("a", 2, 20)), None, "a covered entry arriving late is dropped");
+        assert_eq!(here.append(entry("a", 2, 20)), Appended::Duplicate);
+        assert_eq!(here.compact_remote("b".into(), snapshot(5, &[("a", 1)], 30)), None, "known already");
+        // The same entries the other way round: the same set.
+        let mut there = SealedLog::with_limit(1000);
+        there.append_remote(entry("a", 2, 20));
+        there.compact_remote("b".into(), snapshot(5, &[("a", 1), ("a", 2)], 30));
+        there.append_remote(entry("a", 1, 20));
+        assert_eq!(ids(&there), ids(&here));
+        assert_eq!(there.bytes(), here.bytes());
+        // A node that lacks everything learns it from a catch-up.
+        let mut empty = SealedLog::with_limit(1000);
+        empty.append_remote(entry("a", 1, 20));
+        let summary = Summary::decode(&empty.summary().encode()).expect("it decodes");
+        here.learn(&summary);
+        let lacking: Vec<Entry> = here.lacking(&summary).into_iter().cloned().collect();
+        let covered = Ranges::decode(&here.covered().encode()).expect("it decodes");
+        assert_eq!(empty.apply_reply(&covered, lacking).len(), 1);
+        assert_eq!(ids(&empty), ids(&here));
+    }
+
+    #[test]
+    fn ranges_hold_exactly_their_ids() {
+        let ids = [
+            ("a".to_owned(), 1),
+            ("a".to_owned(), 2),
+            ("a".to_owned(), 3),
+            ("a".to_owned(), 7),
+            ("b".to_owned(), u64::MAX),
+        ];
+        let ranges = Ranges::of(&ids);
+        assert_eq!(ranges.0, [("a".to_owned(), vec![(1, 3), (7, 7)]), ("b".to_owned(), vec![(u64::MAX, u64::MAX)])]);
+        for seq in 0..10 {
+            assert_eq!(ranges.contains("a", seq), [1, 2, 3, 7].contains(&seq), "{seq}");
+        }
+        assert!(ranges.contains("b", u64::MAX) && !ranges.contains("c", 1));
+        assert_eq!(ranges.ids().collect::<Vec<_>>(), ids);
     }
 
     #[test]
