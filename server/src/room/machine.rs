@@ -690,7 +690,7 @@ impl RoomMachine {
             },
             Envelope::SealedEntry(frame) => self.sealed_remote_entry(&frame, now_ms),
             Envelope::SealedSnapshot { sender, upload } => self.sealed_remote_snapshot(sender, &upload, now_ms),
-            Envelope::SealedSyncRequest { summary, mutual } => self.sealed_sync_request(from, &summary, mutual),
+            Envelope::SealedSyncRequest { summary, mutual } => self.sealed_sync_request(from, &summary, mutual, now_ms),
             Envelope::SealedSyncReply { to, log, covered } if *to == *self.node.id => {
                 self.sealed_sync_reply(&log, &covered, now_ms);
             }
@@ -738,8 +738,11 @@ impl RoomMachine {
         if !sealed_frame::valid_sender(&sender) {
             return;
         }
+        let before = log.changes();
         let forward = log.compact_remote(sender, upload);
-        self.board_changed(now_ms);
+        if log.changes() != before {
+            self.board_changed(now_ms);
+        }
         if let Some(frame) = forward {
             self.send(None, self.meeting.board_audience(), Frame::Binary(frame));
         }
@@ -747,7 +750,7 @@ impl RoomMachine {
 
     /// Another node asks for the sealed entries it lacks: it gets them, with the ids snapshots
     /// replaced here; what it knows replaced goes from this log too.
-    fn sealed_sync_request(&mut self, from: &str, summary: &[u8], mutual: bool) {
+    fn sealed_sync_request(&mut self, from: &str, summary: &[u8], mutual: bool, now_ms: u64) {
         if self.ended {
             return;
         }
@@ -756,13 +759,18 @@ impl RoomMachine {
             warn!(room = %self.id, "sealed catch-up request did not decode");
             return;
         };
+        let before = log.changes();
         log.learn(&summary);
+        let changed = log.changes() != before;
         let covered = log.covered();
         let lacking = log.lacking(&summary);
         if !lacking.is_empty() || !covered.is_empty() {
             let log = sealed_frame::encode_log(lacking);
             let reply = Envelope::SealedSyncReply { to: from.to_owned(), log, covered: covered.encode() };
             self.publish_bus(reply);
+        }
+        if changed {
+            self.board_changed(now_ms);
         }
         if mutual {
             self.request_catch_up(false);
@@ -781,8 +789,11 @@ impl RoomMachine {
             warn!(room = %self.id, "sealed catch-up reply did not decode");
             return;
         };
+        let before = log.changes();
         let added = log.apply_reply(&covered, entries);
-        self.board_changed(now_ms);
+        if log.changes() != before {
+            self.board_changed(now_ms);
+        }
         let audience = self.meeting.board_audience();
         for frame in added {
             self.send(None, audience.clone(), Frame::Binary(frame));

@@ -55,6 +55,8 @@ pub struct SealedLog {
     /// The sum of the entries' ciphertext lengths: what the board size limit applies to.
     bytes: usize,
     limit: usize,
+    /// Counts the changes to the entries and the covered ids: what a save must catch up with.
+    changes: u64,
 }
 
 impl SealedLog {
@@ -77,6 +79,7 @@ impl SealedLog {
         self.bytes = bytes;
         self.ids.insert(id);
         self.entries.push(entry);
+        self.changes += 1;
         Appended::Added(frame)
     }
 
@@ -119,6 +122,7 @@ impl SealedLog {
         }
         self.ids.insert(id);
         self.bytes = bytes;
+        self.changes += 1;
         Compacted::Replaced
     }
 
@@ -140,6 +144,7 @@ impl SealedLog {
         self.bytes = self.bytes.saturating_add(entry.sealed.ciphertext.len());
         self.ids.insert(id);
         self.entries.push(entry);
+        self.changes += 1;
         Some(frame)
     }
 
@@ -160,6 +165,7 @@ impl SealedLog {
         self.bytes = self.bytes.saturating_add(entry.sealed.ciphertext.len());
         self.ids.insert(id);
         self.entries.insert(place.unwrap_or(self.entries.len()), entry);
+        self.changes += 1;
         Some(frame)
     }
 
@@ -171,7 +177,9 @@ impl SealedLog {
             if self.ids.remove(&id) {
                 removed.insert(id.clone());
             }
-            self.covered.insert(id);
+            if self.covered.insert(id) {
+                self.changes += 1;
+            }
         }
         if removed.is_empty() {
             return None;
@@ -229,6 +237,11 @@ impl SealedLog {
     /// The sum of the entries' ciphertext lengths.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// How many changes the log has seen: it changed when this did.
+    pub fn changes(&self) -> u64 {
+        self.changes
     }
 
     /// The log as a persistent sealed room keeps it in the board store: its entries (a `0x42`
