@@ -47,6 +47,34 @@ pub enum Envelope {
         /// The record.
         record: Bytes,
     },
+    /// A sealed room's entry, accepted (a board update) or forwarded (awareness) on the
+    /// sending node: a `0x41` sealed frame, opaque but for its header.
+    SealedEntry(Bytes),
+    /// A sealed room's snapshot, accepted on the sending node from `sender`.
+    SealedSnapshot {
+        /// The uploader's member id.
+        sender: String,
+        /// The `0x43` snapshot frame: the covered ids and the sealed snapshot.
+        upload: Bytes,
+    },
+    /// A sealed room's "send me what I lack": what the sender's log knows (a postcard-encoded
+    /// `room::sealed::Summary`). With `mutual`, the receivers ask back.
+    SealedSyncRequest {
+        /// The summary of the sender's log.
+        summary: Bytes,
+        /// Whether receivers should ask back.
+        mutual: bool,
+    },
+    /// The answer to a sealed catch-up request, for node `to` only.
+    SealedSyncReply {
+        /// The node that asked.
+        to: String,
+        /// The entries it lacks: a `0x42` log frame.
+        log: Bytes,
+        /// The ids snapshots replaced on the answering node (a postcard-encoded
+        /// `room::sealed::Ranges`).
+        covered: Bytes,
+    },
 }
 
 impl Envelope {
@@ -57,6 +85,10 @@ impl Envelope {
             Envelope::SyncRequest { state_vector, .. } => state_vector.len() + 1,
             Envelope::SyncReply { to, update } => to.len() + 1 + update.len(),
             Envelope::State { record, .. } => record.len() + 8,
+            Envelope::SealedEntry(frame) => frame.len(),
+            Envelope::SealedSnapshot { sender, upload } => sender.len() + 1 + upload.len(),
+            Envelope::SealedSyncRequest { summary, .. } => summary.len() + 1,
+            Envelope::SealedSyncReply { to, log, covered } => to.len() + 1 + log.len() + 4 + covered.len(),
         }
     }
 
@@ -67,6 +99,10 @@ impl Envelope {
             Envelope::SyncRequest { state_vector, mutual } => Wire::SyncRequest { state_vector, mutual: *mutual },
             Envelope::SyncReply { to, update } => Wire::SyncReply { to, update },
             Envelope::State { version, record } => Wire::State { version: *version, record },
+            Envelope::SealedEntry(frame) => Wire::SealedEntry(frame),
+            Envelope::SealedSnapshot { sender, upload } => Wire::SealedSnapshot { sender, upload },
+            Envelope::SealedSyncRequest { summary, mutual } => Wire::SealedSyncRequest { summary, mutual: *mutual },
+            Envelope::SealedSyncReply { to, log, covered } => Wire::SealedSyncReply { to, log, covered },
         }
     }
 }
@@ -98,6 +134,24 @@ enum Wire<'a> {
         version: u64,
         #[serde(serialize_with = "byte_string")]
         record: &'a [u8],
+    },
+    SealedEntry(#[serde(serialize_with = "byte_string")] &'a [u8]),
+    SealedSnapshot {
+        sender: &'a str,
+        #[serde(serialize_with = "byte_string")]
+        upload: &'a [u8],
+    },
+    SealedSyncRequest {
+        #[serde(serialize_with = "byte_string")]
+        summary: &'a [u8],
+        mutual: bool,
+    },
+    SealedSyncReply {
+        to: &'a str,
+        #[serde(serialize_with = "byte_string")]
+        log: &'a [u8],
+        #[serde(serialize_with = "byte_string")]
+        covered: &'a [u8],
     },
 }
 
@@ -146,6 +200,16 @@ pub fn decode(payload: Bytes) -> Option<(String, Vec<Envelope>)> {
             }
             Wire::SyncReply { to, update } => Envelope::SyncReply { to: to.to_owned(), update: slice(update) },
             Wire::State { version, record } => Envelope::State { version, record: slice(record) },
+            Wire::SealedEntry(frame) => Envelope::SealedEntry(slice(frame)),
+            Wire::SealedSnapshot { sender, upload } => {
+                Envelope::SealedSnapshot { sender: sender.to_owned(), upload: slice(upload) }
+            }
+            Wire::SealedSyncRequest { summary, mutual } => {
+                Envelope::SealedSyncRequest { summary: slice(summary), mutual }
+            }
+            Wire::SealedSyncReply { to, log, covered } => {
+                Envelope::SealedSyncReply { to: to.to_owned(), log: slice(log), covered: slice(covered) }
+            }
         })
         .collect();
     Some((message.node.to_owned(), envelopes))
@@ -155,13 +219,21 @@ pub fn decode(payload: Bytes) -> Option<(String, Vec<Envelope>)> {
 mod tests {
     use super::*;
 
-    fn cases() -> [Envelope; 5] {
+    fn cases() -> [Envelope; 9] {
         [
             Envelope::Update(Bytes::from_static(b"u")),
             Envelope::Awareness(Bytes::from_static(b"a")),
             Envelope::SyncRequest { state_vector: Bytes::from_static(b"sv"), mutual: true },
             Envelope::SyncReply { to: "n2".into(), update: Bytes::from_static(b"diff") },
             Envelope::State { version: 42, record: Bytes::from_static(b"{}") },
+            Envelope::SealedEntry(Bytes::from_static(b"\x41entry")),
+            Envelope::SealedSnapshot { sender: "m1".into(), upload: Bytes::from_static(b"\x43snap") },
+            Envelope::SealedSyncRequest { summary: Bytes::from_static(b"ids"), mutual: false },
+            Envelope::SealedSyncReply {
+                to: "n3".into(),
+                log: Bytes::from_static(b"\x42log"),
+                covered: Bytes::from_static(b"ranges"),
+            },
         ]
     }
 
@@ -207,7 +279,7 @@ mod tests {
         other_format[0] = FORMAT + 1;
         assert_eq!(decode(Bytes::from(other_format)), None, "another format");
         let mut bad_variant = encode("n", &Envelope::Update(Bytes::from_static(b"u"))).to_vec();
-        bad_variant[4] = 9;
+        bad_variant[4] = 13;
         assert_eq!(decode(Bytes::from(bad_variant)), None, "an unknown envelope");
     }
 

@@ -115,14 +115,6 @@ pub async fn create_room(
         ));
     }
     let request: CreateRoom = json_object(&body)?;
-    if request.sealed && (!request.ephemeral || state.config.redis_url.is_some()) {
-        // Not yet: a persistent sealed room needs its log in the board store, and several
-        // nodes need to exchange entries over the bus (docs/PROTOCOL.md §13).
-        return Err(AppError::bad_request(
-            "sealed_unsupported",
-            "a sealed room is ephemeral and served by a single node (no Redis) for now",
-        ));
-    }
     let title = match request.title.map(|t| t.trim().to_owned()) {
         Some(t) if t.chars().count() > limits::MAX_TITLE_CHARS => {
             return Err(AppError::bad_request(
@@ -439,6 +431,13 @@ pub async fn export(
             StatusCode::CONFLICT,
             "ephemeral",
             "this meeting is ephemeral: nothing of it is kept, so there is nothing to export",
+        ));
+    }
+    if room.is_sealed() {
+        return Err(AppError::bad_request_status(
+            StatusCode::CONFLICT,
+            "sealed",
+            "this room is sealed: the server cannot read its board, so only a member's browser can export it",
         ));
     }
     tracing::info!(room = %room_id, "board exported");

@@ -37,6 +37,7 @@ use crate::room::board::Board;
 use crate::room::machine::{self, Answer, Effect, Frame, Io, Job, Node, Outcome, RoomMachine, Step};
 pub use crate::room::machine::{BinaryOutcome, RoomOptions};
 use crate::room::meeting::{record, Audience, Meeting};
+use crate::room::sealed::SealedLog;
 pub use crate::room::RoomSettings;
 use crate::room::{ConnId, RandomIds};
 
@@ -410,7 +411,11 @@ impl Rooms {
         cluster.store.create(&id, record, cluster.options.record_ttl(meeting.shared())).await?;
         if persistent {
             // The room exists for good from now on, even if nobody writes before a restart.
-            let empty = Bytes::from(Board::new().encode_state());
+            let empty = if settings.sealed {
+                SealedLog::default().encode_stored()
+            } else {
+                Bytes::from(Board::new().encode_state())
+            };
             cluster.boards.save(&id, StoredBoard { settings: stored_settings.clone(), board: empty }).await?;
         }
         cluster.bus.subscribe(&id).await?;

@@ -5,6 +5,7 @@
 //!
 //! - [`process`]: real `balint-room` processes and a private `redis-server`, for cluster tests;
 //! - [`proxy`]: a loopback TCP proxy that can stall its connections without closing them;
+//! - [`sealed_client`]: a client of sealed rooms, sealing with the web client's own code;
 //! - [`session_driver`]: the web client's own sans-IO session, driven natively with real
 //!   sockets and real time.
 
@@ -510,5 +511,6 @@ where
 }
 pub mod process;
 pub mod proxy;
+pub mod sealed_client;
 pub mod session_driver;
 pub mod stock;

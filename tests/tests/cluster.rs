@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
+use balint_client::seal::RoomKey;
 use balint_e2e::process::{NodeProcess, RedisProcess};
+use balint_e2e::sealed_client::SealedClient;
 use balint_e2e::{eventually, YClient};
 use balint_proto::room::{ErrorCode, RoomState};
 use serde_json::{json, Value};
@@ -430,4 +432,75 @@ async fn a_meeting_that_ended_stays_ended_on_every_node_after_redis_restarts_emp
     c.redis.restart().unwrap();
     eventually(|| async { readyz(&c.a).await == 200 }).await.unwrap();
     eventually(|| async { answer(&c.b).await == 410 }).await.expect("the end is written again after the restart");
+}
+
+async fn readyz(node: &NodeProcess) -> u16 {
+    let url = format!("{}/readyz", node.base());
+    reqwest::get(url).await.map(|r| r.status().as_u16()).unwrap_or(0)
+}
+
+/// A sealed room across two nodes: entries sealed with the web client's own code cross the
+/// bus, a newcomer on B reads what was written on A, nothing is lost through a Redis restart
+/// nor when node A is killed, and a snapshot taken on A replaces the log on B too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_room_spans_two_nodes_and_loses_nothing_through_a_redis_restart() {
+    let mut c = cluster();
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/rooms", c.a.base()))
+        .json(&json!({"sealed": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "a sealed room is created on a node with Redis");
+    let room: Value = response.json().await.unwrap();
+    assert_eq!(room["sealed"], true);
+    let id = field(&room, "room").to_owned();
+    let (leader, invite, observer) =
+        (field(&room, "leader_token"), field(&room, "invite_token"), field(&room, "observer_token"));
+    let key = RoomKey::generate().unwrap();
+
+    // Written on A before node B ever opened the room.
+    let mut ada = SealedClient::join(c.a.addr, &id, leader, &key).await.unwrap();
+    for line in ["drei ", "zwei ", "eins "] {
+        ada.write(line).await.unwrap();
+    }
+    // B opens the room now: its first member reads A's entries.
+    let mut ben = SealedClient::join(c.b.addr, &id, invite, &key).await.unwrap();
+    ben.wait(|x| x.notes() == "eins zwei drei ").await.unwrap();
+    ben.write("von B: ").await.unwrap();
+    ada.wait(|x| x.notes() == "von B: eins zwei drei ").await.unwrap();
+    // A newcomer on B gets the whole log in one frame.
+    let mut cleo = SealedClient::join(c.b.addr, &id, observer, &key).await.unwrap();
+    cleo.wait(|x| !x.logs().is_empty()).await.unwrap();
+    assert_eq!(cleo.logs()[0].len(), 4, "the log on B holds the entries written on both nodes");
+    assert_eq!(cleo.notes(), "von B: eins zwei drei ");
+
+    // Redis goes away; both keep writing, each on its own node.
+    c.redis.stop();
+    eventually(|| async { readyz(&c.a).await == 503 }).await.unwrap();
+    ada.write("A im Ausfall. ").await.unwrap();
+    ben.write("B im Ausfall. ").await.unwrap();
+    c.redis.restart().unwrap();
+    eventually(|| async { readyz(&c.a).await == 200 && readyz(&c.b).await == 200 }).await.unwrap();
+    ada.wait(|x| x.notes().contains("B im Ausfall. ")).await.unwrap();
+    ben.wait(|x| x.notes().contains("A im Ausfall. ")).await.unwrap();
+    cleo.wait(|x| x.notes().contains("A im Ausfall. ")).await.unwrap();
+    assert_eq!(ada.notes(), ben.notes());
+
+    // A snapshot on A replaces, on B too, the entries it covers: the next entry from A comes
+    // after it on the bus, and a newcomer on B then gets the snapshot and that entry only.
+    ada.compact().await.unwrap();
+    ada.write("nach dem Schnappschuss. ").await.unwrap();
+    ben.wait(|x| x.notes().contains("nach dem Schnappschuss. ")).await.unwrap();
+    let expected = ada.notes();
+    let mut dora = SealedClient::join(c.b.addr, &id, observer, &key).await.unwrap();
+    dora.wait(|x| !x.logs().is_empty()).await.unwrap();
+    assert_eq!(dora.logs()[0].len(), 2, "the snapshot and the entry after it");
+    assert_eq!(dora.notes(), expected);
+
+    // Node A dies: everything written there lives on in B's log.
+    c.a.kill();
+    let mut eve = SealedClient::join(c.b.addr, &id, invite, &key).await.unwrap();
+    eve.wait(|x| x.notes() == expected).await.unwrap();
+    assert_eq!(ben.notes(), expected);
 }

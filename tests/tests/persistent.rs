@@ -1,8 +1,10 @@
 //! Persistent rooms: the board survives restarts on every board store (files, Redis,
 //! PostgreSQL), a leader exports it, and a delete leaves nothing but a tombstone.
 
+use balint_client::seal::RoomKey;
 use balint_e2e::handshake_status;
 use balint_e2e::process::{fresh_postgres_schema, postgres_board, NodeProcess, RedisProcess};
+use balint_e2e::sealed_client::SealedClient;
 use balint_e2e::{eventually, YClient};
 use balint_proto::close;
 use balint_proto::room::Template;
@@ -302,4 +304,91 @@ async fn an_ephemeral_room_refuses_export() {
     assert_eq!(response.status(), 409);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"], "ephemeral");
+}
+
+/// A persistent sealed room: its log (entries and snapshots, opaque) is saved in the board
+/// store and read back after restarts, never in clear; the server refuses to export what it
+/// cannot read; a delete leaves nothing.
+async fn a_sealed_log_survives_restarts(store: Store<'_>) {
+    const CLEAR: &str = "Frau K. rief um drei Uhr an. ";
+    let data = tempfile::tempdir().unwrap();
+    let mut node = start(data.path(), store);
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/rooms", node.base()))
+        .json(&json!({"sealed": true, "ephemeral": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let room: Value = response.json().await.unwrap();
+    assert_eq!((room["sealed"].as_bool(), room["ephemeral"].as_bool()), (Some(true), Some(false)));
+    let id = room["room"].as_str().unwrap().to_owned();
+    let leader = room["leader_token"].as_str().unwrap().to_owned();
+    let invite = room["invite_token"].as_str().unwrap().to_owned();
+    let key = RoomKey::generate().unwrap();
+
+    // A snapshot and an entry after it; a graceful restart keeps both.
+    let mut ada = SealedClient::join(node.addr, &id, &leader, &key).await.unwrap();
+    ada.write(CLEAR).await.unwrap();
+    ada.write("erste Sitzung. ").await.unwrap();
+    ada.compact().await.unwrap();
+    ada.write("danach. ").await.unwrap();
+    let mut ben = SealedClient::join(node.addr, &id, &invite, &key).await.unwrap();
+    ben.wait(|c| c.notes().contains("danach. ")).await.unwrap();
+    let expected = ada.notes();
+    drop((ada, ben));
+    assert!(node.terminate().unwrap().success());
+    let mut node = start(data.path(), store);
+    let mut cleo = SealedClient::join(node.addr, &id, &invite, &key).await.unwrap();
+    cleo.wait(|c| !c.logs().is_empty()).await.unwrap();
+    assert_eq!(cleo.logs()[0].len(), 2, "the snapshot and the entry after it");
+    assert_eq!(cleo.notes(), expected);
+
+    // After a SIGKILL, what was saved is there: the entry's ciphertext is in the store.
+    let sent = cleo.write("zweite Sitzung. ").await.unwrap();
+    let ciphertext = &sent[1 + 8 + 1 + 24 + 4..];
+    saved(data.path(), store, &id, &[ciphertext]).await;
+    let expected = cleo.notes();
+    drop(cleo);
+    let node = restart(&mut node, data.path(), store, &id);
+    let mut dora = SealedClient::join(node.addr, &id, &invite, &key).await.unwrap();
+    dora.wait(|c| c.notes() == expected).await.unwrap();
+    let bytes = stored(data.path(), store, &id).await;
+    assert!(memchr::memmem::find(&bytes, CLEAR.as_bytes()).is_none(), "the store holds no clear text");
+    drop(dora);
+
+    // The server cannot read the board, so it does not export it.
+    let response = export(&node, &room, &leader).await;
+    assert_eq!(response.status(), 409);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "sealed");
+
+    let deleted = reqwest::Client::new()
+        .delete(format!("{}/api/rooms/{id}", node.base()))
+        .bearer_auth(&leader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert_eq!(handshake_status(&node.ws_url(&id, &invite, "eve")).await, 410);
+    let bytes = stored(data.path(), store, &id).await;
+    assert!(memchr::memmem::find(&bytes, ciphertext).is_none(), "nothing of the board is left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_sealed_room_survives_restarts_on_the_file_store() {
+    a_sealed_log_survives_restarts(Store::Files).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_sealed_room_survives_restarts_on_the_redis_store() {
+    let redis = RedisProcess::start().unwrap();
+    a_sealed_log_survives_restarts(Store::Redis(&redis)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_sealed_room_survives_restarts_on_the_postgres_store() {
+    let redis = RedisProcess::start().unwrap();
+    let url = fresh_postgres_schema().await.unwrap();
+    a_sealed_log_survives_restarts(Store::Postgres(&redis, &url)).await;
 }

@@ -2,167 +2,18 @@
 //! module exchange entries through a real server, which forwards and logs them without being
 //! able to read them, still refuses them by role and phase, and turns stock Yjs clients away.
 
-use anyhow::{anyhow, bail, Context};
-use balint_client::seal::{self, RoomKey, Sequence};
+use balint_client::seal::{self, RoomKey};
+use balint_e2e::sealed_client::SealedClient;
 use balint_e2e::{TestServer, YClient, DEADLINE};
 use balint_proto::room::{ErrorCode, ServerMessage};
 use balint_proto::rules::Reason;
-use balint_proto::sealed::{self, Entry, Frame, Kind};
-use futures_util::{SinkExt, StreamExt};
+use balint_proto::sealed::{Entry, Frame, Kind};
+use futures_util::StreamExt;
 use serde_json::json;
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use yrs::updates::decoder::Decode;
-use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
 
 /// A marker no server-side byte may hold in clear.
 const MARKER: &str = "SEALED-MARKER-7f3a Frau K. rief um drei Uhr an";
-
-/// A client of sealed rooms: a raw WebSocket, the room key and a yrs document.
-struct SealedClient {
-    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    room: String,
-    key: RoomKey,
-    seq: Sequence,
-    doc: Doc,
-    member_id: String,
-    /// Every sealed frame received, decoded.
-    frames: Vec<Frame>,
-    /// Every room-protocol message received.
-    texts: Vec<ServerMessage>,
-    /// The `(sender, seq)` of every update in the document: sent or applied.
-    applied: Vec<(String, u64)>,
-}
-
-impl SealedClient {
-    /// Connects with `sealed=1` (and no name), says hello and waits for `welcome`.
-    async fn join(server: &TestServer, room: &str, token: &str, key: &RoomKey) -> anyhow::Result<Self> {
-        let url = format!("ws://{}/ws/{room}?token={token}&sealed=1", server.addr);
-        let (socket, _) = tokio_tungstenite::connect_async(url).await?;
-        let mut client = SealedClient {
-            socket,
-            room: room.to_owned(),
-            key: key.clone(),
-            seq: Sequence::new()?,
-            doc: Doc::new(),
-            member_id: String::new(),
-            frames: Vec::new(),
-            texts: Vec::new(),
-            applied: Vec::new(),
-        };
-        client.socket.send(WsMessage::Text(r#"{"type":"hello"}"#.into())).await?;
-        client
-            .wait(|c| c.texts.iter().any(|m| matches!(m, ServerMessage::Welcome { .. })))
-            .await
-            .context("no welcome")?;
-        client.member_id = client
-            .texts
-            .iter()
-            .find_map(|m| match m {
-                ServerMessage::Welcome { member_id, .. } => Some(member_id.clone()),
-                _ => None,
-            })
-            .expect("waited for it");
-        Ok(client)
-    }
-
-    /// Types `text` at the start of the notes, seals the change and sends it.
-    async fn write(&mut self, text: &str) -> anyhow::Result<Vec<u8>> {
-        let notes = self.doc.get_or_insert_text("notes");
-        self.change(|doc| notes.insert(&mut doc.transact_mut(), 0, text)).await
-    }
-
-    /// Deletes `len` characters of the notes from `index`, seals the change and sends it.
-    async fn delete(&mut self, index: u32, len: u32) -> anyhow::Result<Vec<u8>> {
-        let notes = self.doc.get_or_insert_text("notes");
-        self.change(|doc| notes.remove_range(&mut doc.transact_mut(), index, len)).await
-    }
-
-    async fn change(&mut self, edit: impl FnOnce(&Doc)) -> anyhow::Result<Vec<u8>> {
-        let before = self.doc.transact().state_vector();
-        edit(&self.doc);
-        let update = self.doc.transact().encode_diff_v1(&before);
-        let seq = self.seq.next_seq()?;
-        let sealed = seal::seal(&self.key, &self.room, &self.member_id, seq, Kind::Update, &update)?;
-        let frame = sealed::encode_client_entry(&sealed);
-        self.socket.send(WsMessage::Binary(frame.clone())).await?;
-        self.applied.push((self.member_id.clone(), seq));
-        Ok(frame.to_vec())
-    }
-
-    /// Seals the whole board as a snapshot of everything applied so far, and uploads it.
-    async fn compact(&mut self) -> anyhow::Result<Vec<u8>> {
-        let state = self.doc.transact().encode_state_as_update_v1(&StateVector::default());
-        let seq = self.seq.next_seq()?;
-        let sealed = seal::seal(&self.key, &self.room, &self.member_id, seq, Kind::Snapshot, &state)?;
-        let upload = sealed::SnapshotUpload { covers: std::mem::take(&mut self.applied), sealed };
-        self.applied.push((self.member_id.clone(), seq));
-        self.socket.send(WsMessage::Binary(sealed::encode_snapshot(&upload))).await?;
-        Ok(state)
-    }
-
-    fn notes(&self) -> String {
-        self.doc.get_or_insert_text("notes").get_string(&self.doc.transact())
-    }
-
-    /// Opens an entry and applies it: only what authenticates and passes the bounded walk
-    /// reaches yrs.
-    fn apply(&mut self, entry: &Entry) -> anyhow::Result<()> {
-        let update = seal::open_update(&self.key, &self.room, entry)?;
-        self.doc.transact_mut().apply_update(Update::decode_v1(&update)?)?;
-        self.applied.push((entry.sender.clone(), entry.sealed.seq));
-        Ok(())
-    }
-
-    /// Reads frames until `condition` holds, applying every entry it receives.
-    async fn wait(&mut self, condition: impl Fn(&Self) -> bool) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        while !condition(self) {
-            let message = tokio::time::timeout_at(deadline, self.socket.next())
-                .await
-                .map_err(|_| anyhow!("deadline passed"))?
-                .ok_or_else(|| anyhow!("connection closed"))??;
-            match message {
-                WsMessage::Binary(bytes) => {
-                    let frame = sealed::decode(&bytes).context("the server sent a bad sealed frame")?;
-                    let entries = match &frame {
-                        Frame::Entry(entry) => vec![entry.clone()],
-                        Frame::Log(entries) => entries.clone(),
-                        other => bail!("the server sent a client's frame type: {other:?}"),
-                    };
-                    for entry in entries.iter().filter(|e| matches!(e.sealed.kind, Kind::Update | Kind::Snapshot)) {
-                        self.apply(entry)?;
-                    }
-                    self.frames.push(frame);
-                }
-                WsMessage::Text(text) => self.texts.push(serde_json::from_str(text.as_str())?),
-                WsMessage::Close(frame) => bail!("closed: {frame:?}"),
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
-    fn logs(&self) -> Vec<&Vec<Entry>> {
-        self.frames.iter().filter_map(|f| if let Frame::Log(entries) = f { Some(entries) } else { None }).collect()
-    }
-
-    fn refusals(&self) -> Vec<(ErrorCode, Option<Reason>)> {
-        self.texts
-            .iter()
-            .filter_map(|m| match m {
-                ServerMessage::Error { code, reason, .. } => Some((*code, *reason)),
-                _ => None,
-            })
-            .collect()
-    }
-
-    async fn command(&mut self, message: serde_json::Value) -> anyhow::Result<()> {
-        self.socket.send(WsMessage::Text(message.to_string().into())).await?;
-        Ok(())
-    }
-}
 
 async fn sealed_room(server: &TestServer) -> balint_e2e::Room {
     let room = server.create_room(json!({"sealed": true, "title": "Dienstag"})).await;
@@ -175,8 +26,8 @@ async fn members_exchange_sealed_entries_that_the_server_forwards_and_logs_witho
     let server = TestServer::start().await;
     let room = sealed_room(&server).await;
     let key = RoomKey::generate().unwrap();
-    let mut leader = SealedClient::join(&server, &room.id, &room.leader_token, &key).await.unwrap();
-    let mut member = SealedClient::join(&server, &room.id, &room.invite_token, &key).await.unwrap();
+    let mut leader = SealedClient::join(server.addr, &room.id, &room.leader_token, &key).await.unwrap();
+    let mut member = SealedClient::join(server.addr, &room.id, &room.invite_token, &key).await.unwrap();
     member.wait(|c| !c.logs().is_empty()).await.unwrap();
     assert_eq!(member.logs(), [&Vec::<Entry>::new()], "an empty room's log");
 
@@ -191,7 +42,7 @@ async fn members_exchange_sealed_entries_that_the_server_forwards_and_logs_witho
     leader.wait(|c| c.notes().contains("Notiz: ")).await.unwrap();
 
     // A newcomer gets the whole log in one frame, and reads it with the key.
-    let mut observer = SealedClient::join(&server, &room.id, &room.observer_token, &key).await.unwrap();
+    let mut observer = SealedClient::join(server.addr, &room.id, &room.observer_token, &key).await.unwrap();
     observer.wait(|c| !c.logs().is_empty()).await.unwrap();
     assert_eq!(observer.logs()[0].len(), 2);
     assert_eq!(leader.notes(), both);
@@ -209,8 +60,8 @@ async fn a_presenter_entry_is_refused_in_reflection_and_never_reaches_the_log() 
     let server = TestServer::start().await;
     let room = sealed_room(&server).await;
     let key = RoomKey::generate().unwrap();
-    let mut leader = SealedClient::join(&server, &room.id, &room.leader_token, &key).await.unwrap();
-    let mut presenter = SealedClient::join(&server, &room.id, &room.invite_token, &key).await.unwrap();
+    let mut leader = SealedClient::join(server.addr, &room.id, &room.leader_token, &key).await.unwrap();
+    let mut presenter = SealedClient::join(server.addr, &room.id, &room.invite_token, &key).await.unwrap();
     let picked = presenter.member_id.clone();
     leader.command(json!({"type": "pick_presenter", "member": picked})).await.unwrap();
     leader.command(json!({"type": "set_phase", "phase": "reflection"})).await.unwrap();
@@ -231,7 +82,7 @@ async fn a_presenter_entry_is_refused_in_reflection_and_never_reaches_the_log() 
     // The leader still writes; a newcomer's log holds the leader's entry only.
     leader.write("Gruppe: ").await.unwrap();
     presenter.wait(|c| c.notes().contains("Gruppe: ")).await.unwrap();
-    let mut late = SealedClient::join(&server, &room.id, &room.invite_token, &key).await.unwrap();
+    let mut late = SealedClient::join(server.addr, &room.id, &room.invite_token, &key).await.unwrap();
     late.wait(|c| !c.logs().is_empty()).await.unwrap();
     assert_eq!(late.logs()[0].len(), 1);
     assert_eq!(late.logs()[0][0].sender, leader.member_id);
@@ -258,20 +109,6 @@ async fn stock_yjs_clients_are_turned_away_from_a_sealed_room_and_sealed_clients
     assert_eq!(frame.reason.as_str(), "this room is not sealed");
 }
 
-#[tokio::test]
-async fn sealed_rooms_that_are_not_served_yet_are_refused_at_creation() {
-    let server = TestServer::start().await;
-    let response = reqwest::Client::new()
-        .post(format!("{}/api/rooms", server.base()))
-        .json(&json!({"sealed": true, "ephemeral": false}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 400);
-    let body: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(body["error"], "sealed_unsupported");
-}
-
 /// The client's sequence numbers and the server's stamping agree with what the document says
 /// a receiver checks: an entry replayed under another sender does not open.
 #[tokio::test]
@@ -279,8 +116,8 @@ async fn an_entry_moved_to_another_sender_does_not_open() {
     let server = TestServer::start().await;
     let room = sealed_room(&server).await;
     let key = RoomKey::generate().unwrap();
-    let mut leader = SealedClient::join(&server, &room.id, &room.leader_token, &key).await.unwrap();
-    let mut member = SealedClient::join(&server, &room.id, &room.invite_token, &key).await.unwrap();
+    let mut leader = SealedClient::join(server.addr, &room.id, &room.leader_token, &key).await.unwrap();
+    let mut member = SealedClient::join(server.addr, &room.id, &room.invite_token, &key).await.unwrap();
     leader.write("signed").await.unwrap();
     member.wait(|c| c.notes() == "signed").await.unwrap();
     let Some(Frame::Entry(entry)) = member.frames.iter().find(|f| matches!(f, Frame::Entry(_))).cloned() else {
@@ -295,8 +132,8 @@ async fn a_snapshot_replaces_the_log_for_newcomers_and_leaves_out_what_was_delet
     let server = TestServer::start().await;
     let room = sealed_room(&server).await;
     let key = RoomKey::generate().unwrap();
-    let mut leader = SealedClient::join(&server, &room.id, &room.leader_token, &key).await.unwrap();
-    let mut member = SealedClient::join(&server, &room.id, &room.invite_token, &key).await.unwrap();
+    let mut leader = SealedClient::join(server.addr, &room.id, &room.leader_token, &key).await.unwrap();
+    let mut member = SealedClient::join(server.addr, &room.id, &room.invite_token, &key).await.unwrap();
     leader.write(MARKER).await.unwrap();
     member.wait(|c| c.notes() == MARKER).await.unwrap();
     member.write("Bleibt. ").await.unwrap();
@@ -305,7 +142,7 @@ async fn a_snapshot_replaces_the_log_for_newcomers_and_leaves_out_what_was_delet
     leader.delete(8, MARKER.chars().count() as u32).await.unwrap();
     member.wait(|c| c.notes() == "Bleibt. ").await.unwrap();
 
-    let mut before = SealedClient::join(&server, &room.id, &room.observer_token, &key).await.unwrap();
+    let mut before = SealedClient::join(server.addr, &room.id, &room.observer_token, &key).await.unwrap();
     before.wait(|c| !c.logs().is_empty()).await.unwrap();
     assert_eq!(before.logs()[0].len(), 3, "the log before compaction");
     let history = seal::open_update(&key, &room.id, &before.logs()[0][0]).unwrap();
@@ -318,7 +155,7 @@ async fn a_snapshot_replaces_the_log_for_newcomers_and_leaves_out_what_was_delet
     member.write("Neu: ").await.unwrap();
     leader.wait(|c| c.notes().starts_with("Neu: ")).await.unwrap();
 
-    let mut late = SealedClient::join(&server, &room.id, &room.invite_token, &key).await.unwrap();
+    let mut late = SealedClient::join(server.addr, &room.id, &room.invite_token, &key).await.unwrap();
     late.wait(|c| !c.logs().is_empty()).await.unwrap();
     let log = late.logs()[0].clone();
     let kinds: Vec<(String, Kind)> = log.iter().map(|e| (e.sender.clone(), e.sealed.kind)).collect();

@@ -36,7 +36,7 @@ use yrs::StateVector;
 use super::board::{Board, Relay};
 use super::meeting::record;
 use super::meeting::{Audience, Meeting, MeetingSettings, Output as MeetingOutput, Plan, Shared};
-use super::sealed::{Appended, Compacted, SealedLog};
+use super::sealed::{Appended, Compacted, Ranges, SealedLog, Summary};
 use super::{ConnId, Ids, RoomSettings};
 use crate::backend::{BackendError, BackendResult, StoredBoard, Versioned};
 use crate::fanout::{self, Envelope};
@@ -513,11 +513,26 @@ impl RoomMachine {
         }
     }
 
-    /// A persistent room opened from its stored board: `board` and `settings` as saved.
+    /// A persistent room opened from its stored board: `board` (a sealed room's log) and
+    /// `settings` as saved.
     pub fn load_board(&mut self, stored: &StoredBoard) -> Result<(), FrameError> {
-        self.board.load(&stored.board)?;
+        match &mut self.sealed {
+            Some(log) => {
+                *log = SealedLog::from_stored(&stored.board, self.node.options.max_board_bytes)
+                    .ok_or(FrameError::Malformed)?;
+            }
+            None => self.board.load(&stored.board)?,
+        }
         self.saved_settings = Some(stored.settings.clone());
         Ok(())
+    }
+
+    /// The board as the board store keeps it: the yrs state, or a sealed room's log.
+    fn stored_board(&self) -> Bytes {
+        match &self.sealed {
+            Some(log) => log.encode_stored(),
+            None => Bytes::from(self.board.encode_state()),
+        }
     }
 
     /// Notes that the stored settings are `settings` (a room just created and saved).
@@ -586,7 +601,8 @@ impl RoomMachine {
         now_ms.saturating_sub(since) >= self.node.options.idle_unload.as_millis() as u64
     }
 
-    /// The board as Markdown, for a leader's export.
+    /// The board as Markdown, for a leader's export. A sealed room's board cannot be read
+    /// here: it exports as the title and phases alone, and the HTTP layer refuses it before.
     pub fn export_markdown(&self) -> String {
         let shared = self.meeting.shared();
         let phases: Vec<String> = shared
@@ -637,6 +653,11 @@ impl RoomMachine {
             // One node: there is nobody to ask.
             return;
         }
+        if let Some(log) = &self.sealed {
+            let summary = log.summary().encode();
+            self.publish_bus(Envelope::SealedSyncRequest { summary, mutual });
+            return;
+        }
         let state_vector = Bytes::from(self.board.doc().transact().state_vector().encode_v1());
         self.publish_bus(Envelope::SyncRequest { state_vector, mutual });
     }
@@ -667,6 +688,115 @@ impl RoomMachine {
                 Some(shared) => self.install_remote(version, shared, now_ms),
                 None => warn!(room = %self.id, "announced room record did not decode"),
             },
+            Envelope::SealedEntry(frame) => self.sealed_remote_entry(&frame, now_ms),
+            Envelope::SealedSnapshot { sender, upload } => self.sealed_remote_snapshot(sender, &upload, now_ms),
+            Envelope::SealedSyncRequest { summary, mutual } => self.sealed_sync_request(from, &summary, mutual, now_ms),
+            Envelope::SealedSyncReply { to, log, covered } if *to == *self.node.id => {
+                self.sealed_sync_reply(&log, &covered, now_ms);
+            }
+            Envelope::SealedSyncReply { .. } => {}
+        }
+    }
+
+    /// An entry another node accepted (an update) or forwarded (awareness), in a sealed room:
+    /// logged here too unless known, and forwarded to this node's readers.
+    fn sealed_remote_entry(&mut self, frame: &[u8], now_ms: u64) {
+        if self.ended {
+            return;
+        }
+        let Some(log) = self.sealed.as_mut() else { return };
+        let Ok(sealed_frame::Frame::Entry(entry)) = sealed_frame::decode(frame) else {
+            warn!(room = %self.id, "sealed entry from the bus did not decode");
+            return;
+        };
+        let forward = match entry.sealed.kind {
+            Kind::Awareness => Some(Bytes::copy_from_slice(frame)),
+            Kind::Update | Kind::Snapshot => {
+                let added = log.append_remote(entry);
+                if added.is_some() {
+                    self.board_changed(now_ms);
+                }
+                added
+            }
+            Kind::Name | Kind::Title => None,
+        };
+        if let Some(frame) = forward {
+            self.send(None, self.meeting.board_audience(), Frame::Binary(frame));
+        }
+    }
+
+    /// A snapshot another node accepted: it replaces the entries it covers here too.
+    fn sealed_remote_snapshot(&mut self, sender: String, upload: &[u8], now_ms: u64) {
+        if self.ended {
+            return;
+        }
+        let Some(log) = self.sealed.as_mut() else { return };
+        let Ok(sealed_frame::Frame::Snapshot(upload)) = sealed_frame::decode(upload) else {
+            warn!(room = %self.id, "sealed snapshot from the bus did not decode");
+            return;
+        };
+        if !sealed_frame::valid_sender(&sender) {
+            return;
+        }
+        let before = log.changes();
+        let forward = log.compact_remote(sender, upload);
+        if log.changes() != before {
+            self.board_changed(now_ms);
+        }
+        if let Some(frame) = forward {
+            self.send(None, self.meeting.board_audience(), Frame::Binary(frame));
+        }
+    }
+
+    /// Another node asks for the sealed entries it lacks: it gets them, with the ids snapshots
+    /// replaced here; what it knows replaced goes from this log too.
+    fn sealed_sync_request(&mut self, from: &str, summary: &[u8], mutual: bool, now_ms: u64) {
+        if self.ended {
+            return;
+        }
+        let Some(log) = self.sealed.as_mut() else { return };
+        let Some(summary) = Summary::decode(summary) else {
+            warn!(room = %self.id, "sealed catch-up request did not decode");
+            return;
+        };
+        let before = log.changes();
+        log.learn(&summary);
+        let changed = log.changes() != before;
+        let covered = log.covered();
+        let lacking = log.lacking(&summary);
+        if !lacking.is_empty() || !covered.is_empty() {
+            let log = sealed_frame::encode_log(lacking);
+            let reply = Envelope::SealedSyncReply { to: from.to_owned(), log, covered: covered.encode() };
+            self.publish_bus(reply);
+        }
+        if changed {
+            self.board_changed(now_ms);
+        }
+        if mutual {
+            self.request_catch_up(false);
+        }
+    }
+
+    /// The answer to this node's sealed catch-up request.
+    fn sealed_sync_reply(&mut self, log_frame: &[u8], covered: &[u8], now_ms: u64) {
+        if self.ended {
+            return;
+        }
+        let Some(log) = self.sealed.as_mut() else { return };
+        let (Ok(sealed_frame::Frame::Log(entries)), Some(covered)) =
+            (sealed_frame::decode(log_frame), Ranges::decode(covered))
+        else {
+            warn!(room = %self.id, "sealed catch-up reply did not decode");
+            return;
+        };
+        let before = log.changes();
+        let added = log.apply_reply(&covered, entries);
+        if log.changes() != before {
+            self.board_changed(now_ms);
+        }
+        let audience = self.meeting.board_audience();
+        for frame in added {
+            self.send(None, audience.clone(), Frame::Binary(frame));
         }
     }
 
@@ -1068,7 +1198,7 @@ impl RoomMachine {
         if !(settings_changed || board_due) {
             return None;
         }
-        let stored = StoredBoard { settings: settings.clone(), board: Bytes::from(self.board.encode_state()) };
+        let stored = StoredBoard { settings: settings.clone(), board: self.stored_board() };
         Some((stored, self.changed_ms, settings))
     }
 
@@ -1152,9 +1282,10 @@ impl RoomMachine {
         let audience = self.meeting.board_audience();
         match kind {
             Kind::Awareness => {
-                // Forwarded to every reader, never logged.
+                // Forwarded to every reader, here and on the other nodes, never logged.
                 let frame = sealed_frame::encode_entry(&entry);
-                self.send(Some(conn), audience, Frame::Binary(frame));
+                self.send(Some(conn), audience, Frame::Binary(frame.clone()));
+                self.publish_bus(Envelope::SealedEntry(frame));
             }
             _ => {
                 if let Err(refusal) = self.meeting.can_write(conn) {
@@ -1165,7 +1296,8 @@ impl RoomMachine {
                 match log.append(entry) {
                     Appended::Added(frame) => {
                         self.board_changed(now_ms);
-                        self.send(Some(conn), audience, Frame::Binary(frame));
+                        self.send(Some(conn), audience, Frame::Binary(frame.clone()));
+                        self.publish_bus(Envelope::SealedEntry(frame));
                     }
                     Appended::Duplicate => {}
                     Appended::Full => outcome.board_full = true,
@@ -1193,10 +1325,14 @@ impl RoomMachine {
             return outcome;
         }
         let Some(log) = self.sealed.as_mut() else { return outcome };
-        match log.compact(sender, upload) {
+        let frame = self.node.clustered.then(|| sealed_frame::encode_snapshot(&upload));
+        match log.compact(sender.clone(), upload) {
             Compacted::Replaced => {
                 debug!(room = %self.id, "sealed log compacted");
                 self.board_changed(now_ms);
+                if let Some(upload) = frame {
+                    self.publish_bus(Envelope::SealedSnapshot { sender, upload });
+                }
             }
             Compacted::Stale => {}
             Compacted::Full => outcome.board_full = true,
