@@ -222,6 +222,7 @@ impl Room {
                 Answer::Written(cluster.store.compare_and_set(id, version, record, announce, ttl).await)
             }
             Io::Load => Answer::Loaded(cluster.store.load(id).await),
+            Io::IsEnded => Answer::Ended(cluster.store.is_ended(id).await),
             Io::Restore { version, record, ttl } => {
                 Answer::Written(cluster.store.restore(id, version, record, ttl).await)
             }

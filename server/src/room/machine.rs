@@ -187,6 +187,8 @@ pub enum Io {
         /// The entry, `member@node`.
         entry: String,
     },
+    /// Whether the room's tombstone is stored: it ended. Answered with [`Answer::Ended`].
+    IsEnded,
     /// Read the live presence entries. Answered with [`Answer::Live`].
     ReadPresence {
         /// Now.
@@ -207,6 +209,8 @@ pub enum Answer {
     Finished(BackendResult<()>),
     /// A presence reading.
     Live(BackendResult<Vec<String>>),
+    /// Whether the room's tombstone is stored.
+    Ended(BackendResult<bool>),
 }
 
 /// What a job asks next.
@@ -310,7 +314,7 @@ impl Job {
             Stage::Restore { again: false },
             Stage::Heartbeat { forced: true },
             Stage::CatchUpMutual,
-            Stage::Reload,
+            Stage::Reload { again: false },
         ])
     }
 }
@@ -391,7 +395,9 @@ enum Stage {
         before: u64,
     },
     Settle,
-    /// Puts this node's copy back; `again` once a refusal was followed by an empty store.
+    /// Puts this node's copy back. `again`: once already, in this job, after the store
+    /// refused a restore without a tombstone and then held no record (it lost everything once
+    /// more): no third try, the next resync takes over.
     Restore {
         again: bool,
     },
@@ -400,12 +406,16 @@ enum Stage {
         record: Bytes,
         again: bool,
     },
-    Reload,
-    Reloaded,
-    Confirm {
+    Reload {
         again: bool,
     },
-    Confirmed {
+    Reloaded {
+        again: bool,
+    },
+    CheckEnded {
+        again: bool,
+    },
+    CheckedEnded {
         again: bool,
     },
 }
@@ -897,7 +907,7 @@ impl RoomMachine {
                     // The lost message may have announced a new record, or the store may have
                     // lost the record itself (a restart too short for the ping to notice):
                     // read it again, and put it back if it is gone.
-                    job.stages.push_front(Stage::Reload);
+                    job.stages.push_front(Stage::Reload { again: false });
                 } else if !self.board.pending().is_empty() {
                     // Updates from other nodes arrived ahead of what they build on and are
                     // still held back a tick later: ask the other nodes for what this one lacks.
@@ -977,37 +987,36 @@ impl RoomMachine {
                     Some(Answer::Written(Err(e))) => warn!(room = %self.id, error = %e, "room record restore failed"),
                     // The store holds a newer record, or the room ended and was retired on
                     // another node (the store refuses to restore an ended room).
-                    Some(Answer::Written(Ok(false))) => job.stages.push_front(Stage::Confirm { again }),
+                    Some(Answer::Written(Ok(false))) => job.stages.push_front(Stage::CheckEnded { again }),
                     _ => {}
                 }
                 Next::Continue
             }
-            Stage::Confirm { again } => Next::Wait(Stage::Confirmed { again }, Io::Load),
-            Stage::Confirmed { again: false } if matches!(answer, Some(Answer::Loaded(Ok(None)))) => {
-                // Refused, and now nothing stored: the room's tombstone, or the store lost
-                // everything again (it restarted) since it refused. Only a tombstone refuses
-                // a second time.
-                job.stages.push_front(Stage::Restore { again: true });
-                Next::Continue
-            }
-            Stage::Confirmed { .. } => {
-                if let Some(Answer::Loaded(Ok(None))) = answer {
-                    // Refused twice, and still nothing stored: the room's tombstone. This node
-                    // missed the end's announcement; the meeting ends here too.
-                    let plan = self.meeting.plan_end("ended");
-                    if let Some(next) = plan.next {
-                        let outputs = self.meeting.install(self.meeting.version() + 1, Some(next), None);
-                        self.apply(outputs, now_ms, None);
+            Stage::CheckEnded { again } => Next::Wait(Stage::CheckedEnded { again }, Io::IsEnded),
+            Stage::CheckedEnded { again } => {
+                match answer {
+                    Some(Answer::Ended(Ok(true))) => {
+                        // The room's tombstone: it ended, and was retired on another node, while
+                        // this node missed the end's announcement. The meeting ends here too.
+                        let plan = self.meeting.plan_end("ended");
+                        if let Some(next) = plan.next {
+                            let outputs = self.meeting.install(self.meeting.version() + 1, Some(next), None);
+                            self.apply(outputs, now_ms, None);
+                        }
                     }
-                } else {
-                    self.reloaded(answer, now_ms);
+                    // No tombstone: the store holds a record at least as new as this node's
+                    // (or lost everything again since it refused): read it, and put ours back
+                    // if it is gone.
+                    Some(Answer::Ended(Ok(false))) if !again => job.stages.push_front(Stage::Reload { again: true }),
+                    Some(Answer::Ended(Err(e))) => warn!(room = %self.id, error = %e, "room store unavailable"),
+                    _ => {}
                 }
                 Next::Continue
             }
-            Stage::Reload => Next::Wait(Stage::Reloaded, Io::Load),
-            Stage::Reloaded => {
+            Stage::Reload { again } => Next::Wait(Stage::Reloaded { again }, Io::Load),
+            Stage::Reloaded { again } => {
                 if self.reloaded(answer, now_ms) {
-                    job.stages.push_front(Stage::Restore { again: false });
+                    job.stages.push_front(Stage::Restore { again });
                 }
                 Next::Continue
             }

@@ -525,6 +525,7 @@ impl Sim {
                 Io::CompareAndSet { .. } | Io::Restore { .. } => Answer::Written(Err(Store::down())),
                 Io::Load => Answer::Loaded(Err(Store::down())),
                 Io::ReadPresence { .. } => Answer::Live(Err(Store::down())),
+                Io::IsEnded => Answer::Ended(Err(Store::down())),
                 _ => Answer::Finished(Err(Store::down())),
             };
         }
@@ -539,6 +540,7 @@ impl Sim {
                 Answer::Written(Ok(written))
             }
             Io::Load => Answer::Loaded(Ok(store.record.clone())),
+            Io::IsEnded => Answer::Ended(Ok(store.tombstone)),
             Io::Restore { version, record, .. } => {
                 let stale = store.record.as_ref().is_none_or(|r| r.version < version);
                 let written = !store.tombstone && stale;

@@ -51,6 +51,7 @@ fn fine(io: &Io) -> Answer {
     match io {
         Io::CompareAndSet { .. } | Io::Restore { .. } => Answer::Written(Ok(true)),
         Io::Load => Answer::Loaded(Ok(None)),
+        Io::IsEnded => Answer::Ended(Ok(false)),
         Io::ReadPresence { .. } => Answer::Live(Ok(Vec::new())),
         Io::Heartbeat { .. } | Io::RemovePresence { .. } | Io::Save(_) => Answer::Finished(Ok(())),
     }

@@ -49,6 +49,10 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 
 use super::{ConnId, Ids, RandomIds};
+
+/// How many told turns a node remembers, so that a record of another lineage after a Redis
+/// restart, which may show an earlier turn again, does not have it told twice.
+const TOLD_TIME_UPS: usize = 16;
 use crate::limits;
 
 /// A set of connections that a message is for. Sorted, so membership is a binary search.
@@ -310,6 +314,9 @@ pub struct Meeting {
     connections: BTreeMap<ConnId, Connection>,
     /// Where new member ids and resume tokens come from.
     ids: Arc<dyn Ids>,
+    /// The last turns (seq, member, start, limit) whose `time_up` this node told, at most
+    /// [`TOLD_TIME_UPS`].
+    told_time_up: std::collections::VecDeque<(u64, String, u64, Option<u32>)>,
 }
 
 impl Shared {
@@ -956,7 +963,13 @@ impl Meeting {
 
     /// This node's view of a meeting whose shared state is `shared` at `version`.
     pub fn from_shared(shared: Shared, version: u64) -> Self {
-        Meeting { shared, version, connections: BTreeMap::new(), ids: Arc::new(RandomIds) }
+        Meeting {
+            shared,
+            version,
+            connections: BTreeMap::new(),
+            ids: Arc::new(RandomIds),
+            told_time_up: Default::default(),
+        }
     }
 
     /// Draws new member ids and resume tokens from `ids` from now on.
@@ -1203,9 +1216,17 @@ impl Meeting {
                 .floor
                 .as_ref()
                 .is_some_and(|t| t.seq == turn.seq && t.time_up_sent && t.limit_secs == turn.limit_secs);
+            // This node's own memory as well: after a Redis restart, a record of another
+            // lineage may show this turn without the flag for a while, then with it again.
+            let told = (turn.seq, turn.member.clone(), turn.since_ms, turn.limit_secs);
+            let already = already || self.told_time_up.contains(&told);
             if let (Some(limit), true, false) = (turn.limit_secs, turn.time_up_sent, already) {
                 let event = ServerMessage::TimeUp { member: turn.member.clone(), limit_secs: limit };
                 out.push(Output::Send(self.audience(|_| true), event));
+                if self.told_time_up.len() == TOLD_TIME_UPS {
+                    self.told_time_up.pop_front();
+                }
+                self.told_time_up.push_back(told);
             }
         }
         out.extend(self.snapshots());
