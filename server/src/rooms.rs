@@ -346,10 +346,6 @@ impl Room {
     }
 }
 
-fn decode_corrupt<T>(value: Option<T>) -> Result<T, BackendError> {
-    value.ok_or(BackendError::Corrupt)
-}
-
 /// Where a room id stands.
 pub enum Lookup {
     /// The room is open.
@@ -406,7 +402,7 @@ impl Rooms {
         let cluster = &self.shared.cluster;
         let id = Alphanumeric.sample_string(&mut rand::thread_rng(), 16).to_ascii_lowercase();
         let meeting = self.new_meeting(&settings);
-        let record = decode_corrupt(machine::encode_record(meeting.shared()))?;
+        let record = record::encode(meeting.shared()).map_err(|_| BackendError::Corrupt)?;
         let persistent = !settings.ephemeral;
         let stored_settings = machine::settings_json(meeting.shared());
         cluster.store.create(&id, record, cluster.options.record_ttl(meeting.shared())).await?;
@@ -468,7 +464,7 @@ impl Rooms {
         // carries on whatever becomes of that store.
         let mut record = cluster.store.load(id).await?;
         let ephemeral = match &record {
-            Some(stored) => decode_corrupt(machine::decode_record(&stored.record))?.is_ephemeral(),
+            Some(stored) => record::decode(&stored.record).map_err(|_| BackendError::Corrupt)?.is_ephemeral(),
             None => false,
         };
         // A persistent room's board, if it is one. A board that cannot be read (or a board
@@ -481,7 +477,7 @@ impl Rooms {
                 // lost its records): its meeting starts afresh from its settings.
                 let settings = record::decode_settings(&board.settings).map_err(|_| BackendError::Corrupt)?;
                 let meeting = self.new_meeting(&settings);
-                let fresh = decode_corrupt(machine::encode_record(meeting.shared()))?;
+                let fresh = record::encode(meeting.shared()).map_err(|_| BackendError::Corrupt)?;
                 cluster.store.restore(id, 1, fresh, cluster.options.record_ttl(meeting.shared())).await?;
                 record = cluster.store.load(id).await?;
             }
@@ -495,7 +491,7 @@ impl Rooms {
             let _ = cluster.bus.unsubscribe(id).await;
             return Ok(Lookup::Unknown);
         };
-        let shared = decode_corrupt(machine::decode_record(&stored.record))?;
+        let shared = record::decode(&stored.record).map_err(|_| BackendError::Corrupt)?;
         if shared.is_ended() {
             let _ = cluster.bus.unsubscribe(id).await;
             return Ok(Lookup::Ended);
