@@ -147,6 +147,8 @@ impl People {
             max_members: 50,
             sealed: false,
             link_generation: 0,
+            sealed_title: None,
+            controls: Default::default(),
         };
         let mut people =
             People { meeting: Meeting::new(settings, START_MS), known: Vec::new(), silent: ConnId(100), now: START_MS };

@@ -23,6 +23,51 @@ pub const HEARTBEAT_INTERVAL_MS: u64 = 5_000;
 /// stalled, shows "reconnecting" and opens a new one: three heartbeats were missed.
 pub const SILENCE_LIMIT_MS: u64 = 3 * HEARTBEAT_INTERVAL_MS;
 
+/// Longest display name, in characters.
+pub const MAX_NAME_CHARS: usize = 64;
+/// Longest room title, in characters.
+pub const MAX_TITLE_CHARS: usize = 200;
+
+/// Why a display name or a title breaks the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TextError {
+    /// An empty name (after trimming).
+    #[error("the name must not be empty")]
+    Empty,
+    /// Longer than the limit.
+    #[error("too long")]
+    TooLong,
+    /// A control character (a line break, say).
+    #[error("must not contain control characters")]
+    Control,
+}
+
+/// Checks a display name, trimmed: 1 to [`MAX_NAME_CHARS`] characters, no control characters.
+/// The server checks names given in clear with it, and clients check the names they open in a
+/// sealed room with it too.
+pub fn check_name(name: &str) -> Result<&str, TextError> {
+    let name = name.trim();
+    match name.chars().count() {
+        0 => Err(TextError::Empty),
+        n if n > MAX_NAME_CHARS => Err(TextError::TooLong),
+        _ if name.chars().any(char::is_control) => Err(TextError::Control),
+        _ => Ok(name),
+    }
+}
+
+/// Checks a room title, trimmed: at most [`MAX_TITLE_CHARS`] characters, no control characters.
+/// An empty title is no title (`None`).
+pub fn check_title(title: &str) -> Result<Option<&str>, TextError> {
+    let title = title.trim();
+    if title.chars().count() > MAX_TITLE_CHARS {
+        Err(TextError::TooLong)
+    } else if title.chars().any(char::is_control) {
+        Err(TextError::Control)
+    } else {
+        Ok((!title.is_empty()).then_some(title))
+    }
+}
+
 /// A member's role in the room. The presenter is not a role but a pick: see
 /// [`RoomState::presenter`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -193,6 +238,12 @@ pub enum ClientMessage {
         /// Whether the sender is away.
         away: bool,
     },
+    /// Sealed rooms: the sender's display name, sealed (`docs/PROTOCOL.md` §13). Also from
+    /// someone waiting in the lobby, so that the leaders can tell who waits.
+    SetSealedName {
+        /// The sealed value (see [`crate::sealed::decode_value`]).
+        sealed_name: String,
+    },
 }
 
 /// A member's presence.
@@ -214,8 +265,11 @@ pub enum Status {
 pub struct MemberView {
     /// Stable member id.
     pub id: String,
-    /// Display name.
+    /// Display name; empty in a sealed room, whose names travel sealed.
     pub name: String,
+    /// Sealed rooms: the display name, sealed by the member, once they sent it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_name: Option<String>,
     /// Role.
     pub role: Role,
     /// Presence.
@@ -278,8 +332,11 @@ pub struct PhaseState {
 pub struct Waiting {
     /// Their member id, for `admit` and `decline`.
     pub id: String,
-    /// Display name.
+    /// Display name; empty in a sealed room.
     pub name: String,
+    /// Sealed rooms: the display name, sealed, once they sent it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_name: Option<String>,
 }
 
 /// Participation of one member in the meeting (leaders only).
@@ -299,12 +356,18 @@ pub struct Participation {
 pub struct RoomState {
     /// Grows by one with every change.
     pub version: u64,
-    /// The room's title.
+    /// The room's title; none in a sealed room, whose title travels sealed.
     pub title: Option<String>,
+    /// Sealed rooms: the title, sealed by a leader's client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_title: Option<String>,
     /// The template.
     pub template: Template,
     /// Whether the meeting leaves nothing behind.
     pub ephemeral: bool,
+    /// Whether the board, the names and the title travel sealed (`docs/PROTOCOL.md` §13).
+    #[serde(default)]
+    pub sealed: bool,
     /// The current phase.
     pub phase: PhaseState,
     /// The presenter of the current case.
@@ -475,6 +538,28 @@ impl ClientMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_and_titles_follow_one_set_of_rules() {
+        assert_eq!(check_name("  Ann  "), Ok("Ann"));
+        assert_eq!(check_name("   "), Err(TextError::Empty));
+        assert_eq!(check_name(&"é".repeat(MAX_NAME_CHARS)), Ok(&*"é".repeat(MAX_NAME_CHARS)));
+        assert_eq!(check_name(&"é".repeat(MAX_NAME_CHARS + 1)), Err(TextError::TooLong));
+        assert_eq!(check_name("Ann\nBen"), Err(TextError::Control));
+        assert_eq!(check_title(" Case "), Ok(Some("Case")));
+        assert_eq!(check_title(""), Ok(None));
+        assert_eq!(check_title(&"x".repeat(MAX_TITLE_CHARS + 1)), Err(TextError::TooLong));
+        assert_eq!(check_title("a\u{7}b"), Err(TextError::Control));
+    }
+
+    #[test]
+    fn a_sealed_name_is_a_command_of_its_own() {
+        assert_eq!(
+            ClientMessage::from_json(r#"{"type":"set_sealed_name","sealed_name":"AAAA"}"#).unwrap(),
+            ClientMessage::SetSealedName { sealed_name: "AAAA".into() }
+        );
+        assert!(ClientMessage::from_json(r#"{"type":"set_sealed_name","name":"Ann"}"#).is_err());
+    }
 
     #[test]
     fn commands_parse_from_their_documented_form() {

@@ -72,6 +72,11 @@ pub enum Reason {
     Unavailable,
     /// The connection sends faster than allowed.
     RateLimited,
+    /// `set_sealed_name` in a room that is not sealed: its names travel in clear.
+    NotSealed,
+    /// `set_sealed_name` with a value that is not a sealed value: base64url of a sequence
+    /// number, a nonce and a ciphertext, at most [`crate::sealed::MAX_VALUE_CHARS`] characters.
+    BadSealedValue,
 }
 
 impl Reason {
@@ -102,6 +107,8 @@ impl Reason {
         Reason::SpeakingLimit,
         Reason::Unavailable,
         Reason::RateLimited,
+        Reason::NotSealed,
+        Reason::BadSealedValue,
     ];
 
     /// The reason's wire name.
@@ -132,6 +139,8 @@ impl Reason {
             Reason::SpeakingLimit => "speaking_limit",
             Reason::Unavailable => "unavailable",
             Reason::RateLimited => "rate_limited",
+            Reason::NotSealed => "not_sealed",
+            Reason::BadSealedValue => "bad_sealed_value",
         }
     }
 
@@ -166,6 +175,8 @@ impl Reason {
             Reason::SpeakingLimit => "a speaking limit must be at least one second",
             Reason::Unavailable => "the room is briefly unavailable; try again in a moment",
             Reason::RateLimited => "you are sending very fast; the room reads your changes more slowly",
+            Reason::NotSealed => "this room is not sealed: its names travel in clear",
+            Reason::BadSealedValue => "not a sealed value: base64url of a sequence number, a nonce and a ciphertext",
         }
     }
 }
@@ -776,6 +787,6 @@ mod tests {
         // ALL is complete: a variant missing from it would have no name in the table above.
         let probe = serde_json::from_str::<Reason>("\"no_such_reason\"");
         assert!(probe.is_err());
-        assert_eq!(Reason::ALL.len(), 25);
+        assert_eq!(Reason::ALL.len(), 27);
     }
 }

@@ -32,6 +32,11 @@ pub const MAX_SENDER_LEN: usize = 64;
 /// The longest ciphertext the decoder accepts. The server's frame limit is far lower; this
 /// bounds what a client accepts from the server.
 pub const MAX_CIPHERTEXT_LEN: usize = 64 << 20;
+/// The longest sealed value (a sealed display name or title) accepted, in characters of its
+/// base64url text: room for a title of 200 four-byte characters.
+pub const MAX_VALUE_CHARS: usize = 1200;
+/// The shortest sealed value, in bytes: a sequence number, a nonce and a tag.
+pub const MIN_VALUE_LEN: usize = 8 + NONCE_LEN + TAG_LEN;
 
 /// What a sealed value is. Its byte is part of the frame and of the associated data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -97,6 +102,10 @@ pub enum FrameError {
     /// A ciphertext shorter than its tag, or longer than [`MAX_CIPHERTEXT_LEN`].
     #[error("bad ciphertext length in a sealed frame")]
     BadLength,
+    /// A sealed value (name or title) that is not base64url of a sequence number, a nonce and
+    /// a ciphertext, or is longer than [`MAX_VALUE_CHARS`].
+    #[error("not a sealed value")]
+    BadValue,
 }
 
 /// The sealed part of an entry: what only the key holders can read, and its nonce.
@@ -289,6 +298,40 @@ fn put_sealed(out: &mut BytesMut, sealed: &Sealed) {
 fn put_entry(out: &mut BytesMut, entry: &Entry) {
     put_sender(out, &entry.sender);
     put_sealed(out, &entry.sealed);
+}
+
+/// Encodes a sealed display name or title as the room protocol carries it: its sequence number
+/// (`u64`, big-endian), its nonce and its ciphertext, in base64url without padding
+/// (`docs/PROTOCOL.md` §13). The kind is not written: the field says it.
+pub fn encode_value(sealed: &Sealed) -> String {
+    use base64::Engine;
+    let mut bytes = Vec::with_capacity(8 + NONCE_LEN + sealed.ciphertext.len());
+    bytes.extend_from_slice(&sealed.seq.to_be_bytes());
+    bytes.extend_from_slice(&sealed.nonce);
+    bytes.extend_from_slice(&sealed.ciphertext);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Decodes a sealed value of `kind` ([`Kind::Name`] or [`Kind::Title`]). The server calls it
+/// to refuse what is not a sealed value, without being able to open it.
+pub fn decode_value(text: &str, kind: Kind) -> Result<Sealed, FrameError> {
+    use base64::Engine;
+    if text.len() > MAX_VALUE_CHARS {
+        return Err(FrameError::BadValue);
+    }
+    let bytes =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text.as_bytes()).map_err(|_| FrameError::BadValue)?;
+    if bytes.len() < MIN_VALUE_LEN {
+        return Err(FrameError::BadValue);
+    }
+    let (seq, rest) = bytes.split_at(8);
+    let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
+    Ok(Sealed {
+        seq: u64::from_be_bytes(seq.try_into().expect("eight bytes")),
+        kind,
+        nonce: nonce.try_into().expect("a nonce's length"),
+        ciphertext: Bytes::copy_from_slice(ciphertext),
+    })
 }
 
 /// Reads fields off the front of a frame.
@@ -503,5 +546,28 @@ mod tests {
         assert_ne!(associated_data("a", "b", 1, Kind::Update), associated_data("a", "b", 2, Kind::Update));
         assert_ne!(associated_data("a", "b", 1, Kind::Update), associated_data("a", "b", 1, Kind::Awareness));
         assert_eq!(associated_data("r", "", 0, Kind::Title).len(), 2 + 15 + 2 + 1 + 2 + 9);
+    }
+
+    #[test]
+    fn sealed_values_round_trip_and_anything_else_is_refused() {
+        let value = sealed(0x0102_0304_0506_0708, Kind::Name, TAG_LEN + 5);
+        let text = encode_value(&value);
+        assert!(text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "{text}");
+        assert_eq!(decode_value(&text, Kind::Name), Ok(value.clone()));
+        // The field names the kind; the text does not.
+        assert_eq!(decode_value(&text, Kind::Title).map(|v| v.kind), Ok(Kind::Title));
+        // Too short to hold a sequence number, a nonce and a tag.
+        let short = encode_value(&Sealed { ciphertext: Bytes::from_static(&[0; TAG_LEN - 1]), ..value.clone() });
+        assert_eq!(decode_value(&short, Kind::Name), Err(FrameError::BadValue));
+        // Not base64url, padded, or too long.
+        for bad in ["a name in clear", "AAAA+/==", &format!("{text}=")] {
+            assert_eq!(decode_value(bad, Kind::Name), Err(FrameError::BadValue), "{bad}");
+        }
+        let long = encode_value(&Sealed { ciphertext: vec![7; MAX_VALUE_CHARS].into(), ..value });
+        assert!(long.len() > MAX_VALUE_CHARS);
+        assert_eq!(decode_value(&long, Kind::Title), Err(FrameError::BadValue));
+        // Every value a title of 200 four-byte characters seals to is accepted.
+        let longest = sealed(1, Kind::Title, 200 * 4 + TAG_LEN);
+        assert!(decode_value(&encode_value(&longest), Kind::Title).is_ok());
     }
 }

@@ -842,6 +842,8 @@ mod tests {
             lobby: false,
             sealed: false,
             link_generation: 0,
+            sealed_title: None,
+            controls: Default::default(),
         };
         let room = rooms.create(settings).await.unwrap();
 

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use axum_extra::headers::authorization::{Authorization, Bearer};
 use axum_extra::headers::HeaderMapExt;
-use balint_proto::room::{Role, Template};
+use balint_proto::room::{check_name, check_title, Role, Template, TextError, MAX_NAME_CHARS, MAX_TITLE_CHARS};
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use tracing::Instrument;
 use crate::connection::{self, ConnectionLimits, Participant};
 use crate::error::AppError;
 use crate::limits;
+use crate::room::meeting::TitleChange;
 use crate::rooms::{self, Lookup, RoomSettings};
 use crate::AppState;
 
@@ -115,19 +116,15 @@ pub async fn create_room(
         ));
     }
     let request: CreateRoom = json_object(&body)?;
-    let title = match request.title.map(|t| t.trim().to_owned()) {
-        Some(t) if t.chars().count() > limits::MAX_TITLE_CHARS => {
-            return Err(AppError::bad_request(
-                "bad_title",
-                format!("the title must be at most {} characters", limits::MAX_TITLE_CHARS),
-            ))
-        }
-        Some(t) if t.chars().any(char::is_control) => {
-            return Err(AppError::bad_request("bad_title", "the title must not contain control characters"))
-        }
-        Some(t) if t.is_empty() => None,
-        other => other,
-    };
+    let title = request.title.as_deref().map(validate_title).transpose()?.flatten();
+    if request.sealed && title.is_some() {
+        // A title in clear would put the case's name on the server.
+        return Err(AppError::bad_request(
+            "bad_title",
+            "a sealed room's title travels sealed: create the room without a title, then set \
+             sealed_title with PUT /api/rooms/{room}/title",
+        ));
+    }
     let room = state
         .rooms
         .create(RoomSettings {
@@ -136,7 +133,7 @@ pub async fn create_room(
             template: request.template,
             lobby: request.lobby,
             sealed: request.sealed,
-            link_generation: 0,
+            ..RoomSettings::default()
         })
         .await
         .map_err(|e| AppError::Unavailable(e.to_string()))?;
@@ -261,7 +258,8 @@ pub async fn join_room(
             "this page's origin may not open a room here",
         ));
     }
-    let name = validate_name(params.name.as_deref())?;
+    let sealed = params.sealed.as_deref() == Some("1");
+    let name = validate_name(params.name.as_deref(), sealed)?;
     let permit = state.sockets.acquire(client_address(&state, peer, &headers)).map_err(|full| {
         state.metrics.refused(full.reason());
         AppError::Busy(full.message())
@@ -273,7 +271,6 @@ pub async fn join_room(
     };
     let upgrade = upgrade.map_err(|_| AppError::UpgradeRequired)?;
     let conn = state.rooms.next_conn_id();
-    let sealed = params.sealed.as_deref() == Some("1");
     let participant = Participant { role: grant.role, link_generation: grant.generation, name, sealed };
     let conn_limits = ConnectionLimits {
         max_frame_bytes: state.config.max_frame_bytes,
@@ -312,22 +309,39 @@ pub async fn join_room(
 }
 
 /// Checks a display name: 1 to 64 characters, no control characters. A stock Yjs client that
-/// sends none is called "Guest".
-fn validate_name(name: Option<&str>) -> Result<String, AppError> {
-    let Some(name) = name.map(str::trim) else {
-        return Ok("Guest".to_owned());
-    };
-    let chars = name.chars().count();
-    if chars == 0 || chars > limits::MAX_NAME_CHARS {
-        return Err(AppError::bad_request(
+/// sends none is called "Guest". A client of sealed rooms sends none: its name travels sealed
+/// (`set_sealed_name`), and one in the URL is refused rather than taken to the server.
+fn validate_name(name: Option<&str>, sealed: bool) -> Result<String, AppError> {
+    match (name, sealed) {
+        (None, true) => Ok(String::new()),
+        (Some(_), true) => Err(AppError::bad_request(
             "bad_name",
-            format!("the name must be 1 to {} characters", limits::MAX_NAME_CHARS),
-        ));
+            "a client of sealed rooms sends its name sealed (set_sealed_name), never in the URL",
+        )),
+        (None, false) => Ok("Guest".to_owned()),
+        (Some(name), false) => match check_name(name) {
+            Ok(name) => Ok(name.to_owned()),
+            Err(TextError::Control) => {
+                Err(AppError::bad_request("bad_name", "the name must not contain control characters"))
+            }
+            Err(_) => {
+                Err(AppError::bad_request("bad_name", format!("the name must be 1 to {MAX_NAME_CHARS} characters")))
+            }
+        },
     }
-    if name.chars().any(char::is_control) {
-        return Err(AppError::bad_request("bad_name", "the name must not contain control characters"));
+}
+
+/// Checks a title in clear; an empty one is no title.
+fn validate_title(title: &str) -> Result<Option<String>, AppError> {
+    match check_title(title) {
+        Ok(title) => Ok(title.map(str::to_owned)),
+        Err(TextError::Control) => {
+            Err(AppError::bad_request("bad_title", "the title must not contain control characters"))
+        }
+        Err(_) => {
+            Err(AppError::bad_request("bad_title", format!("the title must be at most {MAX_TITLE_CHARS} characters")))
+        }
     }
-    Ok(name.to_owned())
 }
 
 /// `GET /healthz`: the process is up.
@@ -498,6 +512,49 @@ pub async fn issue_links(
     Ok(Json(IssuedLinks { links: Links::issue(&state, &headers, room.id(), generation), generation }).into_response())
 }
 
+/// The body of `PUT /api/rooms/{room}/title`: `title` for a plain room, `sealed_title` for a
+/// sealed one; `null` clears it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetTitle {
+    #[serde(default, deserialize_with = "present")]
+    title: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    sealed_title: Option<Option<String>>,
+}
+
+/// A field that is present (possibly `null`) reads as `Some`.
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(deserializer).map(Some)
+}
+
+/// `PUT /api/rooms/{room}/title` with the leader token as a Bearer header: sets the title that
+/// every member sees. A sealed room's title is sealed by the leader's client
+/// (`docs/PROTOCOL.md` §13): the creating browser sets it right after `POST /api/rooms`, since
+/// the room id it is sealed with is known only then. Answers 204.
+pub async fn set_title(
+    State(state): State<AppState>,
+    Path(room_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    let room = leader_room(&state, &room_id, &headers).await?;
+    let request: SetTitle = json_object(&body)?;
+    let change = match (request.title, request.sealed_title) {
+        (Some(title), None) => TitleChange::Clear(title.as_deref().map(validate_title).transpose()?.flatten()),
+        (None, Some(sealed)) => TitleChange::Sealed(sealed),
+        _ => return Err(AppError::bad_request("bad_title", "give exactly one of title and sealed_title")),
+    };
+    match room.set_title(change).await {
+        Ok(true) => {
+            tracing::info!(room = %room_id, "title set");
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Ok(false) => Err(AppError::Unavailable("the title could not be written".to_owned())),
+        Err(e) => Err(AppError::bad_request("bad_title", e.to_string())),
+    }
+}
+
 /// The answer for a room that a valid link names but that nothing is known of: no record, no
 /// stored board, no tombstone.
 ///
@@ -550,6 +607,8 @@ mod tests {
             lobby: false,
             sealed: false,
             link_generation: 0,
+            sealed_title: None,
+            controls: Default::default(),
         };
         let room = state.rooms.create(settings).await.unwrap().id().to_owned();
         let expires = crate::unix_now() + 3600;
@@ -625,5 +684,86 @@ mod tests {
         let (status, body) =
             ask(&app, Method::GET, &format!("{presence}?token={leader}"), value(&format!("Bearer {member}"))).await;
         assert_eq!((status, body["error"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")));
+    }
+
+    /// The status and JSON body of `method uri` with `body` and `authorization`, if any.
+    async fn send(
+        app: &axum::Router,
+        method: Method,
+        uri: &str,
+        authorization: Option<HeaderValue>,
+        body: serde_json::Value,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(value) = authorization {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        let request = request
+            .header(header::CONTENT_TYPE, "application/json")
+            .extension(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 9))))
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+    }
+
+    fn a_sealed_value() -> String {
+        balint_proto::sealed::encode_value(&balint_proto::sealed::Sealed {
+            seq: 0,
+            kind: balint_proto::sealed::Kind::Title,
+            nonce: [9; balint_proto::sealed::NONCE_LEN],
+            ciphertext: vec![9; 30].into(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_sealed_rooms_title_is_refused_in_clear_and_set_sealed_by_a_leader() {
+        let (_data, app, _room, _leader, _member) = server().await;
+        let (status, body) =
+            send(&app, Method::POST, "/api/rooms", None, serde_json::json!({"sealed": true, "title": "Case"})).await;
+        assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_title")));
+        assert!(!body.to_string().contains("Case"), "the answer does not echo the title: {body}");
+
+        let (status, created) = send(&app, Method::POST, "/api/rooms", None, serde_json::json!({"sealed": true})).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let room = created["room"].as_str().unwrap();
+        let leader = value(&format!("Bearer {}", created["leader_token"].as_str().unwrap()));
+        let member = value(&format!("Bearer {}", created["invite_token"].as_str().unwrap()));
+        let path = format!("/api/rooms/{room}/title");
+        let title = a_sealed_value();
+        for (body, error) in [
+            (serde_json::json!({"title": "Case"}), "bad_title"),
+            (serde_json::json!({"sealed_title": "Case in clear"}), "bad_title"),
+            (serde_json::json!({}), "bad_title"),
+            (serde_json::json!({"title": null, "sealed_title": title}), "bad_title"),
+            (serde_json::json!({"sealed_title": title, "x": 1}), "bad_json"),
+        ] {
+            let (status, answer) = send(&app, Method::PUT, &path, leader.clone(), body.clone()).await;
+            assert_eq!((status, answer["error"].as_str()), (StatusCode::BAD_REQUEST, Some(error)), "{body}");
+        }
+        let (status, _) = send(&app, Method::PUT, &path, member, serde_json::json!({"sealed_title": title})).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, _) =
+            send(&app, Method::PUT, &path, leader.clone(), serde_json::json!({"sealed_title": title})).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        let (status, _) = send(&app, Method::PUT, &path, leader, serde_json::json!({"sealed_title": null})).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    }
+
+    #[tokio::test]
+    async fn a_plain_rooms_title_can_be_changed_by_a_leader() {
+        let (_data, app, room, leader, _member) = server().await;
+        let path = format!("/api/rooms/{room}/title");
+        let leader = value(&format!("Bearer {leader}"));
+        let (status, body) =
+            send(&app, Method::PUT, &path, leader.clone(), serde_json::json!({"sealed_title": a_sealed_value()})).await;
+        assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_title")));
+        let (status, body) =
+            send(&app, Method::PUT, &path, leader.clone(), serde_json::json!({"title": "a\u{7}b"})).await;
+        assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_title")));
+        let (status, _) = send(&app, Method::PUT, &path, leader, serde_json::json!({"title": "Tuesday group"})).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
     }
 }

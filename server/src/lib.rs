@@ -215,6 +215,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/rooms/{room}/presence", get(http::presence))
         .route("/api/rooms/{room}/export.md", get(http::export))
         .route("/api/rooms/{room}/links", post(http::issue_links))
+        .route("/api/rooms/{room}/title", axum::routing::put(http::set_title))
         .route("/api/rooms/{room}", axum::routing::delete(http::delete_room))
         .route("/healthz", get(http::healthz))
         .route("/readyz", get(http::readyz))

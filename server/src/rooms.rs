@@ -36,7 +36,7 @@ use crate::limits;
 use crate::room::board::Board;
 use crate::room::machine::{self, Answer, Effect, Frame, Io, Job, Node, Outcome, RoomMachine, Step};
 pub use crate::room::machine::{BinaryOutcome, RoomOptions};
-use crate::room::meeting::{record, Audience, Meeting};
+use crate::room::meeting::{record, Audience, Meeting, TitleChange, TitleError};
 use crate::room::sealed::SealedLog;
 pub use crate::room::RoomSettings;
 use crate::room::{ConnId, RandomIds};
@@ -289,6 +289,14 @@ impl Room {
     /// be written.
     pub async fn renew_links(&self) -> Option<u64> {
         self.run(Job::renew_links()).await.renewed
+    }
+
+    /// A leader sets the room's title. `Ok(false)` when it could not be written (the stores do
+    /// not answer); `Err` when it does not fit the room (a title in clear for a sealed room,
+    /// say).
+    pub async fn set_title(&self, change: TitleChange) -> Result<bool, TitleError> {
+        self.step(|m| m.check_title(&change))?;
+        Ok(self.run(Job::set_title(change)).await.committed)
     }
 
     /// Feeds a binary frame from `conn`.

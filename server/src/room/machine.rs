@@ -35,7 +35,9 @@ use yrs::StateVector;
 
 use super::board::{Board, Relay};
 use super::meeting::record;
-use super::meeting::{Audience, Meeting, MeetingSettings, Output as MeetingOutput, Plan, Shared};
+use super::meeting::{
+    Audience, Meeting, MeetingSettings, Output as MeetingOutput, Plan, Shared, TitleChange, TitleError,
+};
 use super::sealed::{Appended, Compacted, Ranges, SealedLog, Summary};
 use super::{ConnId, Ids, RoomSettings};
 use crate::backend::{BackendError, BackendResult, StoredBoard, Versioned};
@@ -72,6 +74,8 @@ impl RoomOptions {
         Meeting::new(
             MeetingSettings {
                 title: settings.title.clone(),
+                sealed_title: settings.sealed_title.clone(),
+                controls: settings.controls,
                 template: settings.template,
                 ephemeral: settings.ephemeral,
                 lobby: settings.lobby,
@@ -301,6 +305,12 @@ impl Job {
         Job::of([Stage::Renew])
     }
 
+    /// A leader sets the title (checked already against the room with
+    /// [`RoomMachine::check_title`]); a persistent room saves it at once.
+    pub fn set_title(change: TitleChange) -> Self {
+        Job::of([Stage::commit(Intent::SetTitle(change), None), Stage::Save { force: false }])
+    }
+
     /// Ends the meeting for everyone, for `reason`.
     pub fn end(reason: &str) -> Self {
         Job::of([Stage::commit(Intent::End(reason.to_owned()), None)])
@@ -326,6 +336,7 @@ enum Intent {
     /// A stock client's first frame binds its connection.
     BindStock(ConnId),
     RenewLinks,
+    SetTitle(TitleChange),
     End(String),
     /// The meeting's timers at `now_ms`, with the members connected on other nodes.
     Tick {
@@ -350,6 +361,9 @@ impl Intent {
             Intent::Command(conn, message, now_ms) => meeting.plan_command(*conn, message.clone(), *now_ms),
             Intent::BindStock(conn) => meeting.plan_bind(*conn, false, None, now_ms),
             Intent::RenewLinks => meeting.plan_renew_links(),
+            // Checked before the job started; a sealed room stays sealed, so a replan cannot
+            // refuse it.
+            Intent::SetTitle(change) => meeting.plan_set_title(change).unwrap_or_default(),
             Intent::End(reason) => meeting.plan_end(reason),
             Intent::Tick { now_ms, elsewhere, settling } => meeting
                 .plan_tick(*now_ms, |id| elsewhere.contains(id) || (*settling && meeting.shared().is_present(id))),
@@ -558,6 +572,11 @@ impl RoomMachine {
     /// The room id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Whether `change` may become the room's title; `Ok(false)` when it is the title already.
+    pub fn check_title(&self, change: &TitleChange) -> Result<bool, TitleError> {
+        self.meeting.shared().clone().set_title(change.clone())
     }
 
     /// The meeting.

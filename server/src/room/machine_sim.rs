@@ -352,7 +352,7 @@ fn notes(machine: &RoomMachine) -> String {
 impl Sim {
     fn new(seed: u64, template: Template, lobby: bool, ephemeral: bool, sealed: bool, faults: Faults) -> Self {
         let settings =
-            RoomSettings { title: Some("sim".into()), ephemeral, template, lobby, sealed, link_generation: 0 };
+            RoomSettings { title: Some("sim".into()), ephemeral, template, lobby, sealed, ..RoomSettings::default() };
         let now = props::START_MS;
         let meeting = options().new_meeting(&settings, now);
         let record = encode_record(meeting.shared()).expect("a record encodes");

@@ -24,6 +24,8 @@ fn room(ephemeral: bool) -> RoomMachine {
         lobby: false,
         sealed: false,
         link_generation: 0,
+        sealed_title: None,
+        controls: Default::default(),
     };
     let node = node("solo", false, 7);
     let meeting = node.options.new_meeting(&settings, START_MS);
@@ -278,6 +280,8 @@ fn sealed_room(lobby: bool, max_board_bytes: usize) -> RoomMachine {
         lobby,
         sealed: true,
         link_generation: 0,
+        sealed_title: None,
+        controls: Default::default(),
     };
     let mut node = node("solo", false, 7);
     node.options.max_board_bytes = max_board_bytes;

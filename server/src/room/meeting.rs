@@ -121,6 +121,10 @@ pub enum Output {
 pub struct MeetingSettings {
     /// The room's title.
     pub title: Option<String>,
+    /// Sealed rooms: the sealed title.
+    pub sealed_title: Option<String>,
+    /// The leaders' controls a persistent room kept.
+    pub controls: super::Controls,
     /// The session template.
     pub template: Template,
     /// Whether the meeting leaves nothing behind.
@@ -139,6 +143,29 @@ pub struct MeetingSettings {
     pub max_members: usize,
     /// The room's link generation (0 for a new room; a persistent room keeps its own).
     pub link_generation: u64,
+}
+
+/// A new title for a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TitleChange {
+    /// A plain room's title, checked already (`None` clears it).
+    Clear(Option<String>),
+    /// A sealed room's sealed title (`None` clears it).
+    Sealed(Option<String>),
+}
+
+/// Why a title was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TitleError {
+    /// A title in clear for a sealed room.
+    #[error("this room is sealed: its title travels sealed, as sealed_title")]
+    SealedRoom,
+    /// A sealed title for a plain room.
+    #[error("this room is not sealed: give its title as title")]
+    PlainRoom,
+    /// Not a sealed value.
+    #[error("sealed_title is not a sealed value: base64url of a sequence number, a nonce and a ciphertext")]
+    NotSealedValue,
 }
 
 /// Why a member was removed by a leader.
@@ -161,7 +188,10 @@ impl Removal {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Member {
+    /// The display name; empty in a sealed room.
     name: String,
+    /// Sealed rooms: the display name, sealed by the member (opaque here).
+    sealed_name: Option<String>,
     role: Role,
     resume_token: String,
     /// Order of arrival, for the member list.
@@ -211,6 +241,8 @@ struct Lapsed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shared {
     title: Option<String>,
+    /// Sealed rooms: the title, sealed by a leader's client (opaque here).
+    sealed_title: Option<String>,
     template: Template,
     ephemeral: bool,
     lobby: bool,
@@ -325,6 +357,7 @@ impl Shared {
         let first = settings.template.phases()[0];
         Shared {
             title: settings.title,
+            sealed_title: settings.sealed_title,
             template: settings.template,
             ephemeral: settings.ephemeral,
             lobby: settings.lobby,
@@ -340,10 +373,10 @@ impl Shared {
             floor: None,
             phase: PhaseState { name: first, started_at_ms: now_ms, duration_secs: first.suggested_secs() },
             presenter: None,
-            speaking_limit_secs: None,
-            fair_order: false,
-            phase_reset: true,
-            board_locked: false,
+            speaking_limit_secs: settings.controls.speaking_limit_secs,
+            fair_order: settings.controls.fair_order,
+            phase_reset: settings.controls.phase_reset,
+            board_locked: settings.controls.board_locked,
             next_seq: 0,
             removed: BTreeMap::new(),
             ended: None,
@@ -395,6 +428,21 @@ impl Shared {
         self.title.as_deref()
     }
 
+    /// Sealed rooms: the sealed title.
+    pub fn sealed_title(&self) -> Option<&str> {
+        self.sealed_title.as_deref()
+    }
+
+    /// The leaders' controls, as a persistent room keeps them.
+    pub fn controls(&self) -> super::Controls {
+        super::Controls {
+            speaking_limit_secs: self.speaking_limit_secs,
+            fair_order: self.fair_order,
+            phase_reset: self.phase_reset,
+            board_locked: self.board_locked,
+        }
+    }
+
     /// The session template.
     pub fn template(&self) -> Template {
         self.template
@@ -414,6 +462,7 @@ impl Shared {
         }
         self.ended = Some(reason.to_owned());
         self.title = None;
+        self.sealed_title = None;
         self.members.clear();
         self.removed.clear();
         self.revoked.clear();
@@ -433,6 +482,7 @@ impl Shared {
         let id = ids.member_id();
         let member = Member {
             name: name.to_owned(),
+            sealed_name: None,
             role: link_role,
             resume_token: ids.resume_token(),
             arrival: self.bump_seq(),
@@ -659,6 +709,37 @@ impl Shared {
                 let member = self.members.get_mut(me).expect("sender is a member");
                 Ok(std::mem::replace(&mut member.away, away) != away)
             }
+            C::SetSealedName { sealed_name } => self.set_sealed_name(me, sealed_name),
+        }
+    }
+
+    /// Sealed rooms: member `me` sends their display name, sealed. The server cannot open it;
+    /// it checks only that it is a sealed value.
+    fn set_sealed_name(&mut self, me: &str, sealed_name: String) -> Result<bool, Refusal> {
+        if !self.sealed {
+            return Err(Refusal::new(ErrorCode::BadMessage, Reason::NotSealed));
+        }
+        if balint_proto::sealed::decode_value(&sealed_name, balint_proto::sealed::Kind::Name).is_err() {
+            return Err(Refusal::new(ErrorCode::BadMessage, Reason::BadSealedValue));
+        }
+        let member = self.members.get_mut(me).expect("sender is a member");
+        Ok(member.sealed_name.replace(sealed_name.clone()).as_ref() != Some(&sealed_name))
+    }
+
+    /// Sets the title: in clear in a plain room, sealed in a sealed one (`None` clears it).
+    /// `Ok(false)` when it is the title already.
+    pub fn set_title(&mut self, title: TitleChange) -> Result<bool, TitleError> {
+        match (self.sealed, title) {
+            (false, TitleChange::Clear(title)) => Ok(std::mem::replace(&mut self.title, title.clone()) != title),
+            (true, TitleChange::Sealed(sealed)) => {
+                if let Some(value) = &sealed {
+                    balint_proto::sealed::decode_value(value, balint_proto::sealed::Kind::Title)
+                        .map_err(|_| TitleError::NotSealedValue)?;
+                }
+                Ok(std::mem::replace(&mut self.sealed_title, sealed.clone()) != sealed)
+            }
+            (true, TitleChange::Clear(_)) => Err(TitleError::SealedRoom),
+            (false, TitleChange::Sealed(_)) => Err(TitleError::PlainRoom),
         }
     }
 
@@ -893,6 +974,7 @@ impl Shared {
             .map(|(id, m)| MemberView {
                 id: (*id).clone(),
                 name: m.name.clone(),
+                sealed_name: m.sealed_name.clone(),
                 role: m.role,
                 status: self.status(id, m),
                 joined_at_ms: m.joined_at_ms,
@@ -901,7 +983,10 @@ impl Shared {
         let waiting = for_leader.then(|| {
             let mut waiting: Vec<(&String, &Member)> = self.members.iter().filter(|(_, m)| !m.admitted).collect();
             waiting.sort_by_key(|(_, m)| m.arrival);
-            waiting.into_iter().map(|(id, m)| Waiting { id: id.clone(), name: m.name.clone() }).collect()
+            waiting
+                .into_iter()
+                .map(|(id, m)| Waiting { id: id.clone(), name: m.name.clone(), sealed_name: m.sealed_name.clone() })
+                .collect()
         });
         let participation = for_leader.then(|| {
             admitted
@@ -912,8 +997,10 @@ impl Shared {
         RoomState {
             version,
             title: self.title.clone(),
+            sealed_title: self.sealed_title.clone(),
             template: self.template,
             ephemeral: self.ephemeral,
+            sealed: self.sealed,
             phase: self.phase.clone(),
             presenter: self.presenter.clone(),
             members,
@@ -1070,9 +1157,12 @@ impl Meeting {
         if let ClientMessage::Hello { resume } = &message {
             return self.plan_bind(conn, true, resume.as_deref(), now_ms);
         }
+        // Someone waiting in the lobby may send their sealed name, so that the leaders can
+        // tell who waits; nothing else.
+        let from_lobby = matches!(message, ClientMessage::SetSealedName { .. });
         let member_id = match self.connections.get(&conn) {
             Some(Connection { member: Some(id), hello: true, .. })
-                if self.shared.members.get(id).is_some_and(|m| m.admitted) =>
+                if self.shared.members.get(id).is_some_and(|m| m.admitted || from_lobby) =>
             {
                 id
             }
@@ -1106,6 +1196,12 @@ impl Meeting {
             Ok(false) => Plan::default(),
             Err(refusal) => Plan::refused(conn, refusal),
         }
+    }
+
+    /// Plans a new title (a leader's `PUT .../title`).
+    pub fn plan_set_title(&self, title: &TitleChange) -> Result<Plan, TitleError> {
+        let mut next = self.shared.clone();
+        Ok(if next.set_title(title.clone())? { Plan { next: Some(next), ..Plan::default() } } else { Plan::default() })
     }
 
     /// Plans the end of the meeting, for `reason` (`ended_by_leader`, `deleted`, ...).

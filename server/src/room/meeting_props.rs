@@ -38,6 +38,8 @@ fn settings(template: Template, lobby: bool, ephemeral: bool) -> MeetingSettings
         max_members: MAX_MEMBERS,
         sealed: false,
         link_generation: 0,
+        sealed_title: None,
+        controls: Default::default(),
     }
 }
 

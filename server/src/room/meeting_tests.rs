@@ -45,6 +45,15 @@ impl Sim {
         Self::with(Template::Balint, true)
     }
 
+    fn sealed_with_lobby() -> Self {
+        let mut sim = Self::with(Template::Balint, true);
+        let mut shared = sim.meeting.shared().clone();
+        shared.sealed = true;
+        shared.title = None;
+        sim.meeting = Meeting::from_shared(shared, 1);
+        sim
+    }
+
     fn with(template: Template, lobby: bool) -> Self {
         let settings = MeetingSettings {
             title: Some("Tuesday group".into()),
@@ -57,6 +66,8 @@ impl Sim {
             max_members: MAX_MEMBERS,
             sealed: false,
             link_generation: 0,
+            sealed_title: None,
+            controls: Default::default(),
         };
         Sim { meeting: Meeting::new(settings, START_MS), now: START_MS, log: Vec::new(), next_conn: 0 }
     }
@@ -1161,7 +1172,10 @@ fn with_the_lobby_on_a_newcomer_waits_receives_nothing_of_the_board_and_only_lea
 
     let leader_view = sim.view(lena.conn);
     assert!(leader_view.lobby);
-    assert_eq!(leader_view.waiting, Some(vec![Waiting { id: nina.id.clone(), name: "Nina".into() }]));
+    assert_eq!(
+        leader_view.waiting,
+        Some(vec![Waiting { id: nina.id.clone(), name: "Nina".into(), sealed_name: None }])
+    );
     assert!(member(&leader_view, &nina).is_none(), "waiting is not being in the room");
     assert!(!sim.meeting.state(false).members.iter().any(|m| m.id == nina.id));
 }
@@ -1866,4 +1880,97 @@ fn members_carry_when_they_first_arrived() {
     sim.advance(10_000);
     let back = sim.resume(Role::Member, "Ann", &token);
     assert_eq!(member(&sim.view(back.conn), &ann).unwrap().joined_at_ms, START_MS + 60_000);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sealed names and title
+// ---------------------------------------------------------------------------------------------
+
+/// A sealed value's text: base64url of a sequence number, a nonce and a ciphertext.
+fn sealed_value(fill: u8) -> String {
+    balint_proto::sealed::encode_value(&balint_proto::sealed::Sealed {
+        seq: 1,
+        kind: balint_proto::sealed::Kind::Name,
+        nonce: [fill; balint_proto::sealed::NONCE_LEN],
+        ciphertext: vec![fill; 20].into(),
+    })
+}
+
+#[test]
+fn in_a_sealed_room_names_travel_sealed_and_someone_in_the_lobby_may_send_theirs() {
+    let mut sim = Sim::sealed_with_lobby();
+    let lena = sim.join(Role::Leader, "");
+    let conn = sim.connect(Role::Member, "");
+    let out = sim.hello(conn, None);
+    let nina = Person { conn, id: introduced_id(&out, conn).unwrap() };
+
+    // From the lobby: the leaders see who waits, sealed; the server keeps it as it came.
+    let nina_name = sealed_value(1);
+    sim.ok(nina.conn, ClientMessage::SetSealedName { sealed_name: nina_name.clone() });
+    let leader_view = sim.view(lena.conn);
+    assert_eq!(
+        leader_view.waiting,
+        Some(vec![Waiting { id: nina.id.clone(), name: String::new(), sealed_name: Some(nina_name.clone()) }])
+    );
+    assert!(leader_view.sealed);
+    // Nothing else from the lobby.
+    sim.assert_refused(nina.conn, ClientMessage::RaiseHand {}, (ErrorCode::NotInRoom, Reason::InLobby));
+
+    let lena_name = sealed_value(2);
+    sim.ok(lena.conn, ClientMessage::SetSealedName { sealed_name: lena_name.clone() });
+    sim.ok(lena.conn, ClientMessage::Admit { member: nina.id.clone() });
+    let view = sim.view(nina.conn);
+    let names: Vec<_> = view.members.iter().map(|m| (m.name.as_str(), m.sealed_name.as_deref())).collect();
+    assert_eq!(names, [("", Some(lena_name.as_str())), ("", Some(nina_name.as_str()))]);
+
+    // Not a sealed value: refused, and the name stays.
+    for bad in ["Nina in clear".to_owned(), "QUJD".to_owned(), "A".repeat(balint_proto::sealed::MAX_VALUE_CHARS + 4)] {
+        sim.assert_refused(
+            nina.conn,
+            ClientMessage::SetSealedName { sealed_name: bad },
+            (ErrorCode::BadMessage, Reason::BadSealedValue),
+        );
+    }
+    assert_eq!(member(&sim.view(nina.conn), &nina).unwrap().sealed_name.as_deref(), Some(nina_name.as_str()));
+}
+
+#[test]
+fn a_plain_room_refuses_sealed_names() {
+    let mut sim = Sim::balint();
+    let ann = sim.join(Role::Member, "Ann");
+    sim.assert_refused(
+        ann.conn,
+        ClientMessage::SetSealedName { sealed_name: sealed_value(3) },
+        (ErrorCode::BadMessage, Reason::NotSealed),
+    );
+    assert!(!sim.view(ann.conn).sealed);
+}
+
+#[test]
+fn a_sealed_title_is_set_only_sealed_and_goes_with_the_meeting() {
+    let mut sim = Sim::sealed_with_lobby();
+    let lena = sim.join(Role::Leader, "");
+    let mut shared = sim.meeting.shared().clone();
+    assert_eq!(shared.set_title(TitleChange::Clear(Some("Case".into()))), Err(TitleError::SealedRoom));
+    assert_eq!(shared.set_title(TitleChange::Sealed(Some("Case".into()))), Err(TitleError::NotSealedValue));
+    let title = sealed_value(4);
+    assert_eq!(shared.set_title(TitleChange::Sealed(Some(title.clone()))), Ok(true));
+    assert_eq!(shared.set_title(TitleChange::Sealed(Some(title.clone()))), Ok(false));
+    let view = Meeting::from_shared(shared, 5).state(false);
+    assert_eq!((view.title, view.sealed_title.as_deref()), (None, Some(title.as_str())));
+
+    // A plain room takes no sealed title.
+    let mut plain = Sim::balint().meeting.shared().clone();
+    assert_eq!(plain.set_title(TitleChange::Sealed(Some(title))), Err(TitleError::PlainRoom));
+    assert_eq!(plain.set_title(TitleChange::Clear(None)), Ok(true));
+
+    // The end takes the sealed title and the sealed names with it.
+    sim.ok(lena.conn, ClientMessage::SetSealedName { sealed_name: sealed_value(6) });
+    let mut ended = sim.meeting.shared().clone();
+    ended.set_title(TitleChange::Sealed(Some(sealed_value(4)))).unwrap();
+    assert!(ended.end("ended_by_leader"));
+    assert_eq!(ended.sealed_title(), None);
+    let record = crate::room::record::encode(&ended).unwrap();
+    let text = String::from_utf8(record.to_vec()).unwrap();
+    assert!(!text.contains(&sealed_value(4)) && !text.contains(&sealed_value(6)), "{text}");
 }

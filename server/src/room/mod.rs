@@ -31,6 +31,46 @@ pub struct RoomSettings {
     pub sealed: bool,
     /// The room's link generation (0 at creation; raised when a leader renews the links).
     pub link_generation: u64,
+    /// Sealed rooms: the title, sealed by a leader's client (opaque to the server).
+    pub sealed_title: Option<String>,
+    /// The leaders' controls of the meeting, as a persistent room keeps them.
+    pub controls: Controls,
+}
+
+impl Default for RoomSettings {
+    fn default() -> Self {
+        RoomSettings {
+            title: None,
+            ephemeral: true,
+            template: Template::default(),
+            lobby: false,
+            sealed: false,
+            link_generation: 0,
+            sealed_title: None,
+            controls: Controls::default(),
+        }
+    }
+}
+
+/// The settings leaders change during a meeting that a persistent room keeps from one meeting
+/// to the next, beside the board.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Controls {
+    /// The limit of each turn, in seconds.
+    pub speaking_limit_secs: Option<u32>,
+    /// Whether those who have not spoken in this phase go first.
+    pub fair_order: bool,
+    /// Whether a phase change lowers every hand and frees the floor.
+    pub phase_reset: bool,
+    /// Whether the board is read-only for everyone but the leaders.
+    pub board_locked: bool,
+}
+
+impl Default for Controls {
+    /// A new room's: no limit, no fair order, the phase reset on, the board open.
+    fn default() -> Self {
+        Controls { speaking_limit_secs: None, fair_order: false, phase_reset: true, board_locked: false }
+    }
 }
 
 /// Identifies one WebSocket connection to a room, unique within the process.

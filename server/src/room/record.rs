@@ -29,7 +29,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::{Hand, Lapsed, Member, Removal, Shared, Turn};
-use crate::room::RoomSettings;
+use crate::room::{Controls, RoomSettings};
 
 /// The format this build writes.
 pub const FORMAT: u64 = 1;
@@ -83,14 +83,33 @@ pub fn encode_settings(shared: &Shared) -> Result<Bytes, RecordError> {
         lobby: shared.lobby,
         sealed: shared.sealed,
         link_generation: shared.link_generation,
+        sealed_title: shared.sealed_title.clone(),
+        speaking_limit_secs: shared.speaking_limit_secs,
+        fair_order: shared.fair_order,
+        phase_reset: shared.phase_reset,
+        board_locked: shared.board_locked,
     };
     serde_json::to_vec(&settings).map(Bytes::from).map_err(|_| RecordError::Encode)
 }
 
 /// Decodes a persistent room's stored settings of any known format.
 pub fn decode_settings(bytes: &[u8]) -> Result<RoomSettings, RecordError> {
-    let SettingsV1 { format: _, title, ephemeral, template, lobby, sealed, link_generation } = parse(bytes)?;
-    Ok(RoomSettings { title, ephemeral, template, lobby, sealed, link_generation })
+    let SettingsV1 {
+        format: _,
+        title,
+        ephemeral,
+        template,
+        lobby,
+        sealed,
+        link_generation,
+        sealed_title,
+        speaking_limit_secs,
+        fair_order,
+        phase_reset,
+        board_locked,
+    } = parse(bytes)?;
+    let controls = Controls { speaking_limit_secs, fair_order, phase_reset, board_locked };
+    Ok(RoomSettings { title, ephemeral, template, lobby, sealed, link_generation, sealed_title, controls })
 }
 
 /// Parses a stored object of format 1, or says which format it is instead.
@@ -158,6 +177,8 @@ struct RecordV1 {
     #[serde(default = "migrate::format")]
     format: u64,
     title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed_title: Option<String>,
     template: Template,
     ephemeral: bool,
     lobby: bool,
@@ -201,6 +222,8 @@ impl Formatted for RecordV1 {
 #[derive(Serialize, Deserialize)]
 struct MemberV1 {
     name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed_name: Option<String>,
     role: Role,
     resume_token: String,
     arrival: u64,
@@ -273,6 +296,19 @@ struct SettingsV1 {
     sealed: bool,
     #[serde(default)]
     link_generation: u64,
+    /// Sealed rooms' sealed title; absent from a plain room's settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed_title: Option<String>,
+    /// The leaders' controls; absent from settings written before they were kept, which
+    /// read as a new room's.
+    #[serde(default)]
+    speaking_limit_secs: Option<u32>,
+    #[serde(default)]
+    fair_order: bool,
+    #[serde(default = "migrate::phase_reset")]
+    phase_reset: bool,
+    #[serde(default)]
+    board_locked: bool,
 }
 
 impl Formatted for SettingsV1 {
@@ -285,6 +321,7 @@ impl From<&Shared> for RecordV1 {
     fn from(shared: &Shared) -> Self {
         let Shared {
             title,
+            sealed_title,
             template,
             ephemeral,
             lobby,
@@ -315,6 +352,7 @@ impl From<&Shared> for RecordV1 {
         RecordV1 {
             format: FORMAT,
             title: title.clone(),
+            sealed_title: sealed_title.clone(),
             template: *template,
             ephemeral: *ephemeral,
             lobby: *lobby,
@@ -350,6 +388,7 @@ impl From<RecordV1> for Shared {
         let RecordV1 {
             format: _,
             title,
+            sealed_title,
             template,
             ephemeral,
             lobby,
@@ -379,6 +418,7 @@ impl From<RecordV1> for Shared {
         } = record;
         Shared {
             title,
+            sealed_title,
             template,
             ephemeral,
             lobby,
@@ -413,6 +453,7 @@ impl From<&Member> for MemberV1 {
     fn from(member: &Member) -> Self {
         let Member {
             name,
+            sealed_name,
             role,
             resume_token,
             arrival,
@@ -426,6 +467,7 @@ impl From<&Member> for MemberV1 {
         } = member;
         MemberV1 {
             name: name.clone(),
+            sealed_name: sealed_name.clone(),
             role: *role,
             resume_token: resume_token.clone(),
             arrival: *arrival,
@@ -446,6 +488,7 @@ impl MemberV1 {
     fn into_member(self, started_at_ms: Option<u64>) -> Member {
         let MemberV1 {
             name,
+            sealed_name,
             role,
             resume_token,
             arrival,
@@ -459,6 +502,7 @@ impl MemberV1 {
         } = self;
         Member {
             name,
+            sealed_name,
             role,
             resume_token,
             arrival,

@@ -146,6 +146,8 @@ fn a_new_meeting_round_trips() {
         max_members: 4,
         sealed: true,
         link_generation: 5,
+        sealed_title: None,
+        controls: Default::default(),
     };
     let meeting = Meeting::new(settings, 1_700_000_000_000);
     let shared = decode(&encode(meeting.shared()).unwrap()).unwrap();
@@ -166,6 +168,8 @@ fn settings_written_before_formats_were_numbered_read_whole() {
             lobby: true,
             sealed: false,
             link_generation: 3,
+            sealed_title: None,
+            controls: Default::default(),
         }
     );
     let old = decode_settings(PRE_GENERATIONS_SETTINGS.as_bytes()).unwrap();
@@ -187,12 +191,64 @@ fn settings_are_the_meetings_and_round_trip() {
             "lobby": false,
             "sealed": false,
             "link_generation": 1,
+            "speaking_limit_secs": shared.speaking_limit_secs,
+            "fair_order": shared.fair_order,
+            "phase_reset": shared.phase_reset,
+            "board_locked": shared.board_locked,
         })
     );
     let read = decode_settings(&written).unwrap();
     assert_eq!(read.title.as_deref(), shared.title());
     assert_eq!((read.ephemeral, read.template, read.lobby), (true, Template::Balint, false));
     assert_eq!(read.link_generation, shared.link_generation());
+    assert_eq!(read.controls, shared.controls());
+}
+
+#[test]
+fn the_leaders_controls_and_a_sealed_title_are_kept_with_the_settings() {
+    let mut shared = decode(LIVE.as_bytes()).unwrap();
+    shared.speaking_limit_secs = Some(90);
+    shared.fair_order = true;
+    shared.phase_reset = false;
+    shared.board_locked = true;
+    shared.sealed = true;
+    shared.title = None;
+    shared.sealed_title = Some("c2VhbGVk".to_owned());
+    let read = decode_settings(&encode_settings(&shared).unwrap()).unwrap();
+    assert_eq!(
+        read.controls,
+        crate::room::Controls {
+            speaking_limit_secs: Some(90),
+            fair_order: true,
+            phase_reset: false,
+            board_locked: true
+        }
+    );
+    assert_eq!(read.sealed_title.as_deref(), Some("c2VhbGVk"));
+    // A meeting opened with them starts with them.
+    let meeting = Meeting::new(
+        MeetingSettings {
+            title: None,
+            sealed_title: read.sealed_title.clone(),
+            controls: read.controls,
+            template: read.template,
+            ephemeral: false,
+            lobby: read.lobby,
+            reconnect_grace_ms: 1,
+            empty_grace_ms: 2,
+            max_length_ms: 3,
+            max_members: 4,
+            sealed: true,
+            link_generation: 0,
+        },
+        1_700_000_000_000,
+    );
+    let state = meeting.state(true);
+    assert_eq!(
+        (state.speaking_limit_secs, state.fair_order, state.phase_reset, state.board_locked),
+        (Some(90), true, false, true)
+    );
+    assert_eq!((state.sealed, state.sealed_title.as_deref(), state.title), (true, Some("c2VhbGVk"), None));
 }
 
 #[test]
