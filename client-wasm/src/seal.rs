@@ -36,6 +36,10 @@ pub enum SealError {
     /// The value opened, but is not a well-formed Yjs update.
     #[error("a sealed update is malformed")]
     NotAnUpdate,
+    /// The value opened, but is not a valid name or title (not UTF-8, too long, control
+    /// characters).
+    #[error("a sealed name or title breaks the rules")]
+    NotText,
 }
 
 /// A room's 256-bit key. Its `Debug` shows nothing of it.
@@ -151,6 +155,38 @@ pub fn open_update(key: &RoomKey, room: &str, entry: &Entry) -> Result<Vec<u8>, 
     Ok(plaintext)
 }
 
+/// Seals a display name (sealed with our member id and a fresh `seq`) or a title (sender `""`,
+/// `seq` 0) as the room protocol carries it: a base64url string (`docs/PROTOCOL.md` §13).
+pub fn seal_text(
+    key: &RoomKey,
+    room: &str,
+    sender: &str,
+    seq: u64,
+    kind: Kind,
+    text: &str,
+) -> Result<String, SealError> {
+    Ok(balint_proto::sealed::encode_value(&seal(key, room, sender, seq, kind, text.as_bytes())?))
+}
+
+/// Opens a sealed display name of `sender`, and checks it against the name rules: a value that
+/// does not open, or opens to something that is no valid name, is an error (shown as a
+/// placeholder, never as text).
+pub fn open_name(key: &RoomKey, room: &str, sender: &str, value: &str) -> Result<String, SealError> {
+    let text = open_text(key, room, sender, value, Kind::Name)?;
+    balint_proto::room::check_name(&text).map(str::to_owned).map_err(|_| SealError::NotText)
+}
+
+/// Opens a sealed title (sender `""`), and checks it against the title rules.
+pub fn open_title(key: &RoomKey, room: &str, value: &str) -> Result<Option<String>, SealError> {
+    let text = open_text(key, room, "", value, Kind::Title)?;
+    balint_proto::room::check_title(&text).map(|t| t.map(str::to_owned)).map_err(|_| SealError::NotText)
+}
+
+fn open_text(key: &RoomKey, room: &str, sender: &str, value: &str, kind: Kind) -> Result<String, SealError> {
+    let sealed = balint_proto::sealed::decode_value(value, kind).map_err(|_| SealError::Forged)?;
+    String::from_utf8(open(key, room, sender, &sealed)?).map_err(|_| SealError::NotText)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,5 +286,33 @@ mod tests {
         assert_ne!(other.next_seq().unwrap() >> 32, again.next_seq().unwrap() >> 32, "a new session, a new epoch");
         let mut full = Sequence { epoch: 5, counter: u32::MAX };
         assert_ne!(full.next_seq().unwrap() >> 32, 5);
+    }
+
+    #[test]
+    fn names_and_titles_open_only_where_they_were_sealed_and_only_when_valid() {
+        let key = RoomKey::generate().unwrap();
+        let name = seal_text(&key, "room1", "m1", 7, Kind::Name, "Ann Müller").unwrap();
+        assert!(!name.contains("Ann"));
+        assert_eq!(open_name(&key, "room1", "m1", &name).unwrap(), "Ann Müller");
+        // Moved to another member, room or kind, or under another key: it does not open.
+        assert_eq!(open_name(&key, "room1", "m2", &name), Err(SealError::Forged));
+        assert_eq!(open_name(&key, "room2", "m1", &name), Err(SealError::Forged));
+        assert_eq!(open_title(&key, "room1", &name), Err(SealError::Forged));
+        assert_eq!(open_name(&RoomKey::generate().unwrap(), "room1", "m1", &name), Err(SealError::Forged));
+        assert_eq!(open_name(&key, "room1", "m1", "not a sealed value"), Err(SealError::Forged));
+        // A member who holds the key cannot make the others show a name that breaks the rules.
+        for bad in ["", "Ann\nBen", &"x".repeat(65)] {
+            let value = seal_text(&key, "room1", "m1", 8, Kind::Name, bad).unwrap();
+            assert_eq!(open_name(&key, "room1", "m1", &value), Err(SealError::NotText), "{bad:?}");
+        }
+        let value =
+            balint_proto::sealed::encode_value(&seal(&key, "room1", "m1", 9, Kind::Name, &[0xff, 0xfe]).unwrap());
+        assert_eq!(open_name(&key, "room1", "m1", &value), Err(SealError::NotText));
+
+        let title = seal_text(&key, "room1", "", 0, Kind::Title, "Case of Mrs. K").unwrap();
+        assert_eq!(open_title(&key, "room1", &title).unwrap().as_deref(), Some("Case of Mrs. K"));
+        let long = seal_text(&key, "room1", "", 0, Kind::Title, &"\u{1F600}".repeat(200)).unwrap();
+        assert!(long.len() <= balint_proto::sealed::MAX_VALUE_CHARS, "the longest title fits");
+        assert_eq!(open_title(&key, "room1", &long).unwrap().map(|t| t.chars().count()), Some(200));
     }
 }

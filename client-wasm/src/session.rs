@@ -357,11 +357,12 @@ impl Session {
     /// A session in the sealed room `room`, whose key the link carried (`docs/PROTOCOL.md`
     /// §13): the board travels as sealed entries instead of y-sync. Fails only when the
     /// platform gives no random numbers.
-    pub fn sealed(resume: Option<String>, room: &str, key: RoomKey) -> Result<Self, SealError> {
+    pub fn sealed(resume: Option<String>, room: &str, key: RoomKey, name: &str) -> Result<Self, SealError> {
         let mut session = Session::new(resume);
         session.sealing = Some(Sealing {
             key,
             room: room.to_owned(),
+            name: name.trim().to_owned(),
             seq: Sequence::new()?,
             synced: false,
             log: Vec::new(),
@@ -452,6 +453,7 @@ impl Session {
                 // A new socket's welcome is the truth for it, whatever the old socket saw last.
                 self.state = None;
                 self.install(state, now_ms);
+                self.send_sealed_name();
                 // Edits sent on an old socket either reached the server or travel again in
                 // our answer to its step 1; no refusal on this socket is about them.
                 self.edits_confirmed = self.edits_sent;
@@ -473,6 +475,8 @@ impl Session {
                 self.member_id = Some(member_id);
                 self.remember(resume_token);
                 self.status(ConnectionStatus::Waiting);
+                // The leaders see who waits only by the name we send.
+                self.send_sealed_name();
             }
             ServerMessage::State { state } => self.install(state, now_ms),
             ServerMessage::Heartbeat {} => {}
@@ -520,16 +524,21 @@ impl Session {
     }
 
     /// Keeps `state` if it is newer than the one shown, and tells the UI.
-    fn install(&mut self, state: RoomState, now_ms: u64) {
+    fn install(&mut self, mut state: RoomState, now_ms: u64) {
         if self.state.as_ref().is_some_and(|current| current.version >= state.version) {
             return;
+        }
+        if let Some(sealing) = &self.sealing {
+            sealing.open_state(&mut state);
         }
         let me = self.member_id.as_deref().and_then(|id| state.members.iter().find(|m| m.id == id));
         if let Some(me) = me {
             if me.role == Role::Leader {
                 self.attendance.observe(&state, now_ms);
             }
-            self.awareness.set_user(&me.name, &me.id);
+            // In a sealed room our name is ours before the room shows it.
+            let name = self.sealing.as_ref().map_or(me.name.as_str(), |s| s.name.as_str());
+            self.awareness.set_user(name, &me.id);
         }
         self.state = Some(state);
         if !self.can_write() {
@@ -604,6 +613,21 @@ impl Session {
             self.send_step1();
         }
         changed
+    }
+
+    /// Sealed rooms: sends our display name, sealed with our member id, unless the room shows
+    /// it already.
+    fn send_sealed_name(&mut self) {
+        let (Some(sealing), Some(me)) = (&mut self.sealing, self.member_id.as_deref()) else { return };
+        let shown = self.state.as_ref().and_then(|s| s.members.iter().find(|m| m.id == me)).map(|m| m.name.as_str());
+        if shown == Some(sealing.name.as_str()) {
+            return;
+        }
+        let Ok(seq) = sealing.seq.next_seq() else { return };
+        let Ok(sealed_name) = seal::seal_text(&sealing.key, &sealing.room, me, seq, Kind::Name, &sealing.name) else {
+            return;
+        };
+        self.io.push_back(Io::SendText(to_json(&ClientMessage::SetSealedName { sealed_name })));
     }
 
     /// Sends our awareness state, when we are in the room and know who we are.
@@ -1039,6 +1063,8 @@ impl Session {
 struct Sealing {
     key: RoomKey,
     room: String,
+    /// Our display name, which travels only sealed (`set_sealed_name`).
+    name: String,
     /// Our sequence numbers: a random epoch for this page load, and a counter.
     seq: Sequence,
     /// The log came on this socket: local edits go out as entries from now on.
@@ -1056,6 +1082,24 @@ struct Sealing {
 }
 
 impl Sealing {
+    /// Opens the sealed names and title of `state` in place: each `name` becomes the name its
+    /// member sealed, checked against the name rules, and `title` the title. A value that does
+    /// not open, or breaks the rules, leaves an empty name (the UI shows a placeholder) and no
+    /// title: never a text the server could have chosen.
+    fn open_state(&self, state: &mut RoomState) {
+        let open = |id: &str, value: Option<&String>| {
+            value.and_then(|v| seal::open_name(&self.key, &self.room, id, v).ok()).unwrap_or_default()
+        };
+        for member in &mut state.members {
+            member.name = open(&member.id, member.sealed_name.as_ref());
+        }
+        for waiting in state.waiting.iter_mut().flatten() {
+            waiting.name = open(&waiting.id, waiting.sealed_name.as_ref());
+        }
+        state.title =
+            state.sealed_title.as_deref().and_then(|v| seal::open_title(&self.key, &self.room, v).ok()).flatten();
+    }
+
     fn forget_log(&mut self) {
         self.synced = false;
         self.log.clear();
@@ -2280,6 +2324,64 @@ mod tests {
         }
     }
 
+    #[test]
+    fn in_a_sealed_room_names_and_the_title_travel_sealed_and_open_only_where_they_belong() {
+        use crate::seal::{open_name, seal_text, RoomKey};
+        use balint_proto::sealed::Kind;
+        let key = RoomKey::from_bytes([7; 32]);
+        let room = "room1";
+        let mut ann = Session::sealed(None, room, key.clone(), " Ann ").unwrap();
+        ann.start(NOW);
+        ann.handle_open(NOW);
+        drain_io(&mut ann);
+
+        // In the lobby, the leaders see who waits only by the name we send.
+        ann.handle_text(&json!({"type": "waiting", "member_id": "me", "resume_token": "t"}).to_string(), NOW);
+        let sent = texts(&drain_io(&mut ann));
+        let value = sent[0]["sealed_name"].as_str().expect("our name goes out sealed").to_owned();
+        assert_eq!(sent[0]["type"], "set_sealed_name");
+        assert_eq!(open_name(&key, room, "me", &value).unwrap(), "Ann");
+
+        // Admitted: Lea's name and the title open. The value shown at "me" was sealed by Lea:
+        // moved to another member, it does not open, and the page shows no name rather than
+        // one the server chose.
+        let lea = seal_text(&key, room, "lea", 5, Kind::Name, "Lea").unwrap();
+        let moved = seal_text(&key, room, "lea", 6, Kind::Name, "Mallory").unwrap();
+        let title = seal_text(&key, room, "", 0, Kind::Title, "Case of Mrs. K").unwrap();
+        let members = |mine: &str| {
+            json!([
+                {"id": "me", "name": "", "role": "member", "status": "here", "sealed_name": mine},
+                {"id": "lea", "name": "", "role": "leader", "status": "here", "sealed_name": lea}
+            ])
+        };
+        let extra = json!({"title": null, "sealed": true, "sealed_title": title, "members": members(&moved)});
+        let welcome = json!({"type": "welcome", "member_id": "me", "role": "member", "resume_token": "t",
+                             "state": state(1, extra)});
+        ann.handle_text(&welcome.to_string(), NOW);
+        let shown = drain_events(&mut ann)
+            .into_iter()
+            .find_map(|e| match e {
+                Event::State { state, .. } => Some(state),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(shown.members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["", "Lea"]);
+        assert_eq!(shown.title.as_deref(), Some("Case of Mrs. K"));
+        // Our name is not shown as ours: it goes out again.
+        let sent = texts(&drain_io(&mut ann));
+        let again = sent.iter().find(|m| m["type"] == "set_sealed_name").expect("sent again");
+        let again = again["sealed_name"].as_str().unwrap().to_owned();
+        assert_ne!(again, value, "a fresh sequence number and nonce");
+        assert_eq!(open_name(&key, room, "me", &again).unwrap(), "Ann");
+
+        // Once the room shows it, it is not sent again.
+        let extra = json!({"title": null, "sealed": true, "sealed_title": title, "members": members(&again)});
+        ann.handle_text(&json!({"type": "state", "state": state(2, extra)}).to_string(), NOW);
+        let shown = ann.state().unwrap();
+        assert_eq!(shown.members[0].name, "Ann");
+        assert!(texts(&drain_io(&mut ann)).iter().all(|m| m["type"] != "set_sealed_name"));
+    }
+
     /// A fake server for sealed rooms: it stamps senders, keeps the log, forwards entries and
     /// applies snapshots, as `docs/PROTOCOL.md` §13 says, and reads nothing sealed.
     mod sealed_room {
@@ -2316,7 +2418,7 @@ mod tests {
 
             /// `peer` joins: welcome, then the log.
             pub fn join(&mut self, id: &'static str, role: &str, key: RoomKey) -> Peer {
-                let mut session = Session::sealed(None, ROOM, key).unwrap();
+                let mut session = Session::sealed(None, ROOM, key, "Ann").unwrap();
                 session.start(NOW);
                 session.handle_open(NOW);
                 session.handle_text(&welcome(id, role), NOW);
@@ -2461,7 +2563,7 @@ mod tests {
         .unwrap();
         let foreign = Entry { sender: "lea".into(), sealed: other_key };
         let log = vec![server.log[0].clone(), flipped, moved, foreign];
-        let mut bob = Session::sealed(None, ROOM, key()).unwrap();
+        let mut bob = Session::sealed(None, ROOM, key(), "Bob").unwrap();
         bob.start(NOW);
         bob.handle_open(NOW);
         bob.handle_text(&welcome("bob", "member"), NOW);

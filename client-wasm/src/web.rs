@@ -133,8 +133,8 @@ impl RoomClient {
     /// `on_event` receives every [`Event`] as a plain object.
     ///
     /// In a sealed room, `room` is the room id and `key` the room key from the link's `k=`
-    /// (`ws_url` then carries `sealed=1`): the board travels sealed. A malformed key is an
-    /// error.
+    /// (`ws_url` then carries `sealed=1` and no name): the board travels sealed, and `name`, our
+    /// display name, too. A malformed key is an error.
     #[wasm_bindgen(constructor)]
     pub fn new(
         ws_url: String,
@@ -143,11 +143,13 @@ impl RoomClient {
         on_event: Function,
         room: Option<String>,
         key: Option<String>,
+        name: Option<String>,
     ) -> Result<RoomClient, JsError> {
         let session = match (room, key) {
             (Some(room), Some(key)) => {
                 let key = RoomKey::from_base64url(&key).map_err(|e| JsError::new(&e.to_string()))?;
-                Session::sealed(resume, &room, key).map_err(|e| JsError::new(&e.to_string()))?
+                let name = name.unwrap_or_default();
+                Session::sealed(resume, &room, key, &name).map_err(|e| JsError::new(&e.to_string()))?
             }
             _ => Session::new(resume),
         };
@@ -465,6 +467,20 @@ impl RoomClient {
 pub fn template_phases(template: &str) -> Result<JsValue, JsError> {
     let template: Template = parse(template)?;
     Ok(to_js(&rules::template_plan(template)))
+}
+
+/// Seals a new sealed room's title for `PUT /api/rooms/{room}/title`, under the room key
+/// `key` (base64url, from the links) with sender `""` and sequence number 0
+/// (`docs/PROTOCOL.md` §13). The title is checked against the title rules first, since the
+/// server cannot: an error names the rule, never the title.
+#[wasm_bindgen(js_name = sealTitle)]
+pub fn seal_title(key: &str, room: &str, title: &str) -> Result<String, JsError> {
+    let key = RoomKey::from_base64url(key).map_err(|e| JsError::new(&e.to_string()))?;
+    let title = balint_proto::room::check_title(title)
+        .map_err(|e| JsError::new(&e.to_string()))?
+        .ok_or_else(|| JsError::new("no title"))?;
+    crate::seal::seal_text(&key, room, "", 0, balint_proto::sealed::Kind::Title, title)
+        .map_err(|e| JsError::new(&e.to_string()))
 }
 
 fn to_js<T: serde::Serialize>(value: &T) -> JsValue {

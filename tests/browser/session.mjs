@@ -330,11 +330,13 @@ try {
   // Sealed: nothing any page sent carried the notes in clear, and no socket was asked for with
   // the key (nor does any frame carry it).
   check(framesSent.length > 0 && socketUrls.length >= 3, `the pages' sockets were watched (${framesSent.length})`);
-  for (const marker of ['dreads the Monday', 'feels guilty', 'Case 1', key]) {
+  for (const marker of ['dreads the Monday', 'feels guilty', 'Case 1', 'Tuesday group', key]) {
     check(!framesSent.some((frame) => frame.includes(marker)), `no frame sent carries "${marker}" in clear`);
   }
   check(socketUrls.every((url) => url.includes('sealed=1') && !url.includes('k=') && !url.includes(key)),
     `no socket URL carries the key: ${socketUrls.join(' ')}`);
+  // Names travel sealed too: never in a socket's URL.
+  check(socketUrls.every((url) => !url.includes('name=')), `no socket URL carries a name: ${socketUrls.join(' ')}`);
   const annCaret = await ann.evaluate(() => document.getElementById('notes').selectionEnd);
   check(annCaret === expectedNotes.length, `Ann's caret stayed at the end of her text (at ${annCaret})`);
   // Who is writing where: while both type, each sees the other's name at their caret (on the

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use anyhow::{anyhow, bail, Context};
 use balint_client::seal::{self, RoomKey, Sequence};
-use balint_proto::room::{ErrorCode, ServerMessage};
+use balint_proto::room::{ErrorCode, RoomState, ServerMessage};
 use balint_proto::rules::Reason;
 use balint_proto::sealed::{self, Entry, Frame, Kind};
 use futures_util::{SinkExt, StreamExt};
@@ -161,4 +161,41 @@ impl SealedClient {
         self.socket.send(WsMessage::Text(message.to_string().into())).await?;
         Ok(())
     }
+
+    /// Sends our display name, sealed with our member id and a fresh sequence number.
+    pub async fn set_name(&mut self, name: &str) -> anyhow::Result<()> {
+        let seq = self.seq.next_seq()?;
+        let sealed_name = seal::seal_text(&self.key, &self.room, &self.member_id, seq, Kind::Name, name)?;
+        self.command(serde_json::json!({"type": "set_sealed_name", "sealed_name": sealed_name})).await
+    }
+
+    /// The latest room state received.
+    pub fn state(&self) -> Option<&RoomState> {
+        self.texts.iter().rev().find_map(|m| match m {
+            ServerMessage::Welcome { state, .. } | ServerMessage::State { state } => Some(state),
+            _ => None,
+        })
+    }
+
+    /// The members' names in the latest state, opened with the key: `None` for a name not sent
+    /// yet or that does not open.
+    pub fn names(&self) -> Vec<Option<String>> {
+        let Some(state) = self.state() else { return Vec::new() };
+        state
+            .members
+            .iter()
+            .map(|m| m.sealed_name.as_deref().and_then(|v| seal::open_name(&self.key, &self.room, &m.id, v).ok()))
+            .collect()
+    }
+
+    /// The title in the latest state, opened with the key.
+    pub fn title(&self) -> Option<String> {
+        let value = self.state()?.sealed_title.clone()?;
+        seal::open_title(&self.key, &self.room, &value).ok().flatten()
+    }
+}
+
+/// Seals `title` for the room `room` under `key`, as the creating browser does.
+pub fn seal_title(key: &RoomKey, room: &str, title: &str) -> String {
+    seal::seal_text(key, room, "", 0, Kind::Title, title).expect("sealing works")
 }

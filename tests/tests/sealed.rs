@@ -3,7 +3,7 @@
 //! able to read them, still refuses them by role and phase, and turns stock Yjs clients away.
 
 use balint_client::seal::{self, RoomKey};
-use balint_e2e::sealed_client::SealedClient;
+use balint_e2e::sealed_client::{seal_title, SealedClient};
 use balint_e2e::{TestServer, YClient, DEADLINE};
 use balint_proto::room::{ErrorCode, ServerMessage};
 use balint_proto::rules::Reason;
@@ -16,9 +16,86 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 const MARKER: &str = "SEALED-MARKER-7f3a Frau K. rief um drei Uhr an";
 
 async fn sealed_room(server: &TestServer) -> balint_e2e::Room {
-    let room = server.create_room(json!({"sealed": true, "title": "Dienstag"})).await;
+    let room = server.create_room(json!({"sealed": true})).await;
     assert_eq!(room.json["sealed"], true);
     room
+}
+
+/// Sets the sealed title of `room` with its leader link, as the creating browser does.
+async fn set_sealed_title(
+    server: &TestServer,
+    room: &balint_e2e::Room,
+    key: &RoomKey,
+    title: &str,
+) -> reqwest::StatusCode {
+    reqwest::Client::new()
+        .put(format!("http://{}/api/rooms/{}/title", server.addr, room.id))
+        .bearer_auth(&room.leader_token)
+        .json(&json!({"sealed_title": seal_title(key, &room.id, title)}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test]
+async fn names_and_the_title_travel_sealed_and_open_only_with_the_key() {
+    let server = TestServer::start().await;
+    // A title in clear is refused for a sealed room, and the answer does not echo it.
+    let answer = reqwest::Client::new()
+        .post(format!("http://{}/api/rooms", server.addr))
+        .json(&json!({"sealed": true, "title": MARKER}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 400);
+    assert!(!answer.text().await.unwrap().contains(MARKER));
+
+    let room = sealed_room(&server).await;
+    let key = RoomKey::generate().unwrap();
+    assert_eq!(set_sealed_title(&server, &room, &key, &format!("Fall {MARKER}")).await, 204);
+
+    // A name in the URL of a sealed client is refused before the upgrade.
+    let named = format!("ws://{}/ws/{}?token={}&sealed=1&name=Ann", server.addr, room.id, room.invite_token);
+    let refused = tokio_tungstenite::connect_async(named).await.unwrap_err();
+    match refused {
+        tokio_tungstenite::tungstenite::Error::Http(response) => assert_eq!(response.status(), 400),
+        other => panic!("expected 400, got {other}"),
+    }
+
+    let mut lena = SealedClient::join(server.addr, &room.id, &room.leader_token, &key).await.unwrap();
+    let mut ben = SealedClient::join(server.addr, &room.id, &room.invite_token, &key).await.unwrap();
+    lena.set_name(&format!("Dr. {MARKER}")).await.unwrap();
+    ben.set_name("Ben Müller").await.unwrap();
+    let expected = vec![Some(format!("Dr. {MARKER}")), Some("Ben Müller".to_owned())];
+    for client in [&mut lena, &mut ben] {
+        client.wait(|c| c.names() == expected).await.unwrap();
+        assert_eq!(client.title(), Some(format!("Fall {MARKER}")));
+        let state = client.state().unwrap();
+        assert!(state.sealed);
+        assert_eq!(state.title, None);
+        assert!(state.members.iter().all(|m| m.name.is_empty()), "no name in clear");
+    }
+    // What the server sent holds neither the names nor the title in clear.
+    let sent = serde_json::to_string(&ben.texts).unwrap();
+    assert!(!sent.contains(MARKER) && !sent.contains("Müller"));
+
+    // Without the key, nothing opens.
+    let stranger = RoomKey::generate().unwrap();
+    let state = ben.state().unwrap().clone();
+    for member in &state.members {
+        let value = member.sealed_name.as_deref().unwrap();
+        assert!(seal::open_name(&stranger, &room.id, &member.id, value).is_err());
+        // Nor under another member's id: the server cannot move a name to someone else.
+        let other = state.members.iter().find(|m| m.id != member.id).unwrap();
+        assert!(seal::open_name(&key, &room.id, &other.id, value).is_err());
+    }
+
+    // A value that is no sealed value is refused, and the name stays.
+    ben.command(json!({"type": "set_sealed_name", "sealed_name": "Ben in clear"})).await.unwrap();
+    ben.wait(|c| !c.refusals().is_empty()).await.unwrap();
+    assert_eq!(ben.refusals(), [(ErrorCode::BadMessage, Some(Reason::BadSealedValue))]);
+    assert_eq!(ben.names(), expected);
 }
 
 #[tokio::test]

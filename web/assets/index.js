@@ -6,6 +6,7 @@
 // i18n/de.js and i18n/fr.js (`front`); the HTML names them with data-i18n="key"
 // (data-i18n-label for an aria-label). The header's picker changes the language at once.
 
+import init, { sealTitle } from './pkg/balint_client.js';
 import { chooseLanguage, mountPicker } from './i18n/i18n.js';
 import * as de from './i18n/de.js';
 import * as fr from './i18n/fr.js';
@@ -37,8 +38,9 @@ const en = {
   open_text: 'One discussion phase, without the Balint structure.',
   seal_legend: 'Encryption',
   sealed: 'Sealed (end-to-end encrypted)',
-  sealed_text: 'The board is encrypted in the browsers with a key that travels only in the links, so the server '
-    + 'never reads it; names and the title are not sealed yet.',
+  sealed_text: 'The board, the names and the title are encrypted in the browsers with a key that travels only '
+    + 'in the links, so the server never reads them.',
+  sealed_title_failed: 'The room is ready, but its title could not be set: it has none.',
   sealed_persistent: 'Not available for persistent rooms yet.',
   entry_legend: 'Coming in',
   lobby: 'Lobby',
@@ -143,7 +145,9 @@ form.addEventListener('submit', async (event) => {
     lobby: data.get('lobby') === 'on',
     sealed: data.get('sealed') === 'on',
   };
-  if (title) body.title = title;
+  // A sealed room's title travels sealed: it is set once the room exists (below), since it is
+  // sealed with the room's id.
+  if (title && !body.sealed) body.title = title;
 
   button.disabled = true;
   status.textContent = t('creating');
@@ -160,14 +164,33 @@ form.addEventListener('submit', async (event) => {
     }
     // The key is drawn here and only ever appended to the links' fragment: it never
     // reaches the server.
-    show(answer, body.sealed ? roomKey() : null);
+    const key = body.sealed ? roomKey() : null;
     status.textContent = '';
+    if (key && title && !(await setSealedTitle(answer, key, title))) {
+      status.textContent = t('sealed_title_failed');
+    }
+    show(answer, key);
   } catch {
     status.textContent = t('create_failed', { error: t('network_failed') });
   } finally {
     button.disabled = false;
   }
 });
+
+/** Seals the title with the room key and sets it with the leader link; whether it was set. */
+async function setSealedTitle(room, key, title) {
+  try {
+    await init();
+    const response = await fetch(`/api/rooms/${encodeURIComponent(room.room)}/title`, {
+      method: 'PUT',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${room.leader_token}` },
+      body: JSON.stringify({ sealed_title: sealTitle(key, room.room, title) }),
+    });
+    return response.status === 204;
+  } catch {
+    return false;
+  }
+}
 
 function show(room, key) {
   const link = (url) => (key ? `${url}&k=${key}` : url);

@@ -144,7 +144,7 @@ const en = {
   incomplete: 'A room link ends with "#t=" and a code. Copy the whole link from the leader\'s message and try again.',
 
   // Notices.
-  notice_sealed: 'Sealed: the board is encrypted in your browsers with the key in your link; the server cannot read it.',
+  notice_sealed: 'Sealed: the board, the names and the title are encrypted in your browsers with the key in your link; the server cannot read them.',
   unreadable: 'A part of the board could not be decrypted and was left out: it was altered on the way or sealed with another key.',
   bad_key_title: 'This link is damaged',
   bad_key: 'The key at the end of this link (after "&k=") is incomplete. Copy the whole link again.',
@@ -211,6 +211,7 @@ const en = {
   lower_hand: 'Lower hand',
   lower_hand_of: ' of {name}',
   someone: 'Someone',
+  unnamed: 'Unnamed',
   // Why fair order moved a hand (the queue row says it in words, for everyone).
   moved_ahead: 'ahead: has not spoken in this phase yet',
   moved_behind: 'after others: has spoken in this phase',
@@ -460,8 +461,10 @@ function show(screen) {
 }
 
 function wsUrls(displayName) {
-  // Names still travel in clear, also in a sealed room (sealed names are a later step).
-  const query = `token=${encodeURIComponent(token)}&name=${encodeURIComponent(displayName)}${roomKey ? '&sealed=1' : ''}`;
+  // In a sealed room the name travels only sealed, once the room tells us our member id.
+  const query = roomKey
+    ? `token=${encodeURIComponent(token)}&sealed=1`
+    : `token=${encodeURIComponent(token)}&name=${encodeURIComponent(displayName)}`;
   const path = `/ws/${encodeURIComponent(roomId)}?${query}`;
   const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
   return { ws: `${scheme}//${location.host}${path}`, probe: `${location.origin}${path}` };
@@ -479,7 +482,7 @@ async function join(displayName, resume) {
   const urls = wsUrls(displayName);
   try {
     client = new RoomClient(urls.ws, urls.probe, resume || undefined, onEvent,
-      roomKey ? roomId : undefined, roomKey || undefined);
+      roomKey ? roomId : undefined, roomKey || undefined, roomKey ? displayName : undefined);
   } catch {
     showMessage(t('bad_key_title'), [t('bad_key')]);
     return;
@@ -515,7 +518,7 @@ function onEvent(event) {
       break;
     case 'state':
       me = event.me;
-      state = event.state;
+      state = withNames(event.state);
       canWrite = event.can_write;
       actions = event.actions;
       ephemeral = state.ephemeral;
@@ -554,6 +557,17 @@ function onEvent(event) {
       }
       break;
   }
+}
+
+/**
+ * In a sealed room a name the client could not open (or not yet sent) arrives empty: it is
+ * shown as a placeholder, never as text the server chose.
+ */
+function withNames(roomState) {
+  for (const person of [...roomState.members, ...(roomState.waiting || [])]) {
+    if (!person.name) person.name = t('unnamed');
+  }
+  return roomState;
 }
 
 function onConnection(event) {

@@ -84,7 +84,7 @@ export const room = {
   incomplete_title: 'Dieser Link ist unvollständig',
   incomplete: 'Ein Raum-Link endet mit „#t=“ und einem Code. Kopieren Sie den ganzen Link aus der Nachricht der Leitung und versuchen Sie es erneut.',
 
-  notice_sealed: 'Versiegelt: Die Tafel wird in Ihren Browsern mit dem Schlüssel aus Ihrem Link verschlüsselt; der Server kann sie nicht lesen.',
+  notice_sealed: 'Versiegelt: Tafel, Namen und Titel werden in Ihren Browsern mit dem Schlüssel aus Ihrem Link verschlüsselt; der Server kann sie nicht lesen.',
   unreadable: 'Ein Teil der Tafel konnte nicht entschlüsselt werden und wurde ausgelassen: Er wurde unterwegs verändert oder mit einem anderen Schlüssel versiegelt.',
   bad_key_title: 'Dieser Link ist beschädigt',
   bad_key: 'Der Schlüssel am Ende dieses Links (nach „&k=“) ist unvollständig. Kopieren Sie den ganzen Link noch einmal.',
@@ -150,6 +150,7 @@ export const room = {
   lower_hand: 'Hand senken',
   lower_hand_of: ' von {name}',
   someone: 'Jemand',
+  unnamed: 'Ohne Namen',
 
   status_here: 'da',
   status_reconnecting: 'verbindet neu…',
@@ -352,8 +353,9 @@ export const front = {
   open_text: 'Eine einzige Austauschphase, ohne die Balint-Struktur.',
   seal_legend: 'Verschlüsselung',
   sealed: 'Versiegelt (Ende-zu-Ende-verschlüsselt)',
-  sealed_text: 'Die Tafel wird in den Browsern mit einem Schlüssel verschlüsselt, der nur in den Links mitreist, '
-    + 'sodass der Server sie nie lesen kann; Namen und Titel sind noch nicht versiegelt.',
+  sealed_text: 'Tafel, Namen und Titel werden in den Browsern mit einem Schlüssel verschlüsselt, der nur in den '
+    + 'Links mitreist, sodass der Server sie nie lesen kann.',
+  sealed_title_failed: 'Der Raum ist bereit, aber sein Titel konnte nicht gesetzt werden: Er hat keinen.',
   sealed_persistent: 'Für dauerhafte Räume noch nicht verfügbar.',
   entry_legend: 'Eintreten',
   lobby: 'Warteraum',

@@ -86,7 +86,7 @@ export const room = {
   incomplete_title: 'Ce lien est incomplet',
   incomplete: 'Un lien de salle se termine par « #t= » suivi d’un code. Copiez le lien entier depuis le message de l’animateur·rice et réessayez.',
 
-  notice_sealed: 'Scellée\u00a0: le tableau est chiffré dans vos navigateurs avec la clé de votre lien\u00a0; le serveur ne peut pas le lire.',
+  notice_sealed: 'Scellée\u00a0: le tableau, les noms et le titre sont chiffrés dans vos navigateurs avec la clé de votre lien\u00a0; le serveur ne peut pas les lire.',
   unreadable: 'Une partie du tableau n’a pas pu être déchiffrée et a été ignorée\u00a0: elle a été modifiée en route ou scellée avec une autre clé.',
   bad_key_title: 'Ce lien est endommagé',
   bad_key: 'La clé à la fin de ce lien (après «\u00a0&k=\u00a0») est incomplète. Copiez à nouveau le lien en entier.',
@@ -152,6 +152,7 @@ export const room = {
   lower_hand: 'Baisser la main',
   lower_hand_of: ' de {name}',
   someone: 'Quelqu’un',
+  unnamed: 'Sans nom',
 
   status_here: 'présent·e',
   status_reconnecting: 'reconnexion…',
@@ -354,8 +355,9 @@ export const front = {
   open_text: 'Une seule phase de discussion, sans la structure Balint.',
   seal_legend: 'Chiffrement',
   sealed: 'Scellée (chiffrée de bout en bout)',
-  sealed_text: 'Le tableau est chiffré dans les navigateurs avec une clé qui ne voyage que dans les liens\u00a0: le serveur '
-    + 'ne peut jamais le lire\u00a0; les noms et le titre ne sont pas encore scellés.',
+  sealed_text: 'Le tableau, les noms et le titre sont chiffrés dans les navigateurs avec une clé qui ne voyage que '
+    + 'dans les liens\u00a0: le serveur ne peut jamais les lire.',
+  sealed_title_failed: 'La salle est prête, mais son titre n’a pas pu être défini\u00a0: elle n’en a pas.',
   sealed_persistent: 'Pas encore disponible pour les salles persistantes.',
   entry_legend: 'Entrée',
   lobby: 'Salle d’attente',
