@@ -1,6 +1,8 @@
 -- Balint Room's durable board store: persistent rooms only; nothing of an ephemeral room
--- is ever written here. Applied by the server at start-up, in the schema its connection
--- uses first (its `search_path`), once, in order, recorded in `balint_migrations`.
+-- is ever written here. Applied once, in order, recorded in `balint_migrations`, in the
+-- schema the connection uses first (its `search_path`): by the server at start-up, or by
+-- deploy/postgres-init.sh as the schema's owner (the nodes' role then only reads and writes
+-- the rows).
 
 -- A persistent room: its settings (the JSON the server wrote) and its whole board, compacted
 -- into one Yjs v1 update, replaced whole at every save.
