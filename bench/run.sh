@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduces BENCHMARKS.md: builds the release binaries, installs the y-websocket peer if it is
 # missing, and runs every scenario against every available target side by side (balint-room,
-# balint-room on Redis, the bare relay, y-websocket, and y-sweet when `y-sweet` is on PATH;
+# balint-room with sealed rooms in the group and many-groups scenarios, balint-room on Redis,
+# the bare relay, y-websocket, and y-sweet when `y-sweet` is on PATH;
 # `BENCH_INSTALL_Y_SWEET=1` installs it first with `cargo install y-sweet --locked`, which takes
 # a while). Extra arguments go to balint-bench, e.g. `bench/run.sh --rooms 1000 --idle 10000`
 # for the full shapes. Everything runs on loopback; the Redis target uses a

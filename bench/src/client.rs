@@ -1,19 +1,25 @@
 //! One simulated member: a real WebSocket client with its own yrs document, speaking y-sync
-//! (and `hello` for Balint Room).
+//! (and `hello` for Balint Room), or, in a sealed room, sealed frames (`docs/PROTOCOL.md` §13):
+//! every edit sealed with the room key as a kind-1 entry, every forwarded entry opened
+//! (authenticated, decrypted and checked by proto's bounded walk) before yrs applies it.
 //!
 //! Every edit appends [`EDIT_LEN`] ASCII characters to `notes`, so edit number `k` of a member
 //! ends at clock `(k + 1) * EDIT_LEN` of that member's client id. The sender writes the time of
 //! each edit into [`Shared::sent`] just before sending it; a receiver, after applying a frame,
 //! compares its document's state vector with what it had seen and counts every edit the frame
 //! completed: one delivery each, with its latency. An edit can therefore be counted at most once
-//! per receiver, and only once it is really applied (its causal predecessors included).
+//! per receiver, and only once it is really applied (its causal predecessors included). A
+//! sealed member counts the same way, after opening and applying an entry.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{bail, ensure, Context};
+use balint_client::seal::{self, RoomKey, Sequence};
+use balint_proto::room::ServerMessage;
+use balint_proto::sealed::{self, Frame as SealedFrame, Kind as SealedKind};
 use balint_proto::sync::{self, Message as YMessage, SyncMessage};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -67,6 +73,25 @@ impl Shared {
     }
 }
 
+/// A sealed room as its members know it: its id (bound into every entry's associated data) and
+/// the room key, drawn by the generator. The key never goes to the server.
+#[derive(Debug, Clone)]
+pub struct SealedRoom {
+    /// The room id, as in the URL.
+    pub room: String,
+    /// The room key.
+    pub key: RoomKey,
+}
+
+/// A sealed member's sealing state.
+struct Sealer {
+    room: SealedRoom,
+    /// This session's sequence numbers.
+    seq: Sequence,
+    /// The member id the server assigned in `welcome`: the sender every entry is sealed with.
+    member_id: Option<String>,
+}
+
 type Sink = SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>;
 /// The receiving half of a member's socket.
 pub type Stream = SplitStream<WebSocketStream<MaybeTlsStream<TcpStream>>>;
@@ -88,6 +113,10 @@ pub struct Member {
     pub sent: u32,
     /// `error` messages received from Balint Room.
     pub errors: u32,
+    /// In a sealed room: the key, the sequence numbers and the member id.
+    sealer: Option<Sealer>,
+    /// Sealed log frames (`0x42`) received.
+    pub logs: u32,
 }
 
 /// Client socket settings: small read buffers (there may be 10,000 of us), no size limit on
@@ -102,10 +131,11 @@ fn config() -> WebSocketConfig {
 
 impl Member {
     /// Connects to `url` as client id `client_id` (≥ 1), says `hello` if asked, and sends sync
-    /// step 1.
+    /// step 1; in a sealed room (`sealed`), says `hello` and waits for the server's log instead.
     pub async fn connect(
         url: &str,
         hello: bool,
+        sealed: Option<SealedRoom>,
         client_id: u64,
         shared: Arc<Shared>,
     ) -> anyhow::Result<(Member, Stream)> {
@@ -113,13 +143,19 @@ impl Member {
             .await
             .with_context(|| format!("connecting member {client_id}"))?;
         let (mut sink, stream) = socket.split();
-        if hello {
+        if hello || sealed.is_some() {
             sink.send(Message::text(r#"{"type":"hello"}"#)).await?;
         }
         let doc = Doc::with_client_id(client_id);
         doc.get_or_insert_text("notes");
-        let step1 = sync::encode_step1(&doc.transact().state_vector());
-        sink.send(Message::Binary(step1)).await?;
+        let sealer = match sealed {
+            Some(room) => Some(Sealer { room, seq: Sequence::new()?, member_id: None }),
+            None => {
+                let step1 = sync::encode_step1(&doc.transact().state_vector());
+                sink.send(Message::Binary(step1)).await?;
+                None
+            }
+        };
         let member = Member {
             sink,
             doc,
@@ -130,6 +166,8 @@ impl Member {
             step2s: 0,
             sent: 0,
             errors: 0,
+            sealer,
+            logs: 0,
         };
         Ok((member, stream))
     }
@@ -150,6 +188,14 @@ impl Member {
                 self.errors += 1;
                 self.shared.problem(format!("member {}: {}", self.client_id, text.as_str()));
             }
+            Message::Text(text) if text.as_str().contains(r#""type":"welcome""#) => {
+                if let Some(sealer) = self.sealer.as_mut().filter(|s| s.member_id.is_none()) {
+                    match serde_json::from_str(text.as_str()) {
+                        Ok(ServerMessage::Welcome { member_id, .. }) => sealer.member_id = Some(member_id),
+                        _ => bail!("member {}: a welcome that does not read", self.client_id),
+                    }
+                }
+            }
             Message::Close(close) => {
                 if let Some(close) = close {
                     self.shared.problem(format!("member {} closed: {} {}", self.client_id, close.code, close.reason));
@@ -162,6 +208,9 @@ impl Member {
     }
 
     async fn handle_binary(&mut self, frame: &[u8]) -> anyhow::Result<()> {
+        if self.sealer.is_some() {
+            return self.handle_sealed(frame);
+        }
         let messages = sync::decode_frame(frame).with_context(|| format!("member {}: bad frame", self.client_id))?;
         let mut applied = false;
         for message in messages {
@@ -186,6 +235,42 @@ impl Member {
             self.count_deliveries();
         }
         Ok(())
+    }
+
+    /// A sealed frame: every board entry in it is opened and applied, then deliveries counted
+    /// as for a plain frame.
+    fn handle_sealed(&mut self, frame: &[u8]) -> anyhow::Result<()> {
+        let Some(sealer) = &self.sealer else { return Ok(()) };
+        let entries =
+            match sealed::decode(frame).with_context(|| format!("member {}: bad sealed frame", self.client_id))? {
+                SealedFrame::Entry(entry) => vec![entry],
+                SealedFrame::Log(entries) => {
+                    self.logs += 1;
+                    entries
+                }
+                other => bail!("member {}: the server sent a client's frame: {other:?}", self.client_id),
+            };
+        let mut applied = false;
+        for entry in entries.iter().filter(|e| matches!(e.sealed.kind, SealedKind::Update | SealedKind::Snapshot)) {
+            let update = seal::open_update(&sealer.room.key, &sealer.room.room, entry)
+                .with_context(|| format!("member {}: an entry of {} did not open", self.client_id, entry.sender))?;
+            let update = Update::decode_v1(&update)?;
+            self.doc.transact_mut().apply_update(update)?;
+            applied = true;
+        }
+        if applied {
+            self.count_deliveries();
+        }
+        Ok(())
+    }
+
+    /// Whether the member is in sync with the room: it got the answer to its sync step 1, or,
+    /// in a sealed room, its member id and the log.
+    pub fn synced(&self) -> bool {
+        match &self.sealer {
+            Some(sealer) => sealer.member_id.is_some() && self.logs > 0,
+            None => self.step2s > 0,
+        }
     }
 
     fn apply(&mut self, payload: &[u8]) -> anyhow::Result<()> {
@@ -236,7 +321,15 @@ impl Member {
             text.insert(&mut txn, end, &typed);
             txn.encode_update_v1()
         };
-        let frame = sync::encode_update(&update);
+        let frame = match &mut self.sealer {
+            Some(sealer) => {
+                let sender = sealer.member_id.as_deref().context("no welcome yet: no member id to seal with")?;
+                let seq = sealer.seq.next_seq()?;
+                let sealed = seal::seal(&sealer.room.key, &sealer.room.room, sender, seq, SealedKind::Update, &update)?;
+                sealed::encode_client_entry(&sealed)
+            }
+            None => sync::encode_update(&update),
+        };
         self.shared.sent[(self.client_id - 1) as usize].lock().expect("sent lock").push(self.shared.now_us());
         self.sink.send(Message::Binary(frame)).await?;
         self.sent += 1;
@@ -244,8 +337,9 @@ impl Member {
         Ok(())
     }
 
-    /// Appends `chunk` characters to `notes` in one update and sends it.
+    /// Appends `chunk` characters to `notes` in one update and sends it (plain rooms only).
     pub async fn upload_chunk(&mut self, chunk: usize) -> anyhow::Result<()> {
+        ensure!(self.sealer.is_none(), "the late-joiner scenario has no sealed variant");
         let text = self.doc.get_or_insert_text("notes");
         let update = {
             let mut txn = self.doc.transact_mut();
@@ -259,8 +353,9 @@ impl Member {
         Ok(())
     }
 
-    /// Sends a sync step 1, as a client does to ask for what it lacks.
+    /// Sends a sync step 1, as a client does to ask for what it lacks (plain rooms only).
     pub async fn send_step1(&mut self) -> anyhow::Result<()> {
+        ensure!(self.sealer.is_none(), "a sealed room speaks no y-sync");
         let step1 = sync::encode_step1(&self.doc.transact().state_vector());
         self.sink.send(Message::Binary(step1)).await?;
         Ok(())
@@ -279,18 +374,20 @@ impl Member {
     }
 }
 
-/// Connects and waits for the first sync step 2 (the server's answer to our step 1).
+/// Connects and waits for the first sync step 2 (the server's answer to our step 1), or, in a
+/// sealed room, for `welcome` and the log.
 pub async fn join(
     url: &str,
     hello: bool,
+    sealed: Option<SealedRoom>,
     client_id: u64,
     shared: Arc<Shared>,
     timeout: Duration,
 ) -> anyhow::Result<(Member, Stream)> {
-    let (mut member, mut stream) = Member::connect(url, hello, client_id, shared).await?;
+    let (mut member, mut stream) = Member::connect(url, hello, sealed, client_id, shared).await?;
     let deadline = tokio::time::Instant::now() + timeout;
-    while member.step2s == 0 {
-        let frame = tokio::time::timeout_at(deadline, stream.next()).await.context("no sync step 2 in time")?;
+    while !member.synced() {
+        let frame = tokio::time::timeout_at(deadline, stream.next()).await.context("not in sync in time")?;
         if !member.handle(frame).await? {
             bail!("member {client_id}: closed before sync");
         }

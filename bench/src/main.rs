@@ -20,9 +20,14 @@ use target::{Kind, Programs, Running, ServerLimits};
 #[derive(Parser, Debug)]
 #[command(about = "Load benchmark: Balint Room side by side with a bare relay and the peer servers")]
 struct Args {
-    /// Targets, comma-separated: balint-room, balint-room+redis, relay, y-websocket, y-sweet.
-    /// Unavailable ones are reported and skipped.
-    #[arg(long, default_value = "balint-room,balint-room+redis,relay,y-websocket,y-sweet", value_delimiter = ',')]
+    /// Targets, comma-separated: balint-room, balint-room sealed (or balint-room-sealed; group
+    /// and many groups only), balint-room+redis, balint-room×2+redis, relay, y-websocket,
+    /// y-sweet. Unavailable ones are reported and skipped.
+    #[arg(
+        long,
+        default_value = "balint-room,balint-room sealed,balint-room+redis,relay,y-websocket,y-sweet",
+        value_delimiter = ','
+    )]
     targets: Vec<String>,
     /// Scenarios, comma-separated: group, many, late, idle.
     #[arg(long, default_value = "group,many,late,idle", value_delimiter = ',')]
@@ -206,7 +211,8 @@ async fn main() -> anyhow::Result<()> {
         };
         eprintln!("== {title}");
         let mut results: Vec<(Kind, anyhow::Result<Outcome>)> = Vec::new();
-        for &kind in &targets {
+        let traffic = matches!(scenario, Scenario::Group | Scenario::Many);
+        for &kind in targets.iter().filter(|k| traffic || !k.traffic_only()) {
             eprintln!("   {} ...", kind.name());
             let outcome = run_one(kind, scenario, &programs, limits, &args, board_bytes).await;
             if let Err(e) = &outcome {
@@ -261,6 +267,21 @@ fn ratio(value: f64, reference: Option<f64>) -> String {
         Some(r) if r > 0.0 && value.is_finite() => format!("{:.2}x", value / r),
         _ => "n/a".to_owned(),
     }
+}
+
+/// Issue 15's cost figure: the sealed room's server CPU per delivery over the plain room's,
+/// both from this run. Printed, not asserted.
+fn sealed_ratio(results: &[(Kind, anyhow::Result<Outcome>)]) -> Option<String> {
+    let of = |kind: Kind| results.iter().find(|(k, _)| *k == kind).and_then(|(_, o)| o.as_ref().ok());
+    let (plain, sealed) = (of(Kind::Balint)?, of(Kind::BalintSealed)?);
+    let incomplete =
+        if plain.ratio() == 1.0 && sealed.ratio() == 1.0 { "" } else { " (a delivery ratio is not 1: not comparable)" };
+    Some(format!(
+        "- sealed/plain server CPU per delivery: {} ({} vs {} µs; issue 15's target: within 1.2x){incomplete}",
+        ratio(sealed.cpu_per_delivery_us(), Some(plain.cpu_per_delivery_us())),
+        fmt(sealed.cpu_per_delivery_us(), 2),
+        fmt(plain.cpu_per_delivery_us(), 2),
+    ))
 }
 
 fn table(scenario: Scenario, title: &str, results: &[(Kind, anyhow::Result<Outcome>)]) -> String {
@@ -383,6 +404,9 @@ fn table(scenario: Scenario, title: &str, results: &[(Kind, anyhow::Result<Outco
         for p in &o.problems {
             let _ = writeln!(problems, "- {}: {p}", kind.name());
         }
+    }
+    if let Some(line) = sealed_ratio(results) {
+        let _ = writeln!(notes, "{line}");
     }
     if !notes.is_empty() {
         let _ = writeln!(t, "\n{notes}");

@@ -125,12 +125,12 @@ pub async fn traffic(
         for m in 0..members {
             let id = (r * members + m + 1) as u64;
             let url = link.url(&format!("m{id}"));
-            let hello = link.hello;
+            let (hello, sealed) = (link.hello, link.sealed.clone());
             let (shared, ready, gate) = (shared.clone(), ready.clone(), gate.clone());
             let (mut go, mut stop) = (go_rx.clone(), stop_rx.clone());
             tasks.spawn(async move {
                 let permit = gate.acquire_owned().await?;
-                let (mut member, mut stream) = join(&url, hello, id, shared, JOIN_TIMEOUT).await?;
+                let (mut member, mut stream) = join(&url, hello, sealed, id, shared, JOIN_TIMEOUT).await?;
                 drop(permit);
                 ready.fetch_add(1, Ordering::Relaxed);
                 let mut ticker: Option<tokio::time::Interval> = None;
@@ -227,7 +227,7 @@ pub async fn late_joiner(
         Outcome { connections: 1, rss_base_kib: rss_kib_of(&pids), expected: joins as u64, ..Outcome::default() };
     let setup = Instant::now();
     let (mut writer, mut writer_stream) =
-        join(&link.url("writer"), link.hello, 1, shared.clone(), JOIN_TIMEOUT).await?;
+        join(&link.url("writer"), link.hello, link.sealed.clone(), 1, shared.clone(), JOIN_TIMEOUT).await?;
     let (stop_tx, mut stop) = watch::channel(false);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
     let chunks = board_bytes.div_ceil(chunk);
@@ -272,8 +272,9 @@ pub async fn late_joiner(
     let redis0 = server.redis.as_deref().and_then(redis_commands);
     for j in 0..joins {
         let t0 = Instant::now();
+        let url = link.url(&format!("late{j}"));
         let (mut joiner, mut stream) =
-            Member::connect(&link.url(&format!("late{j}")), link.hello, 1000 + j as u64, shared.clone()).await?;
+            Member::connect(&url, link.hello, link.sealed.clone(), 1000 + j as u64, shared.clone()).await?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         while joiner.notes_len() < target_len {
             let frame = tokio::time::timeout_at(deadline, stream.next())
@@ -327,7 +328,8 @@ pub async fn idle(server: &mut Running, count: usize, room_size: usize, secs: f6
         tasks.spawn(async move {
             let permit = gate.acquire_owned().await?;
             let (mut member, mut stream) =
-                join(&link.url(&format!("i{i}")), link.hello, i as u64 + 1, shared, JOIN_TIMEOUT).await?;
+                join(&link.url(&format!("i{i}")), link.hello, link.sealed.clone(), i as u64 + 1, shared, JOIN_TIMEOUT)
+                    .await?;
             drop(permit);
             ready.fetch_add(1, Ordering::Relaxed);
             loop {

@@ -8,12 +8,19 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
+use balint_client::seal::RoomKey;
+
+use crate::client::SealedRoom;
 
 /// A kind of server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// `balint-room`, this workspace's server, in its default embedded mode.
     Balint,
+    /// The same server and flags, its rooms created sealed (`"sealed": true`): members connect
+    /// with `sealed=1`, seal every edit under a room key the generator draws (and the server
+    /// never sees), and open every entry the server forwards. Group and many groups only.
+    BalintSealed,
     /// `balint-room` with `--redis-url`: every update is also published on the room's Redis
     /// channel (and comes back to the node, which skips its own), presence lives in Redis.
     BalintRedis,
@@ -30,13 +37,21 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in table order.
-    pub const ALL: [Kind; 6] =
-        [Kind::Balint, Kind::BalintRedis, Kind::BalintPair, Kind::Relay, Kind::YWebsocket, Kind::YSweet];
+    pub const ALL: [Kind; 7] = [
+        Kind::Balint,
+        Kind::BalintSealed,
+        Kind::BalintRedis,
+        Kind::BalintPair,
+        Kind::Relay,
+        Kind::YWebsocket,
+        Kind::YSweet,
+    ];
 
     /// The name used on the command line and in tables.
     pub fn name(self) -> &'static str {
         match self {
             Kind::Balint => "balint-room",
+            Kind::BalintSealed => "balint-room sealed",
             Kind::BalintRedis => "balint-room+redis",
             Kind::BalintPair => "balint-room×2+redis",
             Kind::Relay => "relay",
@@ -50,8 +65,17 @@ impl Kind {
         matches!(self, Kind::YWebsocket | Kind::YSweet)
     }
 
-    /// Parses a name from the command line.
+    /// Whether this target runs only the traffic scenarios (group and many groups).
+    pub fn traffic_only(self) -> bool {
+        self == Kind::BalintSealed
+    }
+
+    /// Parses a name from the command line (`balint-room-sealed` is taken for
+    /// `balint-room sealed`, for shells).
     pub fn parse(name: &str) -> anyhow::Result<Kind> {
+        if name == "balint-room-sealed" {
+            return Ok(Kind::BalintSealed);
+        }
         Kind::ALL.into_iter().find(|k| k.name() == name).ok_or_else(|| anyhow!("unknown target {name}"))
     }
 }
@@ -82,7 +106,7 @@ impl Programs {
     pub fn available(&self, kind: Kind) -> Result<(), String> {
         let check = |p: &Path| if p.exists() { Ok(()) } else { Err(format!("{} not found", p.display())) };
         match kind {
-            Kind::Balint => check(&self.server),
+            Kind::Balint | Kind::BalintSealed => check(&self.server),
             Kind::BalintRedis | Kind::BalintPair => {
                 check(&self.server)?;
                 self.redis_url.as_ref().map(|_| ()).ok_or_else(|| "no --redis-url given".to_owned())
@@ -126,6 +150,8 @@ pub struct RoomLink {
     joined: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Whether members open the room protocol with `hello`.
     pub hello: bool,
+    /// A sealed room's id and key: members connect with `sealed=1` and no name, and seal.
+    pub sealed: Option<SealedRoom>,
 }
 
 impl RoomLink {
@@ -137,7 +163,8 @@ impl RoomLink {
             Some(other) if n % 2 == 1 => other,
             _ => &self.base,
         };
-        if base.contains('?') {
+        // A sealed client sends no name: a clear name in the URL would reach the server.
+        if base.contains('?') && self.sealed.is_none() {
             format!("{base}&name={name}")
         } else {
             base.clone()
@@ -145,7 +172,7 @@ impl RoomLink {
     }
 
     fn new(base: String, hello: bool) -> Self {
-        RoomLink { base, other: None, joined: Default::default(), hello }
+        RoomLink { base, other: None, joined: Default::default(), hello, sealed: None }
     }
 }
 
@@ -156,6 +183,9 @@ fn free_port() -> anyhow::Result<u16> {
 impl Running {
     /// Starts `kind` on a free loopback port (two, for a pair) and waits until it listens.
     pub fn start(kind: Kind, programs: &Programs, label: &str, limits: ServerLimits) -> anyhow::Result<Running> {
+        if kind == Kind::BalintSealed {
+            return Self::spawn(kind, Kind::Balint, programs, label, limits);
+        }
         if kind != Kind::BalintPair {
             return Self::spawn(kind, kind, programs, label, limits);
         }
@@ -180,14 +210,14 @@ impl Running {
         limits: ServerLimits,
     ) -> anyhow::Result<Running> {
         std::fs::create_dir_all(&programs.work)?;
-        let log = std::fs::File::create(programs.work.join(format!("{}-{label}.log", kind.name())))?;
+        let log = std::fs::File::create(programs.work.join(format!("{}-{label}.log", kind.name().replace(' ', "-"))))?;
         let kind_shown = kind;
         let kind = as_kind;
         let mut data_dir = None;
         let mut command;
         let mut known_port = None;
         match kind {
-            Kind::Balint | Kind::BalintRedis | Kind::BalintPair => {
+            Kind::Balint | Kind::BalintSealed | Kind::BalintRedis | Kind::BalintPair => {
                 let dir = programs.work.join(format!("data-{}-{label}", std::process::id()));
                 let _ = std::fs::remove_dir_all(&dir);
                 std::fs::create_dir_all(&dir)?;
@@ -200,6 +230,9 @@ impl Running {
                     .args(["--messages-per-sec", "1000000"])
                     .args(["--bytes-per-sec", "1073741824"])
                     .args(["--max-rooms", "100000"])
+                    // Every member connects from 127.0.0.1: the per-address cap (200) would
+                    // refuse the many-groups and idle shapes.
+                    .args(["--max-connections-per-address", "100000"])
                     .args(["--max-board-bytes", &limits.max_board_bytes.to_string()]);
                 if kind == Kind::BalintRedis {
                     command.args(["--redis-url", programs.redis_url.as_deref().context("--redis-url")?]);
@@ -282,11 +315,12 @@ impl Running {
         self.next_room += 1;
         let addr = self.addr;
         match self.kind {
-            Kind::Balint | Kind::BalintRedis | Kind::BalintPair => {
+            Kind::Balint | Kind::BalintSealed | Kind::BalintRedis | Kind::BalintPair => {
+                let sealed = self.kind == Kind::BalintSealed;
                 let answer: serde_json::Value = self
                     .http
                     .post(format!("http://{addr}/api/rooms"))
-                    .json(&serde_json::json!({}))
+                    .json(&serde_json::json!({ "sealed": sealed }))
                     .send()
                     .await?
                     .error_for_status()?
@@ -294,6 +328,12 @@ impl Running {
                     .await?;
                 let room = answer["room"].as_str().context("room")?;
                 let token = answer["invite_token"].as_str().context("invite_token")?;
+                if sealed {
+                    // The generator draws the key, as the creating browser does; it stays here.
+                    let mut link = RoomLink::new(format!("ws://{addr}/ws/{room}?token={token}&sealed=1"), true);
+                    link.sealed = Some(SealedRoom { room: room.to_owned(), key: RoomKey::generate()? });
+                    return Ok(link);
+                }
                 let mut link = RoomLink::new(format!("ws://{addr}/ws/{room}?token={token}"), true);
                 link.other = self.peer.as_ref().map(|p| format!("ws://{}/ws/{room}?token={token}", p.addr));
                 Ok(link)
