@@ -354,7 +354,7 @@ export const front = {
   sealed: 'Versiegelt (Ende-zu-Ende-verschlüsselt)',
   sealed_text: 'Die Tafel wird in den Browsern mit einem Schlüssel verschlüsselt, der nur in den Links mitreist, '
     + 'sodass der Server sie nie lesen kann; Namen und Titel sind noch nicht versiegelt.',
-  sealed_persistent: 'Für dauerhafte Räume noch nicht verfügbar.',
+  sealed_kept: 'Versiegelt aufbewahrt, lässt sich die Tafel nur mit den Links des Raums lesen: Gehen sie alle verloren, kann niemand sie je wieder lesen.',
   entry_legend: 'Eintreten',
   lobby: 'Warteraum',
   lobby_text: 'Wer den Einladungslink öffnet, wartet, bis die Leitung einlässt. Vorher ist nichts von der Tafel zu sehen.',

@@ -356,7 +356,7 @@ export const front = {
   sealed: 'Scellée (chiffrée de bout en bout)',
   sealed_text: 'Le tableau est chiffré dans les navigateurs avec une clé qui ne voyage que dans les liens\u00a0: le serveur '
     + 'ne peut jamais le lire\u00a0; les noms et le titre ne sont pas encore scellés.',
-  sealed_persistent: 'Pas encore disponible pour les salles persistantes.',
+  sealed_kept: 'Conservé scellé, le tableau ne peut être lu qu’avec les liens de la salle\u00a0: s’ils sont tous perdus, personne ne pourra plus le lire.',
   entry_legend: 'Entrée',
   lobby: 'Salle d’attente',
   lobby_text: 'Les personnes qui ouvrent le lien d’invitation attendent qu’un animateur les fasse entrer. Elles ne voient rien du tableau avant.',
