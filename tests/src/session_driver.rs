@@ -50,11 +50,8 @@ impl SessionDriver {
 
     /// Starts `session` (a sealed room's, say) for the room socket at `ws_url`.
     pub fn start_session(ws_url: &str, session: Session) -> Self {
-        let inner = Arc::new(Inner {
-            session: Mutex::new(session),
-            events: Mutex::new(Vec::new()),
-            wake: Notify::new(),
-        });
+        let inner =
+            Arc::new(Inner { session: Mutex::new(session), events: Mutex::new(Vec::new()), wake: Notify::new() });
         let cancel = CancellationToken::new();
         let task = tokio::spawn(run(inner.clone(), ws_url.to_owned(), cancel.clone()));
         SessionDriver { inner, cancel, task: Some(task) }

@@ -64,17 +64,17 @@ async fn server_export(server: &TestServer, room: &Room) -> (u16, String) {
 }
 
 #[tokio::test]
-async fn a_sealed_rooms_export_from_the_leaders_page_is_the_file_the_server_gives_for_a_plain_room() -> anyhow::Result<()>
-{
+async fn a_sealed_rooms_export_from_the_leaders_page_is_the_file_the_server_gives_for_a_plain_room(
+) -> anyhow::Result<()> {
     let server = TestServer::start().await;
     let body = json!({"title": "Dienstag", "ephemeral": false});
 
     // A plain room: the server exports it, and the leader's page would export the same file.
     let plain = server.create_room(body.clone()).await;
     let in_page = hold_meeting(&server, &plain, None).await?;
-    eventually(|| async { server_export(&server, &plain).await == (200, in_page.clone()) }).await.map_err(|e| {
-        anyhow::anyhow!("the server's export never matched the page's {in_page:?}: {e}")
-    })?;
+    eventually(|| async { server_export(&server, &plain).await == (200, in_page.clone()) })
+        .await
+        .map_err(|e| anyhow::anyhow!("the server's export never matched the page's {in_page:?}: {e}"))?;
     assert_eq!(
         in_page,
         "# Dienstag\n\n## Notes\n\nFrau K. rief nachts an.\nZweimal.\n\n## Observations\n\

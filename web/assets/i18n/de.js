@@ -225,6 +225,7 @@ export const room = {
   export: 'Notizen exportieren (Markdown)',
   export_failed: 'Der Export hat nicht funktioniert. Versuchen Sie es gleich noch einmal.',
   export_offline: 'Der Export hat nicht funktioniert. Prüfen Sie die Verbindung und versuchen Sie es erneut.',
+  export_loading: 'Die Tafel wird noch geladen. Versuchen Sie es gleich noch einmal.',
   delete: 'Diesen Raum endgültig löschen…',
   delete_title: 'Diesen Raum endgültig löschen?',
   delete_text: 'Alle verlassen den Raum, und seine Tafel (die Notizen und jede Beobachtungskarte) wird vom Server gelöscht. '

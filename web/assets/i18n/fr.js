@@ -227,6 +227,7 @@ export const room = {
   export: 'Exporter les notes (Markdown)',
   export_failed: 'L’export n’a pas fonctionné. Réessayez dans un instant.',
   export_offline: 'L’export n’a pas fonctionné. Vérifiez la connexion et réessayez.',
+  export_loading: 'Le tableau est encore en cours de chargement. Réessayez dans un instant.',
   delete: 'Supprimer définitivement cette salle…',
   delete_title: 'Supprimer définitivement cette salle ?',
   delete_text: 'Tout le monde quitte la salle, et son tableau (les notes et toutes les cartes d’observation) est effacé du serveur. '
