@@ -8,6 +8,7 @@
 //! the characters around it while remote edits land: the caret follows the text it was in,
 //! not a number that someone else's typing has made stale.
 
+use balint_proto::room::Template;
 use serde::Serialize;
 use yrs::branch::BranchPtr;
 use yrs::types::text::TextPrelim;
@@ -232,6 +233,12 @@ impl Board {
                 })
             })
             .collect()
+    }
+
+    /// The board as Markdown, as a leader exports it: the notes, then the cards grouped by the
+    /// phases of `template` ([`balint_proto::board::export_markdown`], the server's own export).
+    pub fn to_markdown(&self, title: Option<&str>, template: Template) -> String {
+        balint_proto::board::export_markdown(&self.doc, title, template)
     }
 
     /// The state vector, for a sync step 1.

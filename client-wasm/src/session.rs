@@ -1033,6 +1033,21 @@ impl Session {
         rules::next_speaker(candidates, &stage)
     }
 
+    /// The board as Markdown, the file a leader exports (the same as the server's export of a
+    /// plain room: [`balint_proto::board::export_markdown`], cards grouped by the phases of the
+    /// room's template), under `title`. `None` while this copy may lack part of the board: out
+    /// of the room, or before this connection brought the server's log (a sealed room) or the
+    /// answer to our sync step 1 (a plain room).
+    pub fn export_markdown(&self, title: Option<&str>) -> Option<String> {
+        let state = self.state.as_ref()?;
+        let whole = self.is_connected()
+            && match &self.sealing {
+                Some(sealing) => sealing.synced,
+                None => !self.syncing,
+            };
+        whole.then(|| self.board.to_markdown(title, state.template))
+    }
+
     /// The next thing to do.
     pub fn poll_io(&mut self) -> Option<Io> {
         self.io.pop_front()
@@ -2481,6 +2496,46 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_plain_session_exports_the_board_once_its_first_sync_was_answered() {
+        let mut s = Session::new(None);
+        assert_eq!(s.export_markdown(None), None, "out of the room");
+        s.start(NOW);
+        s.handle_open(NOW);
+        s.handle_text(&welcome("tok1", 1), NOW);
+        assert_eq!(s.export_markdown(None), None, "before the answer to our step 1");
+        let mut server = Board::new();
+        let notes = server.set_text(&TextKey::Notes, "Frau K. rief an", None).unwrap().unwrap();
+        s.handle_binary(&sync::encode_step2(&notes), NOW);
+        assert_eq!(
+            s.export_markdown(Some("Tuesday")).as_deref(),
+            Some("# Tuesday\n\n## Notes\n\nFrau K. rief an\n\n## Observations\n\n(no observations)\n")
+        );
+        s.handle_close(1006, 0.5, NOW);
+        assert_eq!(s.export_markdown(None), None, "while reconnecting");
+    }
+
+    #[test]
+    fn a_sealed_leader_exports_the_board_it_opened_once_the_log_came() {
+        use balint_proto::sealed::encode_log;
+        use sealed_room::*;
+        let mut server = Server::new();
+        let mut ann = server.join("me", "member", key());
+        ann.session.edit_text(&TextKey::Notes, "Frau K. rief nachts an", None).unwrap();
+        ann.session.add_card("c1", "Wut im Raum", NOW).unwrap();
+        server.pump(&mut [&mut ann]);
+
+        let mut lea = Session::sealed(None, ROOM, key()).unwrap();
+        lea.start(NOW);
+        lea.handle_open(NOW);
+        lea.handle_text(&sealed_room::welcome("lea", "leader"), NOW);
+        assert_eq!(lea.export_markdown(Some("Tuesday")), None, "before the log: the page may lack part of the board");
+        lea.handle_binary(&encode_log(&server.log), NOW);
+        let expected = "# Tuesday\n\n## Notes\n\nFrau K. rief nachts an\n\n## Observations\n\n### Questions\n\n\
+                        - **Ann**: Wut im Raum\n";
+        assert_eq!(lea.export_markdown(Some("Tuesday")).as_deref(), Some(expected));
     }
 
     #[test]

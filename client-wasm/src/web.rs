@@ -454,6 +454,15 @@ impl RoomClient {
         self.shared.inner.borrow().session.attendance_csv(now_ms())
     }
 
+    /// Leader: the board as Markdown under `title`, the same file as the server's export of a
+    /// plain room; built here, for a sealed room whose board only the members' pages can read.
+    /// Nothing of it leaves the browser. `undefined` while this page may lack part of the board
+    /// (before the room's log or the first sync came on this connection).
+    #[wasm_bindgen(js_name = exportMarkdown)]
+    pub fn export_markdown(&self, title: Option<String>) -> Option<String> {
+        self.shared.inner.borrow().session.export_markdown(title.as_deref())
+    }
+
     /// Our member id, once in the room or the lobby.
     #[wasm_bindgen(js_name = memberId)]
     pub fn member_id(&self) -> Option<String> {

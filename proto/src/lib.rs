@@ -12,11 +12,14 @@
 //!   of every refusal. The server enforces them; the wasm client and the web UI ask them.
 //! - [`sealed`]: the sealed frames of a sealed room (entries the server forwards and logs
 //!   without reading them) and the associated data their contents are sealed with.
+//! - [`board`]: the board as a leader exports it (Markdown), the same for the server's
+//!   export of a plain room and the browser's export of a sealed one.
 //! - [`close`]: the WebSocket close codes the server uses, so that clients can tell a
 //!   malformed frame from a slow connection from an ended meeting.
 //!
 //! Nothing in this crate performs I/O or reads a clock. It builds for `wasm32-unknown-unknown`.
 
+pub mod board;
 pub mod close;
 pub mod room;
 pub mod rules;

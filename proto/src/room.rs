@@ -123,6 +123,21 @@ pub enum Phase {
     Discussion,
 }
 
+impl Phase {
+    /// The phase's wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Gathering => "gathering",
+            Phase::Presentation => "presentation",
+            Phase::Questions => "questions",
+            Phase::Reflection => "reflection",
+            Phase::Response => "response",
+            Phase::Closing => "closing",
+            Phase::Discussion => "discussion",
+        }
+    }
+}
+
 /// A message from a client.
 ///
 /// Variants without fields are written as empty struct variants, so that `deny_unknown_fields`

@@ -808,6 +808,56 @@ try {
   });
   await shoot('13-deleted');
 
+  // 9b. A persistent sealed room: the server keeps a log it cannot read and refuses to export
+  // it; the leader's page builds the same Markdown from the board it decrypted, and sends it
+  // nowhere.
+  step = 'export a persistent sealed room';
+  await leader.goto(`${base}/`);
+  await leader.getByRole('textbox', { name: /^Title/ }).fill('Friday log');
+  const sealedBox = leader.getByRole('checkbox', { name: /Sealed/ });
+  await leader.getByLabel(/Persistent/).check();
+  check(!(await sealedBox.isChecked()), 'a new persistent room is not sealed by default');
+  check(await sealedBox.isEnabled(), 'a persistent room may be sealed');
+  check(!(await leader.isVisible('#sealed-kept')), 'the sentence on sealed kept boards waits for the tick');
+  await sealedBox.check();
+  check(await leader.isVisible('#sealed-kept'), 'a sealed persistent room says its board is read only with its links');
+  await leader.getByLabel(/Ephemeral/).check();
+  await leader.getByLabel(/Persistent/).check();
+  check(await sealedBox.isChecked(), "the user's tick holds when the kind of room changes");
+  await leader.getByRole('button', { name: 'Create the room' }).click();
+  await waitIn(leader, 'the links are shown', () => !document.getElementById('created').hidden);
+  const keptInvite = await leader.getByLabel(/^Invite link/).inputValue();
+  check(/&k=[A-Za-z0-9_-]{43}$/.test(keptInvite), `the links of a sealed persistent room carry its key: ${keptInvite}`);
+  await leader.getByRole('link', { name: 'Open the room as leader' }).click();
+  await join(leader, null, 'Lea');
+  check(await leader.isVisible('#sealed-notice'), 'the leader is told the room is sealed');
+  await join(ann, keptInvite, 'Ann');
+  const keptNotes = 'Frau K. again: the night calls.';
+  await ann.getByLabel('Running notes').click();
+  await ann.keyboard.type(keptNotes);
+  await waitIn(leader, "the leader's page decrypted Ann's notes", (text) => document.getElementById('notes').value === text,
+    keptNotes);
+  const refused = await leader.evaluate(async () => {
+    const token = new URLSearchParams(location.hash.slice(1)).get('t');
+    const room = location.pathname.split('/')[2];
+    const response = await fetch(`/api/rooms/${room}/export.md`, { headers: { Authorization: `Bearer ${token}` } });
+    return [response.status, (await response.json()).error];
+  });
+  check(refused[0] === 409 && refused[1] === 'sealed', `the server does not export a board it cannot read: ${refused}`);
+  await openTools(leader);
+  check(await leader.isVisible('#keep-box'), 'the leader of a persistent sealed room can export and delete it');
+  const [sealedDownload] = await Promise.all([
+    leader.waitForEvent('download', { timeout: TIMEOUT }),
+    leader.getByRole('button', { name: 'Export the notes (Markdown)' }).click(),
+  ]);
+  check(sealedDownload.suggestedFilename() === 'Friday-log.md', `the file's name: ${sealedDownload.suggestedFilename()}`);
+  const sealedMarkdown = await readFile(await sealedDownload.path(), 'utf8');
+  check(sealedMarkdown === `# Friday log\n\n## Notes\n\n${keptNotes}\n\n## Observations\n\n(no observations)\n`,
+    `the export, built in the page: ${sealedMarkdown}`);
+  check(!framesSent.some((frame) => frame.includes('night calls')), 'no frame sent carries the notes in clear');
+  await shoot('13b-sealed-export');
+  await leader.getByRole('button', { name: 'Close' }).click();
+
   // 10. A German session: Greta's browser speaks German, so both pages do; Chloé's speaks
   // English and she picks Français in the header. Sentences, the server's refusal and the end
   // of the meeting come in each one's language; the compact layouts hold with the longer words.

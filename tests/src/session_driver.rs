@@ -45,11 +45,13 @@ struct Inner {
 impl SessionDriver {
     /// Starts a session for the room socket at `ws_url` (`ws://host/ws/{room}?token=T&name=N`).
     pub fn start(ws_url: &str) -> Self {
-        let inner = Arc::new(Inner {
-            session: Mutex::new(Session::new(None)),
-            events: Mutex::new(Vec::new()),
-            wake: Notify::new(),
-        });
+        Self::start_session(ws_url, Session::new(None))
+    }
+
+    /// Starts `session` (a sealed room's, say) for the room socket at `ws_url`.
+    pub fn start_session(ws_url: &str, session: Session) -> Self {
+        let inner =
+            Arc::new(Inner { session: Mutex::new(session), events: Mutex::new(Vec::new()), wake: Notify::new() });
         let cancel = CancellationToken::new();
         let task = tokio::spawn(run(inner.clone(), ws_url.to_owned(), cancel.clone()));
         SessionDriver { inner, cancel, task: Some(task) }

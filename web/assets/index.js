@@ -41,7 +41,7 @@ const en = {
   sealed_text: 'The board, the names and the title are encrypted in the browsers with a key that travels only '
     + 'in the links, so the server never reads them.',
   sealed_title_failed: 'The room is ready, but its title could not be set: it has none.',
-  sealed_persistent: 'Not available for persistent rooms yet.',
+  sealed_kept: 'Kept sealed, the board can be read only with the room’s links: if they are all lost, nobody can read it again.',
   entry_legend: 'Coming in',
   lobby: 'Lobby',
   lobby_text: 'People who open the invite link wait until a leader lets them in. They see nothing of the board before.',
@@ -118,15 +118,22 @@ const status = document.getElementById('create-status');
 const created = document.getElementById('created');
 const sealedBox = document.getElementById('sealed');
 
-/** Sealed rooms are ephemeral for now: the box is off and disabled for a persistent room. */
+/**
+ * Sealed is on by default for an ephemeral room and off for a persistent one: the box follows
+ * the kind of room until the user ticks or unticks it. A sealed persistent room says that its
+ * kept board can be read only with its links.
+ */
+let sealedChosen = false;
 function syncSealed() {
   const persistent = form.elements.keep.value === 'persistent';
-  if (persistent) sealedBox.checked = false;
-  else if (sealedBox.disabled) sealedBox.checked = true;
-  sealedBox.disabled = persistent;
-  document.getElementById('sealed-persistent').hidden = !persistent;
+  if (!sealedChosen) sealedBox.checked = !persistent;
+  document.getElementById('sealed-kept').hidden = !(persistent && sealedBox.checked);
 }
 for (const radio of form.elements.keep) radio.addEventListener('change', syncSealed);
+sealedBox.addEventListener('change', () => {
+  sealedChosen = true;
+  syncSealed();
+});
 syncSealed();
 
 /** A fresh 256-bit room key, base64url without padding (docs/PROTOCOL.md §13). */
@@ -166,9 +173,7 @@ form.addEventListener('submit', async (event) => {
     // reaches the server.
     const key = body.sealed ? roomKey() : null;
     status.textContent = '';
-    if (key && title && !(await setSealedTitle(answer, key, title))) {
-      status.textContent = t('sealed_title_failed');
-    }
+    document.getElementById('created-warning').hidden = !(key && title && !(await setSealedTitle(answer, key, title)));
     show(answer, key);
   } catch {
     status.textContent = t('create_failed', { error: t('network_failed') });

@@ -307,6 +307,7 @@ const en = {
   export: 'Export the notes (Markdown)',
   export_failed: 'The export did not work. Try again in a moment.',
   export_offline: 'The export did not work. Check the connection and try again.',
+  export_loading: 'The board is still loading. Try again in a moment.',
   delete: 'Delete this room for good…',
   delete_title: 'Delete this room for good?',
   delete_text: 'Everyone leaves the room, and its board (the notes and every observation card) is erased from the server. '
@@ -1564,8 +1565,8 @@ document.addEventListener('keydown', (event) => {
 
 // ---------------------------------------------------------------------------------------------
 // A persistent room's board, kept between meetings: the leader link may export it or delete the
-// room. The server checks the token; a co-leader who came in through the invite link is told
-// that only the leader link can.
+// room. The server checks the token, in a sealed room too; a co-leader who came in through the
+// invite link is told that only the leader link can.
 
 function roomApi(suffix, method) {
   return fetch(`/api/rooms/${encodeURIComponent(roomId)}${suffix}`, {
@@ -1631,15 +1632,42 @@ for (const copy of document.querySelectorAll('#fresh-box [data-copy]')) {
   });
 }
 
+/**
+ * The room's title as this page knows it, for the export (null when it has none). The one
+ * place the export reads it: a sealed title, decrypted, arrives here too.
+ */
+function exportTitle() {
+  return state?.title || null;
+}
+
+/** The export's file name: the title's letters and digits, joined by dashes. */
+function exportFileName() {
+  const title = (exportTitle() || 'balint-room').replace(/[^\p{L}\p{N}]+/gu, '-').replace(/^-|-$/g, '');
+  return `${title || 'balint-room'}.md`;
+}
+
+// The server checks the leader link for either kind of room. A plain room's board comes from
+// the server; a sealed room's server cannot read the board and answers 409 `sealed`, and this
+// page builds the same Markdown from the board it decrypted (balint_proto::board, run in the
+// wasm client). Nothing of that file is sent anywhere.
 $('export-board').addEventListener('click', async () => {
   try {
     const response = await roomApi('/export.md', 'GET');
-    if (!response.ok) {
-      alertUser(httpText(response.status, 'export_failed'));
+    if (response.ok) {
+      saveFile(await response.blob(), exportFileName());
       return;
     }
-    const title = (state?.title || 'balint-room').replace(/[^\p{L}\p{N}]+/gu, '-').replace(/^-|-$/g, '');
-    saveFile(await response.blob(), `${title || 'balint-room'}.md`);
+    const answer = response.status === 409 ? await response.json().catch(() => ({})) : {};
+    if (answer.error === 'sealed' && client?.isSealed()) {
+      const markdown = client.exportMarkdown(exportTitle() ?? undefined);
+      if (markdown === undefined) {
+        alertUser(t('export_loading'));
+        return;
+      }
+      saveFile(new Blob([markdown], { type: 'text/markdown;charset=utf-8' }), exportFileName());
+      return;
+    }
+    alertUser(httpText(response.status, 'export_failed'));
   } catch {
     alertUser(t('export_offline'));
   }

@@ -230,50 +230,10 @@ impl Board {
     }
 
     /// The board as Markdown: the notes, then the observation cards grouped by phase in the
-    /// order of `phases`, oldest first.
+    /// order of `phases`, oldest first ([`balint_proto::board::to_markdown`], which the web
+    /// client runs too for a sealed room's export).
     pub fn to_markdown(&self, title: Option<&str>, phases: &[&str]) -> String {
-        use yrs::{Array, GetString, Map};
-        let txn = self.doc.transact();
-        let mut out = format!("# {}\n\n", title.unwrap_or("Balint Room"));
-        let notes = txn.get_text("notes").map(|t| t.get_string(&txn)).unwrap_or_default();
-        out.push_str("## Notes\n\n");
-        out.push_str(if notes.trim().is_empty() { "(no notes)" } else { notes.trim_end() });
-        out.push_str("\n\n## Observations\n");
-        let mut cards: Vec<(String, f64, String, String)> = Vec::new();
-        if let Some(observations) = txn.get_array("observations") {
-            for card in observations.iter(&txn) {
-                let yrs::Out::YMap(card) = card else { continue };
-                // Only the card's own fields are read, never nested values: a card can nest
-                // maps arbitrarily deep, and walking them would overflow the stack.
-                let text = |name: &str| match card.get(&txn, name) {
-                    Some(yrs::Out::Any(yrs::Any::String(s))) => s.to_string(),
-                    Some(yrs::Out::YText(t)) => t.get_string(&txn),
-                    _ => String::new(),
-                };
-                let created = match card.get(&txn, "created_ms") {
-                    Some(yrs::Out::Any(yrs::Any::Number(yrs::any::Number::Float(n)))) => n,
-                    Some(yrs::Out::Any(yrs::Any::Number(yrs::any::Number::Int(n)))) => n as f64,
-                    _ => 0.0,
-                };
-                cards.push((text("phase"), created, text("author"), text("body")));
-            }
-        }
-        if cards.is_empty() {
-            out.push_str("\n(no observations)\n");
-        }
-        let rank = |phase: &str| phases.iter().position(|p| *p == phase).unwrap_or(phases.len());
-        cards.sort_by(|a, b| rank(&a.0).cmp(&rank(&b.0)).then(a.0.cmp(&b.0)).then(a.1.total_cmp(&b.1)));
-        let mut current: Option<&str> = None;
-        for (phase, _, author, body) in &cards {
-            if current != Some(phase.as_str()) {
-                let heading = if phase.is_empty() { "Other" } else { phase.as_str() };
-                out.push_str(&format!("\n### {}\n\n", capitalize(heading)));
-                current = Some(phase.as_str());
-            }
-            let author = if author.is_empty() { String::new() } else { format!("**{author}**: ") };
-            out.push_str(&format!("- {author}{}\n", body.trim().replace('\n', "\n  ")));
-        }
-        out
+        balint_proto::board::to_markdown(&self.doc, title, phases)
     }
 
     /// The document, for reading.
@@ -329,11 +289,6 @@ impl Board {
         }
         Ok(())
     }
-}
-
-fn capitalize(word: &str) -> String {
-    let mut chars = word.chars();
-    chars.next().map(|first| first.to_uppercase().chain(chars).collect()).unwrap_or_default()
 }
 
 fn awareness_change(update: &AwarenessUpdate) -> AwarenessChange {

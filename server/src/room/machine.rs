@@ -634,14 +634,7 @@ impl RoomMachine {
     /// here: it exports as the title and phases alone, and the HTTP layer refuses it before.
     pub fn export_markdown(&self) -> String {
         let shared = self.meeting.shared();
-        let phases: Vec<String> = shared
-            .template()
-            .phases()
-            .iter()
-            .map(|p| serde_json::to_value(p).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default())
-            .collect();
-        let phases: Vec<&str> = phases.iter().map(String::as_str).collect();
-        self.board.to_markdown(shared.title(), &phases)
+        balint_proto::board::export_markdown(self.board.doc(), shared.title(), shared.template())
     }
 
     /// Registers a connection that passed the link check (a link of `role` and link

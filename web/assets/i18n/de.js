@@ -226,6 +226,7 @@ export const room = {
   export: 'Notizen exportieren (Markdown)',
   export_failed: 'Der Export hat nicht funktioniert. Versuchen Sie es gleich noch einmal.',
   export_offline: 'Der Export hat nicht funktioniert. Prüfen Sie die Verbindung und versuchen Sie es erneut.',
+  export_loading: 'Die Tafel wird noch geladen. Versuchen Sie es gleich noch einmal.',
   delete: 'Diesen Raum endgültig löschen…',
   delete_title: 'Diesen Raum endgültig löschen?',
   delete_text: 'Alle verlassen den Raum, und seine Tafel (die Notizen und jede Beobachtungskarte) wird vom Server gelöscht. '
@@ -356,7 +357,7 @@ export const front = {
   sealed_text: 'Tafel, Namen und Titel werden in den Browsern mit einem Schlüssel verschlüsselt, der nur in den '
     + 'Links mitreist, sodass der Server sie nie lesen kann.',
   sealed_title_failed: 'Der Raum ist bereit, aber sein Titel konnte nicht gesetzt werden: Er hat keinen.',
-  sealed_persistent: 'Für dauerhafte Räume noch nicht verfügbar.',
+  sealed_kept: 'Versiegelt aufbewahrt, lässt sich die Tafel nur mit den Links des Raums lesen: Gehen sie alle verloren, kann niemand sie je wieder lesen.',
   entry_legend: 'Eintreten',
   lobby: 'Warteraum',
   lobby_text: 'Wer den Einladungslink öffnet, wartet, bis die Leitung einlässt. Vorher ist nichts von der Tafel zu sehen.',

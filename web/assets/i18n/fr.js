@@ -228,6 +228,7 @@ export const room = {
   export: 'Exporter les notes (Markdown)',
   export_failed: 'L’export n’a pas fonctionné. Réessayez dans un instant.',
   export_offline: 'L’export n’a pas fonctionné. Vérifiez la connexion et réessayez.',
+  export_loading: 'Le tableau est encore en cours de chargement. Réessayez dans un instant.',
   delete: 'Supprimer définitivement cette salle…',
   delete_title: 'Supprimer définitivement cette salle ?',
   delete_text: 'Tout le monde quitte la salle, et son tableau (les notes et toutes les cartes d’observation) est effacé du serveur. '
@@ -358,7 +359,7 @@ export const front = {
   sealed_text: 'Le tableau, les noms et le titre sont chiffrés dans les navigateurs avec une clé qui ne voyage que '
     + 'dans les liens\u00a0: le serveur ne peut jamais les lire.',
   sealed_title_failed: 'La salle est prête, mais son titre n’a pas pu être défini\u00a0: elle n’en a pas.',
-  sealed_persistent: 'Pas encore disponible pour les salles persistantes.',
+  sealed_kept: 'Conservé scellé, le tableau ne peut être lu qu’avec les liens de la salle\u00a0: s’ils sont tous perdus, personne ne pourra plus le lire.',
   entry_legend: 'Entrée',
   lobby: 'Salle d’attente',
   lobby_text: 'Les personnes qui ouvrent le lien d’invitation attendent qu’un animateur les fasse entrer. Elles ne voient rien du tableau avant.',
