@@ -199,8 +199,8 @@ fn restart(node: &mut NodeProcess, data: &std::path::Path, store: Store<'_>, id:
     start(data, store)
 }
 
-/// A persistent room keeps the lobby, the title, the template and its link generation across
-/// restarts, whether they changed with the board or on their own.
+/// A persistent room keeps the lobby, the title, the template, its link generation and the
+/// leaders' controls across restarts, whether they changed with the board or on their own.
 async fn settings_survive_restarts(store: Store<'_>) {
     let data = tempfile::tempdir().unwrap();
     let mut node = start(data.path(), store);
@@ -226,14 +226,52 @@ async fn settings_survive_restarts(store: Store<'_>) {
         .unwrap();
     assert_eq!(links["generation"], 1);
     let new_invite = links["invite_token"].as_str().unwrap().to_owned();
-    saved(data.path(), store, &id, &[br#""link_generation":1"#, br#""lobby":true"#, b"kept with its settings"]).await;
+    // The leaders' controls and a new title.
+    for command in [
+        json!({"type": "set_speaking_limit", "seconds": 120}),
+        json!({"type": "set_fair_order", "enabled": true}),
+        json!({"type": "set_phase_reset", "enabled": false}),
+        json!({"type": "lock_board", "locked": true}),
+    ] {
+        lea.command(command).await.unwrap();
+    }
+    lea.wait_state(|s| s.board_locked && s.fair_order && !s.phase_reset && s.speaking_limit_secs == Some(120))
+        .await
+        .unwrap();
+    let renamed = reqwest::Client::new()
+        .put(format!("{}/api/rooms/{id}/title", node.base()))
+        .bearer_auth(&leader)
+        .json(&json!({"title": "Thursday log, second year"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(renamed.status(), 204);
+    saved(
+        data.path(),
+        store,
+        &id,
+        &[
+            br#""link_generation":1"#,
+            br#""lobby":true"#,
+            b"kept with its settings",
+            br#""speaking_limit_secs":120"#,
+            br#""board_locked":true"#,
+            b"second year",
+        ],
+    )
+    .await;
     drop(lea);
 
     let mut node = restart(&mut node, data.path(), store, &id);
     let mut lea = YClient::join(&node.ws_url(&id, &leader, "Lea")).await.unwrap();
     let state = lea.latest_state().unwrap().clone();
     assert!(state.lobby, "the lobby is still on");
-    assert_eq!(state.title.as_deref(), Some("Thursday log"));
+    assert_eq!(state.title.as_deref(), Some("Thursday log, second year"));
+    assert_eq!(
+        (state.speaking_limit_secs, state.fair_order, state.phase_reset, state.board_locked),
+        (Some(120), true, false, true),
+        "the leaders' controls are kept"
+    );
     assert_eq!(state.template, Template::Open);
     assert!(!state.ephemeral);
     assert_eq!(lea.notes(), "kept with its settings");
@@ -326,6 +364,15 @@ async fn a_sealed_log_survives_restarts(store: Store<'_>) {
     let leader = room["leader_token"].as_str().unwrap().to_owned();
     let invite = room["invite_token"].as_str().unwrap().to_owned();
     let key = RoomKey::generate().unwrap();
+    // Its title, sealed, is kept too.
+    let titled = reqwest::Client::new()
+        .put(format!("{}/api/rooms/{id}/title", node.base()))
+        .bearer_auth(&leader)
+        .json(&json!({"sealed_title": balint_e2e::sealed_client::seal_title(&key, &id, "Fall K.")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(titled.status(), 204);
 
     // A snapshot and an entry after it; a graceful restart keeps both.
     let mut ada = SealedClient::join(node.addr, &id, &leader, &key).await.unwrap();
@@ -353,8 +400,10 @@ async fn a_sealed_log_survives_restarts(store: Store<'_>) {
     let node = restart(&mut node, data.path(), store, &id);
     let mut dora = SealedClient::join(node.addr, &id, &invite, &key).await.unwrap();
     dora.wait(|c| c.notes() == expected).await.unwrap();
+    assert_eq!(dora.title().as_deref(), Some("Fall K."), "the sealed title is kept");
     let bytes = stored(data.path(), store, &id).await;
     assert!(memchr::memmem::find(&bytes, CLEAR.as_bytes()).is_none(), "the store holds no clear text");
+    assert!(memchr::memmem::find(&bytes, b"Fall K.").is_none(), "nor the title");
     drop(dora);
 
     // The server cannot read the board, so it does not export it.

@@ -59,6 +59,8 @@ const REFUSALS = {
   speaking_limit: 'A speaking limit must be at least one second.',
   unavailable: 'The room is briefly unavailable. Try again in a moment.',
   rate_limited: 'You are sending changes very fast; the room is slowing you down.',
+  not_sealed: 'This room is not sealed: names travel in clear here.',
+  bad_sealed_value: 'Your name could not be sent sealed. Reload the page and try again.',
 };
 
 const englishOrdinals = new Intl.PluralRules('en', { type: 'ordinal' });

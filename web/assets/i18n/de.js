@@ -305,6 +305,8 @@ export const room = {
   refused_speaking_limit: 'Eine Redezeitbegrenzung muss mindestens eine Sekunde betragen.',
   refused_unavailable: 'Der Raum ist kurz nicht erreichbar. Versuchen Sie es gleich noch einmal.',
   refused_rate_limited: 'Sie senden Änderungen sehr schnell; der Raum bremst Sie etwas.',
+  refused_not_sealed: 'Dieser Raum ist nicht versiegelt: Namen reisen hier im Klartext.',
+  refused_bad_sealed_value: 'Ihr Name konnte nicht versiegelt gesendet werden. Laden Sie die Seite neu und versuchen Sie es erneut.',
 
   moved_ahead: 'vorgezogen: hat in dieser Phase noch nicht gesprochen',
   moved_behind: 'nach anderen: hat in dieser Phase schon gesprochen',

@@ -307,6 +307,8 @@ export const room = {
   refused_speaking_limit: 'Un temps de parole limité doit être d’au moins une seconde.',
   refused_unavailable: 'La salle est brièvement indisponible. Réessayez dans un instant.',
   refused_rate_limited: 'Vous envoyez des modifications très vite ; la salle vous ralentit.',
+  refused_not_sealed: 'Cette salle n’est pas scellée : les noms y circulent en clair.',
+  refused_bad_sealed_value: 'Votre nom n’a pas pu être envoyé scellé. Rechargez la page et réessayez.',
 
   moved_ahead: 'avancé\u00a0: n’a pas encore parlé dans cette phase',
   moved_behind: 'après d’autres\u00a0: a déjà parlé dans cette phase',
