@@ -433,6 +433,32 @@ try {
       [...document.querySelectorAll('#cards .obs textarea')].some((t) => t.value === text), offlineCard);
   }
   await sameQueueEverywhere(['Ann', 'Ben']);
+  // The browser going online again, or the page becoming visible after sleep, reconnects at
+  // once too, without waiting out the stuck attempt (up to 15 s) or the backoff.
+  for (const [how, wake] of [
+    ['the browser goes online', () => window.dispatchEvent(new Event('online'))],
+    ['the page becomes visible', () => document.dispatchEvent(new Event('visibilitychange'))],
+  ]) {
+    step = `a stall, then ${how}`;
+    stallRelay();
+    await waitIn(ben, `Ben notices the stall before ${how}`, () => {
+      const bar = document.getElementById('offline');
+      return !bar.hidden && /No answer from the server/.test(bar.textContent);
+    }, undefined, 15_000 + TIMEOUT);
+    // Heal only once the page's next attempt went into the dead network: left alone, that
+    // attempt would hang until the silence limit (15 s) before the page tried again.
+    const opened = relay.links.length;
+    const deadline = Date.now() + TIMEOUT;
+    while (relay.links.length === opened) {
+      check(Date.now() < deadline, `Ben's page tried again while the network was stalled (${how})`);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    healRelay();
+    await ben.evaluate(wake);
+    await waitIn(ben, `Ben is back at once when ${how}`, () => document.getElementById('connection').textContent === 'Connected'
+      && document.getElementById('offline').hidden, undefined, 5_000);
+  }
+  await sameQueueEverywhere(['Ann', 'Ben']);
 
   // 5. The leader gives the floor with "Next speaker".
   step = 'next speaker';

@@ -186,6 +186,8 @@ async fn sockets_are_capped_per_node() {
     assert_eq!(response.headers()["retry-after"], "5");
     let json: serde_json::Value = response.json().await.unwrap();
     assert_eq!(json["error"], "server_busy");
+    let metrics = reqwest::get(format!("{}/metrics", server.base())).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("reason=\"node_connections\""), "{metrics}");
 }
 
 #[tokio::test]

@@ -282,7 +282,7 @@ const en = {
   col_turns: 'Turns',
   col_time: 'Speaking time',
   links_title: 'Links',
-  links_hint: 'Issue fresh links when the old ones expire, or to share them again. The links issued before keep working '
+  links_hint: 'Issue fresh links before the old ones expire (your leader link expires too), or to share them again. The links issued before keep working '
     + 'unless you renew the invite link while removing someone.',
   fresh_links: 'Issue fresh links',
   leader_link: 'Leader link',

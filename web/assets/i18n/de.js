@@ -198,7 +198,7 @@ export const room = {
   col_turns: 'Beiträge',
   col_time: 'Redezeit',
   links_title: 'Links',
-  links_hint: 'Erzeugen Sie neue Links, wenn die alten ablaufen oder um sie erneut zu teilen. Die früher erzeugten Links '
+  links_hint: 'Erzeugen Sie neue Links, bevor die alten ablaufen (auch Ihr Leitungslink läuft ab), oder um sie erneut zu teilen. Die früher erzeugten Links '
     + 'funktionieren weiter, außer Sie erneuern den Einladungslink beim Entfernen einer Person.',
   fresh_links: 'Neue Links erzeugen',
   leader_link: 'Leitungslink',

@@ -200,7 +200,7 @@ export const room = {
   col_turns: 'Interventions',
   col_time: 'Temps de parole',
   links_title: 'Liens',
-  links_hint: 'Créez de nouveaux liens quand les anciens expirent, ou pour les partager à nouveau. Les liens créés auparavant '
+  links_hint: 'Créez de nouveaux liens avant que les anciens n’expirent (votre lien d’animation expire aussi), ou pour les partager à nouveau. Les liens créés auparavant '
     + 'restent valables, sauf si vous renouvelez le lien d’invitation en retirant quelqu’un.',
   fresh_links: 'Créer de nouveaux liens',
   leader_link: 'Lien d’animation',
