@@ -404,3 +404,41 @@ pub async fn postgres_board(url: &str, room: &str) -> anyhow::Result<Option<Vec<
     let row = client.query_opt("SELECT board FROM balint_boards WHERE room = $1", &[&room]).await?;
     Ok(row.map(|row| row.get(0)))
 }
+
+/// Creates a room on `node` (persistent unless `ephemeral`): its id, leader and invite tokens.
+pub async fn create_room(node: &NodeProcess, ephemeral: bool) -> (String, String, String) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/rooms", node.base()))
+        .json(&serde_json::json!({"title": "Thursday log", "ephemeral": ephemeral}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let room: serde_json::Value = response.json().await.unwrap();
+    let field = |name: &str| room[name].as_str().unwrap().to_owned();
+    (field("room"), field("leader_token"), field("invite_token"))
+}
+
+/// Waits until the PostgreSQL board store at `url` holds `needle` in the room's board.
+pub async fn stored_in_postgres(url: &str, room: &str, needle: &[u8]) {
+    crate::eventually(|| async move {
+        postgres_board(url, room)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|board| memchr::memmem::find(&board, needle).is_some())
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the board store never held {:?}", String::from_utf8_lossy(needle)));
+}
+
+/// Waits until `node` has unloaded the room from memory, so that its next join loads it.
+pub async fn unloaded(node: &NodeProcess, room: &str) {
+    let logs = node.logs.clone();
+    crate::eventually(|| {
+        let logs = logs.clone();
+        async move { logs.lock().unwrap().iter().any(|line| line.contains("idle room unloaded") && line.contains(room)) }
+    })
+    .await
+    .expect("the idle room is unloaded");
+}

@@ -3,9 +3,12 @@
 //! while it is in use, and PostgreSQL goes away while rooms are open.
 
 use balint_e2e::handshake_status;
-use balint_e2e::process::{fresh_postgres_schema, postgres_board, NodeProcess, PostgresProcess, RedisProcess};
-use balint_e2e::{eventually, YClient};
-use serde_json::{json, Value};
+use balint_e2e::process::{
+    create_room, fresh_postgres_schema, postgres_board, stored_in_postgres, unloaded, NodeProcess, PostgresProcess,
+    RedisProcess,
+};
+use balint_e2e::YClient;
+use serde_json::Value;
 
 const SECRET: &str = "a secret shared across restarts of the test node";
 
@@ -13,43 +16,6 @@ fn start(args: &[&str]) -> NodeProcess {
     let mut all = vec!["--secret", SECRET, "--idle-unload-secs", "1", "--postgres-timeout-ms", "1000"];
     all.extend_from_slice(args);
     NodeProcess::start(&all).unwrap()
-}
-
-async fn create(node: &NodeProcess, ephemeral: bool) -> (String, String, String) {
-    let response = reqwest::Client::new()
-        .post(format!("{}/api/rooms", node.base()))
-        .json(&json!({"title": "Thursday log", "ephemeral": ephemeral}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    let room: Value = response.json().await.unwrap();
-    let field = |name: &str| room[name].as_str().unwrap().to_owned();
-    (field("room"), field("leader_token"), field("invite_token"))
-}
-
-/// Waits until the board store at `url` holds `needle` in the room's board.
-async fn stored(url: &str, room: &str, needle: &[u8]) {
-    eventually(|| async move {
-        postgres_board(url, room)
-            .await
-            .ok()
-            .flatten()
-            .is_some_and(|board| memchr::memmem::find(&board, needle).is_some())
-    })
-    .await
-    .unwrap_or_else(|_| panic!("the board store never held {:?}", String::from_utf8_lossy(needle)));
-}
-
-/// Waits until the node has unloaded the room from memory.
-async fn unloaded(node: &NodeProcess, room: &str) {
-    let logs = node.logs.clone();
-    eventually(|| {
-        let logs = logs.clone();
-        async move { logs.lock().unwrap().iter().any(|line| line.contains("idle room unloaded") && line.contains(room)) }
-    })
-    .await
-    .expect("the idle room is unloaded");
 }
 
 async fn error_code(node: &NodeProcess, room: &str, token: &str) -> (u16, String) {
@@ -66,12 +32,12 @@ async fn a_persistent_room_survives_redis_restarts_on_the_postgres_store() {
     let data = tempfile::tempdir().unwrap();
     let node =
         start(&["--redis-url", &redis.url(), "--postgres-url", &database, "--data-dir", data.path().to_str().unwrap()]);
-    let (id, leader, invite) = create(&node, false).await;
+    let (id, leader, invite) = create_room(&node, false).await;
 
     // Written, saved, left: the room is unloaded, and Redis restarts empty.
     let mut writer = YClient::join(&node.ws_url(&id, &invite, "ada")).await.unwrap();
     writer.type_text("before the restart. ").await.unwrap();
-    stored(&database, &id, b"before the restart").await;
+    stored_in_postgres(&database, &id, b"before the restart").await;
     drop(writer);
     unloaded(&node, &id).await;
     redis.restart().unwrap();
@@ -83,7 +49,7 @@ async fn a_persistent_room_survives_redis_restarts_on_the_postgres_store() {
     // Redis restarts again while the room is in use: nothing is lost, and newcomers join.
     redis.restart().unwrap();
     writer.type_text("during the restart. ").await.unwrap();
-    stored(&database, &id, b"during the restart").await;
+    stored_in_postgres(&database, &id, b"during the restart").await;
     let reader = YClient::join(&node.ws_url(&id, &leader, "cy")).await.unwrap();
     assert_eq!(reader.notes(), "before the restart. during the restart. ");
     drop(reader);
@@ -120,17 +86,17 @@ async fn without_postgres_persistent_rooms_say_so_keep_their_boards_and_ephemera
     let node = start(&["--board-store", "postgres", "--postgres-url", &database]);
 
     // A persistent room, saved and unloaded; another one in use; an ephemeral meeting.
-    let (kept, _, kept_invite) = create(&node, false).await;
+    let (kept, _, kept_invite) = create_room(&node, false).await;
     let mut writer = YClient::join(&node.ws_url(&kept, &kept_invite, "ada")).await.unwrap();
     writer.type_text("the group's log. ").await.unwrap();
-    stored(&database, &kept, b"the group's log").await;
+    stored_in_postgres(&database, &kept, b"the group's log").await;
     drop(writer);
     unloaded(&node, &kept).await;
-    let (busy, _, busy_invite) = create(&node, false).await;
+    let (busy, _, busy_invite) = create_room(&node, false).await;
     let mut busy_writer = YClient::join(&node.ws_url(&busy, &busy_invite, "bo")).await.unwrap();
     busy_writer.type_text("saved once. ").await.unwrap();
-    stored(&database, &busy, b"saved once").await;
-    let (meeting, meeting_leader, meeting_invite) = create(&node, true).await;
+    stored_in_postgres(&database, &busy, b"saved once").await;
+    let (meeting, meeting_leader, meeting_invite) = create_room(&node, true).await;
     let mut member = YClient::join(&node.ws_url(&meeting, &meeting_invite, "mia")).await.unwrap();
     member.type_text("ephemeral notes. ").await.unwrap();
 
@@ -145,16 +111,16 @@ async fn without_postgres_persistent_rooms_say_so_keep_their_boards_and_ephemera
     member.type_text("more notes. ").await.unwrap();
     let leader = YClient::join(&node.ws_url(&meeting, &meeting_leader, "lena")).await.unwrap();
     assert_eq!(leader.notes(), "ephemeral notes. more notes. ");
-    create(&node, true).await;
+    create_room(&node, true).await;
 
     postgres.restart().unwrap();
 
     // Nothing was overwritten: the unloaded room opens with its board, and the room in use
     // saves what was written meanwhile.
-    stored(&database, &busy, b"written during the outage").await;
+    stored_in_postgres(&database, &busy, b"written during the outage").await;
     let reader = YClient::join(&node.ws_url(&kept, &kept_invite, "cy")).await.unwrap();
     assert_eq!(reader.notes(), "the group's log. ");
-    stored(&database, &kept, b"the group's log").await;
+    stored_in_postgres(&database, &kept, b"the group's log").await;
     // Nothing of the ephemeral meetings ever reached PostgreSQL: only the persistent rooms.
     let (client, connection) = tokio_postgres::connect(&database, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
@@ -176,7 +142,7 @@ async fn a_record_lost_with_redis_is_not_reported_as_ended() {
     let mut redis = RedisProcess::start().unwrap();
     let data = tempfile::tempdir().unwrap();
     let node = start(&["--redis-url", &redis.url(), "--data-dir", data.path().to_str().unwrap()]);
-    let (id, _, invite) = create(&node, false).await;
+    let (id, _, invite) = create_room(&node, false).await;
     let writer = YClient::join(&node.ws_url(&id, &invite, "ada")).await.unwrap();
     drop(writer);
     unloaded(&node, &id).await;

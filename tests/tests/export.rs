@@ -15,13 +15,13 @@ use serde_json::{json, Value};
 /// Returns the Markdown the leader's page exports at the end.
 async fn hold_meeting(server: &TestServer, room: &Room, key: Option<&RoomKey>) -> anyhow::Result<String> {
     let join = |token: &str, name: &str| {
-        let url = server.ws_url(&room.id, token, name);
         match key {
+            // A sealed client's name travels sealed, never in the URL.
             Some(key) => SessionDriver::start_session(
-                &format!("{url}&sealed=1"),
-                Session::sealed(None, &room.id, key.clone()).expect("random numbers"),
+                &format!("ws://{}/ws/{}?token={token}&sealed=1", server.addr, room.id),
+                Session::sealed(None, &room.id, key.clone(), name).expect("random numbers"),
             ),
-            None => SessionDriver::start(&url),
+            None => SessionDriver::start(&server.ws_url(&room.id, token, name)),
         }
     };
     let export = |s: &Session| s.export_markdown(s.state().and_then(|state| state.title.as_deref()));
@@ -84,10 +84,16 @@ async fn a_sealed_rooms_export_from_the_leaders_page_is_the_file_the_server_give
 
     // The same meeting in a sealed room: the server refuses to export what it cannot read,
     // and the leader's page builds the same file from the board it decrypted.
-    let mut sealed_body = body;
-    sealed_body["sealed"] = Value::Bool(true);
-    let sealed = server.create_room(sealed_body).await;
+    // Its title travels sealed: set after the room exists, sealed with its id.
+    let sealed = server.create_room(json!({"ephemeral": false, "sealed": true})).await;
     let key = RoomKey::generate()?;
+    let titled = reqwest::Client::new()
+        .put(format!("{}/api/rooms/{}/title", server.base(), sealed.id))
+        .bearer_auth(&sealed.leader_token)
+        .json(&json!({"sealed_title": balint_e2e::sealed_client::seal_title(&key, &sealed.id, "Dienstag")}))
+        .send()
+        .await?;
+    assert_eq!(titled.status(), 204);
     let sealed_in_page = hold_meeting(&server, &sealed, Some(&key)).await?;
     let (status, answer) = server_export(&server, &sealed).await;
     assert_eq!(status, 409);

@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use balint_e2e::process::{free_port, postgres_board, server_binary, NodeProcess, PostgresProcess};
-use balint_e2e::{eventually, YClient};
-use serde_json::{json, Value};
+use balint_e2e::process::{
+    create_room, free_port, postgres_board, server_binary, stored_in_postgres, unloaded, NodeProcess, PostgresProcess,
+};
+use balint_e2e::YClient;
 use tokio_postgres::error::SqlState;
 
 const SECRET: &str = "a secret shared across restarts of the test node";
@@ -89,50 +90,13 @@ fn start(url: &str) -> NodeProcess {
     .unwrap()
 }
 
-async fn create_persistent(node: &NodeProcess) -> (String, String, String) {
-    let response = reqwest::Client::new()
-        .post(format!("{}/api/rooms", node.base()))
-        .json(&json!({"title": "Thursday group", "ephemeral": false}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    let room: Value = response.json().await.unwrap();
-    let field = |name: &str| room[name].as_str().unwrap().to_owned();
-    (field("room"), field("leader_token"), field("invite_token"))
-}
-
-/// Waits until the board store at `url` holds `needle` in the room's board.
-async fn stored(url: &str, room: &str, needle: &[u8]) {
-    eventually(|| async move {
-        postgres_board(url, room)
-            .await
-            .ok()
-            .flatten()
-            .is_some_and(|board| memchr::memmem::find(&board, needle).is_some())
-    })
-    .await
-    .unwrap_or_else(|_| panic!("the board store never held {:?}", String::from_utf8_lossy(needle)));
-}
-
-/// Waits until the node has unloaded the room from memory, so that its next join loads it.
-async fn unloaded(node: &NodeProcess, room: &str) {
-    let logs = node.logs.clone();
-    eventually(|| {
-        let logs = logs.clone();
-        async move { logs.lock().unwrap().iter().any(|line| line.contains("idle room unloaded") && line.contains(room)) }
-    })
-    .await
-    .expect("the idle room is unloaded");
-}
-
 /// A persistent room written on `node`, saved, unloaded and loaded back: its id, leader and
 /// invitation tokens, and its board as read by a newcomer.
 async fn save_and_load(node: &NodeProcess, url: &str, text: &str) -> (String, String, String, String) {
-    let (id, leader, invite) = create_persistent(node).await;
+    let (id, leader, invite) = create_room(node, false).await;
     let mut writer = YClient::join(&node.ws_url(&id, &invite, "ada")).await.unwrap();
     writer.type_text(text).await.unwrap();
-    stored(url, &id, text.as_bytes()).await;
+    stored_in_postgres(url, &id, text.as_bytes()).await;
     drop(writer);
     unloaded(node, &id).await;
     let reader = YClient::join(&node.ws_url(&id, &invite, "ben")).await.unwrap();
@@ -387,5 +351,5 @@ async fn a_database_set_up_before_the_owner_role_is_handed_to_it_by_the_script_w
     let mut writer = YClient::join(&node.ws_url(&id, &invite, "cy")).await.unwrap();
     assert_eq!(writer.notes(), "kept across the change. ");
     writer.type_text("and saved after it. ").await.unwrap();
-    stored(&url, &id, b"and saved after it").await;
+    stored_in_postgres(&url, &id, b"and saved after it").await;
 }
