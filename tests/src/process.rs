@@ -58,6 +58,11 @@ impl RedisProcess {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// The process id of the running server.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the server (its data goes with it).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

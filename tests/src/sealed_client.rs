@@ -105,6 +105,45 @@ impl SealedClient {
         self.doc.get_or_insert_text("notes").get_string(&self.doc.transact())
     }
 
+    /// Adds an observation card `{id, author, phase, body, created_ms}`, as the web client
+    /// builds one, seals the change and sends it.
+    pub async fn add_card(&mut self, author: &str, phase: &str, body: &str) -> anyhow::Result<Vec<u8>> {
+        use yrs::{Array, Map, MapPrelim, TextPrelim};
+        let observations = self.doc.get_or_insert_array("observations");
+        self.change(|doc| {
+            let mut txn = doc.transact_mut();
+            let id = format!("card-{}", observations.len(&txn));
+            let card = observations.push_back(
+                &mut txn,
+                MapPrelim::from([
+                    ("id", yrs::Any::from(id)),
+                    ("author", yrs::Any::from(author)),
+                    ("phase", yrs::Any::from(phase)),
+                    ("created_ms", yrs::Any::from(0.0)),
+                ]),
+            );
+            card.insert(&mut txn, "body", TextPrelim::new(body));
+        })
+        .await
+    }
+
+    /// The bodies of the observation cards in this client's board.
+    pub fn card_bodies(&self) -> Vec<String> {
+        use yrs::{Array, Map, Out};
+        let observations = self.doc.get_or_insert_array("observations");
+        let txn = self.doc.transact();
+        observations
+            .iter(&txn)
+            .filter_map(|card| match card {
+                Out::YMap(card) => match card.get(&txn, "body") {
+                    Some(Out::YText(body)) => Some(body.get_string(&txn)),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Opens an entry and applies it: only what authenticates and passes the bounded walk
     /// reaches yrs.
     pub fn apply(&mut self, entry: &Entry) -> anyhow::Result<()> {
@@ -141,6 +180,20 @@ impl SealedClient {
             }
         }
         Ok(())
+    }
+
+    /// Reads frames until the server closes the connection, and returns the close code.
+    pub async fn wait_closed(&mut self) -> anyhow::Result<u16> {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let message = tokio::time::timeout_at(deadline, self.socket.next())
+                .await
+                .map_err(|_| anyhow!("deadline passed"))?
+                .ok_or_else(|| anyhow!("connection closed without a close frame"))??;
+            if let WsMessage::Close(frame) = message {
+                return Ok(frame.map(|f| u16::from(f.code)).unwrap_or(1005));
+            }
+        }
     }
 
     pub fn logs(&self) -> Vec<&Vec<Entry>> {
