@@ -10,6 +10,12 @@
 //! completed: one delivery each, with its latency. An edit can therefore be counted at most once
 //! per receiver, and only once it is really applied (its causal predecessors included). A
 //! sealed member counts the same way, after opening and applying an entry.
+//!
+//! Against Hocuspocus, a member speaks the same y-sync in Hocuspocus's framing (see
+//! [`hocuspocus`]): every message it sends is prefixed with the document name, it sends an
+//! authentication message (an empty token) before its sync step 1, and of what it receives it
+//! reads the sync messages (the same edits, applied and counted the same way) and skips the
+//! rest (authentication answers, sync status acknowledgements, awareness).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -117,6 +123,8 @@ pub struct Member {
     sealer: Option<Sealer>,
     /// Sealed log frames (`0x42`) received.
     pub logs: u32,
+    /// Hocuspocus's prefix (the document name as a `varString`), when the server is Hocuspocus.
+    address: Option<Vec<u8>>,
 }
 
 /// Client socket settings: small read buffers (there may be 10,000 of us), no size limit on
@@ -136,6 +144,7 @@ impl Member {
         url: &str,
         hello: bool,
         sealed: Option<SealedRoom>,
+        address: Option<&str>,
         client_id: u64,
         shared: Arc<Shared>,
     ) -> anyhow::Result<(Member, Stream)> {
@@ -148,11 +157,17 @@ impl Member {
         }
         let doc = Doc::with_client_id(client_id);
         doc.get_or_insert_text("notes");
+        let address = address.map(hocuspocus::prefix);
+        if let Some(prefix) = &address {
+            // Hocuspocus opens a document only once it is authenticated; its provider sends
+            // the token (empty here: the server has no auth hook) before its sync step 1.
+            sink.send(Message::Binary(hocuspocus::authenticate(prefix))).await?;
+        }
         let sealer = match sealed {
             Some(room) => Some(Sealer { room, seq: Sequence::new()?, member_id: None }),
             None => {
                 let step1 = sync::encode_step1(&doc.transact().state_vector());
-                sink.send(Message::Binary(step1)).await?;
+                sink.send(Message::Binary(hocuspocus::wrap(address.as_deref(), step1))).await?;
                 None
             }
         };
@@ -168,6 +183,7 @@ impl Member {
             errors: 0,
             sealer,
             logs: 0,
+            address,
         };
         Ok((member, stream))
     }
@@ -211,13 +227,25 @@ impl Member {
         if self.sealer.is_some() {
             return self.handle_sealed(frame);
         }
+        let unwrapped;
+        let frame = match &self.address {
+            None => frame,
+            Some(_) => match hocuspocus::unwrap(frame).with_context(|| format!("member {}", self.client_id))? {
+                Some(inner) => {
+                    unwrapped = inner;
+                    &unwrapped[..]
+                }
+                None => return Ok(()),
+            },
+        };
         let messages = sync::decode_frame(frame).with_context(|| format!("member {}: bad frame", self.client_id))?;
         let mut applied = false;
         for message in messages {
             match message {
                 YMessage::Sync(SyncMessage::SyncStep1(sv)) => {
                     let update = self.doc.transact().encode_state_as_update_v1(&sv);
-                    self.sink.send(Message::Binary(sync::encode_step2(&update))).await?;
+                    let step2 = hocuspocus::wrap(self.address.as_deref(), sync::encode_step2(&update));
+                    self.sink.send(Message::Binary(step2)).await?;
                 }
                 YMessage::Sync(SyncMessage::SyncStep2(payload)) => {
                     self.step2s += 1;
@@ -328,7 +356,7 @@ impl Member {
                 let sealed = seal::seal(&sealer.room.key, &sealer.room.room, sender, seq, SealedKind::Update, &update)?;
                 sealed::encode_client_entry(&sealed)
             }
-            None => sync::encode_update(&update),
+            None => hocuspocus::wrap(self.address.as_deref(), sync::encode_update(&update)),
         };
         self.shared.sent[(self.client_id - 1) as usize].lock().expect("sent lock").push(self.shared.now_us());
         self.sink.send(Message::Binary(frame)).await?;
@@ -349,7 +377,9 @@ impl Member {
             text.insert(&mut txn, end, &line);
             txn.encode_update_v1()
         };
-        self.sink.send(Message::Binary(sync::encode_update(&update))).await?;
+        self.sink
+            .send(Message::Binary(hocuspocus::wrap(self.address.as_deref(), sync::encode_update(&update))))
+            .await?;
         Ok(())
     }
 
@@ -357,7 +387,7 @@ impl Member {
     pub async fn send_step1(&mut self) -> anyhow::Result<()> {
         ensure!(self.sealer.is_none(), "a sealed room speaks no y-sync");
         let step1 = sync::encode_step1(&self.doc.transact().state_vector());
-        self.sink.send(Message::Binary(step1)).await?;
+        self.sink.send(Message::Binary(hocuspocus::wrap(self.address.as_deref(), step1))).await?;
         Ok(())
     }
 
@@ -380,11 +410,12 @@ pub async fn join(
     url: &str,
     hello: bool,
     sealed: Option<SealedRoom>,
+    address: Option<&str>,
     client_id: u64,
     shared: Arc<Shared>,
     timeout: Duration,
 ) -> anyhow::Result<(Member, Stream)> {
-    let (mut member, mut stream) = Member::connect(url, hello, sealed, client_id, shared).await?;
+    let (mut member, mut stream) = Member::connect(url, hello, sealed, address, client_id, shared).await?;
     let deadline = tokio::time::Instant::now() + timeout;
     while !member.synced() {
         let frame = tokio::time::timeout_at(deadline, stream.next()).await.context("not in sync in time")?;
@@ -393,4 +424,148 @@ pub async fn join(
         }
     }
     Ok((member, stream))
+}
+
+/// Hocuspocus's framing, as its provider (`@hocuspocus/provider`) writes and reads it: every
+/// message is `varString(document name)`, `varUint(message type)`, then the type's payload. Type
+/// 0 (sync) carries exactly what a y-websocket frame carries after its own type byte, so a
+/// y-websocket sync frame becomes a Hocuspocus one by putting the name in front.
+pub mod hocuspocus {
+    use anyhow::{bail, Context};
+    use bytes::{Bytes, BytesMut};
+
+    /// Message types (`MessageType` in `@hocuspocus/server`'s `types.ts`).
+    const SYNC: u64 = 0;
+    const AUTH: u64 = 2;
+    const SYNC_REPLY: u64 = 4;
+    const CLOSE: u64 = 7;
+    /// Authentication sub-types (`AuthMessageType` in `@hocuspocus/common`).
+    const AUTH_TOKEN: u8 = 0;
+    const AUTH_PERMISSION_DENIED: u64 = 1;
+
+    fn write_var_uint(out: &mut Vec<u8>, mut n: u64) {
+        while n >= 0x80 {
+            out.push((n as u8 & 0x7f) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+    }
+
+    fn read_var_uint(buf: &[u8], pos: &mut usize) -> anyhow::Result<u64> {
+        let mut n: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let byte = *buf.get(*pos).context("a Hocuspocus message ends inside a number")?;
+            *pos += 1;
+            n |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return Ok(n);
+            }
+        }
+        bail!("a Hocuspocus message holds a number of more than 64 bits")
+    }
+
+    fn read_var_string<'a>(buf: &'a [u8], pos: &mut usize) -> anyhow::Result<&'a [u8]> {
+        let len = read_var_uint(buf, pos)? as usize;
+        let end =
+            pos.checked_add(len).filter(|&e| e <= buf.len()).context("a Hocuspocus string runs past its message")?;
+        let s = &buf[*pos..end];
+        *pos = end;
+        Ok(s)
+    }
+
+    /// The prefix of every message about document `name`.
+    pub fn prefix(name: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(name.len() + 2);
+        write_var_uint(&mut out, name.len() as u64);
+        out.extend_from_slice(name.as_bytes());
+        out
+    }
+
+    /// The authentication message with an empty token.
+    pub fn authenticate(prefix: &[u8]) -> Bytes {
+        let mut out = prefix.to_vec();
+        out.extend_from_slice(&[AUTH as u8, AUTH_TOKEN, 0]);
+        Bytes::from(out)
+    }
+
+    /// A y-websocket frame as it goes to Hocuspocus (unchanged when `prefix` is `None`).
+    pub fn wrap(prefix: Option<&[u8]>, frame: Bytes) -> Bytes {
+        match prefix {
+            None => frame,
+            Some(prefix) => {
+                let mut out = BytesMut::with_capacity(prefix.len() + frame.len());
+                out.extend_from_slice(prefix);
+                out.extend_from_slice(&frame);
+                out.freeze()
+            }
+        }
+    }
+
+    /// A Hocuspocus message as a y-websocket sync frame, or `None` for a message that is not
+    /// about the document's content (an authentication answer, a sync status
+    /// acknowledgement, awareness). A refusal or a close is an error.
+    pub fn unwrap(message: &[u8]) -> anyhow::Result<Option<Vec<u8>>> {
+        let mut pos = 0;
+        read_var_string(message, &mut pos)?;
+        let type_at = pos;
+        match read_var_uint(message, &mut pos)? {
+            SYNC => Ok(Some(message[type_at..].to_vec())),
+            SYNC_REPLY => {
+                let mut frame = vec![SYNC as u8];
+                frame.extend_from_slice(&message[pos..]);
+                Ok(Some(frame))
+            }
+            AUTH => {
+                if read_var_uint(message, &mut pos)? == AUTH_PERMISSION_DENIED {
+                    let reason = read_var_string(message, &mut pos).unwrap_or_default();
+                    bail!("Hocuspocus refused: {}", String::from_utf8_lossy(reason));
+                }
+                Ok(None)
+            }
+            CLOSE => {
+                let reason = read_var_string(message, &mut pos).unwrap_or_default();
+                bail!("Hocuspocus closed the document: {}", String::from_utf8_lossy(reason));
+            }
+            _ => Ok(None),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_sync_frame_goes_out_prefixed_and_comes_back_unchanged() {
+            let prefix = prefix("room-7");
+            assert_eq!(&prefix[..], b"\x06room-7");
+            let frame = Bytes::from_static(&[0, 2, 3, 1, 2, 3]);
+            let wrapped = wrap(Some(&prefix), frame.clone());
+            assert_eq!(&wrapped[..7], &prefix[..]);
+            assert_eq!(unwrap(&wrapped).unwrap().as_deref(), Some(&frame[..]));
+        }
+
+        #[test]
+        fn a_sync_reply_reads_as_sync_and_the_rest_is_skipped() {
+            let mut reply = prefix("d");
+            reply.extend_from_slice(&[SYNC_REPLY as u8, 1, 2, 0, 0]);
+            assert_eq!(unwrap(&reply).unwrap(), Some(vec![0, 1, 2, 0, 0]));
+            let mut status = prefix("d");
+            status.extend_from_slice(&[8, 1]);
+            assert_eq!(unwrap(&status).unwrap(), None);
+            let mut authenticated = prefix("d");
+            authenticated.extend_from_slice(&[AUTH as u8, 2, 10]);
+            authenticated.extend_from_slice(b"read-write");
+            assert_eq!(unwrap(&authenticated).unwrap(), None);
+        }
+
+        #[test]
+        fn a_refusal_or_a_truncated_message_is_an_error() {
+            let mut denied = prefix("d");
+            denied.extend_from_slice(&[AUTH as u8, 1, 2]);
+            denied.extend_from_slice(b"no");
+            assert!(unwrap(&denied).unwrap_err().to_string().contains("refused: no"));
+            assert!(unwrap(&[5, b'a']).is_err());
+            assert!(unwrap(&[0x80]).is_err());
+        }
+    }
 }

@@ -14,7 +14,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::client::{join, Member, Shared};
-use crate::target::{cpu_secs, cpu_secs_of, redis_commands, rss_kib_of, Running};
+use crate::target::{cpu_secs, cpu_secs_of, redis_commands, rss_kib_of, run_secs_of, Running};
 
 /// Connections opened at once while a scenario sets up.
 const CONNECT_CONCURRENCY: usize = 64;
@@ -50,6 +50,9 @@ pub struct Outcome {
     pub problems: Vec<String>,
     /// Commands Redis processed during the measured window, for a target that uses Redis.
     pub redis_commands: Option<u64>,
+    /// Rooms set up ahead: the server's CPU per second (s/s) over a window as long as the
+    /// measured one, before any room was created.
+    pub empty_cpu_per_s: f64,
 }
 
 impl Outcome {
@@ -125,12 +128,12 @@ pub async fn traffic(
         for m in 0..members {
             let id = (r * members + m + 1) as u64;
             let url = link.url(&format!("m{id}"));
-            let (hello, sealed) = (link.hello, link.sealed.clone());
+            let (hello, sealed, address) = (link.hello, link.sealed.clone(), link.address.clone());
             let (shared, ready, gate) = (shared.clone(), ready.clone(), gate.clone());
             let (mut go, mut stop) = (go_rx.clone(), stop_rx.clone());
             tasks.spawn(async move {
                 let permit = gate.acquire_owned().await?;
-                let (mut member, mut stream) = join(&url, hello, sealed, id, shared, JOIN_TIMEOUT).await?;
+                let (mut member, mut stream) = join(&url, hello, sealed, address.as_deref(), id, shared, JOIN_TIMEOUT).await?;
                 drop(permit);
                 ready.fetch_add(1, Ordering::Relaxed);
                 let mut ticker: Option<tokio::time::Interval> = None;
@@ -226,8 +229,16 @@ pub async fn late_joiner(
     let mut out =
         Outcome { connections: 1, rss_base_kib: rss_kib_of(&pids), expected: joins as u64, ..Outcome::default() };
     let setup = Instant::now();
-    let (mut writer, mut writer_stream) =
-        join(&link.url("writer"), link.hello, link.sealed.clone(), 1, shared.clone(), JOIN_TIMEOUT).await?;
+    let (mut writer, mut writer_stream) = join(
+        &link.url("writer"),
+        link.hello,
+        link.sealed.clone(),
+        link.address.as_deref(),
+        1,
+        shared.clone(),
+        JOIN_TIMEOUT,
+    )
+    .await?;
     let (stop_tx, mut stop) = watch::channel(false);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
     let chunks = board_bytes.div_ceil(chunk);
@@ -273,8 +284,15 @@ pub async fn late_joiner(
     for j in 0..joins {
         let t0 = Instant::now();
         let url = link.url(&format!("late{j}"));
-        let (mut joiner, mut stream) =
-            Member::connect(&url, link.hello, link.sealed.clone(), 1000 + j as u64, shared.clone()).await?;
+        let (mut joiner, mut stream) = Member::connect(
+            &url,
+            link.hello,
+            link.sealed.clone(),
+            link.address.as_deref(),
+            1000 + j as u64,
+            shared.clone(),
+        )
+        .await?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         while joiner.notes_len() < target_len {
             let frame = tokio::time::timeout_at(deadline, stream.next())
@@ -327,9 +345,16 @@ pub async fn idle(server: &mut Running, count: usize, room_size: usize, secs: f6
         let (shared, ready, gate, mut stop) = (shared.clone(), ready.clone(), gate.clone(), stop_rx.clone());
         tasks.spawn(async move {
             let permit = gate.acquire_owned().await?;
-            let (mut member, mut stream) =
-                join(&link.url(&format!("i{i}")), link.hello, link.sealed.clone(), i as u64 + 1, shared, JOIN_TIMEOUT)
-                    .await?;
+            let (mut member, mut stream) = join(
+                &link.url(&format!("i{i}")),
+                link.hello,
+                link.sealed.clone(),
+                link.address.as_deref(),
+                i as u64 + 1,
+                shared,
+                JOIN_TIMEOUT,
+            )
+            .await?;
             drop(permit);
             ready.fetch_add(1, Ordering::Relaxed);
             loop {
@@ -356,12 +381,13 @@ pub async fn idle(server: &mut Running, count: usize, room_size: usize, secs: f6
     }
     out.setup_secs = setup.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (cpu0, bench0) = (cpu_secs_of(&pids), my_cpu());
+    // Nanoseconds from schedstat, not 10 ms ticks: an idle server may run for less than one.
+    let (cpu0, bench0) = (run_secs_of(&pids), my_cpu());
     let redis0 = server.redis.as_deref().and_then(redis_commands);
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(secs)).await;
     out.secs = t0.elapsed().as_secs_f64();
-    out.server_cpu = cpu_secs_of(&pids) - cpu0;
+    out.server_cpu = run_secs_of(&pids) - cpu0;
     out.redis_commands = redis0.zip(server.redis.as_deref().and_then(redis_commands)).map(|(a, b)| b.saturating_sub(a));
     out.bench_cpu = my_cpu() - bench0;
     out.rss_kib = rss_kib_of(&pids);
@@ -374,5 +400,39 @@ pub async fn idle(server: &mut Running, count: usize, room_size: usize, secs: f6
         }
     }
     out.problems = shared.problems.lock().expect("problems lock").clone();
+    Ok(out)
+}
+
+/// Rooms set up ahead: `rooms` rooms (documents) created and nobody joined. The server's idle
+/// CPU is read over `secs` before the first room is created and again, over `secs`, once they
+/// all exist; RSS before and after. Only for servers that create rooms ahead
+/// ([`crate::target::Kind::creates_rooms`]).
+pub async fn ahead(server: &mut Running, rooms: usize, secs: f64) -> anyhow::Result<Outcome> {
+    let pids = server.pids();
+    let window = Duration::from_secs_f64(secs);
+    let (cpu0, t0) = (run_secs_of(&pids), Instant::now());
+    tokio::time::sleep(window).await;
+    let empty_cpu_per_s = (run_secs_of(&pids) - cpu0) / t0.elapsed().as_secs_f64();
+    let mut out = Outcome { connections: rooms, empty_cpu_per_s, ..Outcome::default() };
+    out.rss_base_kib = rss_kib_of(&pids);
+    let setup = Instant::now();
+    for _ in 0..rooms {
+        tokio::time::timeout(Duration::from_secs(10), server.room())
+            .await
+            .context("creating a room took over 10 s")?
+            .context("creating a room")?;
+    }
+    out.setup_secs = setup.elapsed().as_secs_f64();
+    // Let whatever a creation leaves behind (a write, a first timer) settle before measuring.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let redis0 = server.redis.as_deref().and_then(redis_commands);
+    let (cpu0, bench0) = (run_secs_of(&pids), my_cpu());
+    let t0 = Instant::now();
+    tokio::time::sleep(window).await;
+    out.secs = t0.elapsed().as_secs_f64();
+    out.server_cpu = run_secs_of(&pids) - cpu0;
+    out.bench_cpu = my_cpu() - bench0;
+    out.redis_commands = redis0.zip(server.redis.as_deref().and_then(redis_commands)).map(|(a, b)| b.saturating_sub(a));
+    out.rss_kib = rss_kib_of(&pids);
     Ok(out)
 }

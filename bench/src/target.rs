@@ -27,23 +27,33 @@ pub enum Kind {
     /// Two `balint-room` nodes on one Redis, each room's members split between them: every
     /// edit crosses Redis to reach half of its room. CPU and RSS are the two nodes' sum.
     BalintPair,
-    /// `balint-relay`, the floor.
+    /// `balint-relay`, the floor on the server's own stack (axum, multi-thread tokio).
     Relay,
+    /// `balint-lean-relay`, the lean floor (tokio-tungstenite, one thread).
+    LeanRelay,
     /// The reference `y-websocket` 1.5.4 server (`bin/server.js`).
     YWebsocket,
+    /// The current reference server, `@y/websocket-server` (`src/server.js`).
+    YWebsocketServer,
+    /// Hocuspocus (`@hocuspocus/server`), started by `bench/peers/hocuspocus.mjs`. Its clients
+    /// prefix every message with the document name and authenticate first.
+    Hocuspocus,
     /// y-sweet, the yrs-based Rust peer.
     YSweet,
 }
 
 impl Kind {
     /// Every kind, in table order.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Balint,
         Kind::BalintSealed,
         Kind::BalintRedis,
         Kind::BalintPair,
         Kind::Relay,
+        Kind::LeanRelay,
         Kind::YWebsocket,
+        Kind::YWebsocketServer,
+        Kind::Hocuspocus,
         Kind::YSweet,
     ];
 
@@ -55,14 +65,24 @@ impl Kind {
             Kind::BalintRedis => "balint-room+redis",
             Kind::BalintPair => "balint-room×2+redis",
             Kind::Relay => "relay",
+            Kind::LeanRelay => "lean-relay",
             Kind::YWebsocket => "y-websocket",
+            Kind::YWebsocketServer => "y-websocket-server",
+            Kind::Hocuspocus => "hocuspocus",
             Kind::YSweet => "y-sweet",
         }
     }
 
-    /// Whether this is one of the peer servers (not ours, not the floor).
+    /// Whether this is one of the peer servers (not ours, not a floor).
     pub fn is_peer(self) -> bool {
-        matches!(self, Kind::YWebsocket | Kind::YSweet)
+        matches!(self, Kind::YWebsocket | Kind::YWebsocketServer | Kind::Hocuspocus | Kind::YSweet)
+    }
+
+    /// Whether a room (a document) can be set up ahead on this server, before anyone joins:
+    /// Balint Room's `POST /api/rooms`, y-sweet's `POST /doc/new`. On the others a room exists
+    /// only while someone is connected to it.
+    pub fn creates_rooms(self) -> bool {
+        matches!(self, Kind::Balint | Kind::BalintRedis | Kind::BalintPair | Kind::YSweet)
     }
 
     /// Whether this target runs only the traffic scenarios (group and many groups).
@@ -87,8 +107,14 @@ pub struct Programs {
     pub server: PathBuf,
     /// `target/release/balint-relay`.
     pub relay: PathBuf,
+    /// `target/release/balint-lean-relay`.
+    pub lean_relay: PathBuf,
     /// `bench/peers/node_modules/y-websocket/bin/server.js`.
     pub y_websocket: PathBuf,
+    /// `bench/peers/y-websocket-server/node_modules/@y/websocket-server/src/server.js`.
+    pub y_websocket_server: PathBuf,
+    /// `bench/peers/hocuspocus.mjs` (with `@hocuspocus/server` installed next to it).
+    pub hocuspocus: PathBuf,
     /// `y-sweet` on PATH, if any.
     pub y_sweet: Option<PathBuf>,
     /// Where logs and data directories go.
@@ -112,7 +138,14 @@ impl Programs {
                 self.redis_url.as_ref().map(|_| ()).ok_or_else(|| "no --redis-url given".to_owned())
             }
             Kind::Relay => check(&self.relay),
+            Kind::LeanRelay => check(&self.lean_relay),
             Kind::YWebsocket => check(&self.y_websocket),
+            Kind::YWebsocketServer => check(&self.y_websocket_server),
+            Kind::Hocuspocus => {
+                check(&self.hocuspocus)?;
+                let dir = self.hocuspocus.parent().unwrap_or(Path::new("."));
+                check(&dir.join("node_modules/@hocuspocus/server/package.json"))
+            }
             Kind::YSweet => self.y_sweet.as_ref().map(|_| ()).ok_or_else(|| "y-sweet is not on PATH".to_owned()),
         }
     }
@@ -152,6 +185,8 @@ pub struct RoomLink {
     pub hello: bool,
     /// A sealed room's id and key: members connect with `sealed=1` and no name, and seal.
     pub sealed: Option<SealedRoom>,
+    /// Hocuspocus's document name: members prefix every message with it and authenticate.
+    pub address: Option<String>,
 }
 
 impl RoomLink {
@@ -172,7 +207,7 @@ impl RoomLink {
     }
 
     fn new(base: String, hello: bool) -> Self {
-        RoomLink { base, other: None, joined: Default::default(), hello, sealed: None }
+        RoomLink { base, other: None, joined: Default::default(), hello, sealed: None, address: None }
     }
 }
 
@@ -255,11 +290,25 @@ impl Running {
                     command.args(["--read-buffer-bytes", &bytes.to_string()]);
                 }
             }
-            Kind::YWebsocket => {
+            Kind::LeanRelay => {
+                command = Command::new(&programs.lean_relay);
+                command.args([
+                    "--bind",
+                    "127.0.0.1:0",
+                    "--nodelay",
+                    if programs.relay_nodelay { "true" } else { "false" },
+                ]);
+            }
+            Kind::YWebsocket | Kind::YWebsocketServer | Kind::Hocuspocus => {
                 let port = free_port()?;
                 known_port = Some(port);
+                let script = match kind {
+                    Kind::YWebsocket => &programs.y_websocket,
+                    Kind::YWebsocketServer => &programs.y_websocket_server,
+                    _ => &programs.hocuspocus,
+                };
                 command = Command::new("node");
-                command.arg(&programs.y_websocket).env("HOST", "127.0.0.1").env("PORT", port.to_string());
+                command.arg(script).env("HOST", "127.0.0.1").env("PORT", port.to_string());
             }
             Kind::YSweet => {
                 let port = free_port()?;
@@ -338,7 +387,15 @@ impl Running {
                 link.other = self.peer.as_ref().map(|p| format!("ws://{}/ws/{room}?token={token}", p.addr));
                 Ok(link)
             }
-            Kind::Relay | Kind::YWebsocket => Ok(RoomLink::new(format!("ws://{addr}/room-{}", self.next_room), false)),
+            Kind::Relay | Kind::LeanRelay | Kind::YWebsocket | Kind::YWebsocketServer => {
+                Ok(RoomLink::new(format!("ws://{addr}/room-{}", self.next_room), false))
+            }
+            Kind::Hocuspocus => {
+                // One socket may carry several documents: the URL names none, every message does.
+                let mut link = RoomLink::new(format!("ws://{addr}/"), false);
+                link.address = Some(format!("room-{}", self.next_room));
+                Ok(link)
+            }
             Kind::YSweet => {
                 let answer: serde_json::Value = self
                     .http
@@ -405,6 +462,21 @@ pub fn redis_commands(url: &str) -> Option<u64> {
 /// CPU time (user + system) the processes have used, in seconds.
 pub fn cpu_secs_of(pids: &[u32]) -> f64 {
     pids.iter().map(|&p| cpu_secs(p)).sum()
+}
+
+/// CPU time the processes' threads have run, in seconds, from `/proc/PID/task/*/schedstat`
+/// (nanoseconds, so short idle windows read better than in 10 ms ticks). Threads that ended
+/// during the window are not counted: use it for idle windows only.
+pub fn run_secs_of(pids: &[u32]) -> f64 {
+    let mut ns: u64 = 0;
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return f64::NAN };
+        for task in tasks.flatten() {
+            let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else { continue };
+            ns += stat.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    ns as f64 / 1e9
 }
 
 /// Resident set size of the processes together, in KiB.
