@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
@@ -89,7 +89,9 @@ impl Cluster {
 pub struct Room {
     id: String,
     machine: Mutex<RoomMachine>,
-    feed: broadcast::Sender<Outbound>,
+    /// The feed of frames for this node's connections, made with the first connection: its
+    /// ring of `outbound_queue` slots is most of what an open room costs.
+    feed: OnceLock<broadcast::Sender<Outbound>>,
     cluster: Cluster,
     /// What this node has for the other nodes, on its way to the bus; none with one node.
     outbox: Option<Outbox>,
@@ -154,7 +156,7 @@ async fn publish_batches(
 impl Room {
     fn new(machine: RoomMachine, cluster: Cluster) -> Self {
         let id = machine.id().to_owned();
-        let (feed, _) = broadcast::channel(cluster.options.outbound_queue.max(1));
+        let feed = OnceLock::new();
         let outbox = cluster.bus.reaches_other_nodes().then(|| Outbox::start(&id, &cluster));
         Room { id, machine: Mutex::new(machine), feed, cluster, outbox }
     }
@@ -184,8 +186,10 @@ impl Room {
                             Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }))
                         }
                     };
-                    // An error only means nobody is subscribed right now, which is fine.
-                    let _ = self.feed.send(Outbound { origin, audience, message, published: Instant::now() });
+                    // No feed yet, or an error, only means nobody is subscribed right now,
+                    // which is fine.
+                    let Some(feed) = self.feed.get() else { continue };
+                    let _ = feed.send(Outbound { origin, audience, message, published: Instant::now() });
                 }
                 Effect::Publish(envelope) => {
                     // It never waits: the room's publisher task sends what is queued. A full
@@ -282,7 +286,10 @@ impl Room {
         name: String,
     ) -> Option<broadcast::Receiver<Outbound>> {
         let mut machine = self.lock();
-        machine.connect(conn, role, generation, name).then(|| self.feed.subscribe())
+        let queue = self.cluster.options.outbound_queue.max(1);
+        machine
+            .connect(conn, role, generation, name)
+            .then(|| self.feed.get_or_init(|| broadcast::channel(queue).0).subscribe())
     }
 
     /// Renews the room's links. Returns the new generation; `None` when the store could not
@@ -354,6 +361,19 @@ impl Room {
     }
 }
 
+/// A room set up in the stores ([`Rooms::set_up`]), not yet open anywhere.
+#[derive(Debug, Clone)]
+pub struct SetUp {
+    id: String,
+}
+
+impl SetUp {
+    /// The room id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
 /// Where a room id stands.
 pub enum Lookup {
     /// The room is open.
@@ -405,33 +425,46 @@ impl Rooms {
         self.len() >= self.shared.cluster.options.max_rooms
     }
 
-    /// Creates a room with a fresh random id.
-    pub async fn create(&self, settings: RoomSettings) -> Result<Arc<Room>, BackendError> {
+    /// Sets a room up with a fresh random id: its record (and a persistent room's empty
+    /// board) goes to the stores, and nothing stays in this node's memory. The room opens, on
+    /// this node as on any other, when someone first asks for it ([`Rooms::lookup`]), so a
+    /// room set up ahead costs its record in the store and nothing on any node: no machine,
+    /// no feed, no subscription to the bus, no connection to Redis.
+    pub async fn set_up(&self, settings: RoomSettings) -> Result<SetUp, BackendError> {
         let cluster = &self.shared.cluster;
         let id = Alphanumeric.sample_string(&mut rand::thread_rng(), 16).to_ascii_lowercase();
         let meeting = self.new_meeting(&settings);
         let record = record::encode(meeting.shared()).map_err(|_| BackendError::Corrupt)?;
-        let persistent = !settings.ephemeral;
-        let stored_settings = machine::settings_json(meeting.shared());
-        cluster.store.create(&id, record, cluster.options.record_ttl(meeting.shared())).await?;
-        if persistent {
-            // The room exists for good from now on, even if nobody writes before a restart.
-            let empty = if settings.sealed {
-                SealedLog::default().encode_stored()
-            } else {
-                Bytes::from(Board::new().encode_state())
-            };
-            cluster.boards.save(&id, StoredBoard { settings: stored_settings.clone(), board: empty }).await?;
+        let written = cluster.store.create(&id, record, cluster.options.record_ttl(meeting.shared())).await;
+        let saved = match written {
+            Ok(_) if !settings.ephemeral => {
+                // The room exists for good from now on, even if nobody writes before a restart.
+                let empty = if settings.sealed {
+                    SealedLog::default().encode_stored()
+                } else {
+                    Bytes::from(Board::new().encode_state())
+                };
+                let stored = StoredBoard { settings: machine::settings_json(meeting.shared()), board: empty };
+                cluster.boards.save(&id, stored).await
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        // Release what the writes opened (with Redis, the room's connection): the room is
+        // held by nobody until it opens.
+        let _ = cluster.bus.unsubscribe(&id).await;
+        saved.map(|()| SetUp { id })
+    }
+
+    /// Creates a room with a fresh random id and opens it on this node, as the first
+    /// connection to it would.
+    pub async fn create(&self, settings: RoomSettings) -> Result<Arc<Room>, BackendError> {
+        let set_up = self.set_up(settings).await?;
+        match self.lookup(set_up.id()).await? {
+            Lookup::Live(room) => Ok(room),
+            // Ended or lost between the two calls: the store no longer has it.
+            Lookup::Ended | Lookup::Unknown => Err(BackendError::NotOpen),
         }
-        cluster.bus.subscribe(&id).await?;
-        let mut machine = RoomMachine::new(&id, meeting, cluster.machine_node());
-        if persistent {
-            machine.settings_saved(stored_settings);
-        }
-        let room = Arc::new(Room::new(machine, cluster.clone()));
-        lock(&self.shared.rooms).insert(id, room.clone());
-        cluster.metrics.set_rooms(self.len());
-        Ok(room)
     }
 
     fn new_meeting(&self, settings: &RoomSettings) -> Meeting {
