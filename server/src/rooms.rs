@@ -194,7 +194,17 @@ impl Room {
     }
 
     /// Feeds the machine with `input` and carries out its effects, under one lock.
+    /// Feeds the machine with `input`, carries out its effects and puts the room in the timer
+    /// queue for its next due time, under one lock.
     fn step<T>(&self, input: impl FnOnce(&mut RoomMachine) -> T) -> T {
+        self.step_then(input, true)
+    }
+
+    /// [`Room::step`], scheduling only if `schedule`: a job's steps between its store requests
+    /// leave the machine half way (a leave has forgotten the connection, not yet marked the
+    /// member gone), which is no time to say when the room is due; the job schedules when it
+    /// is done ([`Room::run`]).
+    fn step_then<T>(&self, input: impl FnOnce(&mut RoomMachine) -> T, schedule: bool) -> T {
         let mut machine = self.lock();
         let result = input(&mut machine);
         while let Some(effect) = machine.poll_effect() {
@@ -223,7 +233,9 @@ impl Room {
                 Effect::BackendFailed => self.cluster.metrics.backend_error(),
             }
         }
-        self.schedule(&mut machine);
+        if schedule {
+            self.schedule(&mut machine);
+        }
         result
     }
 
@@ -248,11 +260,13 @@ impl Room {
 
     /// Drives `job` to its end: advances it, performs what it asks of the stores, and feeds
     /// the answer back.
+    /// The room is scheduled for its next due time once the job is done, or dropped.
     async fn run(&self, mut job: Job) -> Outcome {
+        let _done = Scheduled(self);
         let mut answer = None;
         loop {
             let now = crate::unix_now_ms();
-            match self.step(|m| m.advance(&mut job, answer.take(), now)) {
+            match self.step_then(|m| m.advance(&mut job, answer.take(), now), false) {
                 Step::Io(io) => answer = Some(self.perform(io).await),
                 Step::Done(outcome) => return outcome,
             }
@@ -407,6 +421,16 @@ impl Room {
     }
 }
 
+/// Ends a job, even one dropped half way: the room is scheduled for its next due time.
+struct Scheduled<'a>(&'a Room);
+
+impl Drop for Scheduled<'_> {
+    fn drop(&mut self) {
+        let mut machine = self.0.lock();
+        self.0.schedule(&mut machine);
+    }
+}
+
 /// Ends a room's tick, even one dropped half way: the room is scheduled again.
 struct TickDone<'a>(&'a Room);
 
@@ -497,16 +521,22 @@ impl Timers {
     /// Takes the rooms due at `now`, each claimed once: an entry whose room waits for
     /// another time (or is gone) is dropped.
     fn take_due(&self, now: u64) -> Vec<Arc<Room>> {
-        let mut queue = lock(&self.queue);
         let mut due = Vec::new();
+        // Dropped after the lock: a room may go with its last reference here.
+        let mut stale = Vec::new();
+        let mut queue = lock(&self.queue);
         while queue.peek().is_some_and(|Reverse(wake)| wake.at <= now) {
             let Some(Reverse(wake)) = queue.pop() else { break };
             let Some(room) = wake.room.upgrade() else { continue };
             let claimed = room.due.compare_exchange(wake.at, u64::MAX, Ordering::AcqRel, Ordering::Acquire).is_ok();
             if claimed {
                 due.push(room);
+            } else {
+                stale.push(room);
             }
         }
+        drop(queue);
+        drop(stale);
         due
     }
 
