@@ -127,7 +127,7 @@ pub async fn create_room(
     }
     let room = state
         .rooms
-        .create(RoomSettings {
+        .set_up(RoomSettings {
             title,
             ephemeral: request.ephemeral,
             template: request.template,

@@ -281,7 +281,15 @@ impl Server {
         let rooms = state.rooms.clone();
         let shutdown = state.shutdown.clone();
         let tracker = state.tracker.clone();
-        let ticker = tokio::spawn(tick_rooms(state.clone()));
+        let awareness_timeout = state.config.awareness_timeout();
+        let timers = tokio::spawn({
+            let rooms = rooms.clone();
+            async move { rooms.run_timers(awareness_timeout).await }
+        });
+        let health = tokio::spawn({
+            let rooms = rooms.clone();
+            async move { rooms.watch_backend().await }
+        });
         // Frames are small and already coalesced per connection (fed in a batch, flushed
         // once): Nagle's algorithm would only hold them back.
         let listener = linger::LingeringListener::new(listener).tap_io(|tcp| {
@@ -292,7 +300,8 @@ impl Server {
         axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await?;
-        ticker.abort();
+        timers.abort();
+        health.abort();
         tracker.close();
         if tokio::time::timeout(limits::SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
             tracing::warn!("connections still open after the shutdown grace period");
@@ -300,16 +309,6 @@ impl Server {
         // Every persistent board is saved before the process goes.
         rooms.save_all().await;
         Ok(())
-    }
-}
-
-/// Drives every room's timers.
-async fn tick_rooms(state: AppState) {
-    let mut interval = tokio::time::interval(limits::TICK_INTERVAL);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        interval.tick().await;
-        state.rooms.tick(state.config.awareness_timeout()).await;
     }
 }
 

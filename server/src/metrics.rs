@@ -38,6 +38,7 @@ struct Inner {
     backend_errors: Counter,
     bus_messages: Counter,
     bus_envelopes: Counter,
+    room_wakes: Counter,
 }
 
 impl Default for Metrics {
@@ -63,6 +64,7 @@ impl Metrics {
         let backend_errors = Counter::default();
         let bus_messages = Counter::default();
         let bus_envelopes = Counter::default();
+        let room_wakes = Counter::default();
         registry.register("connections", "Open WebSocket connections", connections.clone());
         registry.register("rooms", "Rooms open on this node", rooms.clone());
         registry.register("messages_in", "WebSocket messages received", messages_in.clone());
@@ -91,6 +93,11 @@ impl Metrics {
             "Updates, awareness and catch-up messages published on the bus (several per message when batched)",
             bus_envelopes.clone(),
         );
+        registry.register(
+            "room_wakes",
+            "Rooms woken because one of their timers was due (a room with nothing due is never woken)",
+            room_wakes.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -106,6 +113,7 @@ impl Metrics {
                 backend_errors,
                 bus_messages,
                 bus_envelopes,
+                room_wakes,
             }),
         }
     }
@@ -157,6 +165,11 @@ impl Metrics {
     pub fn bus_published(&self, envelopes: usize) {
         self.inner.bus_messages.inc();
         self.inner.bus_envelopes.inc_by(envelopes as u64);
+    }
+
+    /// A room was woken for a due timer.
+    pub fn room_woken(&self) {
+        self.inner.room_wakes.inc();
     }
 
     /// A backend call failed.

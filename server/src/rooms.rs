@@ -17,9 +17,10 @@
 //! The driver reads the clock (Unix milliseconds, so that clients can render countdowns from
 //! the timestamps in the room state) and passes it in; the machine never does.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
@@ -27,7 +28,7 @@ use balint_proto::room::{ClientMessage, Role};
 use balint_proto::sync::FrameError;
 use bytes::Bytes;
 use rand::distributions::{Alphanumeric, DistString};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, Notify};
 use tracing::{debug, info, warn};
 
 use crate::backend::{BackendError, BoardStore, Bus, Presence, RoomStore, StoredBoard};
@@ -88,27 +89,38 @@ impl Cluster {
 /// One room on this node: its machine and what carries out its effects.
 pub struct Room {
     id: String,
+    /// This room, for the timer queue and the publisher task, which must not keep it alive.
+    me: Weak<Room>,
     machine: Mutex<RoomMachine>,
-    feed: broadcast::Sender<Outbound>,
+    /// The feed of frames for this node's connections, made with the first connection: its
+    /// ring of `outbound_queue` slots is most of what an open room costs.
+    feed: OnceLock<broadcast::Sender<Outbound>>,
     cluster: Cluster,
     /// What this node has for the other nodes, on its way to the bus; none with one node.
     outbox: Option<Outbox>,
+    /// The node's timer queue, where this room waits for its next due time.
+    timers: Arc<Timers>,
+    /// When this room is due in the timer queue (Unix ms); `u64::MAX` when it waits there
+    /// for nothing.
+    due: AtomicU64,
+    /// Whether the room's tick is running: it schedules the room again when it is done.
+    ticking: AtomicBool,
+    /// Set when the room leaves this node's registry (retired or unloaded): it waits for
+    /// nothing any more.
+    gone: AtomicBool,
 }
 
 /// The queue in front of a room's publisher task ([`publish_batches`]).
 struct Outbox {
     queue: mpsc::Sender<Envelope>,
-    /// Set by the publisher when a publish failed; the room resyncs at its next tick.
-    failed: Arc<AtomicBool>,
 }
 
 impl Outbox {
     /// Starts the room's publisher task; it ends when the room (the sender) goes.
-    fn start(room: &str, cluster: &Cluster) -> Self {
+    fn start(room: &str, cluster: &Cluster, me: Weak<Room>) -> Self {
         let (queue, pending) = mpsc::channel(limits::BUS_QUEUE_MESSAGES);
-        let failed = Arc::new(AtomicBool::new(false));
-        tokio::spawn(publish_batches(room.to_owned(), cluster.clone(), pending, failed.clone()));
-        Outbox { queue, failed }
+        tokio::spawn(publish_batches(room.to_owned(), cluster.clone(), pending, me));
+        Outbox { queue }
     }
 }
 
@@ -116,12 +128,7 @@ impl Outbox {
 /// the previous publish returns (up to [`limits::BUS_BATCH_MESSAGES`] envelopes and
 /// [`limits::BUS_BATCH_BYTES`]), so a busy room costs one Redis command per batch, not one per
 /// update, and no member waits for Redis.
-async fn publish_batches(
-    room: String,
-    cluster: Cluster,
-    mut pending: mpsc::Receiver<Envelope>,
-    failed: Arc<AtomicBool>,
-) {
+async fn publish_batches(room: String, cluster: Cluster, mut pending: mpsc::Receiver<Envelope>, me: Weak<Room>) {
     let mut batch = Vec::new();
     while let Some(first) = pending.recv().await {
         let mut bytes = first.body_len();
@@ -145,18 +152,34 @@ async fn publish_batches(
             Err(e) => {
                 debug!(room = %room, error = %e, "bus publish failed");
                 cluster.metrics.backend_error();
-                failed.store(true, Ordering::Relaxed);
+                // A possible loss: the room resyncs at its next tick, due at once.
+                if let Some(room) = me.upgrade() {
+                    room.mark_resync();
+                }
             }
         }
     }
 }
 
 impl Room {
-    fn new(machine: RoomMachine, cluster: Cluster) -> Self {
-        let id = machine.id().to_owned();
-        let (feed, _) = broadcast::channel(cluster.options.outbound_queue.max(1));
-        let outbox = cluster.bus.reaches_other_nodes().then(|| Outbox::start(&id, &cluster));
-        Room { id, machine: Mutex::new(machine), feed, cluster, outbox }
+    fn new(machine: RoomMachine, cluster: Cluster, timers: Arc<Timers>) -> Arc<Self> {
+        Arc::new_cyclic(|me| {
+            let id = machine.id().to_owned();
+            let feed = OnceLock::new();
+            let outbox = cluster.bus.reaches_other_nodes().then(|| Outbox::start(&id, &cluster, me.clone()));
+            Room {
+                id,
+                me: me.clone(),
+                machine: Mutex::new(machine),
+                feed,
+                cluster,
+                outbox,
+                timers,
+                due: AtomicU64::new(u64::MAX),
+                ticking: AtomicBool::new(false),
+                gone: AtomicBool::new(false),
+            }
+        })
     }
 
     /// The room id.
@@ -171,7 +194,17 @@ impl Room {
     }
 
     /// Feeds the machine with `input` and carries out its effects, under one lock.
+    /// Feeds the machine with `input`, carries out its effects and puts the room in the timer
+    /// queue for its next due time, under one lock.
     fn step<T>(&self, input: impl FnOnce(&mut RoomMachine) -> T) -> T {
+        self.step_then(input, true)
+    }
+
+    /// [`Room::step`], scheduling only if `schedule`: a job's steps between its store requests
+    /// leave the machine half way (a leave has forgotten the connection, not yet marked the
+    /// member gone), which is no time to say when the room is due; the job schedules when it
+    /// is done ([`Room::run`]).
+    fn step_then<T>(&self, input: impl FnOnce(&mut RoomMachine) -> T, schedule: bool) -> T {
         let mut machine = self.lock();
         let result = input(&mut machine);
         while let Some(effect) = machine.poll_effect() {
@@ -184,8 +217,10 @@ impl Room {
                             Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }))
                         }
                     };
-                    // An error only means nobody is subscribed right now, which is fine.
-                    let _ = self.feed.send(Outbound { origin, audience, message, published: Instant::now() });
+                    // No feed yet, or an error, only means nobody is subscribed right now,
+                    // which is fine.
+                    let Some(feed) = self.feed.get() else { continue };
+                    let _ = feed.send(Outbound { origin, audience, message, published: Instant::now() });
                 }
                 Effect::Publish(envelope) => {
                     // It never waits: the room's publisher task sends what is queued. A full
@@ -198,16 +233,40 @@ impl Room {
                 Effect::BackendFailed => self.cluster.metrics.backend_error(),
             }
         }
+        if schedule {
+            self.schedule(&mut machine);
+        }
         result
+    }
+
+    /// Puts the room in the timer queue for its machine's next due time, if that is earlier
+    /// than the time it waits for there already. A later one needs nothing: the room is woken
+    /// early, finds nothing to do, and is put back for the right time. While its tick runs,
+    /// the tick puts it back when done.
+    fn schedule(&self, machine: &mut RoomMachine) {
+        if self.ticking.load(Ordering::Acquire) || self.gone.load(Ordering::Acquire) {
+            return;
+        }
+        let now = crate::unix_now_ms();
+        let Some(at) = machine.next_due(now, self.timers.awareness_timeout_ms()) else { return };
+        let earlier = self
+            .due
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |scheduled| (at < scheduled).then_some(at))
+            .is_ok();
+        if earlier {
+            self.timers.push(at, self.me.clone());
+        }
     }
 
     /// Drives `job` to its end: advances it, performs what it asks of the stores, and feeds
     /// the answer back.
+    /// The room is scheduled for its next due time once the job is done, or dropped.
     async fn run(&self, mut job: Job) -> Outcome {
+        let _done = Scheduled(self);
         let mut answer = None;
         loop {
             let now = crate::unix_now_ms();
-            match self.step(|m| m.advance(&mut job, answer.take(), now)) {
+            match self.step_then(|m| m.advance(&mut job, answer.take(), now), false) {
                 Step::Io(io) => answer = Some(self.perform(io).await),
                 Step::Done(outcome) => return outcome,
             }
@@ -282,7 +341,10 @@ impl Room {
         name: String,
     ) -> Option<broadcast::Receiver<Outbound>> {
         let mut machine = self.lock();
-        machine.connect(conn, role, generation, name).then(|| self.feed.subscribe())
+        let queue = self.cluster.options.outbound_queue.max(1);
+        machine
+            .connect(conn, role, generation, name)
+            .then(|| self.feed.get_or_init(|| broadcast::channel(queue).0).subscribe())
     }
 
     /// Renews the room's links. Returns the new generation; `None` when the store could not
@@ -314,11 +376,16 @@ impl Room {
         self.run(Job::leave(conn)).await;
     }
 
-    /// Runs the room's timers.
+    /// Runs the room's timers, and puts the room back in the timer queue for its next due
+    /// time. One tick at a time: a tick asked for while one runs does nothing, since the
+    /// running one schedules the room when it is done.
     pub async fn tick(&self, awareness_timeout: Duration) {
-        if self.outbox.as_ref().is_some_and(|o| o.failed.swap(false, Ordering::Relaxed)) {
-            self.step(RoomMachine::mark_resync);
+        if self.ticking.swap(true, Ordering::AcqRel) {
+            return;
         }
+        // Whatever the room waited for in the queue, this tick takes care of it.
+        self.due.store(u64::MAX, Ordering::Release);
+        let _done = TickDone(self);
         self.run(Job::tick(awareness_timeout)).await;
     }
 
@@ -354,6 +421,145 @@ impl Room {
     }
 }
 
+/// Ends a job, even one dropped half way: the room is scheduled for its next due time.
+struct Scheduled<'a>(&'a Room);
+
+impl Drop for Scheduled<'_> {
+    fn drop(&mut self) {
+        let mut machine = self.0.lock();
+        self.0.schedule(&mut machine);
+    }
+}
+
+/// Ends a room's tick, even one dropped half way: the room is scheduled again.
+struct TickDone<'a>(&'a Room);
+
+impl Drop for TickDone<'_> {
+    fn drop(&mut self) {
+        self.0.ticking.store(false, Ordering::Release);
+        let mut machine = self.0.lock();
+        // An ended room is retired right after its tick: nothing more to wait for.
+        if !machine.is_ended() {
+            self.0.schedule(&mut machine);
+        }
+    }
+}
+
+/// The node's timer queue: every room that waits for a due time, earliest first, and one
+/// task ([`Rooms::run_timers`]) that sleeps until the earliest and wakes the rooms then due.
+/// A room with nothing due is not in it, and costs nothing until an input changes that.
+///
+/// A binary heap of `(due, room)` under a mutex, and one `sleep_until` for the whole node,
+/// rather than a task (and a timer) per room: a room waits in the queue only while something
+/// of it is due, pushing is `O(log n)`, and the task sleeps once for every room due at the
+/// same moment. Entries are never removed early: a room scheduled earlier leaves its later
+/// entry behind, which is skipped when it comes up (`Room::due` no longer matches), as is the
+/// entry of a room that left this node (its `Weak` is dead).
+pub struct Timers {
+    queue: Mutex<BinaryHeap<Reverse<Wake>>>,
+    /// Told when an entry goes before the earliest, so the task sleeps less.
+    earlier: Notify,
+    awareness_timeout_ms: AtomicU64,
+}
+
+/// A room's entry in the timer queue.
+struct Wake {
+    at: u64,
+    room: Weak<Room>,
+}
+
+impl PartialEq for Wake {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at
+    }
+}
+
+impl Eq for Wake {}
+
+impl PartialOrd for Wake {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Wake {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.at.cmp(&other.at)
+    }
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Timers {
+            queue: Mutex::default(),
+            earlier: Notify::new(),
+            awareness_timeout_ms: AtomicU64::new(limits::AWARENESS_TIMEOUT.as_millis() as u64),
+        }
+    }
+}
+
+impl Timers {
+    fn awareness_timeout_ms(&self) -> u64 {
+        self.awareness_timeout_ms.load(Ordering::Relaxed)
+    }
+
+    fn push(&self, at: u64, room: Weak<Room>) {
+        let mut queue = lock(&self.queue);
+        let first = queue.peek().is_none_or(|Reverse(earliest)| at < earliest.at);
+        queue.push(Reverse(Wake { at, room }));
+        drop(queue);
+        if first {
+            self.earlier.notify_one();
+        }
+    }
+
+    /// When the earliest entry is due.
+    fn earliest(&self) -> Option<u64> {
+        lock(&self.queue).peek().map(|Reverse(wake)| wake.at)
+    }
+
+    /// Takes the rooms due at `now`, each claimed once: an entry whose room waits for
+    /// another time (or is gone) is dropped.
+    fn take_due(&self, now: u64) -> Vec<Arc<Room>> {
+        let mut due = Vec::new();
+        // Dropped after the lock: a room may go with its last reference here.
+        let mut stale = Vec::new();
+        let mut queue = lock(&self.queue);
+        while queue.peek().is_some_and(|Reverse(wake)| wake.at <= now) {
+            let Some(Reverse(wake)) = queue.pop() else { break };
+            let Some(room) = wake.room.upgrade() else { continue };
+            let claimed = room.due.compare_exchange(wake.at, u64::MAX, Ordering::AcqRel, Ordering::Acquire).is_ok();
+            if claimed {
+                due.push(room);
+            } else {
+                stale.push(room);
+            }
+        }
+        drop(queue);
+        drop(stale);
+        due
+    }
+
+    /// Rooms waiting in the queue, stale entries included (for tests).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        lock(&self.queue).len()
+    }
+}
+
+/// A room set up in the stores ([`Rooms::set_up`]), not yet open anywhere.
+#[derive(Debug, Clone)]
+pub struct SetUp {
+    id: String,
+}
+
+impl SetUp {
+    /// The room id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
 /// Where a room id stands.
 pub enum Lookup {
     /// The room is open.
@@ -373,6 +579,8 @@ struct Registry {
     cluster: Cluster,
     /// Whether the backend answered at the last check.
     healthy: AtomicBool,
+    /// Every open room waiting for a due time.
+    timers: Arc<Timers>,
 }
 
 /// A cheap-clone handle to every room of this node.
@@ -391,6 +599,7 @@ impl Rooms {
                 next_conn: AtomicU64::new(1),
                 cluster,
                 healthy: AtomicBool::new(true),
+                timers: Arc::default(),
             }),
         }
     }
@@ -405,33 +614,46 @@ impl Rooms {
         self.len() >= self.shared.cluster.options.max_rooms
     }
 
-    /// Creates a room with a fresh random id.
-    pub async fn create(&self, settings: RoomSettings) -> Result<Arc<Room>, BackendError> {
+    /// Sets a room up with a fresh random id: its record (and a persistent room's empty
+    /// board) goes to the stores, and nothing stays in this node's memory. The room opens, on
+    /// this node as on any other, when someone first asks for it ([`Rooms::lookup`]), so a
+    /// room set up ahead costs its record in the store and nothing on any node: no machine,
+    /// no feed, no subscription to the bus, no connection to Redis.
+    pub async fn set_up(&self, settings: RoomSettings) -> Result<SetUp, BackendError> {
         let cluster = &self.shared.cluster;
         let id = Alphanumeric.sample_string(&mut rand::thread_rng(), 16).to_ascii_lowercase();
         let meeting = self.new_meeting(&settings);
         let record = record::encode(meeting.shared()).map_err(|_| BackendError::Corrupt)?;
-        let persistent = !settings.ephemeral;
-        let stored_settings = machine::settings_json(meeting.shared());
-        cluster.store.create(&id, record, cluster.options.record_ttl(meeting.shared())).await?;
-        if persistent {
-            // The room exists for good from now on, even if nobody writes before a restart.
-            let empty = if settings.sealed {
-                SealedLog::default().encode_stored()
-            } else {
-                Bytes::from(Board::new().encode_state())
-            };
-            cluster.boards.save(&id, StoredBoard { settings: stored_settings.clone(), board: empty }).await?;
+        let written = cluster.store.create(&id, record, cluster.options.record_ttl(meeting.shared())).await;
+        let saved = match written {
+            Ok(_) if !settings.ephemeral => {
+                // The room exists for good from now on, even if nobody writes before a restart.
+                let empty = if settings.sealed {
+                    SealedLog::default().encode_stored()
+                } else {
+                    Bytes::from(Board::new().encode_state())
+                };
+                let stored = StoredBoard { settings: machine::settings_json(meeting.shared()), board: empty };
+                cluster.boards.save(&id, stored).await
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        // Release what the writes opened (with Redis, the room's connection): the room is
+        // held by nobody until it opens.
+        let _ = cluster.bus.unsubscribe(&id).await;
+        saved.map(|()| SetUp { id })
+    }
+
+    /// Creates a room with a fresh random id and opens it on this node, as the first
+    /// connection to it would.
+    pub async fn create(&self, settings: RoomSettings) -> Result<Arc<Room>, BackendError> {
+        let set_up = self.set_up(settings).await?;
+        match self.lookup(set_up.id()).await? {
+            Lookup::Live(room) => Ok(room),
+            // Ended or lost between the two calls: the store no longer has it.
+            Lookup::Ended | Lookup::Unknown => Err(BackendError::NotOpen),
         }
-        cluster.bus.subscribe(&id).await?;
-        let mut machine = RoomMachine::new(&id, meeting, cluster.machine_node());
-        if persistent {
-            machine.settings_saved(stored_settings);
-        }
-        let room = Arc::new(Room::new(machine, cluster.clone()));
-        lock(&self.shared.rooms).insert(id, room.clone());
-        cluster.metrics.set_rooms(self.len());
-        Ok(room)
     }
 
     fn new_meeting(&self, settings: &RoomSettings) -> Meeting {
@@ -459,7 +681,7 @@ impl Rooms {
         if let Some(room) = lock(&self.shared.rooms).get(id) {
             return Ok(if room.is_ended() { Lookup::Ended } else { Lookup::Live(room.clone()) });
         }
-        if lock(&self.shared.tombstones).contains_key(id) {
+        if lock(&self.shared.tombstones).get(id).is_some_and(|ended| ended.elapsed() < limits::TOMBSTONE_TTL) {
             return Ok(Lookup::Ended);
         }
         let cluster = &self.shared.cluster;
@@ -516,12 +738,14 @@ impl Rooms {
             if let Some(board) = &board {
                 machine.load_board(board).map_err(|_| BackendError::Corrupt)?;
             }
-            let room = Arc::new(Room::new(machine, cluster.clone()));
+            let room = Room::new(machine, cluster.clone(), self.shared.timers.clone());
             rooms.insert(id.to_owned(), room.clone());
             room
         };
         cluster.metrics.set_rooms(self.len());
         info!(room = id, "room opened on this node");
+        // Asking the others is an input like any: it puts the room in the timer queue for
+        // whatever of it is due.
         opened.request_catch_up(false);
         Ok(Lookup::Live(opened))
     }
@@ -558,9 +782,64 @@ impl Rooms {
         crate::unix_now_ms()
     }
 
-    /// Runs every room's timers, checks the backend, and rebuilds the backend's view from
-    /// this node's rooms when it comes back.
-    pub async fn tick(&self, awareness_timeout: Duration) {
+    /// Wakes every room when it is due, until the task is dropped: the node's one timer.
+    /// `awareness_timeout` is what the rooms' ticks sweep awareness states with.
+    pub async fn run_timers(&self, awareness_timeout: Duration) {
+        let timers = self.shared.timers.clone();
+        timers.awareness_timeout_ms.store(awareness_timeout.as_millis() as u64, Ordering::Relaxed);
+        loop {
+            // A push between the peek and the wait leaves its notification for the wait.
+            let earlier = timers.earlier.notified();
+            match timers.earliest() {
+                None => earlier.await,
+                Some(at) => {
+                    let wait = Duration::from_millis(at.saturating_sub(self.now_ms()));
+                    if !wait.is_zero() {
+                        tokio::select! {
+                            () = earlier => continue,
+                            () = tokio::time::sleep(wait) => {}
+                        }
+                    }
+                }
+            }
+            for room in timers.take_due(self.now_ms()) {
+                let rooms = self.clone();
+                tokio::spawn(async move { rooms.wake(room, awareness_timeout).await });
+            }
+        }
+    }
+
+    /// A room is due: its tick runs, then it is retired if its meeting ended, or unloaded if
+    /// it is idle.
+    async fn wake(&self, room: Arc<Room>, awareness_timeout: Duration) {
+        self.shared.cluster.metrics.room_woken();
+        room.tick(awareness_timeout).await;
+        let current = lock(&self.shared.rooms).get(room.id()).is_some_and(|open| Arc::ptr_eq(open, &room));
+        if !current {
+            return;
+        }
+        if room.is_ended() {
+            self.retire(room.id()).await;
+        } else if room.is_idle(self.now_ms()) {
+            self.unload(room.id()).await;
+        }
+    }
+
+    /// Checks the backend, every [`limits::TICK_INTERVAL`] until the task is dropped, and
+    /// rebuilds the backend's view from this node's rooms when it comes back: one ping a
+    /// second for the whole node, whatever its rooms.
+    pub async fn watch_backend(&self) {
+        let mut interval = tokio::time::interval(limits::TICK_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            self.check_health().await;
+        }
+    }
+
+    /// Pings the backend once; when it answers again after failing, re-announces every room
+    /// this node holds and the ends it knows of.
+    pub async fn check_health(&self) {
         let was_healthy = self.shared.healthy.load(Ordering::Relaxed);
         // A ping that hangs (a client reconnecting to a Redis that is away) counts as a
         // failure, as it does for /readyz.
@@ -570,37 +849,28 @@ impl Rooms {
         if was_healthy && !healthy {
             warn!("backend unreachable; rooms keep running on this node");
         }
-        let now = self.now_ms();
+        if !healthy || was_healthy {
+            return;
+        }
         let rooms: Vec<_> = lock(&self.shared.rooms).values().cloned().collect();
         for room in rooms {
-            if healthy && !was_healthy {
-                room.rebuild().await;
-            }
-            room.tick(awareness_timeout).await;
-            if room.is_ended() {
-                self.retire(room.id()).await;
-            } else if room.is_idle(now) {
-                self.unload(room.id()).await;
-            }
+            room.rebuild().await;
         }
-        if healthy && !was_healthy {
-            // The backend may have restarted empty: the ends this node knows of are written
-            // again, so that no node that missed one puts the meeting back.
-            let ended: Vec<(String, Duration)> = lock(&self.shared.tombstones)
-                .iter()
-                .map(|(id, at)| (id.clone(), limits::TOMBSTONE_TTL.saturating_sub(at.elapsed())))
-                .filter(|(_, left)| !left.is_zero())
-                .collect();
-            for (id, left) in ended {
-                if let Err(e) = self.shared.cluster.store.end(&id, left).await {
-                    warn!(room = %id, error = %e, "could not write the room's end again");
-                }
-                // Release what the write opened (with Redis, the room's connection).
-                let _ = self.shared.cluster.bus.unsubscribe(&id).await;
+        // The backend may have restarted empty: the ends this node knows of are written
+        // again, so that no node that missed one puts the meeting back.
+        let ended: Vec<(String, Duration)> = lock(&self.shared.tombstones)
+            .iter()
+            .map(|(id, at)| (id.clone(), limits::TOMBSTONE_TTL.saturating_sub(at.elapsed())))
+            .filter(|(_, left)| !left.is_zero())
+            .collect();
+        for (id, left) in ended {
+            if let Err(e) = self.shared.cluster.store.end(&id, left).await {
+                warn!(room = %id, error = %e, "could not write the room's end again");
             }
-            info!("backend reachable again; room records, presence, boards and ends re-announced");
+            // Release what the write opened (with Redis, the room's connection).
+            let _ = self.shared.cluster.bus.unsubscribe(&id).await;
         }
-        lock(&self.shared.tombstones).retain(|_, ended| ended.elapsed() < limits::TOMBSTONE_TTL);
+        info!("backend reachable again; room records, presence, boards and ends re-announced");
     }
 
     /// Whether the backend answered at the last check.
@@ -625,7 +895,9 @@ impl Rooms {
     /// Frees an idle persistent room's memory: its board is saved, nobody is connected here.
     /// The next connection loads it again from the store.
     async fn unload(&self, id: &str) {
-        if lock(&self.shared.rooms).remove(id).is_some() {
+        let removed = lock(&self.shared.rooms).remove(id);
+        if let Some(room) = removed {
+            room.gone.store(true, Ordering::Release);
             self.shared.cluster.metrics.set_rooms(self.len());
             let _ = self.shared.cluster.bus.unsubscribe(id).await;
             info!(room = id, "idle room unloaded");
@@ -634,10 +906,15 @@ impl Rooms {
 
     /// Forgets an ended room, deletes its keys and keeps a tombstone (its id only).
     pub async fn retire(&self, id: &str) {
-        let removed = lock(&self.shared.rooms).remove(id).is_some();
-        if removed {
+        let removed = lock(&self.shared.rooms).remove(id);
+        if let Some(room) = removed {
+            room.gone.store(true, Ordering::Release);
             self.shared.cluster.metrics.set_rooms(self.len());
-            lock(&self.shared.tombstones).insert(id.to_owned(), Instant::now());
+            {
+                let mut tombstones = lock(&self.shared.tombstones);
+                tombstones.retain(|_, ended| ended.elapsed() < limits::TOMBSTONE_TTL);
+                tombstones.insert(id.to_owned(), Instant::now());
+            }
             let cluster = &self.shared.cluster;
             match cluster.store.end(id, limits::TOMBSTONE_TTL).await {
                 Ok(()) => info!(room = id, "ended room retired"),
@@ -670,4 +947,130 @@ pub fn is_room_id(id: &str) -> bool {
 /// A random id for this process, used in presence entries and bus messages.
 pub fn random_node_id() -> String {
     Alphanumeric.sample_string(&mut rand::thread_rng(), 10).to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use balint_proto::room::ClientMessage;
+
+    use super::*;
+    use crate::backend::embedded::Embedded;
+    use crate::backend::files::FileStore;
+    use crate::metrics::Metrics;
+
+    fn rooms(data: &std::path::Path) -> Rooms {
+        let embedded = Arc::new(Embedded::default());
+        Rooms::new(Cluster {
+            store: embedded.clone(),
+            presence: embedded.clone(),
+            bus: embedded,
+            boards: Arc::new(FileStore::new(data)),
+            metrics: Metrics::new(),
+            node: "timers".into(),
+            options: RoomOptions {
+                outbound_queue: 64,
+                reconnect_grace: Duration::from_secs(1),
+                empty_grace: Duration::from_secs(2),
+                max_length: Duration::from_secs(6 * 3600),
+                max_members: 50,
+                max_board_bytes: 1 << 20,
+                max_rooms: 10_000,
+                idle_unload: Duration::from_secs(1),
+                link_ttl: Duration::from_secs(3600),
+            },
+        })
+    }
+
+    /// The number of rooms woken so far, from the metrics.
+    fn wakes(rooms: &Rooms) -> u64 {
+        let text = rooms.shared.cluster.metrics.encode();
+        let line = text.lines().find(|l| l.starts_with("balint_room_wakes_total ")).expect("the wakes metric");
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
+    fn ephemeral() -> RoomSettings {
+        RoomSettings { ephemeral: true, ..RoomSettings::default() }
+    }
+
+    /// A member who said hello in `room`.
+    async fn join(rooms: &Rooms, room: &Room) -> ConnId {
+        let conn = rooms.next_conn_id();
+        let feed = room.connect(conn, Role::Member, 0, "ada".into());
+        assert!(feed.is_some());
+        room.handle_text(conn, ClientMessage::Hello { resume: None }, rooms.now_ms()).await;
+        conn
+    }
+
+    async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+        for _ in 0..200 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{what}: not within 10 s");
+    }
+
+    #[tokio::test]
+    async fn an_idle_node_wakes_no_room_and_a_due_one_at_its_time() {
+        let data = tempfile::tempdir().unwrap();
+        let rooms = rooms(data.path());
+        let timers = tokio::spawn({
+            let rooms = rooms.clone();
+            async move { rooms.run_timers(Duration::from_secs(30)).await }
+        });
+        // A thousand rooms open on this node with nobody in them, and ten with a member
+        // connected who does nothing.
+        for _ in 0..1_000 {
+            rooms.create(ephemeral()).await.unwrap();
+        }
+        let mut quiet = Vec::new();
+        for _ in 0..10 {
+            let room = rooms.create(ephemeral()).await.unwrap();
+            join(&rooms, &room).await;
+            quiet.push(room);
+        }
+        // The ten meetings record their start, at once; then nothing is due for hours (their
+        // maximum length) and nothing else waits in the queue at all.
+        eventually("the starts recorded", || wakes(&rooms) == 10).await;
+        let queued = rooms.shared.timers.len();
+        assert!(queued <= 10 + 10, "{queued} entries for 10 rooms with a timer");
+        let due_within_an_hour = rooms.shared.timers.earliest().is_some_and(|at| at < rooms.now_ms() + 3_600_000);
+        assert!(!due_within_an_hour, "nothing is due for an hour");
+
+        // A member leaves one of the rooms: it is woken when her grace runs out (1 s), then
+        // when the empty meeting's runs out (2 s), and retired.
+        let room = rooms.create(ephemeral()).await.unwrap();
+        let conn = join(&rooms, &room).await;
+        eventually("the start recorded", || wakes(&rooms) == 11).await;
+        room.leave(conn).await;
+        eventually("the meeting ended and retired", || room.is_ended() && rooms.len() == 1_010).await;
+        let woken = wakes(&rooms);
+        assert!((13..=16).contains(&woken), "{woken} wakes: 11, then the grace, the empty grace and the end");
+
+        // Two more seconds: nobody else was woken.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(wakes(&rooms), woken, "a room with nothing due was woken");
+        timers.abort();
+    }
+
+    #[tokio::test]
+    async fn a_persistent_room_nobody_joins_leaves_memory_when_it_is_due_to() {
+        let data = tempfile::tempdir().unwrap();
+        let rooms = rooms(data.path());
+        let timers = tokio::spawn({
+            let rooms = rooms.clone();
+            async move { rooms.run_timers(Duration::from_secs(30)).await }
+        });
+        let set_up = rooms.set_up(RoomSettings { ephemeral: false, ..RoomSettings::default() }).await.unwrap();
+        assert_eq!(rooms.len(), 0, "a room set up ahead is held by no node");
+        let Lookup::Live(room) = rooms.lookup(set_up.id()).await.unwrap() else { panic!("the room opens") };
+        assert_eq!(rooms.len(), 1);
+        // Nobody connects: the idle unload (1 s) is due, and the room leaves memory then.
+        eventually("unloaded", || rooms.is_empty()).await;
+        assert_eq!(wakes(&rooms), 1, "woken once, when the unload was due");
+        drop(room);
+        assert!(matches!(rooms.lookup(set_up.id()).await.unwrap(), Lookup::Live(_)), "it opens again");
+        timers.abort();
+    }
 }

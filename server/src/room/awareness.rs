@@ -29,6 +29,10 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct AwarenessRegistry {
     entries: HashMap<u64, Entry>,
+    /// No entry was last seen before this (Unix ms); `None` when there is none. Exact after a
+    /// sweep; in between, a renewal may leave it earlier than the oldest entry, which only
+    /// makes [`AwarenessRegistry::next_expiry`] early.
+    oldest_seen_ms: Option<u64>,
 }
 
 impl AwarenessRegistry {
@@ -54,6 +58,7 @@ impl AwarenessRegistry {
             if !accept {
                 continue;
             }
+            self.oldest_seen_ms = Some(self.oldest_seen_ms.map_or(now_ms, |oldest| oldest.min(now_ms)));
             self.entries.insert(
                 id,
                 Entry {
@@ -92,7 +97,14 @@ impl AwarenessRegistry {
     pub fn sweep(&mut self, now_ms: u64, timeout_ms: u64) -> Option<AwarenessUpdate> {
         let expired = |e: &Entry| now_ms.saturating_sub(e.last_seen_ms) >= timeout_ms;
         self.entries.retain(|_, e| e.state.is_some() || !expired(e));
+        self.oldest_seen_ms = self.entries.values().map(|e| e.last_seen_ms).min();
         self.remove_where(expired)
+    }
+
+    /// When [`AwarenessRegistry::sweep`] next has something to do with `timeout_ms`: a live
+    /// state to remove, or a removed one to forget (Unix ms). `None` with no entry at all.
+    pub fn next_expiry(&self, timeout_ms: u64) -> Option<u64> {
+        self.oldest_seen_ms.map(|oldest| oldest.saturating_add(timeout_ms))
     }
 
     fn remove_where(&mut self, mut condition: impl FnMut(&Entry) -> bool) -> Option<AwarenessUpdate> {
@@ -168,5 +180,25 @@ mod tests {
         // A renewal keeps a state alive.
         reg.apply(ConnId(1), update(8, 2, "{}"), 45_000);
         assert!(reg.sweep(60_000, 30_000).is_none());
+    }
+
+    #[test]
+    fn the_next_expiry_is_the_oldest_entry_plus_the_timeout() {
+        let mut reg = AwarenessRegistry::default();
+        assert_eq!(reg.next_expiry(30_000), None, "nothing to sweep, ever");
+        reg.apply(ConnId(1), update(7, 1, "{}"), 1_000);
+        reg.apply(ConnId(2), update(8, 1, "{}"), 5_000);
+        assert_eq!(reg.next_expiry(30_000), Some(31_000));
+        // Renewing the oldest leaves the estimate early until the next sweep makes it exact.
+        reg.apply(ConnId(1), update(7, 2, "{}"), 10_000);
+        assert_eq!(reg.next_expiry(30_000), Some(31_000));
+        assert!(reg.sweep(31_000, 30_000).is_none());
+        assert_eq!(reg.next_expiry(30_000), Some(35_000));
+        // At that time the state goes; its removal, as old, is forgotten at the next sweep.
+        assert!(reg.sweep(35_000, 30_000).is_some());
+        assert_eq!(reg.next_expiry(30_000), Some(35_000));
+        assert!(reg.sweep(40_000, 30_000).is_some());
+        assert!(reg.sweep(40_000, 30_000).is_none());
+        assert_eq!(reg.next_expiry(30_000), None, "everything forgotten");
     }
 }

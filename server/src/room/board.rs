@@ -205,6 +205,16 @@ impl Board {
         self.awareness.sweep(now_ms, timeout_ms).map(|u| awareness_change(&u))
     }
 
+    /// When [`Board::sweep`] next has something to do with `timeout_ms` (Unix ms): an
+    /// awareness state to remove or forget, or the whole-board frame to let go of.
+    pub fn next_sweep(&self, timeout_ms: u64) -> Option<u64> {
+        let whole = self.whole.as_ref().map(|(_, used)| used.saturating_add(WHOLE_BOARD_KEPT_MS));
+        match (whole, self.awareness.next_expiry(timeout_ms)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Applies a board update that another node applied already. Returns the frame to
     /// broadcast here.
     pub fn apply_remote(&mut self, update: &[u8]) -> Result<Bytes, FrameError> {

@@ -36,7 +36,8 @@ use yrs::StateVector;
 use super::board::{Board, Relay};
 use super::meeting::record;
 use super::meeting::{
-    Audience, Meeting, MeetingSettings, Output as MeetingOutput, Plan, Shared, TitleChange, TitleError,
+    Audience, Earliest, Meeting, MeetingDue, MeetingSettings, Output as MeetingOutput, Plan, Shared, TitleChange,
+    TitleError,
 };
 use super::sealed::{Appended, Compacted, Ranges, SealedLog, Summary};
 use super::{ConnId, Ids, RoomSettings};
@@ -403,6 +404,8 @@ enum Stage {
     Saved {
         changed_ms: u64,
         settings: Bytes,
+        /// The meeting version the settings are of.
+        version: u64,
     },
     Renew,
     Renewed {
@@ -509,6 +512,13 @@ pub struct RoomMachine {
     presence_lost: bool,
     /// Until when presence readings may still miss other nodes' members after an outage.
     presence_settles_ms: u64,
+    /// When the last tick started: the next is due [`limits::TICK_INTERVAL`] later at the
+    /// earliest.
+    last_tick_ms: Option<u64>,
+    /// For a persistent room: the meeting version whose settings are known to be saved.
+    settings_checked: Option<u64>,
+    /// What the meeting's timers need ([`Meeting::due`]), as of [`Meeting::changes`].
+    meeting_due: Option<(u64, MeetingDue)>,
     effects: VecDeque<Effect>,
 }
 
@@ -533,6 +543,9 @@ impl RoomMachine {
             seen_elsewhere: HashMap::new(),
             presence_lost: false,
             presence_settles_ms: 0,
+            last_tick_ms: None,
+            settings_checked: None,
+            meeting_due: None,
             effects: VecDeque::new(),
         }
     }
@@ -628,6 +641,102 @@ impl RoomMachine {
         }
         let since = *self.idle_since_ms.get_or_insert(now_ms);
         now_ms.saturating_sub(since) >= self.node.options.idle_unload.as_millis() as u64
+    }
+
+    /// When this room next needs a tick ([`Job::tick`]), in Unix ms, for ticks run with
+    /// `awareness_timeout_ms`; `None` when nothing is due until an input changes something.
+    /// A time not after `now_ms` means at once. The driver wakes the room then, and asks
+    /// again after every input: nothing is polled.
+    ///
+    /// What is due, each from the state it depends on:
+    /// - the end: an ended room is due at once (not a tick interval after the last tick), to
+    ///   be retired;
+    /// - the meeting's own timers ([`Shared::next_timer`]): a speaking limit, a dropped
+    ///   member's grace, an ephemeral meeting's start, maximum length and empty grace;
+    /// - presence against this node's connections: a member connected here but shown
+    ///   dropped is shown back at once; with one node, a member shown present with no
+    ///   connection here is marked dropped at once;
+    /// - with other nodes (shared presence): while a member is shown present without a
+    ///   connection here, or was seen on another node within an entry's lifetime, presence
+    ///   is read at every tick; while members are connected here, their entries are renewed
+    ///   every [`limits::PRESENCE_HEARTBEAT`]; after a possible loss on the bus (`resync`),
+    ///   and while the board holds updates back, the others are asked at once;
+    /// - the board's sweep ([`Board::next_sweep`]): awareness states to remove or forget, the
+    ///   whole-board frame to let go of;
+    /// - a persistent room's saves: the board [`limits::SAVE_DEBOUNCE`] after its last change
+    ///   and [`limits::SAVE_MAX_DELAY`] after its first unsaved one, changed settings at once
+    ///   (compared with the saved ones once per version of the record; a failed save stays
+    ///   due, so it is retried at every tick), and its unloading after
+    ///   [`RoomOptions::idle_unload`] with nobody connected here.
+    ///
+    /// Ticks stay [`limits::TICK_INTERVAL`] apart at least: what falls due sooner after a tick
+    /// waits for the interval's end, as when every room ticked every second, so retries keep
+    /// that cadence. A tick when nothing is due does nothing.
+    pub fn next_due(&mut self, now_ms: u64, awareness_timeout_ms: u64) -> Option<u64> {
+        if self.ended {
+            // Nothing to wait for: the driver retires it.
+            return Some(now_ms);
+        }
+        let due = self.earliest_due(now_ms, awareness_timeout_ms)?;
+        let interval = limits::TICK_INTERVAL.as_millis() as u64;
+        Some(due.max(now_ms).max(self.last_tick_ms.map_or(0, |last| last.saturating_add(interval))))
+    }
+
+    fn earliest_due(&mut self, now_ms: u64, awareness_timeout_ms: u64) -> Option<u64> {
+        let mut due = Earliest::default();
+        let meeting = self.meeting_due();
+        due.maybe(meeting.timer);
+        if meeting.local_shown_away || (meeting.present_elsewhere && !self.node.clustered) {
+            due.at(now_ms);
+        }
+        if self.node.clustered {
+            if meeting.present_elsewhere || !self.seen_elsewhere.is_empty() {
+                due.at(now_ms);
+            }
+            if meeting.local_members {
+                due.at(self.last_heartbeat_ms.saturating_add(limits::PRESENCE_HEARTBEAT.as_millis() as u64));
+            }
+            if self.resync || !self.board.pending().is_empty() {
+                due.at(now_ms);
+            }
+        }
+        due.maybe(self.board.next_sweep(awareness_timeout_ms));
+        if !self.is_ephemeral() {
+            if let Some(since) = self.unsaved_since_ms {
+                let quiet = self.changed_ms.saturating_add(limits::SAVE_DEBOUNCE.as_millis() as u64);
+                let overdue = since.saturating_add(limits::SAVE_MAX_DELAY.as_millis() as u64);
+                due.at(quiet.min(overdue));
+            }
+            let version = self.meeting.version();
+            if self.settings_checked != Some(version) {
+                // Once per version of the record: most changes leave the settings as saved.
+                if self.saved_settings.as_ref() == Some(&settings_json(self.meeting.shared())) {
+                    self.settings_checked = Some(version);
+                } else {
+                    due.at(now_ms);
+                }
+            }
+            if self.unsaved_since_ms.is_none() && self.meeting.has_no_connections() {
+                let since = *self.idle_since_ms.get_or_insert(now_ms);
+                due.at(since.saturating_add(self.node.options.idle_unload.as_millis() as u64));
+            } else {
+                self.idle_since_ms = None;
+            }
+        }
+        due.get()
+    }
+
+    /// [`Meeting::due`], computed again only when the meeting changed.
+    fn meeting_due(&mut self) -> MeetingDue {
+        let changes = self.meeting.changes();
+        match self.meeting_due {
+            Some((at, due)) if at == changes => due,
+            _ => {
+                let due = self.meeting.due();
+                self.meeting_due = Some((changes, due));
+                due
+            }
+        }
     }
 
     /// The board as Markdown, for a leader's export. A sealed room's board cannot be read
@@ -874,6 +983,7 @@ impl RoomMachine {
                 Next::Continue
             }
             Stage::Sweep { timeout_ms } => {
+                self.last_tick_ms = Some(now_ms);
                 if self.ended {
                     job.stages.clear();
                     return Next::Continue;
@@ -931,19 +1041,27 @@ impl RoomMachine {
                 self.request_catch_up(true);
                 Next::Continue
             }
-            Stage::Save { force } => match self.due_save(now_ms, force) {
-                Some((stored, changed_ms, settings)) => {
-                    Next::Wait(Stage::Saved { changed_ms, settings }, Io::Save(stored))
+            Stage::Save { force } => {
+                let version = self.meeting.version();
+                match self.due_save(now_ms, force) {
+                    Some((stored, changed_ms, settings)) => {
+                        Next::Wait(Stage::Saved { changed_ms, settings, version }, Io::Save(stored))
+                    }
+                    None => {
+                        // Nothing to save: the settings of this version are the saved ones.
+                        self.settings_checked = Some(version);
+                        Next::Continue
+                    }
                 }
-                None => Next::Continue,
-            },
-            Stage::Saved { changed_ms, settings } => {
+            }
+            Stage::Saved { changed_ms, settings, version } => {
                 match answer {
                     Some(Answer::Finished(Ok(()))) => {
                         if self.changed_ms == changed_ms {
                             self.unsaved_since_ms = None;
                         }
                         self.saved_settings = Some(settings);
+                        self.settings_checked = Some(version);
                         debug!(room = %self.id, "board saved");
                     }
                     other => {

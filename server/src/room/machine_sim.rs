@@ -101,6 +101,9 @@ pub(super) fn node(name: &str, clustered: bool, seed: u64) -> Node {
 
 const NODES: usize = 3;
 
+/// Seeds from this one on run with rooms woken only when due ([`Sim::when_due`]).
+const WOKEN_WHEN_DUE: u64 = 100_000;
+
 /// A turn as clients see it: the speaker, when the turn started and its limit in seconds.
 type Turn = (String, u64, u32);
 
@@ -337,6 +340,14 @@ struct Sim {
     edits: u64,
     /// The room is sealed: clients send sealed entries, opaque random bytes.
     sealed: bool,
+    /// Nodes tick their room only when its machine says something is due
+    /// ([`RoomMachine::next_due`]), as the server wakes rooms, and a failed publish marks the
+    /// room for a resync at once, as the server's publisher does. Otherwise every node ticks
+    /// whenever time passes, which must be harmless. Seeds from [`WOKEN_WHEN_DUE`] on.
+    when_due: bool,
+    /// Where every newcomer connects, in odd seeds woken when due: one node serves all the
+    /// members and the others only hold the room, so that presence tells them nothing to do.
+    home: Option<usize>,
     /// Ids of the sealed entries and snapshots some node accepted.
     sealed_accepted: BTreeSet<Id>,
     /// The ids each accepted snapshot covers.
@@ -412,6 +423,8 @@ impl Sim {
             next_conn: 0,
             edits: 0,
             sealed,
+            when_due: seed >= WOKEN_WHEN_DUE,
+            home: (seed >= WOKEN_WHEN_DUE && seed % 2 == 1).then_some(0),
             sealed_accepted: BTreeSet::new(),
             snapshots: BTreeMap::new(),
         };
@@ -584,7 +597,7 @@ impl Sim {
                     self.nodes[to].machine.mark_resync();
                     self.drain(to);
                 } else {
-                    self.nodes[from].publish_failed = true;
+                    self.publish_failed(from);
                 }
                 continue;
             }
@@ -596,6 +609,17 @@ impl Sim {
         }
     }
 
+    /// Node `n`'s publish failed: the room resyncs at its next tick, or (woken when due) is
+    /// marked for it at once, as the server's publisher does.
+    fn publish_failed(&mut self, n: usize) {
+        if self.when_due {
+            self.nodes[n].machine.mark_resync();
+            self.drain(n);
+        } else {
+            self.nodes[n].publish_failed = true;
+        }
+    }
+
     /// The publisher task sends what is queued, as one batch.
     fn flush(&mut self, n: usize) {
         let take = self.nodes[n].outbox.len().min(limits::BUS_BATCH_MESSAGES);
@@ -604,7 +628,7 @@ impl Sim {
         }
         let batch: Vec<Envelope> = self.nodes[n].outbox.drain(..take).collect();
         if !self.store.up {
-            self.nodes[n].publish_failed = true;
+            self.publish_failed(n);
             return;
         }
         let payload = fanout::encode_batch(&format!("n{n}"), &batch);
@@ -666,7 +690,9 @@ impl Sim {
 
     /// The node's timer fires: `Rooms::tick` pings the store, rebuilds after an outage, then
     /// runs the room's tick.
+    /// Woken only when due, the node runs the tick only if its room's machine says so.
     fn tick(&mut self, n: usize) {
+        let (now, when_due) = (self.now, self.when_due);
         let node = &mut self.nodes[n];
         if node.retired || node.ticker.is_some() || !node.ticker_next.is_empty() {
             return;
@@ -676,7 +702,10 @@ impl Sim {
             node.ticker_next.push_back(Job::rebuild());
         }
         node.healthy = healthy;
-        node.ticker_next.push_back(Job::tick(AWARENESS_TIMEOUT));
+        let timeout = AWARENESS_TIMEOUT.as_millis() as u64;
+        if !when_due || node.machine.next_due(now, timeout).is_some_and(|at| at <= now) {
+            node.ticker_next.push_back(Job::tick(AWARENESS_TIMEOUT));
+        }
         self.next_ticker_job(n);
     }
 
@@ -778,6 +807,11 @@ impl Sim {
         match roll {
             0..=3 => {
                 let Some(&n) = live.get(self.rng.gen_range(0..live.len().max(1))) else { return };
+                let n = match self.home {
+                    Some(home) if live.contains(&home) => home,
+                    Some(_) => return,
+                    None => n,
+                };
                 let role = self.value(props::role());
                 let first = match self.rng.gen_range(0..6) {
                     0 => First::Binary,
@@ -1292,6 +1326,23 @@ fn redis_restarts_and_stalled_nodes_lose_nothing() {
 }
 
 #[test]
+fn a_cluster_woken_only_when_due_converges() {
+    seeds(WOKEN_WHEN_DUE + 1, 30, Faults::NONE, 300, false);
+}
+
+#[test]
+fn a_cluster_woken_only_when_due_loses_nothing_on_a_lossy_bus() {
+    let faults = Faults { drop: 0.15, duplicate: 0.1, delay: 0.3, restarts: false, stalls: false };
+    seeds(WOKEN_WHEN_DUE + 1_000, 40, faults, 300, false);
+}
+
+#[test]
+fn a_cluster_woken_only_when_due_loses_nothing_through_restarts_and_stalls() {
+    let faults = Faults { drop: 0.1, duplicate: 0.05, delay: 0.2, restarts: true, stalls: true };
+    seeds(WOKEN_WHEN_DUE + 2_000, 40, faults, 300, false);
+}
+
+#[test]
 fn a_sealed_cluster_without_faults_converges() {
     seeds(6_000, 40, Faults::NONE, 300, true);
 }
@@ -1587,6 +1638,17 @@ fn each_turn_past_its_limit_is_told_once_through_restarts_and_stalls() {
     turn_seeds(5_000, 40, faults, 8, 2);
 }
 
+#[test]
+fn woken_only_when_due_each_turn_past_its_limit_is_told_once() {
+    turn_seeds(WOKEN_WHEN_DUE + 3_000, 20, Faults::NONE, 8, 3);
+}
+
+#[test]
+fn woken_only_when_due_each_turn_past_its_limit_is_told_once_through_restarts_and_stalls() {
+    let faults = Faults { drop: 0.1, duplicate: 0.05, delay: 0.2, restarts: true, stalls: true };
+    turn_seeds(WOKEN_WHEN_DUE + 5_000, 30, faults, 8, 2);
+}
+
 // ---- sealed rooms under load ----
 
 /// A sealed meeting (ephemeral or persistent) with two members on every node who send sealed
@@ -1685,4 +1747,10 @@ fn sealed_logs_converge_on_a_lossy_bus() {
 fn sealed_logs_converge_through_restarts_and_stalls() {
     let faults = Faults { drop: 0.1, duplicate: 0.05, delay: 0.2, restarts: true, stalls: true };
     sealed_seeds(11_000, 30, faults);
+}
+
+#[test]
+fn woken_only_when_due_sealed_logs_converge_through_restarts_and_stalls() {
+    let faults = Faults { drop: 0.1, duplicate: 0.05, delay: 0.2, restarts: true, stalls: true };
+    sealed_seeds(WOKEN_WHEN_DUE + 11_000, 20, faults);
 }

@@ -485,3 +485,473 @@ fn a_snapshot_replaces_the_entries_it_covers_for_newcomers_if_its_sender_may_wri
     assert_eq!(ids, [(member_id.clone(), 3, Kind::Snapshot), (member_id, 2, Kind::Update)]);
     assert_eq!(m.sealed_log().unwrap().bytes(), 50);
 }
+
+// When a room is due: `RoomMachine::next_due` for each kind of timer, and ticking at that
+// time does the thing.
+
+/// The awareness timeout of the ticks in these tests.
+const AWARENESS_MS: u64 = 30_000;
+
+fn tick_at(m: &mut RoomMachine, now: u64) -> Vec<Io> {
+    drive(m, Job::tick(Duration::from_millis(AWARENESS_MS)), now, fine).0
+}
+
+fn due(m: &mut RoomMachine, now: u64) -> Option<u64> {
+    m.next_due(now, AWARENESS_MS)
+}
+
+/// A connection of `role` that said hello at `now`.
+fn join_at(m: &mut RoomMachine, conn: u64, role: Role, now: u64) -> ConnId {
+    let conn = ConnId(conn);
+    assert!(m.connect(conn, role, 0, format!("guest {}", conn.0)));
+    let hello = balint_proto::room::ClientMessage::Hello { resume: None };
+    let (_, outcome) = drive(m, Job::command(conn, hello, now), now, fine);
+    assert!(outcome.committed);
+    conn
+}
+
+fn command_at(m: &mut RoomMachine, conn: ConnId, message: balint_proto::room::ClientMessage, now: u64) {
+    let (_, outcome) = drive(m, Job::command(conn, message, now), now, fine);
+    assert!(outcome.committed);
+}
+
+fn leave_at(m: &mut RoomMachine, conn: ConnId, now: u64) {
+    drive(m, Job::leave(conn), now, fine);
+}
+
+/// This node's copy of another node's machine for the same room: the same record, no
+/// connections.
+fn other_node(m: &RoomMachine, name: &str, clustered: bool) -> RoomMachine {
+    let shared = decode_record(&encode_record(m.meeting().shared()).unwrap()).unwrap();
+    let meeting = Meeting::from_shared(shared, m.meeting().version());
+    RoomMachine::new("room", meeting, node(name, clustered, 11))
+}
+
+fn clustered_room() -> RoomMachine {
+    let settings = RoomSettings { ephemeral: true, ..RoomSettings::default() };
+    let node = node("a", true, 7);
+    let meeting = node.options.new_meeting(&settings, START_MS);
+    RoomMachine::new("room", meeting, node)
+}
+
+#[test]
+fn a_room_set_up_ahead_has_nothing_due_but_a_persistent_ones_unloading() {
+    let mut m = room(true);
+    assert_eq!(due(&mut m, START_MS), None, "an ephemeral room nobody joined waits for nothing");
+    let (asked, _) = drive(&mut m, Job::tick(Duration::from_millis(AWARENESS_MS)), START_MS + SECOND, fine);
+    assert!(asked.iter().all(|io| !matches!(io, Io::CompareAndSet { .. })), "ticking it anyway changes nothing");
+    assert_eq!(due(&mut m, START_MS + 2 * SECOND), None);
+
+    let mut m = room(false);
+    m.settings_saved(settings_json(m.meeting().shared()));
+    let idle = START_MS + limits::IDLE_UNLOAD.as_millis() as u64;
+    assert_eq!(due(&mut m, START_MS), Some(idle), "only its unloading");
+    assert_eq!(saves(&tick_at(&mut m, START_MS + SECOND)), 0, "a tick finds nothing to save");
+    assert_eq!(due(&mut m, START_MS + 2 * SECOND), Some(idle));
+    assert!(!m.is_idle(idle - 1));
+    assert!(m.is_idle(idle));
+}
+
+#[test]
+fn an_ephemeral_meeting_is_due_at_its_start_and_at_its_maximum_length() {
+    let mut m = room(true);
+    let _ann = join_at(&mut m, 1, Role::Member, START_MS);
+    assert_eq!(due(&mut m, START_MS), Some(START_MS), "its start is recorded at once");
+    tick_at(&mut m, START_MS);
+    let end = START_MS + super::sim::options().max_length.as_millis() as u64;
+    assert_eq!(due(&mut m, START_MS + 10), Some(end), "nothing else is due while everyone is here");
+    tick_at(&mut m, end - SECOND);
+    assert!(!m.is_ended());
+    assert_eq!(due(&mut m, end - SECOND), Some(end));
+    tick_at(&mut m, end);
+    assert!(m.is_ended(), "the meeting ends at its maximum length");
+    assert_eq!(due(&mut m, end + 10), Some(end + 10), "an ended room is due at once, to be retired");
+}
+
+#[test]
+fn a_dropped_member_lapses_and_an_empty_meeting_ends_when_their_graces_run_out() {
+    let options = super::sim::options();
+    let (grace, empty) = (options.reconnect_grace.as_millis() as u64, options.empty_grace.as_millis() as u64);
+    let mut m = room(true);
+    let ann = join_at(&mut m, 1, Role::Member, START_MS);
+    let ben = join_at(&mut m, 2, Role::Member, START_MS);
+    tick_at(&mut m, START_MS);
+    let ben_id = member_id(&m, ben);
+
+    let left = START_MS + 5 * SECOND;
+    leave_at(&mut m, ben, left);
+    assert!(!m.meeting().shared().is_present(&ben_id), "shown reconnecting");
+    assert_eq!(due(&mut m, left), Some(left + grace), "due when Ben's grace runs out");
+    tick_at(&mut m, left + grace - 1);
+    assert!(m.meeting().shared().member_ids().any(|id| id == ben_id), "still holding Ben's place");
+    tick_at(&mut m, left + grace);
+    assert!(m.meeting().shared().member_ids().all(|id| id != ben_id), "Ben's membership lapsed");
+
+    // The last member leaves: the empty meeting's countdown starts, beside Ann's grace.
+    let last = left + grace + 5 * SECOND;
+    leave_at(&mut m, ann, last);
+    assert_eq!(due(&mut m, last), Some(last + grace.min(empty)));
+    tick_at(&mut m, last + grace);
+    assert_eq!(due(&mut m, last + grace + 10), Some(last + empty), "then the empty grace");
+    tick_at(&mut m, last + empty - 1);
+    assert!(!m.is_ended());
+    tick_at(&mut m, last + empty);
+    assert!(m.is_ended(), "an ephemeral meeting left empty ends");
+}
+
+#[test]
+fn a_turn_with_a_speaking_limit_is_due_when_the_limit_passes() {
+    use balint_proto::room::ClientMessage as C;
+    let mut m = room(true);
+    let lena = join_at(&mut m, 1, Role::Leader, START_MS);
+    let ann = join_at(&mut m, 2, Role::Member, START_MS);
+    tick_at(&mut m, START_MS);
+    let end = START_MS + super::sim::options().max_length.as_millis() as u64;
+    let granted = START_MS + 10 * SECOND;
+    command_at(&mut m, lena, C::SetSpeakingLimit { seconds: Some(60) }, granted);
+    let member = member_id(&m, ann);
+    command_at(&mut m, lena, C::GrantFloor { member, if_version: None }, granted);
+    assert_eq!(due(&mut m, granted), Some(granted + 60 * SECOND));
+    effects(&mut m);
+    tick_at(&mut m, granted + 60 * SECOND - 1);
+    let time_ups = |effects: &[Effect]| {
+        messages_to(effects, lena).into_iter().filter(|m| matches!(m, ServerMessage::TimeUp { .. })).count()
+    };
+    assert_eq!(time_ups(&effects(&mut m)), 0, "not yet");
+    tick_at(&mut m, granted + 60 * SECOND);
+    assert_eq!(time_ups(&effects(&mut m)), 1, "time is up, told once");
+    assert_eq!(due(&mut m, granted + 61 * SECOND), Some(end), "and the turn is due no more");
+}
+
+#[test]
+fn a_persistent_board_is_due_for_saving_after_a_quiet_spell_and_at_the_longest_delay() {
+    let mut m = room(false);
+    m.settings_saved(settings_json(m.meeting().shared()));
+    let ann = join_at(&mut m, 1, Role::Member, START_MS);
+    tick_at(&mut m, START_MS);
+    assert_eq!(due(&mut m, START_MS + SECOND), None, "nothing to save, someone connected: nothing due");
+
+    let debounce = limits::SAVE_DEBOUNCE.as_millis() as u64;
+    let first = START_MS + 5 * SECOND;
+    drive(&mut m, Job::binary(ann, edit("a")), first, fine);
+    assert_eq!(due(&mut m, first), Some(first + debounce));
+    drive(&mut m, Job::binary(ann, edit("b")), first + SECOND, fine);
+    assert_eq!(due(&mut m, first + SECOND), Some(first + SECOND + debounce), "a new change pushes it back");
+    // Changes without a pause: due at the longest delay after the first unsaved one.
+    let longest = first + limits::SAVE_MAX_DELAY.as_millis() as u64;
+    for at in (first + 2 * SECOND..longest).step_by(1_000) {
+        drive(&mut m, Job::binary(ann, edit("c")), at, fine);
+    }
+    assert_eq!(due(&mut m, longest - 1), Some(longest));
+    // The save fails: it stays due, a tick later.
+    let failing = |io: &Io| match io {
+        Io::Save(_) => Answer::Finished(Err(down())),
+        other => fine(other),
+    };
+    let (asked, _) = drive(&mut m, Job::tick(Duration::from_millis(AWARENESS_MS)), longest, failing);
+    assert_eq!(saves(&asked), 1);
+    assert_eq!(due(&mut m, longest + 10), Some(longest + SECOND), "tried again at the next tick");
+    assert_eq!(saves(&tick_at(&mut m, longest + SECOND)), 1);
+    assert_eq!(due(&mut m, longest + SECOND + 10), None, "saved: nothing due");
+
+    // A changed setting is saved at once.
+    let lena = join_at(&mut m, 2, Role::Leader, longest + 2 * SECOND);
+    let changed = longest + 3 * SECOND;
+    command_at(&mut m, lena, balint_proto::room::ClientMessage::SetFairOrder { enabled: true }, changed);
+    assert_eq!(due(&mut m, changed), Some(changed));
+    assert_eq!(saves(&tick_at(&mut m, changed)), 1);
+    assert_eq!(due(&mut m, changed + 10), None);
+
+    // Everyone leaves: their places are kept for the grace period, then the room is due to
+    // leave memory after the unload delay.
+    leave_at(&mut m, ann, changed + 10);
+    leave_at(&mut m, lena, changed + 20);
+    let grace = super::sim::options().reconnect_grace.as_millis() as u64;
+    assert_eq!(due(&mut m, changed + 20), Some(changed + 10 + grace));
+    tick_at(&mut m, changed + 20 + grace);
+    assert_eq!(m.meeting().shared().member_ids().count(), 0, "both lapsed");
+    let unload = changed + 20 + limits::IDLE_UNLOAD.as_millis() as u64;
+    assert_eq!(due(&mut m, changed + 21 + grace), Some(unload));
+    assert!(!m.is_idle(unload - 1));
+    assert!(m.is_idle(unload));
+}
+
+#[test]
+fn awareness_and_the_whole_board_frame_are_due_when_they_time_out() {
+    use balint_proto::sync::{AwarenessUpdate, AwarenessUpdateEntry};
+    let mut m = room(true);
+    let ann = join_at(&mut m, 1, Role::Member, START_MS);
+    tick_at(&mut m, START_MS);
+    let end = START_MS + super::sim::options().max_length.as_millis() as u64;
+    let seen = START_MS + 2 * SECOND;
+    let state = AwarenessUpdateEntry { clock: 1, json: "{\"user\":\"ann\"}".into() };
+    let update = AwarenessUpdate { clients: HashMap::from([(yrs::block::ClientID::new(7), state)]) };
+    drive(&mut m, Job::binary(ann, sync::encode_awareness(&update)), seen, fine);
+    assert_eq!(due(&mut m, seen), Some(seen + AWARENESS_MS));
+    // A newcomer's empty step 1 is answered from the whole-board frame, kept a minute.
+    let ben = join_at(&mut m, 2, Role::Member, seen + SECOND);
+    let asked = seen + 5 * SECOND;
+    drive(&mut m, Job::binary(ben, sync::encode_step1(&StateVector::default())), asked, fine);
+    assert_eq!(due(&mut m, asked), Some(seen + AWARENESS_MS));
+    effects(&mut m);
+
+    tick_at(&mut m, seen + AWARENESS_MS);
+    let removal = effects(&mut m).iter().any(|e| {
+        matches!(e, Effect::Send { audience, frame: Frame::Binary(frame), .. }
+            if audience.contains(ben) && matches!(sync::decode_frame(frame).as_deref(), Ok([sync::Message::Awareness(_)])))
+    });
+    assert!(removal, "the stale state is removed for everyone");
+    // Its removal is forgotten at the next tick, then the whole-board frame goes.
+    assert_eq!(due(&mut m, seen + AWARENESS_MS + 10), Some(seen + AWARENESS_MS + SECOND));
+    tick_at(&mut m, seen + AWARENESS_MS + SECOND);
+    assert_eq!(due(&mut m, seen + AWARENESS_MS + 2 * SECOND), Some(asked + 60_000));
+    tick_at(&mut m, asked + 60_000);
+    assert_eq!(due(&mut m, asked + 61_000), Some(end), "nothing of the board is due any more");
+}
+
+#[test]
+fn with_one_node_presence_is_never_polled_and_disagreements_are_due_at_once() {
+    let mut m = room(true);
+    let ann = join_at(&mut m, 1, Role::Member, START_MS);
+    tick_at(&mut m, START_MS);
+    let end = START_MS + super::sim::options().max_length.as_millis() as u64;
+    assert_eq!(due(&mut m, START_MS + 10 * SECOND), Some(end), "no heartbeat, no presence reading");
+    // The same room opened from its record where Ann shows present, but with no connection
+    // here: she is marked reconnecting at once.
+    let mut copy = other_node(&m, "solo", false);
+    let ann_id = member_id(&m, ann);
+    assert_eq!(due(&mut copy, START_MS + 20 * SECOND), Some(START_MS + 20 * SECOND));
+    tick_at(&mut copy, START_MS + 20 * SECOND);
+    assert!(!copy.meeting().shared().is_present(&ann_id));
+    let grace = super::sim::options().reconnect_grace.as_millis() as u64;
+    assert_eq!(due(&mut copy, START_MS + 21 * SECOND), Some(START_MS + 20 * SECOND + grace));
+}
+
+#[test]
+fn with_other_nodes_presence_is_read_while_someone_is_elsewhere_and_renewed_while_someone_is_here() {
+    let mut a = clustered_room();
+    assert_eq!(due(&mut a, START_MS), None, "nobody anywhere: nothing to announce or read");
+    let ann = join_at(&mut a, 1, Role::Member, START_MS);
+    let asked = tick_at(&mut a, START_MS);
+    assert!(asked.iter().any(|io| matches!(io, Io::Heartbeat { entries, .. } if !entries.is_empty())));
+    let heartbeat = START_MS + limits::PRESENCE_HEARTBEAT.as_millis() as u64;
+    assert_eq!(due(&mut a, START_MS + 10), Some(heartbeat), "Ann's entry is renewed every heartbeat");
+    let ann_id = member_id(&a, ann);
+
+    // Ben joins on node b: node a reads presence at every tick from then on.
+    let mut b = other_node(&a, "b", true);
+    let ben = join_at(&mut b, 7, Role::Member, START_MS + SECOND);
+    let record = encode_record(b.meeting().shared()).unwrap();
+    a.on_bus("b", Envelope::State { version: b.meeting().version(), record }, START_MS + SECOND);
+    assert_eq!(due(&mut a, START_MS + SECOND), Some(START_MS + SECOND));
+    let ben_id = member_id(&b, ben);
+    let with_ben = |io: &Io| match io {
+        Io::ReadPresence { .. } => Answer::Live(Ok(vec![format!("{ann_id}@a"), format!("{ben_id}@b")])),
+        other => fine(other),
+    };
+    let (asked, _) = drive(&mut a, Job::tick(Duration::from_millis(AWARENESS_MS)), START_MS + SECOND, with_ben);
+    assert!(asked.iter().any(|io| matches!(io, Io::ReadPresence { .. })));
+    assert_eq!(due(&mut a, START_MS + SECOND + 10), Some(START_MS + 2 * SECOND), "read again at the next tick");
+
+    // Ben leaves b. Node a saw his entry a moment ago: he counts as connected elsewhere
+    // for an entry's lifetime, and presence is read at every tick until then.
+    let ann_here = |io: &Io| match io {
+        Io::ReadPresence { .. } => Answer::Live(Ok(vec![format!("{ann_id}@a")])),
+        other => fine(other),
+    };
+    drive(&mut b, Job::leave(ben), START_MS + 2 * SECOND, ann_here);
+    let record = encode_record(b.meeting().shared()).unwrap();
+    a.on_bus("b", Envelope::State { version: b.meeting().version(), record }, START_MS + 2 * SECOND);
+    assert!(!a.meeting().shared().is_present(&ben_id));
+    assert_eq!(due(&mut a, START_MS + 2 * SECOND), Some(START_MS + 2 * SECOND));
+    let window_over = START_MS + SECOND + limits::PRESENCE_TTL.as_millis() as u64 + SECOND;
+    assert_eq!(due(&mut a, window_over), Some(window_over));
+    tick_at(&mut a, window_over);
+    assert!(!a.meeting().shared().is_present(&ben_id));
+    // His window is over: only Ann's heartbeat and Ben's grace are due.
+    let grace = super::sim::options().reconnect_grace.as_millis() as u64;
+    let heartbeat = window_over + limits::PRESENCE_HEARTBEAT.as_millis() as u64;
+    let ben_lapses = START_MS + 2 * SECOND + grace;
+    assert_eq!(due(&mut a, window_over + 10), Some(heartbeat.min(ben_lapses)));
+
+    // Ann leaves too: nobody is here or elsewhere, nothing is announced or read.
+    leave_at(&mut a, ann, window_over + SECOND);
+    assert_eq!(due(&mut a, window_over + SECOND), Some(ben_lapses), "no heartbeat without members here");
+}
+
+#[test]
+fn a_possible_loss_on_the_bus_is_due_at_once_and_a_tick_later_nothing_is() {
+    let mut a = clustered_room();
+    assert_eq!(due(&mut a, START_MS), None);
+    a.mark_resync();
+    assert_eq!(due(&mut a, START_MS), Some(START_MS));
+    let asked = tick_at(&mut a, START_MS);
+    assert!(asked.iter().any(|io| matches!(io, Io::Load)), "the record is read again");
+    assert!(effects(&mut a).iter().any(|e| matches!(e, Effect::Publish(Envelope::SyncRequest { mutual: true, .. }))));
+    assert_eq!(due(&mut a, START_MS + 10), None);
+}
+
+#[test]
+fn ticks_stay_a_tick_interval_apart_and_an_ended_room_is_due_at_once() {
+    let mut m = room(false);
+    m.settings_saved(settings_json(m.meeting().shared()));
+    let ann = join_at(&mut m, 1, Role::Member, START_MS);
+    drive(&mut m, Job::binary(ann, edit("a")), START_MS, fine);
+    // The save is due, and fails: it is due again at once, but waits for the tick interval.
+    let quiet = START_MS + limits::SAVE_DEBOUNCE.as_millis() as u64;
+    assert_eq!(due(&mut m, START_MS), Some(quiet));
+    let failing = |io: &Io| match io {
+        Io::Save(_) => Answer::Finished(Err(down())),
+        other => fine(other),
+    };
+    let (asked, _) = drive(&mut m, Job::tick(Duration::from_millis(AWARENESS_MS)), quiet, failing);
+    assert_eq!(saves(&asked), 1);
+    assert_eq!(due(&mut m, quiet + 300), Some(quiet + SECOND));
+    // An end is due at once, whatever the spacing.
+    drive(&mut m, Job::end("ended_by_leader"), quiet + 500, fine);
+    assert!(m.is_ended());
+    assert_eq!(due(&mut m, quiet + 600), Some(quiet + 600), "an ended room is retired at once");
+}
+
+/// One random life of a room on one node (alone, or `clustered` with nobody on the other
+/// nodes), ticked only when due. Between due times, a tick now and then must be quiet: no
+/// write, no save, no heartbeat, no frame and no message for anyone, no end and no
+/// unloading. Whatever a tick would do that [`RoomMachine::next_due`] did not announce
+/// breaks this.
+fn a_life_ticked_only_when_due(seed: u64, clustered: bool, ephemeral: bool, lobby: bool) {
+    use balint_proto::room::ClientMessage as C;
+    use balint_proto::sync::{AwarenessUpdate, AwarenessUpdateEntry};
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    let mut rng = StdRng::seed_from_u64(seed);
+    let settings = RoomSettings { ephemeral, lobby, ..RoomSettings::default() };
+    let node = node("a", clustered, seed);
+    let meeting = node.options.new_meeting(&settings, START_MS);
+    let mut m = RoomMachine::new("room", meeting, node);
+    if !ephemeral {
+        m.settings_saved(settings_json(m.meeting().shared()));
+    }
+    let mut now = START_MS;
+    let mut conns: Vec<ConnId> = Vec::new();
+    let mut next_conn = 1;
+    let mut ticks = (0, 0);
+    for step in 0..400 {
+        now += match rng.gen_range(0..10) {
+            0..=6 => rng.gen_range(0..3_000),
+            7 | 8 => rng.gen_range(0..25_000),
+            _ => rng.gen_range(0..120_000),
+        };
+        let raw = m.earliest_due(now, AWARENESS_MS);
+        if raw.is_some_and(|at| at <= now) {
+            tick_at(&mut m, now);
+            effects(&mut m);
+            ticks.0 += 1;
+        } else if rng.gen_bool(0.5) {
+            let was_idle = !ephemeral && m.is_idle(now);
+            let asked = tick_at(&mut m, now);
+            // Reading presence changes nothing, nor does a heartbeat of nobody; with one node,
+            // nobody reads what a heartbeat writes, and it is not kept due.
+            let harmless = |io: &&Io| match io {
+                Io::ReadPresence { .. } => true,
+                Io::Heartbeat { entries, .. } => !clustered || entries.is_empty(),
+                _ => false,
+            };
+            let unexpected: Vec<&Io> = asked.iter().filter(|io| !harmless(io)).collect();
+            assert!(unexpected.is_empty(), "seed {seed} step {step}: a tick not due asked {unexpected:?}");
+            let sent = effects(&mut m);
+            assert!(sent.is_empty(), "seed {seed} step {step}: a tick not due sent {sent:?}");
+            assert!(!m.is_ended(), "seed {seed} step {step}: a tick not due ended the meeting");
+            assert!(!was_idle, "seed {seed} step {step}: the room went idle without being due");
+            ticks.1 += 1;
+        }
+        if m.is_ended() {
+            break;
+        }
+        // Something happens.
+        let pick =
+            |rng: &mut StdRng, conns: &[ConnId]| (!conns.is_empty()).then(|| conns[rng.gen_range(0..conns.len())]);
+        match rng.gen_range(0..100) {
+            0..=14 => {
+                let role = [Role::Leader, Role::Member, Role::Member, Role::Observer][rng.gen_range(0..4)];
+                let conn = ConnId(next_conn);
+                next_conn += 1;
+                if m.connect(conn, role, 0, "guest".into()) {
+                    drive(&mut m, Job::command(conn, C::Hello { resume: None }, now), now, fine);
+                    conns.push(conn);
+                }
+            }
+            15..=24 => {
+                if let Some(conn) = pick(&mut rng, &conns) {
+                    conns.retain(|&c| c != conn);
+                    drive(&mut m, Job::leave(conn), now, fine);
+                }
+            }
+            25..=44 => {
+                if let Some(conn) = pick(&mut rng, &conns) {
+                    drive(&mut m, Job::binary(conn, edit(&format!("edit {step}"))), now, fine);
+                }
+            }
+            45..=54 => {
+                if let Some(conn) = pick(&mut rng, &conns) {
+                    let json = if rng.gen_bool(0.2) { "null" } else { "{\"cursor\":1}" };
+                    let state = AwarenessUpdateEntry { clock: step + 1, json: json.into() };
+                    let id = yrs::block::ClientID::new(conn.0 * 10 + rng.gen_range(0..2));
+                    let update = AwarenessUpdate { clients: HashMap::from([(id, state)]) };
+                    drive(&mut m, Job::binary(conn, sync::encode_awareness(&update)), now, fine);
+                }
+            }
+            55..=59 => {
+                if let Some(conn) = pick(&mut rng, &conns) {
+                    let step1 = sync::encode_step1(&StateVector::default());
+                    drive(&mut m, Job::binary(conn, step1), now, fine);
+                }
+            }
+            60..=94 => {
+                let Some(conn) = pick(&mut rng, &conns) else { continue };
+                let members: Vec<String> = m.meeting().shared().member_ids().map(str::to_owned).collect();
+                let someone = members[rng.gen_range(0..members.len().max(1)).min(members.len().saturating_sub(1))..]
+                    .first()
+                    .cloned()
+                    .unwrap_or_default();
+                let message = match rng.gen_range(0..14) {
+                    0 => C::SetSpeakingLimit { seconds: Some(rng.gen_range(1..8)) },
+                    1 => C::SetSpeakingLimit { seconds: None },
+                    2 | 3 => C::RaiseHand {},
+                    4 => C::NextSpeaker { if_version: None },
+                    5 | 6 => C::GrantFloor { member: someone, if_version: None },
+                    7 => C::YieldFloor {},
+                    8 => C::SetFairOrder { enabled: rng.gen_bool(0.5) },
+                    9 => C::Admit { member: someone },
+                    10 => C::SetLobby { enabled: rng.gen_bool(0.5) },
+                    11 => C::SetAway { away: rng.gen_bool(0.5) },
+                    12 => C::LockBoard { locked: rng.gen_bool(0.5) },
+                    _ => {
+                        if rng.gen_bool(0.1) {
+                            C::EndMeeting {}
+                        } else {
+                            C::RevokeFloor {}
+                        }
+                    }
+                };
+                drive(&mut m, Job::command(conn, message, now), now, fine);
+            }
+            _ => {
+                if clustered {
+                    m.mark_resync();
+                }
+            }
+        }
+        effects(&mut m);
+        if m.is_ended() {
+            break;
+        }
+    }
+    assert!(ticks.0 > 0 && ticks.1 > 0, "seed {seed}: ticks due {} and not due {}", ticks.0, ticks.1);
+}
+
+#[test]
+fn ticking_a_room_when_nothing_is_due_does_nothing() {
+    for seed in 0..48 {
+        a_life_ticked_only_when_due(seed, seed % 2 == 1, seed % 4 < 2, seed % 8 < 4);
+    }
+}

@@ -285,6 +285,45 @@ pub struct Shared {
     lapsed: Vec<Lapsed>,
 }
 
+/// The earliest of several due times (Unix ms).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Earliest(Option<u64>);
+
+impl Earliest {
+    /// Takes `at` into account.
+    pub fn at(&mut self, at: u64) {
+        self.0 = Some(self.0.map_or(at, |due| due.min(at)));
+    }
+
+    /// Takes `at`, if any, into account.
+    pub fn maybe(&mut self, at: Option<u64>) {
+        if let Some(at) = at {
+            self.at(at);
+        }
+    }
+
+    /// The earliest, if any.
+    pub fn get(self) -> Option<u64> {
+        self.0
+    }
+}
+
+/// What a meeting's timers need, from its shared state and this node's connections
+/// ([`Meeting::due`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MeetingDue {
+    /// When the shared state's own timers are next due ([`Shared::next_timer`]).
+    pub timer: Option<u64>,
+    /// Whether this node has connections bound to members (their presence is announced).
+    pub local_members: bool,
+    /// Whether a member is shown present without a connection here: connected on another
+    /// node, or gone without the record knowing yet.
+    pub present_elsewhere: bool,
+    /// Whether a member with a connection here is shown dropped: the record must say they
+    /// are back.
+    pub local_shown_away: bool,
+}
+
 /// A connection newly bound to a member, recorded when its plan is installed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Binding {
@@ -349,6 +388,9 @@ pub struct Meeting {
     /// The last turns (seq, member, start, limit) whose `time_up` this node told, at most
     /// [`TOLD_TIME_UPS`].
     told_time_up: std::collections::VecDeque<(u64, String, u64, Option<u32>)>,
+    /// Counts every change of the shared state or of the connections, so that what is
+    /// derived from them ([`Meeting::due`]) can be kept until they change.
+    changes: u64,
 }
 
 impl Shared {
@@ -965,6 +1007,41 @@ impl Shared {
         }
     }
 
+    /// When [`Shared::tick`] next has something to do, from this state alone (Unix ms; a time
+    /// in the past means at once): a speaking limit's `time_up`, a dropped member's grace
+    /// running out, and for an ephemeral meeting its start to record, its maximum length, and
+    /// its empty grace (to start, stop or run out). `None`: nothing, until the state changes.
+    /// Whether members are connected is not this state's to know (see [`Meeting::due`]).
+    pub fn next_timer(&self) -> Option<u64> {
+        let mut due = Earliest::default();
+        if let Some(turn) = &self.floor {
+            if let (Some(limit), false) = (turn.limit_secs, turn.time_up_sent) {
+                due.at(turn.since_ms.saturating_add(u64::from(limit) * 1000));
+            }
+        }
+        for member in self.members.values() {
+            if let Some(dropped) = member.dropped_at_ms {
+                due.at(dropped.saturating_add(self.reconnect_grace_ms));
+            }
+        }
+        if self.ephemeral && self.ended.is_none() {
+            match self.started_at_ms {
+                None if !self.members.is_empty() => due.at(0),
+                None => {}
+                Some(started) => {
+                    due.at(started.saturating_add(self.max_length_ms));
+                    let anyone_here = self.members.values().any(|m| m.dropped_at_ms.is_none());
+                    match (anyone_here, self.empty_since_ms) {
+                        (true, Some(_)) | (false, None) => due.at(0),
+                        (false, Some(since)) => due.at(since.saturating_add(self.empty_grace_ms)),
+                        (true, None) => {}
+                    }
+                }
+            }
+        }
+        due.get()
+    }
+
     /// The room state at `version`, as a leader (`for_leader`) or anyone else sees it.
     pub fn state(&self, version: u64, for_leader: bool) -> RoomState {
         let mut admitted: Vec<(&String, &Member)> = self.members.iter().filter(|(_, m)| m.admitted).collect();
@@ -1056,6 +1133,7 @@ impl Meeting {
             connections: BTreeMap::new(),
             ids: Arc::new(RandomIds),
             told_time_up: Default::default(),
+            changes: 0,
         }
     }
 
@@ -1084,6 +1162,7 @@ impl Meeting {
 
     /// Registers a connection opened with a link of `link_role` and `link_generation`.
     pub fn connect_link(&mut self, conn: ConnId, link_role: Role, link_generation: u64, name: String) {
+        self.changes += 1;
         let connection = Connection { link_role, link_generation, released: None, name, member: None, hello: false };
         self.connections.insert(conn, connection);
     }
@@ -1217,6 +1296,7 @@ impl Meeting {
     /// Forgets a closed connection. Returns the member it spoke for if that member has no
     /// other connection on this node.
     pub fn forget(&mut self, conn: ConnId) -> Option<String> {
+        self.changes += 1;
         let member = self.connections.remove(&conn)?.member?;
         (!self.connections.values().any(|c| c.member.as_deref() == Some(&member))).then_some(member)
     }
@@ -1236,6 +1316,7 @@ impl Meeting {
     /// Installs a shared state written at `version` (by this node or another) and the binding
     /// it was planned with, and returns what this node's connections must be told.
     pub fn install(&mut self, version: u64, next: Option<Shared>, binding: Option<Binding>) -> Vec<Output> {
+        self.changes += 1;
         let mut out = Vec::new();
         let old = match next {
             Some(next) if version > self.version => {
@@ -1468,6 +1549,27 @@ impl Meeting {
     /// Whether no connection of this node is registered.
     pub fn has_no_connections(&self) -> bool {
         self.connections.is_empty()
+    }
+
+    /// A count that moves with every change of the shared state or of the connections.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    /// What the meeting's timers need now: see [`MeetingDue`]. It changes only when
+    /// [`Meeting::changes`] does.
+    pub fn due(&self) -> MeetingDue {
+        let local = |id: &str| self.connections.values().any(|c| c.member.as_deref() == Some(id));
+        let mut due = MeetingDue { timer: self.shared.next_timer(), ..MeetingDue::default() };
+        due.local_members = self.connections.values().any(|c| c.member.is_some());
+        for (id, member) in &self.shared.members {
+            match (member.dropped_at_ms.is_none(), local(id)) {
+                (true, false) => due.present_elsewhere = true,
+                (false, true) => due.local_shown_away = true,
+                _ => {}
+            }
+        }
+        due
     }
 }
 
