@@ -952,7 +952,11 @@ impl Session {
     pub fn add_card(&mut self, id: &str, body: &str, now_ms: u64) -> Result<(), EditError> {
         self.may_write().map_err(EditError::ReadOnly)?;
         let (state, me) = (self.state.as_ref().expect("can_write"), self.member_id.as_deref().expect("can_write"));
-        let author = state.members.iter().find(|m| m.id == me).map(|m| m.name.clone()).unwrap_or_default();
+        // In a sealed room our name is ours before the room shows it sealed.
+        let author = match &self.sealing {
+            Some(sealing) => sealing.name.clone(),
+            None => state.members.iter().find(|m| m.id == me).map(|m| m.name.clone()).unwrap_or_default(),
+        };
         let phase = serde_json::to_value(state.phase.name).ok();
         let phase = phase.as_ref().and_then(|p| p.as_str()).unwrap_or_default().to_owned();
         let update = self.board.add_card(NewCard { id, author: &author, phase: &phase, body, created_ms: now_ms });
@@ -2527,7 +2531,7 @@ mod tests {
         ann.session.add_card("c1", "Wut im Raum", NOW).unwrap();
         server.pump(&mut [&mut ann]);
 
-        let mut lea = Session::sealed(None, ROOM, key()).unwrap();
+        let mut lea = Session::sealed(None, ROOM, key(), "Lea").unwrap();
         lea.start(NOW);
         lea.handle_open(NOW);
         lea.handle_text(&sealed_room::welcome("lea", "leader"), NOW);
