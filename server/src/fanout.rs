@@ -177,6 +177,15 @@ pub fn encode_batch(node: &str, envelopes: &[Envelope]) -> Bytes {
     Bytes::from(postcard::to_extend(&message, out).unwrap_or_default())
 }
 
+/// The bytes every bus message sent by `node` begins with: [`FORMAT`] and the node id as
+/// postcard writes it (its length, then its bytes). No other node's messages begin with them,
+/// as a node id's length comes before it: a node can tell its own messages, which Redis sends
+/// back to it, without decoding them.
+pub fn sender_prefix(node: &str) -> Bytes {
+    // Writing to a `Vec` cannot fail.
+    Bytes::from(postcard::to_extend(node, vec![FORMAT]).unwrap_or_default())
+}
+
 /// Decodes a bus message into its sender and envelopes, in order; `None` for anything
 /// malformed (a message with one bad envelope is refused whole).
 pub fn decode(payload: Bytes) -> Option<(String, Vec<Envelope>)> {
@@ -265,6 +274,21 @@ mod tests {
         }
         // The message is written once: its buffer was sized for it.
         assert!(message.len() < 2 * 4096 + 64);
+    }
+
+    #[test]
+    fn a_nodes_own_messages_begin_with_its_prefix_and_no_others_do() {
+        let nodes = ["n", "n1", "n12", "a-node-id", &"x".repeat(200), &"x".repeat(201)];
+        for sender in nodes {
+            for envelopes in [&cases()[..], &[], &cases()[3..4]] {
+                let message = encode_batch(sender, envelopes);
+                for node in nodes {
+                    let own = message.starts_with(&sender_prefix(node));
+                    assert_eq!(own, node == sender, "{node} reading a message of {sender}");
+                    assert_eq!(own, decode(message.clone()).unwrap().0 == node);
+                }
+            }
+        }
     }
 
     #[test]

@@ -87,7 +87,7 @@ impl AppState {
     /// State for `config`: loads or generates the signing secret, connects the backend
     /// (Redis when configured, else the embedded one) and the board store of persistent rooms
     /// (files, PostgreSQL, with its migrations applied, or Redis). Bus messages for this node's rooms are
-    /// delivered by a task tracked with the connections.
+    /// delivered to them as each room's Redis connection reads them, until shutdown.
     pub async fn new(config: Config) -> anyhow::Result<Self> {
         anyhow::ensure!(
             config.stall_timeout_secs >= limits::MIN_STALL_TIMEOUT.as_secs(),
@@ -117,9 +117,9 @@ impl AppState {
             None => None,
             Some(url) => {
                 // The URL may carry a password: the error says what failed, never where.
-                let (redis, bus) =
-                    RedisBackend::connect(url).await.map_err(|e| anyhow::anyhow!("cannot reach Redis: {e}"))?;
-                Some((Arc::new(redis), bus))
+                let redis =
+                    RedisBackend::connect(url, &node).await.map_err(|e| anyhow::anyhow!("cannot reach Redis: {e}"))?;
+                Some(Arc::new(redis))
             }
         };
         let boards: Arc<dyn backend::BoardStore> = match board_kind {
@@ -135,7 +135,7 @@ impl AppState {
                 Arc::new(store)
             }
             BoardStoreKind::Redis => {
-                let (redis, _) = redis
+                let redis = redis
                     .as_ref()
                     .ok_or_else(|| anyhow::anyhow!("the redis board store needs --redis-url (or REDIS_URL)"))?;
                 tracing::warn!(
@@ -158,11 +158,11 @@ impl AppState {
                     options,
                 })
             }
-            Some((redis, mut bus)) => {
+            Some(redis) => {
                 let rooms = Rooms::new(Cluster {
                     store: redis.clone(),
                     presence: redis.clone(),
-                    bus: redis,
+                    bus: redis.clone(),
                     boards,
                     metrics: metrics.clone(),
                     node,
@@ -170,15 +170,9 @@ impl AppState {
                 });
                 let dispatch = rooms.clone();
                 let stop = shutdown.clone();
-                tracker.spawn(async move {
-                    loop {
-                        tokio::select! {
-                            () = stop.cancelled() => break,
-                            message = bus.recv() => match message {
-                                Some(message) => dispatch.dispatch(&message.room, message.payload).await,
-                                None => break,
-                            },
-                        }
+                redis.deliver_to(move |message| {
+                    if !stop.is_cancelled() {
+                        dispatch.dispatch(&message.room, message.payload);
                     }
                 });
                 rooms

@@ -751,7 +751,7 @@ impl Rooms {
     }
 
     /// Delivers a message from the bus to its room.
-    pub async fn dispatch(&self, room: &str, payload: Bytes) {
+    pub fn dispatch(&self, room: &str, payload: Bytes) {
         if payload.is_empty() {
             // The room's subscription dropped: messages may have been missed meanwhile.
             if let Some(room) = lock(&self.shared.rooms).get(room) {

@@ -27,14 +27,15 @@
 //! Channel: `balint:room:{id}:bus`: board updates, state announcements and catch-up messages.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Script, Value};
-use tokio::sync::mpsc;
+
+use crate::fanout;
 
 use super::{
     room_channel, room_prefix, BackendError, BackendResult, BoardStore, Bus, BusMessage, Presence, RoomStore,
@@ -69,6 +70,9 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 ";
 
+/// What receives the bus messages of a node's rooms (see [`RedisBackend::deliver_to`]).
+type Deliver = Arc<dyn Fn(BusMessage) + Send + Sync>;
+
 /// A node's connections to Redis.
 pub struct RedisBackend {
     client: redis::Client,
@@ -76,31 +80,41 @@ pub struct RedisBackend {
     node: ConnectionManager,
     /// One connection per room this node serves.
     rooms: Mutex<HashMap<String, ConnectionManager>>,
-    bus: mpsc::UnboundedSender<BusMessage>,
+    /// Where bus messages go, once set.
+    deliver: Arc<OnceLock<Deliver>>,
+    /// What this node's own bus messages begin with ([`fanout::sender_prefix`]).
+    own: Bytes,
     cas: Script,
     create: Script,
     restore: Script,
 }
 
 impl RedisBackend {
-    /// Connects to `url` and returns the backend with the stream of bus messages for the rooms
-    /// this node subscribes to.
-    pub async fn connect(url: &str) -> BackendResult<(Self, mpsc::UnboundedReceiver<BusMessage>)> {
+    /// Connects to `url`, for node `node`.
+    pub async fn connect(url: &str, node: &str) -> BackendResult<Self> {
         let info = url.into_connection_info()?;
         let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
         let client = redis::Client::open(info.set_redis_settings(settings))?;
-        let node = client.get_connection_manager_with_config(connection_config()).await?;
-        let (bus, bus_rx) = mpsc::unbounded_channel();
-        let backend = RedisBackend {
+        let connection = client.get_connection_manager_with_config(connection_config()).await?;
+        Ok(RedisBackend {
             client,
-            node,
+            node: connection,
             rooms: Mutex::default(),
-            bus,
+            deliver: Arc::default(),
+            own: fanout::sender_prefix(node),
             cas: Script::new(CAS_SCRIPT),
             create: Script::new(CREATE_SCRIPT),
             restore: Script::new(RESTORE_SCRIPT),
-        };
-        Ok((backend, bus_rx))
+        })
+    }
+
+    /// Hands each bus message of the rooms this node subscribes to to `deliver`, as it is
+    /// read: on the task of the room's connection, with no queue or task in between (each
+    /// hop would wake a thread per message). This node's own messages, which Redis sends
+    /// back to it, are dropped there, undecoded. Messages read before this is called are
+    /// dropped (no room is subscribed then); a second call changes nothing.
+    pub fn deliver_to(&self, deliver: impl Fn(BusMessage) + Send + Sync + 'static) {
+        let _ = self.deliver.set(Arc::new(deliver));
     }
 
     /// The room's own connection, opened on first use.
@@ -108,18 +122,17 @@ impl RedisBackend {
         if let Some(connection) = lock(&self.rooms).get(room) {
             return Ok(connection.clone());
         }
-        let bus = self.bus.clone();
+        let (target, own) = (self.deliver.clone(), self.own.clone());
         let name = room.to_owned();
         let deliver = move |push: PushInfo| {
             let message = if push.kind == PushKind::Disconnection {
                 // An empty payload tells the room that messages may have been missed.
                 Some(BusMessage { room: name.clone(), payload: Bytes::new() })
             } else {
-                bus_message(push)
+                bus_message(push).filter(|message| !message.payload.starts_with(&own))
             };
-            if let Some(message) = message {
-                // The receiver goes only when the node stops.
-                let _ = bus.send(message);
+            if let (Some(message), Some(deliver)) = (message, target.get()) {
+                deliver(message);
             }
             Ok::<(), redis::aio::SendError>(())
         };

@@ -8,8 +8,12 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use balint_proto::sync::{self, AwarenessUpdate, FrameError, Message, SyncMessage};
 use bytes::Bytes;
+use yrs::block::{ClientID, ID};
+use yrs::encoding::read::{Cursor, Read};
+use yrs::encoding::write::Write;
 use yrs::updates::decoder::Decode;
-use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
+use yrs::updates::encoder::Encoder;
+use yrs::{Any, Doc, ReadTxn, StateVector, Transact, Update};
 
 use super::awareness::AwarenessRegistry;
 use super::ConnId;
@@ -63,14 +67,38 @@ pub struct Board {
     /// The updates received while the document held some back for a missing dependency, as
     /// they arrived; cleared once nothing is held back.
     held_back: Vec<Bytes>,
-    /// The whole board as a sync step 2 frame, and when it was encoded (ms): newcomers (an
-    /// empty state vector) in a row share one encoding until the board changes. yrs encodes a
-    /// whole board at about 50 ns per character of text; a copy of the bytes is far cheaper.
+    /// The whole board as a sync step 2 frame, and when a newcomer last got it (ms): newcomers
+    /// (who hold nothing of the board) share one encoding, each getting a reference to the
+    /// same bytes. yrs copies every block of text while it encodes the board (several ms per
+    /// MiB); handing out the frame copies nothing.
     whole: Option<(Bytes, u64)>,
+    /// The update frames applied since `whole` was encoded, in order, as they were broadcast:
+    /// newcomers get them after `whole`. Only updates that inserted and deleted nothing join
+    /// them (see [`Self::note_change`]), so nothing a newcomer gets is absent from the board.
+    since_whole: Vec<Bytes>,
+    /// The bytes of `since_whole`.
+    since_whole_bytes: usize,
+    /// Bytes of updates that changed the board since the last whole-board encoding, and the
+    /// length of that encoding: the size to reserve for the next one.
+    size_hint: (usize, usize),
 }
 
 /// How long the whole-board frame is kept with nobody asking for it.
 const WHOLE_BOARD_KEPT_MS: u64 = 60_000;
+
+/// The most update frames kept after the whole-board frame: a newcomer gets each as its own
+/// message. Past this, or past a quarter of the whole frame's bytes, the next newcomer gets a
+/// fresh encoding.
+const MAX_FRAMES_SINCE_WHOLE: usize = 64;
+
+/// What applying one update did to the integrated document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Change {
+    /// Something was inserted or deleted.
+    changed: bool,
+    /// Something was deleted.
+    deleted: bool,
+}
 
 impl Default for Board {
     fn default() -> Self {
@@ -95,6 +123,9 @@ impl Board {
             applied_bytes: 0,
             held_back: Vec::new(),
             whole: None,
+            since_whole: Vec::new(),
+            since_whole_bytes: 0,
+            size_hint: (0, 0),
         }
     }
 
@@ -123,14 +154,13 @@ impl Board {
         for message in messages {
             match message {
                 Message::Sync(SyncMessage::SyncStep1(remote)) => {
-                    let step2 = if remote.is_empty() {
-                        self.whole_board(now_ms)
+                    if self.holds_none_of(&remote) {
+                        effects.reply.extend(self.newcomer_frames(now_ms));
                     } else {
-                        sync::encode_step2(&self.diff(&remote))
-                    };
-                    effects.reply.push(step2);
-                    for held in &self.held_back {
-                        effects.reply.push(sync::encode_update(held));
+                        effects.reply.push(sync::encode_step2(&self.diff(&remote)));
+                        for held in &self.held_back {
+                            effects.reply.push(sync::encode_update(held));
+                        }
                     }
                 }
                 Message::Sync(SyncMessage::SyncStep2(update) | SyncMessage::Update(update)) => {
@@ -146,9 +176,10 @@ impl Board {
                         effects.board_full = true;
                         continue;
                     }
-                    self.apply(&update)?;
-                    effects.broadcast.push(sync::encode_update(&update));
-                    effects.relay.push(Relay::Update(Bytes::from(update)));
+                    if let Some(frame) = self.apply_update(&update)? {
+                        effects.broadcast.push(frame);
+                        effects.relay.push(Relay::Update(Bytes::from(update)));
+                    }
                 }
                 Message::Awareness(update) => {
                     if let Some(changed) = self.awareness.apply(conn, update, now_ms) {
@@ -181,26 +212,68 @@ impl Board {
         self.awareness.remove_connection(conn).map(|u| awareness_change(&u))
     }
 
-    /// The whole board as a sync step 2 frame, encoded once per change of the board.
-    pub fn whole_board(&mut self, now_ms: u64) -> Bytes {
-        match &mut self.whole {
-            Some((frame, used_ms)) => {
-                *used_ms = now_ms;
-                frame.clone()
-            }
-            None => {
-                let frame = sync::encode_step2(&self.encode_state());
-                self.whole = Some((frame.clone(), now_ms));
-                frame
-            }
+    /// What a peer that holds nothing of the board gets, in order: the whole board as a sync
+    /// step 2 frame, the update frames applied since it was encoded, and the updates held
+    /// back for a missing dependency. The step 2 frame is encoded once and shared by every
+    /// newcomer until something deletes from the board (or the updates since grow past
+    /// [`MAX_FRAMES_SINCE_WHOLE`] or a quarter of it), and let go of a minute after the last
+    /// newcomer ([`Self::sweep`]).
+    pub fn newcomer_frames(&mut self, now_ms: u64) -> Vec<Bytes> {
+        let whole = self.whole_board(now_ms);
+        let held = self.held_back.iter().map(|held| sync::encode_update(held));
+        std::iter::once(whole).chain(self.since_whole.iter().cloned()).chain(held).collect()
+    }
+
+    /// The same as [`Self::newcomer_frames`] for another node: the bare updates, no frames.
+    pub fn newcomer_updates(&mut self, now_ms: u64) -> Vec<Bytes> {
+        let whole = payload_of(&self.whole_board(now_ms));
+        let since = self.since_whole.iter().map(payload_of);
+        std::iter::once(whole).chain(since).chain(self.held_back.iter().cloned()).collect()
+    }
+
+    /// Whether a peer at `remote` holds nothing of the board: for every client the board
+    /// knows, `remote` has no clock. Its diff is then the whole board (clients the board does
+    /// not know change nothing in a diff).
+    pub fn holds_none_of(&self, remote: &StateVector) -> bool {
+        if remote.is_empty() {
+            return true;
         }
+        let known = self.doc.transact().state_vector();
+        remote.iter().all(|(client, &clock)| clock == 0 || known.get(client) == 0)
+    }
+
+    /// The whole board as a sync step 2 frame, encoded once until something deletes from the
+    /// board (then updates since are kept beside it, see [`Self::newcomer_frames`]).
+    fn whole_board(&mut self, now_ms: u64) -> Bytes {
+        if let Some((frame, used_ms)) = &mut self.whole {
+            *used_ms = now_ms;
+            return frame.clone();
+        }
+        // Room for the board as large as it was plus what was applied since (at first, all
+        // that was applied: exact for a board nobody deleted from), so the buffer is written
+        // once, never regrown (each regrowth copies it, and wipes the old one).
+        let (since, last) = self.size_hint;
+        let mut encoder = FrameEncoder::with_capacity(last.saturating_add(since).min(self.applied_bytes));
+        self.doc.transact().encode_diff(&StateVector::default(), &mut encoder);
+        let frame = encoder.into_frame(SYNC_STEP2);
+        self.size_hint = (0, frame.len());
+        self.forget_whole();
+        self.whole = Some((frame.clone(), now_ms));
+        frame
+    }
+
+    /// Lets go of the whole-board frame and the updates since.
+    fn forget_whole(&mut self) {
+        self.whole = None;
+        self.since_whole = Vec::new();
+        self.since_whole_bytes = 0;
     }
 
     /// Sweeps awareness states not renewed within `timeout_ms`, and lets go of a whole-board
     /// frame nobody asked for lately.
     pub fn sweep(&mut self, now_ms: u64, timeout_ms: u64) -> Option<AwarenessChange> {
         if self.whole.as_ref().is_some_and(|(_, used)| now_ms.saturating_sub(*used) >= WHOLE_BOARD_KEPT_MS) {
-            self.whole = None;
+            self.forget_whole();
         }
         self.awareness.sweep(now_ms, timeout_ms).map(|u| awareness_change(&u))
     }
@@ -215,11 +288,15 @@ impl Board {
         }
     }
 
+    /// Bytes held for newcomers: the whole-board frame and the update frames since.
+    pub fn newcomer_cache_bytes(&self) -> usize {
+        self.whole.as_ref().map_or(0, |(frame, _)| frame.len()) + self.since_whole_bytes
+    }
+
     /// Applies a board update that another node applied already. Returns the frame to
-    /// broadcast here.
-    pub fn apply_remote(&mut self, update: &[u8]) -> Result<Bytes, FrameError> {
-        self.apply(update)?;
-        Ok(sync::encode_update(update))
+    /// broadcast here, `None` when the update brought nothing new (see [`Self::apply_update`]).
+    pub fn apply_remote(&mut self, update: &[u8]) -> Result<Option<Bytes>, FrameError> {
+        self.apply_update(update)
     }
 
     /// Applies an awareness update relayed by another node. Returns the frame to broadcast
@@ -236,7 +313,8 @@ impl Board {
 
     /// Loads a stored board into this (empty) one.
     pub fn load(&mut self, update: &[u8]) -> Result<(), FrameError> {
-        self.apply(update)
+        self.forget_whole();
+        self.apply(update).map(|_| ())
     }
 
     /// The board as Markdown: the notes, then the observation cards grouped by phase in the
@@ -281,23 +359,189 @@ impl Board {
         !update.delete_set().is_empty() && !update.delete_set().diff(&txn.snapshot().delete_set).is_empty()
     }
 
-    fn apply(&mut self, payload: &[u8]) -> Result<(), FrameError> {
+    /// Applies `payload` and returns its update frame to broadcast, or `None` when it brought
+    /// nothing: nothing inserted or deleted, and nothing held back (a peer's step 2 that
+    /// carries only what the board has, such as a newcomer's empty answer). Every peer has
+    /// such an update already; it is neither broadcast nor relayed.
+    fn apply_update(&mut self, payload: &[u8]) -> Result<Option<Bytes>, FrameError> {
+        let held_before = !self.held_back.is_empty();
+        let change = self.apply(payload)?;
+        // An update held back (it waits for a missing dependency) changes nothing yet, and is
+        // news all the same.
+        if !change.changed && self.held_back.is_empty() {
+            return Ok(None);
+        }
+        let frame = sync::encode_update(payload);
+        self.note_change(&frame, change, held_before);
+        Ok(Some(frame))
+    }
+
+    /// Keeps the whole-board frame valid after an applied update: an update that only
+    /// inserted, with nothing held back before or after, is kept beside it (the frame and
+    /// these updates then make up the board exactly); anything else that changed the board
+    /// lets go of it. A deletion always does: the whole-board frame holds the deleted content,
+    /// and a newcomer must never receive what the board no longer has (text someone erased).
+    fn note_change(&mut self, frame: &Bytes, change: Change, held_before: bool) {
+        if !change.changed {
+            return;
+        }
+        let Some((whole, _)) = &self.whole else { return };
+        let fits = self.since_whole.len() < MAX_FRAMES_SINCE_WHOLE
+            && self.since_whole_bytes.saturating_add(frame.len()) <= whole.len() / 4;
+        if !change.deleted && !held_before && self.held_back.is_empty() && fits {
+            self.since_whole.push(frame.clone());
+            self.since_whole_bytes += frame.len();
+        } else {
+            self.forget_whole();
+        }
+    }
+
+    fn apply(&mut self, payload: &[u8]) -> Result<Change, FrameError> {
         let update = Update::decode_v1(payload).map_err(|_| FrameError::Malformed)?;
-        // Whatever happens next may change the document.
-        self.whole = None;
         // yrs validates structure while decoding; integration of a hostile update is guarded as
         // well, so no input can take the server down.
         let doc = &self.doc;
-        catch_unwind(AssertUnwindSafe(|| doc.transact_mut().apply_update(update)))
-            .map_err(|_| FrameError::Malformed)?
-            .map_err(|_| FrameError::Malformed)?;
+        let applied = catch_unwind(AssertUnwindSafe(|| {
+            let mut txn = doc.transact_mut();
+            txn.apply_update(update)
+                .map(|()| Change { changed: txn.has_changes(), deleted: !txn.delete_set().is_empty() })
+        }));
+        let change = match applied {
+            Ok(Ok(change)) => change,
+            _ => {
+                // The document may have changed halfway.
+                self.forget_whole();
+                return Err(FrameError::Malformed);
+            }
+        };
         self.applied_bytes = self.applied_bytes.saturating_add(payload.len());
+        if change.changed {
+            self.size_hint.0 = self.size_hint.0.saturating_add(payload.len());
+        }
         if self.doc.transact().has_missing_updates() {
             self.held_back.push(Bytes::copy_from_slice(payload));
         } else {
             self.held_back.clear();
         }
-        Ok(())
+        Ok(change)
+    }
+}
+
+/// The y-sync message kind of a sync step 2.
+const SYNC_STEP2: u32 = 1;
+
+/// Room kept before an encoded update for its frame header: the message type, the sync kind
+/// and the update's length, each a variable-length integer.
+const HEADER_ROOM: usize = 1 + 1 + 10;
+
+/// A Yjs v1 encoder that writes an update straight into a y-sync frame: the buffer starts
+/// with room for the header, written in front of the update once its length is known, so the
+/// update is never copied into a frame. Its output is that of yrs's `EncoderV1` (lib0 v1:
+/// every number a variable-length integer), which a test compares byte for byte.
+struct FrameEncoder {
+    buf: Vec<u8>,
+}
+
+impl FrameEncoder {
+    fn with_capacity(update_bytes: usize) -> Self {
+        let mut buf = Vec::with_capacity(HEADER_ROOM.saturating_add(update_bytes));
+        buf.resize(HEADER_ROOM, 0);
+        FrameEncoder { buf }
+    }
+
+    /// The frame: the header, right before the update.
+    fn into_frame(self, kind: u32) -> Bytes {
+        let len = self.buf.len() - HEADER_ROOM;
+        let mut header = Vec::with_capacity(HEADER_ROOM);
+        header.write_var(sync::MSG_SYNC);
+        header.write_var(kind);
+        header.write_var(len);
+        let start = HEADER_ROOM - header.len();
+        let mut buf = self.buf;
+        buf[start..HEADER_ROOM].copy_from_slice(&header);
+        Bytes::from(buf).slice(start..)
+    }
+}
+
+impl Write for FrameEncoder {
+    fn write_all(&mut self, buf: &[u8]) {
+        self.buf.extend_from_slice(buf);
+    }
+
+    fn write_u8(&mut self, value: u8) {
+        self.buf.push(value);
+    }
+}
+
+impl Encoder for FrameEncoder {
+    fn to_vec(self) -> Vec<u8> {
+        self.buf[HEADER_ROOM..].to_vec()
+    }
+
+    fn reset_ds_cur_val(&mut self) {}
+
+    fn write_ds_clock(&mut self, clock: u32) {
+        self.write_var(clock);
+    }
+
+    fn write_ds_len(&mut self, len: u32) {
+        self.write_var(len);
+    }
+
+    fn write_left_id(&mut self, id: &ID) {
+        self.write_var(id.client.get());
+        self.write_var(id.clock);
+    }
+
+    fn write_right_id(&mut self, id: &ID) {
+        self.write_var(id.client.get());
+        self.write_var(id.clock);
+    }
+
+    fn write_client(&mut self, client: ClientID) {
+        self.write_var(client.get());
+    }
+
+    fn write_info(&mut self, info: u8) {
+        self.write_u8(info);
+    }
+
+    fn write_parent_info(&mut self, is_y_key: bool) {
+        self.write_var(u32::from(is_y_key));
+    }
+
+    fn write_type_ref(&mut self, info: u8) {
+        self.write_u8(info);
+    }
+
+    fn write_len(&mut self, len: u32) {
+        self.write_var(len);
+    }
+
+    fn write_any(&mut self, any: &Any) {
+        any.encode(self);
+    }
+
+    fn write_json(&mut self, any: &Any) {
+        let mut json = String::new();
+        any.to_json(&mut json);
+        self.write_string(&json);
+    }
+
+    fn write_key(&mut self, key: &str) {
+        self.write_string(key);
+    }
+}
+
+/// The update a y-sync step 2 or update frame carries, as a slice of the frame (no copy).
+fn payload_of(frame: &Bytes) -> Bytes {
+    let mut cursor = Cursor::new(frame);
+    let header: Result<(u32, u32, usize), _> =
+        (|| Ok::<_, yrs::encoding::read::Error>((cursor.read_var()?, cursor.read_var()?, cursor.read_var()?)))();
+    match header {
+        // Only frames encoded here come in.
+        Ok((_, _, len)) if cursor.next + len == frame.len() => frame.slice(cursor.next..),
+        _ => Bytes::new(),
     }
 }
 
@@ -389,6 +633,272 @@ mod tests {
         board.sweep(WHOLE_BOARD_KEPT_MS, u64::MAX);
         assert!(board.whole.is_none());
         assert_eq!(newcomer_notes(&mut board, 5), "first and more");
+    }
+
+    /// A member's own document, sending what it changed since its last update.
+    struct Member {
+        doc: Doc,
+        sent: StateVector,
+    }
+
+    impl Member {
+        fn new(client: u64) -> Self {
+            Member { doc: Doc::with_client_id(client), sent: StateVector::default() }
+        }
+
+        /// Appends `text` to the notes; returns the update.
+        fn append(&mut self, text: &str) -> Vec<u8> {
+            let notes = self.doc.get_or_insert_text("notes");
+            {
+                let mut txn = self.doc.transact_mut();
+                let end = notes.len(&txn);
+                notes.insert(&mut txn, end, text);
+            }
+            self.update()
+        }
+
+        /// Removes `len` characters of the notes from `at`; returns the update.
+        fn erase(&mut self, at: u32, len: u32) -> Vec<u8> {
+            let notes = self.doc.get_or_insert_text("notes");
+            notes.remove_range(&mut self.doc.transact_mut(), at, len);
+            self.update()
+        }
+
+        fn update(&mut self) -> Vec<u8> {
+            let txn = self.doc.transact();
+            // Everything past what was sent, and the whole delete set, as a client sends it.
+            let update = txn.encode_diff_v1(&self.sent);
+            self.sent = txn.state_vector();
+            update
+        }
+
+        /// Writes `update` (of this member) to the board.
+        fn send(board: &mut Board, update: &[u8]) -> Effects {
+            board.handle_frame(ConnId(1), &sync::encode_update(update), true, 0).unwrap()
+        }
+    }
+
+    /// A newcomer's document after applying what the board answers to its empty step 1, and
+    /// the frames it got.
+    fn newcomer(board: &mut Board, now_ms: u64) -> (Doc, Vec<Bytes>) {
+        let effects =
+            board.handle_frame(ConnId(99), &sync::encode_step1(&StateVector::default()), true, now_ms).unwrap();
+        let doc = Doc::new();
+        apply_frames(&doc, &effects.reply);
+        (doc, effects.reply)
+    }
+
+    fn apply_frames(doc: &Doc, frames: &[Bytes]) {
+        for frame in frames {
+            for message in sync::decode_frame(frame).unwrap() {
+                if let Message::Sync(SyncMessage::SyncStep2(update) | SyncMessage::Update(update)) = message {
+                    doc.transact_mut().apply_update(Update::decode_v1(&update).unwrap()).unwrap();
+                }
+            }
+        }
+    }
+
+    /// Whether `doc` holds exactly what the board holds: the same insertions, the same
+    /// deletions, the same notes, nothing held back.
+    fn holds_the_board(doc: &Doc, board: &Board) -> bool {
+        let (ours, theirs) = (doc.transact(), board.doc().transact());
+        let text = |txn: &yrs::Transaction<'_>| txn.get_text("notes").map(|t| t.get_string(txn));
+        ours.state_vector() == theirs.state_vector()
+            && ours.snapshot().delete_set == theirs.snapshot().delete_set
+            && text(&ours) == text(&theirs)
+            && !ours.has_missing_updates()
+    }
+
+    fn contains(frames: &[Bytes], needle: &str) -> bool {
+        frames.iter().any(|f| f.windows(needle.len()).any(|w| w == needle.as_bytes()))
+    }
+
+    #[test]
+    fn the_frame_encoder_writes_what_yrs_writes() {
+        use std::collections::HashMap;
+        use std::sync::Arc;
+        use yrs::types::Attrs;
+        use yrs::{Array, Map, MapPrelim, TextPrelim};
+        let doc = Doc::with_client_id(7);
+        let notes = doc.get_or_insert_text("notes");
+        let cards = doc.get_or_insert_array("cards");
+        let meta = doc.get_or_insert_map("meta");
+        {
+            let mut txn = doc.transact_mut();
+            notes.push(&mut txn, "plain, and then: ünïcødé, 漢字, 🎉 emoji");
+            let bold: Attrs = HashMap::from([(Arc::from("bold"), Any::Bool(true))]);
+            notes.format(&mut txn, 0, 5, bold.clone());
+            notes.insert_with_attributes(&mut txn, 3, "inserted", bold);
+            notes.insert_embed(&mut txn, 2, Any::from("an embed"));
+            cards.push_back(&mut txn, Any::from(1.5));
+            cards.push_back(&mut txn, Any::from("a card"));
+            cards.push_back(&mut txn, Any::Buffer(Arc::from(&[1u8, 2, 3][..])));
+            cards.push_back(&mut txn, MapPrelim::from([("phase", Any::from("observe")), ("n", Any::from(-42))]));
+            cards.push_back(&mut txn, TextPrelim::new("nested text"));
+            meta.insert(&mut txn, "title", "a title");
+            meta.insert(&mut txn, "count", Any::from(1_i64 << 40));
+            meta.insert(&mut txn, "none", Any::Null);
+            meta.insert(&mut txn, "list", Any::from(vec![Any::from(1), Any::from("two")]));
+        }
+        // Another client, deletions, an overwritten key and collected content.
+        let other = Doc::with_client_id(8);
+        other
+            .transact_mut()
+            .apply_update(Update::decode_v1(&doc.transact().encode_diff_v1(&StateVector::default())).unwrap())
+            .unwrap();
+        {
+            let notes = other.get_or_insert_text("notes");
+            let meta = other.get_or_insert_map("meta");
+            let mut txn = other.transact_mut();
+            notes.remove_range(&mut txn, 1, 6);
+            notes.push(&mut txn, " and more");
+            meta.insert(&mut txn, "title", "another title");
+        }
+        let mut board = Board::new();
+        board.load(&other.transact().encode_diff_v1(&StateVector::default())).unwrap();
+        let frame = board.whole_board(0);
+        assert_eq!(frame, sync::encode_step2(&board.encode_state()));
+        assert_eq!(payload_of(&frame), board.encode_state());
+        // An empty board, and frames whose length takes several bytes to write.
+        assert_eq!(Board::new().whole_board(0), sync::encode_step2(&Board::new().encode_state()));
+        let mut big = Board::new();
+        big.load(&client_update(&"x".repeat(200_000))).unwrap();
+        assert_eq!(big.whole_board(0), sync::encode_step2(&big.encode_state()));
+    }
+
+    #[test]
+    fn newcomers_share_one_encoding_and_each_holds_exactly_the_board() {
+        let mut board = Board::new();
+        let mut writer = Member::new(1);
+        Member::send(&mut board, &writer.append("the group's notes"));
+        let (first, frames) = newcomer(&mut board, 0);
+        assert!(holds_the_board(&first, &board));
+        // The newcomer answers the server's step 1 with what the board has already: no change,
+        // nothing broadcast or relayed, and the encoding stays.
+        let answer = first.transact().encode_diff_v1(&board.doc().transact().state_vector());
+        let effects = board.handle_frame(ConnId(99), &sync::encode_step2(&answer), true, 0).unwrap();
+        assert!(effects.broadcast.is_empty() && effects.relay.is_empty(), "nothing new, nothing sent");
+        let (second, again) = newcomer(&mut board, 0);
+        assert!(holds_the_board(&second, &board));
+        assert_eq!(frames[0].as_ptr(), again[0].as_ptr(), "the second newcomer got the same bytes");
+    }
+
+    #[test]
+    fn insertions_after_the_encoding_follow_it_to_newcomers() {
+        let mut board = Board::new();
+        let mut writer = Member::new(1);
+        let mut other = Member::new(2);
+        // Large enough for the updates below to stay within a quarter of it.
+        Member::send(&mut board, &writer.append(&"start ".repeat(1000)));
+        let (_, first) = newcomer(&mut board, 0);
+        // Two members keep typing; the other one starts from the board.
+        apply_frames(&other.doc, &first);
+        other.sent = other.doc.transact().state_vector();
+        let mut broadcast = Vec::new();
+        for i in 0..10 {
+            broadcast.extend(Member::send(&mut board, &writer.append(&format!(" w{i}"))).broadcast);
+            broadcast.extend(Member::send(&mut board, &other.append(&format!(" o{i}"))).broadcast);
+        }
+        let (doc, frames) = newcomer(&mut board, 0);
+        assert!(holds_the_board(&doc, &board));
+        assert_eq!(frames[0].as_ptr(), first[0].as_ptr(), "the encoding was kept");
+        assert_eq!(frames[1..], broadcast[..], "then the updates since, as they were broadcast");
+        // Past the bound, a fresh encoding.
+        for i in 0..MAX_FRAMES_SINCE_WHOLE {
+            Member::send(&mut board, &writer.append(&format!(" {i}")));
+        }
+        let (doc, frames) = newcomer(&mut board, 0);
+        assert!(holds_the_board(&doc, &board));
+        assert_eq!(frames.len(), 1, "one fresh frame");
+        assert_ne!(frames[0].as_ptr(), first[0].as_ptr());
+    }
+
+    #[test]
+    fn erased_text_never_reaches_a_newcomer() {
+        let mut board = Board::new();
+        let mut writer = Member::new(1);
+        Member::send(&mut board, &writer.append("kept SECRET-ONE"));
+        let (_, frames) = newcomer(&mut board, 0);
+        assert!(contains(&frames, "SECRET-ONE"));
+        // Erased after the encoding: the next newcomer gets a new one.
+        Member::send(&mut board, &writer.erase(4, 11));
+        let (doc, frames) = newcomer(&mut board, 0);
+        assert!(holds_the_board(&doc, &board));
+        assert!(!contains(&frames, "SECRET-ONE"), "erased text reached a newcomer");
+        // Typed after the encoding (kept beside it), then erased.
+        Member::send(&mut board, &writer.append(" SECRET-TWO"));
+        let (_, frames) = newcomer(&mut board, 0);
+        assert!(contains(&frames, "SECRET-TWO"));
+        Member::send(&mut board, &writer.erase(4, 11));
+        let (doc, frames) = newcomer(&mut board, 0);
+        assert!(holds_the_board(&doc, &board));
+        assert!(!contains(&frames, "SECRET-TWO"), "erased text reached a newcomer");
+        assert_eq!(notes(&board), "kept");
+    }
+
+    #[test]
+    fn a_held_back_update_still_reaches_newcomers() {
+        let mut board = Board::new();
+        let mut writer = Member::new(1);
+        // Large enough for the updates below to stay within a quarter of it.
+        let first_text = "first ".repeat(1000);
+        Member::send(&mut board, &writer.append(&first_text));
+        let (_, first) = newcomer(&mut board, 0);
+        // The writer's second update is lost on the way; its third arrives and waits for it.
+        let lost = writer.append("second ");
+        let third = writer.append("third");
+        let effects = Member::send(&mut board, &third);
+        assert_eq!(effects.broadcast.len(), 1, "a held-back update is news for the others");
+        assert_eq!(board.pending().len(), 1);
+        let (doc, frames) = newcomer(&mut board, 0);
+        assert_eq!(frames[0].as_ptr(), first[0].as_ptr(), "nothing integrated yet: the encoding stays");
+        assert!(doc.transact().has_missing_updates(), "the newcomer holds the third update back too");
+        // The lost update arrives: the board and the newcomer (which gets it broadcast) agree.
+        let effects = Member::send(&mut board, &lost);
+        apply_frames(&doc, &effects.broadcast);
+        assert!(holds_the_board(&doc, &board));
+        assert_eq!(notes(&board), format!("{first_text}second third"));
+        let (later, frames) = newcomer(&mut board, 0);
+        assert!(holds_the_board(&later, &board));
+        assert_ne!(frames[0].as_ptr(), first[0].as_ptr(), "the gap filled: a fresh encoding");
+    }
+
+    #[test]
+    fn a_newcomer_with_edits_of_its_own_is_served_the_whole_board() {
+        let mut board = Board::new();
+        let mut writer = Member::new(1);
+        Member::send(&mut board, &writer.append("board"));
+        let (_, first) = newcomer(&mut board, 0);
+        // Typed offline before its first sync: its state vector names only itself.
+        let mut late = Member::new(3);
+        late.append("offline");
+        assert!(board.holds_none_of(&late.doc.transact().state_vector()));
+        let step1 = sync::encode_step1(&late.doc.transact().state_vector());
+        let effects = board.handle_frame(ConnId(3), &step1, true, 0).unwrap();
+        assert_eq!(effects.reply[0].as_ptr(), first[0].as_ptr());
+        apply_frames(&late.doc, &effects.reply);
+        let answer = late.doc.transact().encode_diff_v1(&board.doc().transact().state_vector());
+        board.handle_frame(ConnId(3), &sync::encode_step2(&answer), true, 0).unwrap();
+        assert!(holds_the_board(&late.doc, &board));
+        // A member that holds some of the board gets a diff.
+        assert!(!board.holds_none_of(&writer.doc.transact().state_vector()));
+    }
+
+    #[test]
+    fn the_encoding_is_let_go_of_when_nobody_asks() {
+        let mut board = Board::new();
+        let mut writer = Member::new(1);
+        Member::send(&mut board, &writer.append(&"x".repeat(10_000)));
+        assert_eq!(board.newcomer_cache_bytes(), 0, "nothing encoded before a newcomer asks");
+        newcomer(&mut board, 1_000);
+        Member::send(&mut board, &writer.append("more"));
+        assert!(board.newcomer_cache_bytes() > 10_000);
+        board.sweep(1_000 + WHOLE_BOARD_KEPT_MS - 1, u64::MAX);
+        assert!(board.newcomer_cache_bytes() > 10_000, "kept for a while");
+        board.sweep(1_000 + WHOLE_BOARD_KEPT_MS, u64::MAX);
+        assert_eq!(board.newcomer_cache_bytes(), 0, "then let go of");
+        let (doc, _) = newcomer(&mut board, 0);
+        assert!(holds_the_board(&doc, &board));
     }
 
     #[test]

@@ -804,9 +804,14 @@ impl RoomMachine {
             }
             Envelope::SyncRequest { state_vector, mutual } => {
                 let Ok(remote) = StateVector::decode_v1(&state_vector) else { return };
-                let diff = Bytes::from(self.board.diff(&remote));
-                let held: Vec<Bytes> = self.board.pending().to_vec();
-                for update in std::iter::once(diff).chain(held) {
+                let updates = if self.board.holds_none_of(&remote) {
+                    // A node that opened the room: what a newcomer gets, shared with them.
+                    self.board.newcomer_updates(now_ms)
+                } else {
+                    let diff = Bytes::from(self.board.diff(&remote));
+                    std::iter::once(diff).chain(self.board.pending().iter().cloned()).collect()
+                };
+                for update in updates {
                     self.publish_bus(Envelope::SyncReply { to: from.to_owned(), update });
                 }
                 if mutual {
@@ -1489,7 +1494,7 @@ impl RoomMachine {
     }
 
     fn apply_remote(&mut self, update: &[u8], now_ms: u64) {
-        if let Ok(frame) = self.board.apply_remote(update) {
+        if let Ok(Some(frame)) = self.board.apply_remote(update) {
             self.board_changed(now_ms);
             self.send(None, self.meeting.board_audience(), Frame::Binary(frame));
         }
@@ -1538,11 +1543,8 @@ impl RoomMachine {
                         self.send(None, audience.clone(), Frame::Binary(frame));
                     }
                     if full && self.sealed.is_none() {
-                        let everything = self.board.whole_board(now_ms);
-                        self.send(None, audience.clone(), Frame::Binary(everything));
-                        let held: Vec<Bytes> = self.board.pending().to_vec();
-                        for update in held {
-                            self.send(None, audience.clone(), Frame::Binary(sync::encode_update(&update)));
+                        for frame in self.board.newcomer_frames(now_ms) {
+                            self.send(None, audience.clone(), Frame::Binary(frame));
                         }
                     }
                 }
