@@ -157,7 +157,7 @@ fn with_redis_a_room_set_up_ahead_costs_at_most_16_kib_until_someone_joins() {
     let redis = Redis::start();
     measure(async {
         let data = tempfile::tempdir().unwrap();
-        let (backend, _bus) = RedisBackend::connect(&format!("redis://127.0.0.1:{}", redis.1)).await.unwrap();
+        let backend = RedisBackend::connect(&format!("redis://127.0.0.1:{}", redis.1), "memory").await.unwrap();
         let backend = Arc::new(backend);
         let rooms = Rooms::new(Cluster {
             store: backend.clone(),
