@@ -194,23 +194,9 @@ impl crate::YClient {
     /// Adds an observation card `{id, author, phase, body, created_ms}` to the board and sends
     /// the update.
     pub async fn add_card(&mut self, author: &str, phase: &str, body: &str) -> anyhow::Result<()> {
-        use yrs::{Array, Map, MapPrelim, ReadTxn, TextPrelim, Transact};
-        let observations = self.doc.get_or_insert_array("observations");
+        use yrs::{ReadTxn, Transact};
         let before = self.doc.transact().state_vector();
-        {
-            let mut txn = self.doc.transact_mut();
-            let id = format!("card-{}", observations.len(&txn));
-            let card = observations.push_back(
-                &mut txn,
-                MapPrelim::from([
-                    ("id", yrs::Any::from(id)),
-                    ("author", yrs::Any::from(author)),
-                    ("phase", yrs::Any::from(phase)),
-                    ("created_ms", yrs::Any::from(0.0)),
-                ]),
-            );
-            card.insert(&mut txn, "body", TextPrelim::new(body));
-        }
+        push_card(&self.doc, author, phase, body);
         let update = self.doc.transact().encode_state_as_update_v1(&before);
         self.send_binary(balint_proto::sync::encode_update(&update).to_vec()).await
     }
@@ -446,4 +432,23 @@ pub async fn unloaded(node: &NodeProcess, room: &str) {
     })
     .await
     .expect("the idle room is unloaded");
+}
+
+/// Appends an observation card `{id, author, phase, body, created_ms}` to `doc`'s board, as
+/// the web client builds one.
+pub fn push_card(doc: &yrs::Doc, author: &str, phase: &str, body: &str) {
+    use yrs::{Array, Map, MapPrelim, TextPrelim, Transact};
+    let observations = doc.get_or_insert_array("observations");
+    let mut txn = doc.transact_mut();
+    let id = format!("card-{}", observations.len(&txn));
+    let card = observations.push_back(
+        &mut txn,
+        MapPrelim::from([
+            ("id", yrs::Any::from(id)),
+            ("author", yrs::Any::from(author)),
+            ("phase", yrs::Any::from(phase)),
+            ("created_ms", yrs::Any::from(0.0)),
+        ]),
+    );
+    card.insert(&mut txn, "body", TextPrelim::new(body));
 }

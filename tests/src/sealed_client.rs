@@ -108,23 +108,7 @@ impl SealedClient {
     /// Adds an observation card `{id, author, phase, body, created_ms}`, as the web client
     /// builds one, seals the change and sends it.
     pub async fn add_card(&mut self, author: &str, phase: &str, body: &str) -> anyhow::Result<Vec<u8>> {
-        use yrs::{Array, Map, MapPrelim, TextPrelim};
-        let observations = self.doc.get_or_insert_array("observations");
-        self.change(|doc| {
-            let mut txn = doc.transact_mut();
-            let id = format!("card-{}", observations.len(&txn));
-            let card = observations.push_back(
-                &mut txn,
-                MapPrelim::from([
-                    ("id", yrs::Any::from(id)),
-                    ("author", yrs::Any::from(author)),
-                    ("phase", yrs::Any::from(phase)),
-                    ("created_ms", yrs::Any::from(0.0)),
-                ]),
-            );
-            card.insert(&mut txn, "body", TextPrelim::new(body));
-        })
-        .await
+        self.change(|doc| crate::process::push_card(doc, author, phase, body)).await
     }
 
     /// The bodies of the observation cards in this client's board.
