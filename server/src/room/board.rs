@@ -218,10 +218,25 @@ impl Board {
     /// newcomer until something deletes from the board (or the updates since grow past
     /// [`MAX_FRAMES_SINCE_WHOLE`] or a quarter of it), and let go of a minute after the last
     /// newcomer ([`Self::sweep`]).
+    ///
+    /// A client takes its first sync step 2 to mean that it holds the board (y-websocket's
+    /// `synced`). When updates follow the shared frame, the frame therefore goes as an update
+    /// message (a copy with its kind changed: a memory copy, not an encoding), and an empty
+    /// step 2 after those updates ends the sync.
     pub fn newcomer_frames(&mut self, now_ms: u64) -> Vec<Bytes> {
         let whole = self.whole_board(now_ms);
         let held = self.held_back.iter().map(|held| sync::encode_update(held));
-        std::iter::once(whole).chain(self.since_whole.iter().cloned()).chain(held).collect()
+        if self.since_whole.is_empty() {
+            return std::iter::once(whole).chain(held).collect();
+        }
+        let mut as_update = whole.to_vec();
+        as_update[1] = SYNC_UPDATE as u8;
+        let synced = sync::encode_step2(&EMPTY_UPDATE);
+        std::iter::once(Bytes::from(as_update))
+            .chain(self.since_whole.iter().cloned())
+            .chain(std::iter::once(synced))
+            .chain(held)
+            .collect()
     }
 
     /// The same as [`Self::newcomer_frames`] for another node: the bare updates, no frames.
@@ -429,6 +444,13 @@ impl Board {
 
 /// The y-sync message kind of a sync step 2.
 const SYNC_STEP2: u32 = 1;
+
+/// The y-sync message kind of an update. A frame's kind is its second byte: the message
+/// type (sync, 0) and the kind are each one byte long.
+const SYNC_UPDATE: u32 = 2;
+
+/// An empty Yjs v1 update: no blocks, no deletions.
+const EMPTY_UPDATE: [u8; 2] = [0, 0];
 
 /// Room kept before an encoded update for its frame header: the message type, the sync kind
 /// and the update's length, each a variable-length integer.
@@ -688,6 +710,26 @@ mod tests {
         (doc, effects.reply)
     }
 
+    /// Applies `frames` as a client that stops at its first sync step 2 would (y-websocket
+    /// reports `synced` there).
+    fn apply_until_synced(doc: &Doc, frames: &[Bytes]) {
+        for frame in frames {
+            for message in sync::decode_frame(frame).unwrap() {
+                match message {
+                    Message::Sync(SyncMessage::Update(update)) => {
+                        doc.transact_mut().apply_update(Update::decode_v1(&update).unwrap()).unwrap();
+                    }
+                    Message::Sync(SyncMessage::SyncStep2(update)) => {
+                        doc.transact_mut().apply_update(Update::decode_v1(&update).unwrap()).unwrap();
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        panic!("no sync step 2 among {} frames", frames.len());
+    }
+
     fn apply_frames(doc: &Doc, frames: &[Bytes]) {
         for frame in frames {
             for message in sync::decode_frame(frame).unwrap() {
@@ -801,8 +843,16 @@ mod tests {
         }
         let (doc, frames) = newcomer(&mut board, 0);
         assert!(holds_the_board(&doc, &board));
-        assert_eq!(frames[0].as_ptr(), first[0].as_ptr(), "the encoding was kept");
-        assert_eq!(frames[1..], broadcast[..], "then the updates since, as they were broadcast");
+        // The kept encoding goes as an update, then the updates since as they were broadcast,
+        // then an empty step 2: a client that takes its first step 2 for "synced" (as
+        // y-websocket does) holds the whole board by then.
+        assert_eq!(frames[0][2..], first[0][2..], "the encoding was kept");
+        assert_eq!(frames[0][..2], [0, 2], "sent as an update");
+        assert_eq!(frames[1..=broadcast.len()], broadcast[..], "then the updates since, as they were broadcast");
+        assert_eq!(frames.len(), broadcast.len() + 2);
+        let synced = Doc::new();
+        apply_until_synced(&synced, &frames);
+        assert!(holds_the_board(&synced, &board), "synced before the board was whole");
         // Past the bound, a fresh encoding.
         for i in 0..MAX_FRAMES_SINCE_WHOLE {
             Member::send(&mut board, &writer.append(&format!(" {i}")));
