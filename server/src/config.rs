@@ -209,6 +209,12 @@ impl std::fmt::Debug for Confidential {
     }
 }
 
+impl From<String> for Confidential {
+    fn from(value: String) -> Self {
+        Confidential(value)
+    }
+}
+
 impl std::str::FromStr for Confidential {
     type Err = std::convert::Infallible;
 
