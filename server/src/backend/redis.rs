@@ -82,6 +82,14 @@ return 1
 /// What receives the bus messages of a node's rooms (see [`RedisBackend::deliver_to`]).
 type Deliver = Arc<dyn Fn(BusMessage) + Send + Sync>;
 
+/// How many times a connection tries again to reach a server that is away, before a command
+/// waiting for it fails (the room answers `unavailable`, and the next command tries again).
+/// With one server: six times, about 5 s, long enough for a restart. With Sentinel, once:
+/// a primary that is away is being replaced, and a command should not wait on it once the
+/// connections have moved to the new one.
+const RETRIES: usize = 6;
+const SENTINEL_RETRIES: usize = 1;
+
 /// How often the Sentinels are asked which server is the primary.
 const SENTINEL_POLL: Duration = Duration::from_millis(500);
 
@@ -156,6 +164,8 @@ struct Shared {
     client: Mutex<redis::Client>,
     /// How many times the Sentinels named a new primary.
     epoch: AtomicU64,
+    /// [`RETRIES`] or [`SENTINEL_RETRIES`].
+    retries: usize,
     /// For pings only: no room's bytes go through it.
     node: Mutex<ConnectionManager>,
     /// One connection per room this node serves.
@@ -191,7 +201,7 @@ impl RedisBackend {
         let info = url.into_connection_info()?;
         let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
         let client = redis::Client::open(info.set_redis_settings(settings))?;
-        Self::open(client, node).await
+        Self::open(client, node, RETRIES).await
     }
 
     /// Connects to the primary the Sentinels of `settings` name, for node `node`, and follows
@@ -201,18 +211,19 @@ impl RedisBackend {
         let client = tokio::time::timeout(SENTINEL_TIMEOUT, sentinel.async_get_client())
             .await
             .map_err(|_| BackendError::Config("no Sentinel answered in time".to_owned()))??;
-        let mut backend = Self::open(client, node).await?;
+        let mut backend = Self::open(client, node, SENTINEL_RETRIES).await?;
         let shared = Arc::downgrade(&backend.shared);
         backend.watcher = Some(tokio::spawn(follow_primary(sentinel, shared)).abort_handle());
         Ok(backend)
     }
 
-    async fn open(client: redis::Client, node: &str) -> BackendResult<Self> {
-        let connection = client.get_connection_manager_with_config(connection_config()).await?;
+    async fn open(client: redis::Client, node: &str, retries: usize) -> BackendResult<Self> {
+        let connection = client.get_connection_manager_with_config(connection_config(retries)).await?;
         Ok(RedisBackend {
             shared: Arc::new(Shared {
                 client: Mutex::new(client),
                 epoch: AtomicU64::new(0),
+                retries,
                 node: Mutex::new(connection),
                 rooms: Mutex::default(),
                 deliver: Arc::default(),
@@ -271,14 +282,14 @@ impl Shared {
             }
             Ok::<(), redis::aio::SendError>(())
         };
-        connection_config().set_push_sender(deliver).set_automatic_resubscription()
+        connection_config(self.retries).set_push_sender(deliver).set_automatic_resubscription()
     }
 
     /// Moves every connection to the primary of `client`: the node's, and each room's, whose
     /// channel is subscribed there again. Each room is then told that messages may have been
     /// missed. The old connections are dropped (their buffers freed).
     async fn switch_to(&self, client: redis::Client) -> BackendResult<()> {
-        let node = ConnectionManager::new_lazy_with_config(client.clone(), connection_config())?;
+        let node = ConnectionManager::new_lazy_with_config(client.clone(), connection_config(self.retries))?;
         *lock(&self.client) = client.clone();
         *lock(&self.node) = node;
         let mut resubscribe = Vec::new();
@@ -333,8 +344,10 @@ async fn follow_primary(mut sentinel: SentinelClient, shared: Weak<Shared>) {
     }
 }
 
-fn connection_config() -> ConnectionManagerConfig {
+/// How a connection reconnects: with backoff, `retries` times per attempt.
+fn connection_config(retries: usize) -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
+        .set_number_of_retries(retries)
         .set_min_delay(Duration::from_millis(100))
         .set_max_delay(Duration::from_secs(2))
         .set_connection_timeout(Some(Duration::from_secs(2)))
