@@ -45,6 +45,8 @@ pub struct RedisProcess {
     child: Option<Child>,
     /// Further arguments of `redis-server` (a replica's `--replicaof`, a password).
     extra: Vec<String>,
+    /// Its working directory: a replica writes the primary's data there when it syncs.
+    dir: tempfile::TempDir,
 }
 
 impl RedisProcess {
@@ -57,7 +59,7 @@ impl RedisProcess {
     /// answers.
     pub fn start_with(extra: &[&str]) -> anyhow::Result<Self> {
         let extra = extra.iter().map(|arg| (*arg).to_owned()).collect();
-        let mut redis = RedisProcess { port: free_port(), child: None, extra };
+        let mut redis = RedisProcess { port: free_port(), child: None, extra, dir: tempfile::tempdir()? };
         redis.restart()?;
         Ok(redis)
     }
@@ -85,6 +87,8 @@ impl RedisProcess {
         self.stop();
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -279,8 +279,10 @@ async fn a_sentinel_failover_mid_meeting_loses_no_edit_and_commands_work_again()
 
 /// What `balint-room` says on standard error when it refuses to start with `args`.
 fn refusal(args: &[&str]) -> String {
+    let data = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(balint_e2e::process::server_binary().unwrap())
-        .args(["--bind", "127.0.0.1:0"])
+        .args(["--bind", "127.0.0.1:0", "--secret", SECRET, "--data-dir"])
+        .arg(data.path())
         .args(args)
         .output()
         .unwrap();
@@ -301,4 +303,103 @@ fn sentinel_flags_without_a_master_name_or_with_a_redis_url_are_refused_at_start
         refusal(&["--redis-sentinels", "127.0.0.1:1", "--redis-sentinel-master", MASTER, "--redis-password", PASSWORD]);
     assert!(none.contains("through Sentinel"), "{none}");
     assert!(!none.contains(PASSWORD), "{none}");
+}
+
+/// A switchover, as for maintenance: the Sentinels are asked to fail over while the primary
+/// is still up. It is demoted to a replica: a connection that reconnected to it would be
+/// answered, but refused every write. And the replica missed the room's last writes, as it may
+/// with asynchronous replication (here they are deleted on it before the switch): the nodes
+/// write the room's record and presence again on the new primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_switchover_to_a_replica_that_missed_writes_the_nodes_write_the_room_again() {
+    let d = deployment();
+    let (id, leader, invite) = create_room(&d.a, true).await;
+    let mut lead = YClient::join(&d.a.ws_url(&id, &leader, "lena")).await.unwrap();
+    let mut ben = YClient::join(&d.b.ws_url(&id, &invite, "ben")).await.unwrap();
+    let ben_id = ben.member_id().unwrap().to_owned();
+    ben.command(json!({"type": "raise_hand"})).await.unwrap();
+    let raised = lead.wait_state(|s| s.queue.iter().any(|e| e.member == ben_id)).await.unwrap();
+    // Another meeting, on A, has ended.
+    let (gone, gone_leader, gone_invite) = create_room(&d.a, true).await;
+    let mut last = YClient::join(&d.a.ws_url(&gone, &gone_leader, "lou")).await.unwrap();
+    last.command(json!({"type": "end_meeting"})).await.unwrap();
+    assert_eq!(last.wait_closed().await.unwrap().code, balint_proto::close::MEETING_ENDED);
+    let key = |what: &str| format!("balint:room:{id}:{what}");
+    let ended = format!("balint:room:{gone}:ended");
+    let on = |port: u16, args: &[&str]| redis_cli(port, Some(PASSWORD), args).unwrap();
+    wait_for("the replica holds the record and the end", Duration::from_secs(10), || {
+        on(d.replica.port, &["HGET", &key("record"), "version"]) == raised.version.to_string()
+            && on(d.replica.port, &["EXISTS", &ended]) == "1"
+    });
+    on(d.replica.port, &["CONFIG", "SET", "replica-read-only", "no"]);
+    on(d.replica.port, &["DEL", &key("record"), &key("presence"), &ended]);
+
+    assert_eq!(redis_cli(d.sentinels[0].port, None, &["SENTINEL", "FAILOVER", MASTER]).unwrap(), "OK");
+    let asked = Instant::now();
+    let sentinel = &d.sentinels[0];
+    wait_for("the replica is promoted", Duration::from_secs(30), || {
+        sentinel.primary_port(MASTER) == Some(d.replica.port)
+    });
+    let promoted = Instant::now();
+
+    lead.type_text("after the switchover, on A. ").await.unwrap();
+    ben.type_text("after the switchover, on B. ").await.unwrap();
+    let floor = until_carried_out(
+        &mut lead,
+        json!({"type": "next_speaker"}),
+        |s| s.floor.as_ref().is_some_and(|f| f.member == ben_id),
+        promoted,
+    )
+    .await;
+    println!(
+        "switchover: replica promoted {:.1} s after SENTINEL FAILOVER; the floor given on node A {:.1} s after the \
+         promotion",
+        (promoted - asked).as_secs_f64(),
+        floor.as_secs_f64()
+    );
+    assert!(floor < Duration::from_secs(10), "commands work again within 10 s of the promotion: {floor:?}");
+    for client in [&mut lead, &mut ben] {
+        client.wait_until(|x| x.notes().contains("on A. ") && x.notes().contains("on B. ")).await.unwrap();
+    }
+    // The old primary is still up: the Sentinels make it a replica of the new one (within
+    // 10 s, their period for asking a server that is not failing over), and the nodes stay
+    // on the new primary.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !on(d.primary.port, &["ROLE"]).starts_with("slave") {
+        assert!(Instant::now() < deadline, "the old primary never became a replica");
+        let mut clients = [lead, ben];
+        read_all(&mut clients, Duration::from_millis(100)).await;
+        [lead, ben] = clients;
+    }
+    lead.type_text("once the old primary follows. ").await.unwrap();
+    ben.wait_until(|x| x.notes().contains("once the old primary follows. ")).await.unwrap();
+
+    // The record and presence the replica lacked are on the new primary again, as the
+    // members see them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut clients = [lead, ben];
+        read_all(&mut clients, Duration::from_millis(100)).await;
+        [lead, ben] = clients;
+        let stored = on(d.replica.port, &["HGET", &key("record"), "version"]);
+        let present = on(d.replica.port, &["ZRANGE", &key("presence"), "0", "-1"]);
+        let seen = (lead.latest_state().unwrap().version, ben.latest_state().unwrap().version);
+        if stored == seen.0.to_string() && seen.0 == seen.1 && present.lines().count() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "record {stored:?} / seen {seen:?} / presence {present:?}");
+    }
+    // The end the replica lacked is written again by node A, which ended the meeting: node B,
+    // which never served it, refuses it as ended.
+    wait_for("the end is on the new primary", Duration::from_secs(10), || {
+        on(d.replica.port, &["EXISTS", &ended]) == "1"
+    });
+    let url = format!("{}/ws/{gone}?token={gone_invite}", d.b.base());
+    assert_eq!(reqwest::get(url).await.unwrap().status(), 410);
+    for (client, name) in [(&lead, "lena"), (&ben, "ben")] {
+        for state in client.states() {
+            let away: Vec<_> = state.members.iter().filter(|m| m.status == Status::Reconnecting).collect();
+            assert!(away.is_empty(), "{name} was shown {away:?} at version {}", state.version);
+        }
+    }
 }
