@@ -38,6 +38,12 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
+/// The server program a test starts: `default`, unless `variable` names another (as
+/// `scripts/test.sh` does to run the same tests on `valkey-server` and `valkey-sentinel`).
+fn redis_program(variable: &str, default: &str) -> String {
+    std::env::var(variable).ok().filter(|program| !program.is_empty()).unwrap_or_else(|| default.to_owned())
+}
+
 /// A `redis-server` owned by the test, on its own port, keeping nothing on disk.
 pub struct RedisProcess {
     /// Its port.
@@ -85,7 +91,7 @@ impl RedisProcess {
     /// Starts the server again on the same port, empty.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();
-        let child = Command::new("redis-server")
+        let child = Command::new(redis_program("BALINT_TEST_REDIS_SERVER", "redis-server"))
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -153,7 +159,7 @@ impl SentinelProcess {
         }
         let path = dir.path().join("sentinel.conf");
         std::fs::write(&path, conf)?;
-        let child = Command::new("redis-sentinel")
+        let child = Command::new(redis_program("BALINT_TEST_REDIS_SENTINEL", "redis-sentinel"))
             .arg(&path)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
