@@ -10,9 +10,9 @@
 //! With Redis Sentinel, the primary is whatever the Sentinels name: the node asks them at
 //! start and then twice a second. A connection manager only ever reconnects to the address
 //! it was opened on, so when the Sentinels name another primary (a failover) the node opens
-//! every connection again on the new one, resubscribes each room's channel there, and tells
-//! each room that messages may have been missed; [`RoomStore::primary_epoch`] then changes,
-//! and the rooms write their state again (the old primary may have lost its last writes).
+//! every connection again on the new one and resubscribes each room's channel there;
+//! [`RoomStore::primary_epoch`] then changes, and the rooms write their state again (the old
+//! primary may have lost its last writes) and catch up with the other nodes.
 //!
 //! Writes of a room's record go through one Lua script that compares the version, writes and
 //! publishes the announcement atomically, so two nodes acting at the same moment cannot both
@@ -89,6 +89,9 @@ type Deliver = Arc<dyn Fn(BusMessage) + Send + Sync>;
 /// connections have moved to the new one.
 const RETRIES: usize = 6;
 const SENTINEL_RETRIES: usize = 1;
+
+/// How many rooms subscribe on a new primary at once.
+const RESUBSCRIBE_AT_ONCE: usize = 64;
 
 /// How often the Sentinels are asked which server is the primary.
 const SENTINEL_POLL: Duration = Duration::from_millis(500);
@@ -286,9 +289,11 @@ impl Shared {
     }
 
     /// Moves every connection to the primary of `client`: the node's, and each room's, whose
-    /// channel is subscribed there again. Each room is then told that messages may have been
-    /// missed. The old connections are dropped (their buffers freed).
-    async fn switch_to(&self, client: redis::Client) -> BackendResult<()> {
+    /// channel is subscribed there again, and raises the epoch. The old connections are
+    /// dropped (their buffers freed). What the rooms may have missed meanwhile, on the bus or
+    /// in the old primary's last writes, the rebuild that the new epoch starts takes care of
+    /// (`Rooms::check_health`: records, presence and ends written again, a mutual catch-up).
+    async fn switch_to(&self, client: redis::Client) -> BackendResult<Vec<(String, ConnectionManager)>> {
         let node = ConnectionManager::new_lazy_with_config(client.clone(), connection_config(self.retries))?;
         *lock(&self.client) = client.clone();
         *lock(&self.node) = node;
@@ -305,17 +310,33 @@ impl Shared {
             }
             self.epoch.fetch_add(1, Ordering::SeqCst);
         }
-        for (room, mut connection) in resubscribe {
-            if let Err(e) = connection.subscribe(room_channel(&room)).await {
-                // The connection resubscribes by itself when it reconnects.
-                tracing::warn!(room = %room, error = %e, "could not subscribe the room on the new Redis primary yet");
-            }
-            drop(connection);
-            if let Some(deliver) = self.deliver.get() {
-                deliver(BusMessage { room, payload: Bytes::new() });
-            }
+        Ok(resubscribe)
+    }
+
+    /// Subscribes each room's channel on its connection, a few at a time; returns those that
+    /// failed, to be tried again, but only rooms still open on this connection's primary.
+    async fn resubscribe(
+        &self,
+        rooms: Vec<(String, ConnectionManager)>,
+        epoch: u64,
+    ) -> Vec<(String, ConnectionManager)> {
+        use futures_util::stream::{self, StreamExt};
+        let failed: Vec<_> = stream::iter(rooms)
+            .map(|(room, mut connection)| async move {
+                match connection.subscribe(room_channel(&room)).await {
+                    Ok(()) => None,
+                    Err(_) => Some((room, connection)),
+                }
+            })
+            .buffer_unordered(RESUBSCRIBE_AT_ONCE)
+            .filter_map(|failed| async move { failed })
+            .collect()
+            .await;
+        if self.epoch.load(Ordering::SeqCst) != epoch {
+            return Vec::new();
         }
-        Ok(())
+        let rooms = lock(&self.rooms);
+        failed.into_iter().filter(|(room, _)| rooms.contains_key(room)).collect()
     }
 }
 
@@ -324,8 +345,15 @@ impl Shared {
 async fn follow_primary(mut sentinel: SentinelClient, shared: Weak<Shared>) {
     let mut interval = tokio::time::interval(SENTINEL_POLL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Rooms whose channel could not be subscribed on the new primary yet.
+    let mut pending = Vec::new();
     loop {
         interval.tick().await;
+        if !pending.is_empty() {
+            let Some(shared) = shared.upgrade() else { return };
+            let epoch = shared.epoch.load(Ordering::SeqCst);
+            pending = shared.resubscribe(std::mem::take(&mut pending), epoch).await;
+        }
         // While the Sentinels have not yet promoted a replica, the crate finds no primary
         // (the old one is down, or no longer answers as primary): the connections stay.
         let Ok(Ok(client)) = tokio::time::timeout(SENTINEL_TIMEOUT, sentinel.async_get_client()).await else {
@@ -338,8 +366,18 @@ async fn follow_primary(mut sentinel: SentinelClient, shared: Weak<Shared>) {
         }
         // Addresses only: the password is in the client's settings, never logged.
         tracing::warn!("Sentinel names a new Redis primary; moving every connection to it");
-        if let Err(e) = shared.switch_to(client).await {
-            tracing::warn!(error = %e, "could not move to the new Redis primary");
+        match shared.switch_to(client).await {
+            Ok(rooms) => {
+                let epoch = shared.epoch.load(Ordering::SeqCst);
+                pending = shared.resubscribe(rooms, epoch).await;
+                if !pending.is_empty() {
+                    tracing::warn!(
+                        rooms = pending.len(),
+                        "rooms not subscribed on the new Redis primary yet; trying again"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not move to the new Redis primary"),
         }
     }
 }
