@@ -23,6 +23,11 @@ if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; th
   echo "test.sh: installing Redis"
   apt_install redis-server
 fi
+# The failover test runs three of Debian's redis-sentinel.
+if ! command -v redis-sentinel >/dev/null; then
+  echo "test.sh: installing Redis Sentinel"
+  apt_install redis-sentinel
+fi
 
 # The backend suite needs a running Redis: use the one on 6379 if it answers, else start one
 # of our own on a free port, keeping nothing on disk. Cluster tests start their own as well.
@@ -111,3 +116,22 @@ fi
 bash scripts/fuzz.sh 20
 
 cargo test --workspace --locked
+
+# Valkey, where it is installed (Debian bookworm has no package for it): the backend suite on
+# a valkey-server of its own, and the cluster and failover tests on valkey-server and
+# valkey-sentinel. Skipped, and said so, when valkey-server is not on PATH.
+if command -v valkey-server >/dev/null; then
+  valkey_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo 16380)
+  valkey_dir=$(mktemp -d)
+  echo "test.sh: $(valkey-server --version | head -n 1); running the backend suite, cluster and failover tests on it"
+  valkey-server --port "$valkey_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$valkey_dir" --daemonize yes \
+    --pidfile "$valkey_dir/valkey.pid" >/dev/null
+  cleanup+=("kill \"\$(cat '$valkey_dir/valkey.pid' 2>/dev/null)\" 2>/dev/null || true; rm -rf '$valkey_dir'")
+  for _ in $(seq 50); do redis-cli -p "$valkey_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  BALINT_TEST_REDIS_URL="redis://127.0.0.1:$valkey_port" cargo test --locked -p balint-server --lib backend::
+  sentinel=$(command -v valkey-sentinel || echo redis-sentinel)
+  BALINT_TEST_REDIS_SERVER=valkey-server BALINT_TEST_REDIS_SENTINEL="$sentinel" \
+    cargo test --locked -p balint-e2e --test cluster --test failover
+else
+  echo "test.sh: valkey-server is not installed; the tests ran on $(redis-server --version | cut -d' ' -f1-3) only"
+fi

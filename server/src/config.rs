@@ -33,9 +33,36 @@ pub struct Config {
 
     /// Redis URL (for example `redis://127.0.0.1:6379`). When set, presence, room state and
     /// board fan-out go through Redis, so several nodes can serve one deployment. When unset,
-    /// everything stays in this process.
-    #[arg(long, env = "REDIS_URL")]
-    pub redis_url: Option<String>,
+    /// everything stays in this process. It may carry a password: it is never logged.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<Confidential>,
+
+    /// Redis Sentinels to find the Redis primary through, instead of `--redis-url`:
+    /// comma-separated `host:port` addresses (for example `10.0.0.1:26379,10.0.0.2:26379`).
+    /// Needs `--redis-sentinel-master`. Every connection to Redis, and every reconnection,
+    /// goes to the primary the Sentinels name, so nodes follow a failover.
+    #[arg(
+        long,
+        env = "REDIS_SENTINELS",
+        value_delimiter = ',',
+        conflicts_with = "redis_url",
+        requires = "redis_sentinel_master"
+    )]
+    pub redis_sentinels: Vec<String>,
+
+    /// The name the Sentinels monitor the Redis primary under (`sentinel monitor NAME ...`).
+    #[arg(long, env = "REDIS_SENTINEL_MASTER", requires = "redis_sentinels")]
+    pub redis_sentinel_master: Option<String>,
+
+    /// Password of the Redis primary and replicas found through Sentinel (`requirepass`).
+    /// Never logged.
+    #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true, requires = "redis_sentinels")]
+    pub redis_password: Option<Confidential>,
+
+    /// Password of the Sentinels themselves (`requirepass` in their configuration), when they
+    /// have one. Never logged.
+    #[arg(long, env = "REDIS_SENTINEL_PASSWORD", hide_env_values = true, requires = "redis_sentinels")]
+    pub redis_sentinel_password: Option<Confidential>,
 
     /// Where persistent rooms keep their settings and boards: `files` (the data directory; one
     /// node), `postgres` (`--postgres-url`; several nodes) or `redis` (only on a Redis that
@@ -182,6 +209,12 @@ impl std::fmt::Debug for Confidential {
     }
 }
 
+impl From<String> for Confidential {
+    fn from(value: String) -> Self {
+        Confidential(value)
+    }
+}
+
 impl std::str::FromStr for Confidential {
     type Err = std::convert::Infallible;
 
@@ -232,12 +265,17 @@ impl Config {
 
     /// The board store in use: the one asked for, or the default for the other settings.
     pub fn board_store_kind(&self) -> BoardStoreKind {
-        match (self.board_store, &self.postgres_url, &self.redis_url) {
+        match (self.board_store, &self.postgres_url, self.uses_redis()) {
             (Some(kind), _, _) => kind,
             (None, Some(_), _) => BoardStoreKind::Postgres,
-            (None, None, Some(_)) => BoardStoreKind::Redis,
-            (None, None, None) => BoardStoreKind::Files,
+            (None, None, true) => BoardStoreKind::Redis,
+            (None, None, false) => BoardStoreKind::Files,
         }
+    }
+
+    /// Whether rooms go through Redis: at `--redis-url`, or found through Sentinel.
+    pub fn uses_redis(&self) -> bool {
+        self.redis_url.is_some() || !self.redis_sentinels.is_empty()
     }
 
     /// [`Self::awareness_timeout_secs`] as a duration.
@@ -269,5 +307,43 @@ mod tests {
         );
         assert!(!format!("{config:?}").contains("hunter2"));
         assert_eq!(config.board_store_kind(), BoardStoreKind::Postgres);
+    }
+
+    #[test]
+    fn sentinel_flags_need_the_master_name_and_exclude_a_redis_url() {
+        let ok = Config::try_parse_from([
+            "balint-room",
+            "--redis-sentinels",
+            "10.0.0.1:26379,10.0.0.2:26379",
+            "--redis-sentinel-master",
+            "balint",
+            "--redis-password",
+            "hunter2",
+        ])
+        .unwrap();
+        assert_eq!(ok.redis_sentinels, ["10.0.0.1:26379", "10.0.0.2:26379"]);
+        assert!(ok.uses_redis());
+        assert_eq!(ok.board_store_kind(), BoardStoreKind::Redis);
+        assert!(!format!("{ok:?}").contains("hunter2"));
+
+        let refused = |args: &[&str]| {
+            let error = Config::try_parse_from(args).expect_err("refused");
+            error.to_string()
+        };
+        let without_name = refused(&["balint-room", "--redis-sentinels", "10.0.0.1:26379"]);
+        assert!(without_name.contains("--redis-sentinel-master"), "{without_name}");
+        let both = refused(&[
+            "balint-room",
+            "--redis-url",
+            "redis://:hunter2@10.0.0.1",
+            "--redis-sentinels",
+            "10.0.0.1:26379",
+            "--redis-sentinel-master",
+            "balint",
+        ]);
+        assert!(both.contains("cannot be used with"), "{both}");
+        assert!(!both.contains("hunter2"), "{both}");
+        let name_alone = refused(&["balint-room", "--redis-sentinel-master", "balint"]);
+        assert!(name_alone.contains("--redis-sentinels"), "{name_alone}");
     }
 }

@@ -357,7 +357,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         matches!(tokio::time::timeout(limits::READINESS_TIMEOUT, state.rooms.check_backend()).await, Ok(Ok(())));
     let store =
         matches!(tokio::time::timeout(limits::READINESS_TIMEOUT, state.rooms.check_board_store()).await, Ok(Ok(())));
-    let name = if state.config.redis_url.is_some() { "redis" } else { "embedded" };
+    let name = if state.config.uses_redis() { "redis" } else { "embedded" };
     let body = serde_json::json!({
         "ready": backend && store,
         "backend": { "kind": name, "ok": backend },
@@ -563,7 +563,7 @@ pub async fn set_title(
 /// record may have been lost (Redis restarted, keeping nothing) while no node held the
 /// room: that is not known to be an end, so the answer says so (404 `unknown_room`).
 fn unknown_room(state: &AppState) -> AppError {
-    if state.config.redis_url.is_none() {
+    if !state.config.uses_redis() {
         AppError::Gone
     } else {
         AppError::UnknownRoom

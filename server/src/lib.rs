@@ -55,7 +55,7 @@ use tower_http::trace::TraceLayer;
 use backend::embedded::Embedded;
 use backend::files::FileStore;
 use backend::postgres::PostgresStore;
-use backend::redis::RedisBackend;
+use backend::redis::{RedisBackend, SentinelSettings};
 use config::BoardStoreKind;
 pub use config::Config;
 use metrics::Metrics;
@@ -113,14 +113,31 @@ impl AppState {
         let tracker = TaskTracker::new();
         let shutdown = CancellationToken::new();
         let board_kind = config.board_store_kind();
-        let redis = match &config.redis_url {
-            None => None,
-            Some(url) => {
+        let redis = match (&config.redis_url, &config.redis_sentinel_master) {
+            (Some(_), Some(_)) => anyhow::bail!("give either --redis-url or the Sentinel flags, not both"),
+            (Some(url), None) => {
                 // The URL may carry a password: the error says what failed, never where.
-                let redis =
-                    RedisBackend::connect(url, &node).await.map_err(|e| anyhow::anyhow!("cannot reach Redis: {e}"))?;
+                let redis = RedisBackend::connect(url.expose(), &node)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot reach Redis: {e}"))?;
                 Some(Arc::new(redis))
             }
+            (None, Some(master)) => {
+                let settings = SentinelSettings {
+                    sentinels: config.redis_sentinels.clone(),
+                    master: master.clone(),
+                    password: config.redis_password.as_ref().map(|p| p.expose().to_owned()),
+                    sentinel_password: config.redis_sentinel_password.as_ref().map(|p| p.expose().to_owned()),
+                };
+                let redis = RedisBackend::connect_via_sentinel(&settings, &node)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot reach the Redis primary through Sentinel: {e}"))?;
+                Some(Arc::new(redis))
+            }
+            (None, None) if !config.redis_sentinels.is_empty() => {
+                anyhow::bail!("--redis-sentinels needs --redis-sentinel-master")
+            }
+            (None, None) => None,
         };
         let boards: Arc<dyn backend::BoardStore> = match board_kind {
             BoardStoreKind::Files => Arc::new(FileStore::new(&config.data_dir)),
@@ -180,7 +197,8 @@ impl AppState {
         };
         tracing::info!(
             node = rooms.node(),
-            redis = config.redis_url.is_some(),
+            redis = config.uses_redis(),
+            sentinel = !config.redis_sentinels.is_empty(),
             board_store = board_kind.name(),
             "node started"
         );

@@ -579,6 +579,8 @@ struct Registry {
     cluster: Cluster,
     /// Whether the backend answered at the last check.
     healthy: AtomicBool,
+    /// The backend's [`RoomStore::primary_epoch`] at the last check that it answered.
+    epoch: AtomicU64,
     /// Every open room waiting for a due time.
     timers: Arc<Timers>,
 }
@@ -599,6 +601,7 @@ impl Rooms {
                 next_conn: AtomicU64::new(1),
                 cluster,
                 healthy: AtomicBool::new(true),
+                epoch: AtomicU64::new(0),
                 timers: Arc::default(),
             }),
         }
@@ -837,19 +840,27 @@ impl Rooms {
         }
     }
 
-    /// Pings the backend once; when it answers again after failing, re-announces every room
-    /// this node holds and the ends it knows of.
+    /// Pings the backend once; when it answers again after failing, or answers from another
+    /// primary than at the last check (a failover, which may have lost the last writes that
+    /// had not reached the replica), re-announces every room this node holds and the ends it
+    /// knows of.
     pub async fn check_health(&self) {
         let was_healthy = self.shared.healthy.load(Ordering::Relaxed);
         // A ping that hangs (a client reconnecting to a Redis that is away) counts as a
         // failure, as it does for /readyz.
-        let ping = tokio::time::timeout(limits::READINESS_TIMEOUT, self.shared.cluster.store.ping());
+        let store = &self.shared.cluster.store;
+        let epoch = store.primary_epoch();
+        let ping = tokio::time::timeout(limits::READINESS_TIMEOUT, store.ping());
         let healthy = matches!(ping.await, Ok(Ok(())));
         self.shared.healthy.store(healthy, Ordering::Relaxed);
         if was_healthy && !healthy {
             warn!("backend unreachable; rooms keep running on this node");
         }
-        if !healthy || was_healthy {
+        if !healthy {
+            return;
+        }
+        let new_primary = self.shared.epoch.swap(epoch, Ordering::Relaxed) != epoch;
+        if was_healthy && !new_primary {
             return;
         }
         let rooms: Vec<_> = lock(&self.shared.rooms).values().cloned().collect();

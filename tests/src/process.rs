@@ -38,17 +38,34 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
+/// The server program a test starts: `default`, unless `variable` names another (as
+/// `scripts/test.sh` does to run the same tests on `valkey-server` and `valkey-sentinel`).
+fn redis_program(variable: &str, default: &str) -> String {
+    std::env::var(variable).ok().filter(|program| !program.is_empty()).unwrap_or_else(|| default.to_owned())
+}
+
 /// A `redis-server` owned by the test, on its own port, keeping nothing on disk.
 pub struct RedisProcess {
     /// Its port.
     pub port: u16,
     child: Option<Child>,
+    /// Further arguments of `redis-server` (a replica's `--replicaof`, a password).
+    extra: Vec<String>,
+    /// Its working directory: a replica writes the primary's data there when it syncs.
+    dir: tempfile::TempDir,
 }
 
 impl RedisProcess {
     /// Starts a Redis on a free port and waits until it answers.
     pub fn start() -> anyhow::Result<Self> {
-        let mut redis = RedisProcess { port: free_port(), child: None };
+        Self::start_with(&[])
+    }
+
+    /// Starts a Redis on a free port with further `redis-server` arguments, and waits until it
+    /// answers.
+    pub fn start_with(extra: &[&str]) -> anyhow::Result<Self> {
+        let extra = extra.iter().map(|arg| (*arg).to_owned()).collect();
+        let mut redis = RedisProcess { port: free_port(), child: None, extra, dir: tempfile::tempdir()? };
         redis.restart()?;
         Ok(redis)
     }
@@ -74,8 +91,11 @@ impl RedisProcess {
     /// Starts the server again on the same port, empty.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();
-        let child = Command::new("redis-server")
+        let child = Command::new(redis_program("BALINT_TEST_REDIS_SERVER", "redis-server"))
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -94,6 +114,84 @@ impl RedisProcess {
 impl Drop for RedisProcess {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Runs `redis-cli` against the server on `port` (with `password`, if any) and returns what
+/// it printed, trimmed.
+pub fn redis_cli(port: u16, password: Option<&str>, args: &[&str]) -> anyhow::Result<String> {
+    let mut command = Command::new("redis-cli");
+    command.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+    if let Some(password) = password {
+        // Through the environment, so that redis-cli prints no warning about it.
+        command.env("REDISCLI_AUTH", password);
+    }
+    let out = command.args(args).stdin(Stdio::null()).output().context("redis-cli is needed for this test")?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// A `redis-sentinel` owned by the test: its own port, and its own configuration file in a
+/// temporary directory (Sentinel rewrites it).
+pub struct SentinelProcess {
+    /// Its port.
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl SentinelProcess {
+    /// Starts a Sentinel on a free port that monitors the primary on `primary` under
+    /// `master` (quorum 2), with short timeouts: the primary is taken for down after 1 s
+    /// without an answer. `auth` is the primary's password, if it has one.
+    pub fn start(master: &str, primary: u16, auth: Option<&str>) -> anyhow::Result<Self> {
+        let port = free_port();
+        let dir = tempfile::tempdir()?;
+        let mut conf = format!(
+            "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {}\n\
+             sentinel monitor {master} 127.0.0.1 {primary} 2\n\
+             sentinel down-after-milliseconds {master} 1000\n\
+             sentinel failover-timeout {master} 5000\n\
+             sentinel parallel-syncs {master} 1\n",
+            dir.path().display()
+        );
+        if let Some(auth) = auth {
+            conf.push_str(&format!("sentinel auth-pass {master} {auth}\n"));
+        }
+        let path = dir.path().join("sentinel.conf");
+        std::fs::write(&path, conf)?;
+        let child = Command::new(redis_program("BALINT_TEST_REDIS_SENTINEL", "redis-sentinel"))
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("redis-sentinel is needed for this test (scripts/test.sh installs it)")?;
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(SentinelProcess { port, child, _dir: dir });
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        bail!("redis-sentinel did not start")
+    }
+
+    /// What this Sentinel says of `master` (`SENTINEL MASTER`), field by field.
+    pub fn master_info(&self, master: &str) -> std::collections::HashMap<String, String> {
+        let out = redis_cli(self.port, None, &["SENTINEL", "MASTER", master]).unwrap_or_default();
+        let lines: Vec<&str> = out.lines().collect();
+        lines.chunks(2).filter(|pair| pair.len() == 2).map(|pair| (pair[0].to_owned(), pair[1].to_owned())).collect()
+    }
+
+    /// The port of the server this Sentinel takes for the primary of `master`.
+    pub fn primary_port(&self, master: &str) -> Option<u16> {
+        let out = redis_cli(self.port, None, &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", master]).ok()?;
+        out.lines().nth(1)?.trim().parse().ok()
+    }
+}
+
+impl Drop for SentinelProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

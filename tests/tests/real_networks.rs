@@ -133,12 +133,12 @@ async fn a_link_is_checked_before_any_store_is_asked() {
     let url = redis.url();
     let secret = "a secret that both nodes share, long enough".to_owned();
     let creator = TestServer::start_with(|c| {
-        c.redis_url = Some(url.clone());
+        c.redis_url = Some(url.clone().into());
         c.secret = Some(secret.clone());
     })
     .await;
     let server = TestServer::start_with(|c| {
-        c.redis_url = Some(url);
+        c.redis_url = Some(url.into());
         c.secret = Some(secret);
     })
     .await;

@@ -39,6 +39,10 @@ pub enum BackendError {
     /// The data directory could not be read or written.
     #[error("data directory: {0}")]
     Io(#[from] std::io::Error),
+    /// The backend's settings cannot be used (for example a Sentinel address that is not
+    /// `host:port`). Says what is wrong, never a password.
+    #[error("{0}")]
+    Config(String),
     /// PostgreSQL could not be reached or refused a query. Says what failed, never the
     /// connection string.
     #[error("postgres: {0}")]
@@ -89,6 +93,13 @@ pub trait RoomStore: Send + Sync + 'static {
 
     /// Whether the backend answers.
     fn ping(&self) -> BoxFuture<'_, BackendResult<()>>;
+
+    /// A number that changes each time the backend moves to another primary (a Redis
+    /// Sentinel failover): what the old one had not handed to its replica may be lost, so the
+    /// nodes write their rooms' state again. Always 0 for a backend with one server.
+    fn primary_epoch(&self) -> u64 {
+        0
+    }
 }
 
 /// Presence entries: one per member and node.

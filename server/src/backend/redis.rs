@@ -7,6 +7,13 @@
 //! dropped, and its buffers are freed (and wiped, see `crate::wipe`). Each connection
 //! reconnects by itself with backoff after Redis restarts and resubscribes its channel.
 //!
+//! With Redis Sentinel, the primary is whatever the Sentinels name: the node asks them at
+//! start and then twice a second. A connection manager only ever reconnects to the address
+//! it was opened on, so when the Sentinels name another primary (a failover) the node opens
+//! every connection again on the new one and resubscribes each room's channel there;
+//! [`RoomStore::primary_epoch`] then changes, and the rooms write their state again (the old
+//! primary may have lost its last writes) and catch up with the other nodes.
+//!
 //! Writes of a room's record go through one Lua script that compares the version, writes and
 //! publishes the announcement atomically, so two nodes acting at the same moment cannot both
 //! win.
@@ -27,13 +34,15 @@
 //! Channel: `balint:room:{id}:bus`: board updates, state announcements and catch-up messages.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Script, Value};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{AsyncCommands, ConnectionAddr, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Script, Value};
 
 use crate::fanout;
 
@@ -73,20 +82,120 @@ return 1
 /// What receives the bus messages of a node's rooms (see [`RedisBackend::deliver_to`]).
 type Deliver = Arc<dyn Fn(BusMessage) + Send + Sync>;
 
-/// A node's connections to Redis.
-pub struct RedisBackend {
-    client: redis::Client,
+/// How many times a connection tries again to reach a server that is away, before a command
+/// waiting for it fails (the room answers `unavailable`, and the next command tries again).
+/// With one server: six times, about 5 s, long enough for a restart. With Sentinel, once:
+/// a primary that is away is being replaced, and a command should not wait on it once the
+/// connections have moved to the new one.
+const RETRIES: usize = 6;
+const SENTINEL_RETRIES: usize = 1;
+
+/// How many rooms subscribe on a new primary at once.
+const RESUBSCRIBE_AT_ONCE: usize = 64;
+
+/// How often the Sentinels are asked which server is the primary.
+const SENTINEL_POLL: Duration = Duration::from_millis(500);
+
+/// The longest one question to the Sentinels may take.
+const SENTINEL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where the nodes find Redis through Sentinel. `Debug` never shows the passwords.
+#[derive(Clone, Default)]
+pub struct SentinelSettings {
+    /// The Sentinels' addresses, `host:port`.
+    pub sentinels: Vec<String>,
+    /// The name the Sentinels monitor the primary under.
+    pub master: String,
+    /// The primary's (and replicas') password, if any.
+    pub password: Option<String>,
+    /// The Sentinels' own password, if any.
+    pub sentinel_password: Option<String>,
+}
+
+impl std::fmt::Debug for SentinelSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentinelSettings")
+            .field("sentinels", &self.sentinels)
+            .field("master", &self.master)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SentinelSettings {
+    /// The Sentinel client of the crate, asking for the primary with RESP3 connections.
+    fn client(&self) -> BackendResult<SentinelClient> {
+        let mut addresses = Vec::with_capacity(self.sentinels.len());
+        for sentinel in &self.sentinels {
+            let (host, port) = sentinel
+                .trim()
+                .rsplit_once(':')
+                .and_then(|(host, port)| Some((host.trim_matches(['[', ']']), port.parse::<u16>().ok()?)))
+                .filter(|(host, _)| !host.is_empty())
+                .ok_or_else(|| {
+                    BackendError::Config(format!("a Sentinel address is host:port, not {:?}", sentinel.trim()))
+                })?;
+            addresses.push(ConnectionAddr::Tcp(host.to_owned(), port));
+        }
+        if addresses.is_empty() {
+            return Err(BackendError::Config("no Sentinel address given".to_owned()));
+        }
+        if self.master.trim().is_empty() {
+            return Err(BackendError::Config("the Sentinel master name is empty".to_owned()));
+        }
+        let mut builder = SentinelClientBuilder::new(addresses, self.master.trim(), SentinelServerType::Master)?
+            .set_client_to_redis_protocol(ProtocolVersion::RESP3);
+        if let Some(password) = &self.password {
+            builder = builder.set_client_to_redis_password(password);
+        }
+        if let Some(password) = &self.sentinel_password {
+            builder = builder.set_client_to_sentinel_password(password);
+        }
+        Ok(builder.build()?)
+    }
+}
+
+/// The connections of one room.
+struct RoomConnection {
+    connection: ConnectionManager,
+    /// Whether the room's channel was subscribed: it is again on a new primary.
+    subscribed: bool,
+}
+
+/// What the backend and its Sentinel watcher share.
+struct Shared {
+    /// The primary: the one server of `--redis-url`, or the one the Sentinels named last.
+    client: Mutex<redis::Client>,
+    /// How many times the Sentinels named a new primary.
+    epoch: AtomicU64,
+    /// [`RETRIES`] or [`SENTINEL_RETRIES`].
+    retries: usize,
     /// For pings only: no room's bytes go through it.
-    node: ConnectionManager,
+    node: Mutex<ConnectionManager>,
     /// One connection per room this node serves.
-    rooms: Mutex<HashMap<String, ConnectionManager>>,
+    rooms: Mutex<HashMap<String, RoomConnection>>,
     /// Where bus messages go, once set.
     deliver: Arc<OnceLock<Deliver>>,
     /// What this node's own bus messages begin with ([`fanout::sender_prefix`]).
     own: Bytes,
+}
+
+/// A node's connections to Redis.
+pub struct RedisBackend {
+    shared: Arc<Shared>,
+    /// The task asking the Sentinels for the primary, if Sentinel is in use; stopped with the
+    /// backend.
+    watcher: Option<tokio::task::AbortHandle>,
     cas: Script,
     create: Script,
     restore: Script,
+}
+
+impl Drop for RedisBackend {
+    fn drop(&mut self) {
+        if let Some(watcher) = &self.watcher {
+            watcher.abort();
+        }
+    }
 }
 
 impl RedisBackend {
@@ -95,13 +204,35 @@ impl RedisBackend {
         let info = url.into_connection_info()?;
         let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
         let client = redis::Client::open(info.set_redis_settings(settings))?;
-        let connection = client.get_connection_manager_with_config(connection_config()).await?;
+        Self::open(client, node, RETRIES).await
+    }
+
+    /// Connects to the primary the Sentinels of `settings` name, for node `node`, and follows
+    /// it from then on.
+    pub async fn connect_via_sentinel(settings: &SentinelSettings, node: &str) -> BackendResult<Self> {
+        let mut sentinel = settings.client()?;
+        let client = tokio::time::timeout(SENTINEL_TIMEOUT, sentinel.async_get_client())
+            .await
+            .map_err(|_| BackendError::Config("no Sentinel answered in time".to_owned()))??;
+        let mut backend = Self::open(client, node, SENTINEL_RETRIES).await?;
+        let shared = Arc::downgrade(&backend.shared);
+        backend.watcher = Some(tokio::spawn(follow_primary(sentinel, shared)).abort_handle());
+        Ok(backend)
+    }
+
+    async fn open(client: redis::Client, node: &str, retries: usize) -> BackendResult<Self> {
+        let connection = client.get_connection_manager_with_config(connection_config(retries)).await?;
         Ok(RedisBackend {
-            client,
-            node: connection,
-            rooms: Mutex::default(),
-            deliver: Arc::default(),
-            own: fanout::sender_prefix(node),
+            shared: Arc::new(Shared {
+                client: Mutex::new(client),
+                epoch: AtomicU64::new(0),
+                retries,
+                node: Mutex::new(connection),
+                rooms: Mutex::default(),
+                deliver: Arc::default(),
+                own: fanout::sender_prefix(node),
+            }),
+            watcher: None,
             cas: Script::new(CAS_SCRIPT),
             create: Script::new(CREATE_SCRIPT),
             restore: Script::new(RESTORE_SCRIPT),
@@ -114,14 +245,32 @@ impl RedisBackend {
     /// back to it, are dropped there, undecoded. Messages read before this is called are
     /// dropped (no room is subscribed then); a second call changes nothing.
     pub fn deliver_to(&self, deliver: impl Fn(BusMessage) + Send + Sync + 'static) {
-        let _ = self.deliver.set(Arc::new(deliver));
+        let _ = self.shared.deliver.set(Arc::new(deliver));
     }
 
     /// The room's own connection, opened on first use.
     async fn room(&self, room: &str) -> BackendResult<ConnectionManager> {
-        if let Some(connection) = lock(&self.rooms).get(room) {
-            return Ok(connection.clone());
+        if let Some(open) = lock(&self.shared.rooms).get(room) {
+            return Ok(open.connection.clone());
         }
+        loop {
+            let epoch = self.shared.epoch.load(Ordering::SeqCst);
+            let client = lock(&self.shared.client).clone();
+            let connection = client.get_connection_manager_with_config(self.shared.room_config(room)).await?;
+            let mut rooms = lock(&self.shared.rooms);
+            if self.shared.epoch.load(Ordering::SeqCst) != epoch {
+                // Opened on a primary the node has just left: again, on the new one.
+                continue;
+            }
+            let open = rooms.entry(room.to_owned()).or_insert(RoomConnection { connection, subscribed: false });
+            return Ok(open.connection.clone());
+        }
+    }
+}
+
+impl Shared {
+    /// The configuration of a room's connection: its pushes go to [`Shared::deliver`].
+    fn room_config(&self, room: &str) -> ConnectionManagerConfig {
         let (target, own) = (self.deliver.clone(), self.own.clone());
         let name = room.to_owned();
         let deliver = move |push: PushInfo| {
@@ -136,14 +285,107 @@ impl RedisBackend {
             }
             Ok::<(), redis::aio::SendError>(())
         };
-        let config = connection_config().set_push_sender(deliver).set_automatic_resubscription();
-        let connection = self.client.get_connection_manager_with_config(config).await?;
-        Ok(lock(&self.rooms).entry(room.to_owned()).or_insert(connection).clone())
+        connection_config(self.retries).set_push_sender(deliver).set_automatic_resubscription()
+    }
+
+    /// Moves every connection to the primary of `client`: the node's, and each room's, whose
+    /// channel is subscribed there again, and raises the epoch. The old connections are
+    /// dropped (their buffers freed). What the rooms may have missed meanwhile, on the bus or
+    /// in the old primary's last writes, the rebuild that the new epoch starts takes care of
+    /// (`Rooms::check_health`: records, presence and ends written again, a mutual catch-up).
+    async fn switch_to(&self, client: redis::Client) -> BackendResult<Vec<(String, ConnectionManager)>> {
+        let node = ConnectionManager::new_lazy_with_config(client.clone(), connection_config(self.retries))?;
+        *lock(&self.client) = client.clone();
+        *lock(&self.node) = node;
+        let mut resubscribe = Vec::new();
+        {
+            // Under the lock, so that a room subscribing meanwhile is either moved with its
+            // subscription or subscribes on the new connection.
+            let mut rooms = lock(&self.rooms);
+            for (room, open) in rooms.iter_mut() {
+                open.connection = ConnectionManager::new_lazy_with_config(client.clone(), self.room_config(room))?;
+                if open.subscribed {
+                    resubscribe.push((room.clone(), open.connection.clone()));
+                }
+            }
+            self.epoch.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(resubscribe)
+    }
+
+    /// Subscribes each room's channel on its connection, a few at a time; returns those that
+    /// failed, to be tried again, but only rooms still open on this connection's primary.
+    async fn resubscribe(
+        &self,
+        rooms: Vec<(String, ConnectionManager)>,
+        epoch: u64,
+    ) -> Vec<(String, ConnectionManager)> {
+        use futures_util::stream::{self, StreamExt};
+        let failed: Vec<_> = stream::iter(rooms)
+            .map(|(room, mut connection)| async move {
+                match connection.subscribe(room_channel(&room)).await {
+                    Ok(()) => None,
+                    Err(_) => Some((room, connection)),
+                }
+            })
+            .buffer_unordered(RESUBSCRIBE_AT_ONCE)
+            .filter_map(|failed| async move { failed })
+            .collect()
+            .await;
+        if self.epoch.load(Ordering::SeqCst) != epoch {
+            return Vec::new();
+        }
+        let rooms = lock(&self.rooms);
+        failed.into_iter().filter(|(room, _)| rooms.contains_key(room)).collect()
     }
 }
 
-fn connection_config() -> ConnectionManagerConfig {
+/// Asks the Sentinels for the primary every [`SENTINEL_POLL`], and moves the backend's
+/// connections when they name another one, until the backend is dropped.
+async fn follow_primary(mut sentinel: SentinelClient, shared: Weak<Shared>) {
+    let mut interval = tokio::time::interval(SENTINEL_POLL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Rooms whose channel could not be subscribed on the new primary yet.
+    let mut pending = Vec::new();
+    loop {
+        interval.tick().await;
+        if !pending.is_empty() {
+            let Some(shared) = shared.upgrade() else { return };
+            let epoch = shared.epoch.load(Ordering::SeqCst);
+            pending = shared.resubscribe(std::mem::take(&mut pending), epoch).await;
+        }
+        // While the Sentinels have not yet promoted a replica, the crate finds no primary
+        // (the old one is down, or no longer answers as primary): the connections stay.
+        let Ok(Ok(client)) = tokio::time::timeout(SENTINEL_TIMEOUT, sentinel.async_get_client()).await else {
+            continue;
+        };
+        let Some(shared) = shared.upgrade() else { return };
+        let current = lock(&shared.client).get_connection_info().addr().clone();
+        if client.get_connection_info().addr() == &current {
+            continue;
+        }
+        // Addresses only: the password is in the client's settings, never logged.
+        tracing::warn!("Sentinel names a new Redis primary; moving every connection to it");
+        match shared.switch_to(client).await {
+            Ok(rooms) => {
+                let epoch = shared.epoch.load(Ordering::SeqCst);
+                pending = shared.resubscribe(rooms, epoch).await;
+                if !pending.is_empty() {
+                    tracing::warn!(
+                        rooms = pending.len(),
+                        "rooms not subscribed on the new Redis primary yet; trying again"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not move to the new Redis primary"),
+        }
+    }
+}
+
+/// How a connection reconnects: with backoff, `retries` times per attempt.
+fn connection_config(retries: usize) -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
+        .set_number_of_retries(retries)
         .set_min_delay(Duration::from_millis(100))
         .set_max_delay(Duration::from_secs(2))
         .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -308,12 +550,16 @@ impl RoomStore for RedisBackend {
     }
 
     fn ping(&self) -> BoxFuture<'_, BackendResult<()>> {
-        let mut connection = self.node.clone();
+        let mut connection = lock(&self.shared.node).clone();
         async move {
             redis::cmd("PING").query_async::<()>(&mut connection).await?;
             Ok(())
         }
         .boxed()
+    }
+
+    fn primary_epoch(&self) -> u64 {
+        self.shared.epoch.load(Ordering::SeqCst)
     }
 }
 
@@ -384,7 +630,7 @@ impl Bus for RedisBackend {
         let room = room.to_owned();
         // Only on the connection the room's subscription opened: a message still queued when
         // the room was retired must not open a new connection for a room that is gone.
-        let connection = lock(&self.rooms).get(&room).cloned();
+        let connection = lock(&self.shared.rooms).get(&room).map(|open| open.connection.clone());
         async move {
             let mut connection = connection.ok_or(BackendError::NotOpen)?;
             connection.publish::<_, _, ()>(channel, payload.as_ref()).await?;
@@ -397,7 +643,15 @@ impl Bus for RedisBackend {
         let channel = room_channel(room);
         let room = room.to_owned();
         async move {
-            let mut connection = self.room(&room).await?;
+            self.room(&room).await?;
+            // Marked and taken under one lock: a move to a new primary meanwhile either
+            // subscribes the room there or hands this call the new connection.
+            let mut connection = {
+                let mut rooms = lock(&self.shared.rooms);
+                let open = rooms.get_mut(&room).ok_or(BackendError::NotOpen)?;
+                open.subscribed = true;
+                open.connection.clone()
+            };
             connection.subscribe(channel).await?;
             Ok(())
         }
@@ -406,7 +660,7 @@ impl Bus for RedisBackend {
 
     fn unsubscribe(&self, room: &str) -> BoxFuture<'_, BackendResult<()>> {
         // Dropping the room's connection ends its subscription and frees its buffers.
-        let connection = lock(&self.rooms).remove(room);
+        let connection = lock(&self.shared.rooms).remove(room);
         drop(connection);
         async { Ok(()) }.boxed()
     }
@@ -481,5 +735,34 @@ impl BoardStore for RedisBackend {
             Ok(connection.exists(key).await?)
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(sentinels: &[&str], master: &str) -> SentinelSettings {
+        SentinelSettings {
+            sentinels: sentinels.iter().map(|s| (*s).to_owned()).collect(),
+            master: master.to_owned(),
+            password: Some("hunter2".to_owned()),
+            sentinel_password: Some("swordfish".to_owned()),
+        }
+    }
+
+    #[test]
+    fn sentinel_settings_are_checked_and_never_show_their_passwords() {
+        assert!(settings(&["10.0.0.1:26379", " [::1]:26380"], "balint").client().is_ok());
+        for (sentinels, master) in
+            [(&["10.0.0.1"][..], "balint"), (&["10.0.0.1:port"], "balint"), (&[":26379"], "balint"), (&[], "balint")]
+                .into_iter()
+                .chain([(&["10.0.0.1:26379"][..], " ")])
+        {
+            let refused = settings(sentinels, master).client().err().expect("refused");
+            assert!(matches!(refused, BackendError::Config(_)), "{sentinels:?} {master:?}: {refused}");
+        }
+        let shown = format!("{:?}", settings(&["10.0.0.1:26379"], "balint"));
+        assert!(shown.contains("10.0.0.1:26379") && !shown.contains("hunter2") && !shown.contains("swordfish"));
     }
 }
