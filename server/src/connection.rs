@@ -621,8 +621,8 @@ impl Session {
     async fn forward<S, E>(
         &mut self,
         socket: &mut S,
-        feed: &mut Receiver<Outbound>,
-        first: Outbound,
+        feed: &mut Receiver<Arc<Outbound>>,
+        first: Arc<Outbound>,
         limits: &ConnectionLimits,
     ) -> Option<CloseFrame>
     where
@@ -632,13 +632,14 @@ impl Session {
         let mut batched = 0;
         while let Some(outbound) = next.take() {
             if self.wants(&outbound) {
-                if let Message::Close(frame) = outbound.message {
+                if let Message::Close(frame) = &outbound.message {
                     // The room closes this connection (kicked, declined, meeting ended).
                     let _ = tokio::time::timeout(limits.write_timeout, socket.flush()).await;
-                    return Some(frame.unwrap_or_else(|| closing(close::NORMAL, "closed")));
+                    return Some(frame.clone().unwrap_or_else(|| closing(close::NORMAL, "closed")));
                 }
                 let len = payload_len(&outbound.message);
-                let fed = tokio::time::timeout(limits.write_timeout, socket.feed(outbound.message)).await;
+                // A clone of the shared frame is a reference count.
+                let fed = tokio::time::timeout(limits.write_timeout, socket.feed(outbound.message.clone())).await;
                 if let Err(e) = written(fed) {
                     return Some(e.ending(self));
                 }
