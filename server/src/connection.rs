@@ -1,6 +1,6 @@
 //! One task per WebSocket connection.
 //!
-//! The task `select!`s over the shutdown token, the room's feed, a keepalive timer and the
+//! The task `select!`s over the shutdown token, the room's feed, the node's keepalive clock and the
 //! socket. Frames from the feed are already encoded and shared ([`bytes::Bytes`]); when the
 //! writer is behind, queued frames are fed in a batch and flushed once. A connection that falls
 //! more than the feed's capacity behind, or whose socket blocks a write for too long, is closed
@@ -8,7 +8,7 @@
 //! reconnects.
 //!
 //! **Stalls.** A laptop that sleeps or Wi-Fi that stops forwarding leaves a TCP connection
-//! open and silent. The keepalive timer pings a connection that has sent nothing for a while
+//! open and silent. Once a beat, the keepalive pings a connection that has sent nothing for a while
 //! and sends `heartbeat` to a room-protocol client that has been sent nothing, so that the
 //! client, too, can tell a quiet room from a dead network. A connection that has answered
 //! nothing, not even a pong, for `stall_timeout` is dropped as lost: its member shows as
@@ -38,10 +38,11 @@ use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::broadcast::Receiver;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use crate::keepalive::Beat;
 use crate::limits;
 use crate::metrics::Metrics;
 use crate::room::ConnId;
@@ -138,6 +139,11 @@ fn closing(code: u16, reason: &'static str) -> CloseFrame {
     CloseFrame { code, reason: Utf8Bytes::from_static(reason) }
 }
 
+/// How often a connection's keepalive runs: half the heartbeat interval, so that a
+/// room-protocol client hears from the server at least every interval, and a quiet client is
+/// pinged as often. The node's [`KeepaliveClock`](crate::keepalive::KeepaliveClock) keeps it.
+pub const KEEPALIVE_BEAT: Duration = Duration::from_millis(HEARTBEAT_INTERVAL_MS / 2);
+
 /// The `heartbeat` message, encoded once for every connection.
 const HEARTBEAT: &str = r#"{"type":"heartbeat"}"#;
 
@@ -152,6 +158,7 @@ pub async fn serve<S, E>(
     limits: ConnectionLimits,
     metrics: Metrics,
     shutdown: CancellationToken,
+    mut beat: Beat,
 ) where
     S: Sink<Message, Error = E> + Stream<Item = Result<Message, E>> + Unpin,
     E: TransportError,
@@ -178,11 +185,6 @@ pub async fn serve<S, E>(
     metrics.connection(1);
     info!(room = room.id(), conn = %conn, role = role.as_str(), "connected");
     let mut session = Session::new(conn, &limits, metrics.clone());
-    // Ticks at half the heartbeat interval: a room-protocol client hears from the server at
-    // least every interval, and a quiet client is pinged as often.
-    let beat = Duration::from_millis(HEARTBEAT_INTERVAL_MS) / 2;
-    let mut keepalive = tokio::time::interval_at(Instant::now() + beat, beat);
-    keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
     // The task lives as long as the connection, idle or not, and its future is as large as
     // the largest state it can be in: what is rarely taken (a paused reading, handling a
@@ -209,8 +211,8 @@ pub async fn serve<S, E>(
                     break Some(frame);
                 }
             }
-            _ = keepalive.tick() => {
-                if let Some(frame) = session.keepalive(&mut socket, beat, &limits).await {
+            () = beat.tick() => {
+                if let Some(frame) = session.keepalive(&mut socket, beat.period(), &limits).await {
                     break Some(frame);
                 }
             }
@@ -874,6 +876,7 @@ mod tests {
         let socket = Vanished { incoming: VecDeque::new() };
         let participant = Participant { role: Role::Member, link_generation: 0, name: "ada".to_owned(), sealed: false };
         let limits = ConnectionLimits::defaults();
+        let beat = crate::keepalive::KeepaliveClock::start(KEEPALIVE_BEAT).beat(ConnId(1));
         let task = serve(
             socket,
             room,
@@ -883,6 +886,7 @@ mod tests {
             limits,
             Metrics::new(),
             CancellationToken::new(),
+            beat,
         );
         // Beside the socket (axum's is 368 bytes); 2,312 bytes with every state inline.
         let size = std::mem::size_of_val(&task) - std::mem::size_of::<Vanished>();
@@ -930,6 +934,7 @@ mod tests {
             limits,
             Metrics::new(),
             CancellationToken::new(),
+            crate::keepalive::KeepaliveClock::start(KEEPALIVE_BEAT).beat(conn),
         )
         .await;
 

@@ -284,6 +284,7 @@ pub async fn join_room(
     let rooms = state.rooms.clone();
     let shutdown = state.shutdown.clone();
     let tracker = state.tracker.clone();
+    let beat = state.keepalive.beat(conn);
     // The transport refuses a frame over the limit from its header, without reading it; the
     // connection closes with 1009, and the listener drains the rest (`linger.rs`).
     let transport_limit = state.config.max_frame_bytes.max(1);
@@ -301,7 +302,8 @@ pub async fn join_room(
                     // Counted against the caps until the connection ends.
                     let _permit = permit;
                     let clock = move || rooms.now_ms();
-                    connection::serve(socket, room, conn, participant, clock, conn_limits, metrics, shutdown).await;
+                    connection::serve(socket, room, conn, participant, clock, conn_limits, metrics, shutdown, beat)
+                        .await;
                 }
                 .instrument(span),
             )

@@ -12,6 +12,7 @@
 //!   persistent boards live: files, PostgreSQL or Redis.
 //! - [`fanout`]: the messages nodes exchange on a room's bus channel.
 //! - [`connection`]: the task that serves one WebSocket.
+//! - [`keepalive`]: the node's one clock for every connection's keepalive.
 //! - [`sockets`]: the caps on open sockets, per node and per client address.
 //! - [`http`]: the routes; [`app`] assembles them into a `Router`.
 //! - [`error`]: `AppError`, the one error type answered to clients.
@@ -27,6 +28,7 @@ pub mod connection;
 pub mod error;
 pub mod fanout;
 pub mod http;
+pub mod keepalive;
 pub mod limits;
 pub mod linger;
 pub mod metrics;
@@ -81,6 +83,8 @@ pub struct AppState {
     pub sockets: sockets::SocketCaps,
     /// Room creation per client address.
     pub creation_limit: Arc<governor::DefaultKeyedRateLimiter<std::net::IpAddr>>,
+    /// The clock of every connection's keepalive.
+    pub keepalive: keepalive::KeepaliveClock,
 }
 
 impl AppState {
@@ -185,7 +189,18 @@ impl AppState {
             "node started"
         );
         let sockets = sockets::SocketCaps::new(config.max_connections, config.max_connections_per_address);
-        Ok(AppState { rooms, config: Arc::new(config), signer, shutdown, tracker, metrics, sockets, creation_limit })
+        let keepalive = keepalive::KeepaliveClock::start(connection::KEEPALIVE_BEAT);
+        Ok(AppState {
+            rooms,
+            config: Arc::new(config),
+            signer,
+            shutdown,
+            tracker,
+            metrics,
+            sockets,
+            creation_limit,
+            keepalive,
+        })
     }
 }
 
