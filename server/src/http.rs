@@ -289,9 +289,10 @@ pub async fn join_room(
     // connection closes with 1009, and the listener drains the rest (`linger.rs`).
     let transport_limit = state.config.max_frame_bytes.max(1);
     Ok(upgrade
-        // The transport zero-fills its whole read buffer, so its size is resident memory for
-        // every connection, idle or not.
+        // The transport zero-fills its whole read buffer, and its write buffer keeps the most
+        // it ever held: both are resident memory for every connection, idle or not.
         .read_buffer_size(limits::WS_READ_BUFFER_BYTES)
+        .write_buffer_size(limits::WS_WRITE_BUFFER_BYTES)
         .max_message_size(transport_limit)
         .max_frame_size(transport_limit)
         .on_upgrade(move |socket| {

@@ -299,8 +299,9 @@ impl Server {
             let rooms = rooms.clone();
             async move { rooms.watch_backend().await }
         });
-        // Frames are small and already coalesced per connection (fed in a batch, flushed
-        // once): Nagle's algorithm would only hold them back.
+        // Frames are small and already coalesced per connection (fed in a batch, written
+        // together up to `WS_WRITE_BUFFER_BYTES`, flushed once): Nagle's algorithm would only
+        // hold them back.
         let listener = linger::LingeringListener::new(listener).tap_io(|tcp| {
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(error = %e, "could not set TCP_NODELAY");
