@@ -38,11 +38,11 @@ use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-use tokio::sync::broadcast::Receiver;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use crate::feed::Feed;
 use crate::keepalive::Beat;
 use crate::limits;
 use crate::metrics::Metrics;
@@ -653,7 +653,7 @@ impl Session {
     async fn forward<S, E>(
         &mut self,
         socket: &mut S,
-        feed: &mut Receiver<Arc<Outbound>>,
+        feed: &mut Feed<Outbound>,
         first: Arc<Outbound>,
         limits: &ConnectionLimits,
     ) -> Option<CloseFrame>
