@@ -9,6 +9,7 @@ use axum::Json;
 use axum_extra::headers::authorization::{Authorization, Bearer};
 use axum_extra::headers::HeaderMapExt;
 use balint_proto::room::{check_name, check_title, Role, Template, TextError, MAX_NAME_CHARS, MAX_TITLE_CHARS};
+use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -284,27 +285,29 @@ pub async fn join_room(
     let rooms = state.rooms.clone();
     let shutdown = state.shutdown.clone();
     let tracker = state.tracker.clone();
+    let beat = state.keepalive.beat(conn);
     // The transport refuses a frame over the limit from its header, without reading it; the
     // connection closes with 1009, and the listener drains the rest (`linger.rs`).
     let transport_limit = state.config.max_frame_bytes.max(1);
     Ok(upgrade
-        // The transport zero-fills its whole read buffer, so its size is resident memory for
-        // every connection, idle or not.
+        // The transport zero-fills its whole read buffer, and its write buffer keeps the most
+        // it ever held: both are resident memory for every connection, idle or not.
         .read_buffer_size(limits::WS_READ_BUFFER_BYTES)
+        .write_buffer_size(limits::WS_WRITE_BUFFER_BYTES)
         .max_message_size(transport_limit)
         .max_frame_size(transport_limit)
         .on_upgrade(move |socket| {
             // Every log line of the connection carries the room and connection ids, and nothing else.
             let span = tracing::info_span!("conn", room = %room.id(), conn = %conn);
-            tracker.track_future(
-                async move {
-                    // Counted against the caps until the connection ends.
-                    let _permit = permit;
-                    let clock = move || rooms.now_ms();
-                    connection::serve(socket, room, conn, participant, clock, conn_limits, metrics, shutdown).await;
-                }
-                .instrument(span),
-            )
+            let clock = move || rooms.now_ms();
+            let serve = connection::serve(socket, room, conn, participant, clock, conn_limits, metrics, shutdown, beat)
+                // Counted against the caps until the connection ends.
+                .map(move |()| drop(permit))
+                .instrument(span);
+            // Boxed, and without an async block around it: inline, the connection's future
+            // would sit in axum's upgrade task beside that task's own state for the
+            // connection's whole life, and an async block would keep these captures again.
+            tracker.track_future(Box::pin(serve))
         }))
 }
 

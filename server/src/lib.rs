@@ -11,7 +11,9 @@
 //! - [`backend`]: where shared state lives: embedded in memory, or Redis; and where
 //!   persistent boards live: files, PostgreSQL or Redis.
 //! - [`fanout`]: the messages nodes exchange on a room's bus channel.
+//! - [`feed`]: a room's feed of frames for this node's connections, on a ring that starts small.
 //! - [`connection`]: the task that serves one WebSocket.
+//! - [`keepalive`]: the node's one clock for every connection's keepalive.
 //! - [`sockets`]: the caps on open sockets, per node and per client address.
 //! - [`http`]: the routes; [`app`] assembles them into a `Router`.
 //! - [`error`]: `AppError`, the one error type answered to clients.
@@ -26,7 +28,9 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod fanout;
+pub mod feed;
 pub mod http;
+pub mod keepalive;
 pub mod limits;
 pub mod linger;
 pub mod metrics;
@@ -81,6 +85,8 @@ pub struct AppState {
     pub sockets: sockets::SocketCaps,
     /// Room creation per client address.
     pub creation_limit: Arc<governor::DefaultKeyedRateLimiter<std::net::IpAddr>>,
+    /// The clock of every connection's keepalive.
+    pub keepalive: keepalive::KeepaliveClock,
 }
 
 impl AppState {
@@ -203,7 +209,18 @@ impl AppState {
             "node started"
         );
         let sockets = sockets::SocketCaps::new(config.max_connections, config.max_connections_per_address);
-        Ok(AppState { rooms, config: Arc::new(config), signer, shutdown, tracker, metrics, sockets, creation_limit })
+        let keepalive = keepalive::KeepaliveClock::start(connection::KEEPALIVE_BEAT);
+        Ok(AppState {
+            rooms,
+            config: Arc::new(config),
+            signer,
+            shutdown,
+            tracker,
+            metrics,
+            sockets,
+            creation_limit,
+            keepalive,
+        })
     }
 }
 
@@ -302,8 +319,9 @@ impl Server {
             let rooms = rooms.clone();
             async move { rooms.watch_backend().await }
         });
-        // Frames are small and already coalesced per connection (fed in a batch, flushed
-        // once): Nagle's algorithm would only hold them back.
+        // Frames are small and already coalesced per connection (fed in a batch, written
+        // together up to `WS_WRITE_BUFFER_BYTES`, flushed once): Nagle's algorithm would only
+        // hold them back.
         let listener = linger::LingeringListener::new(listener).tap_io(|tcp| {
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(error = %e, "could not set TCP_NODELAY");

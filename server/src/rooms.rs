@@ -20,7 +20,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
@@ -28,11 +28,12 @@ use balint_proto::room::{ClientMessage, Role};
 use balint_proto::sync::FrameError;
 use bytes::Bytes;
 use rand::distributions::{Alphanumeric, DistString};
-use tokio::sync::{broadcast, mpsc, Notify};
+use tokio::sync::{mpsc, Notify};
 use tracing::{debug, info, warn};
 
 use crate::backend::{BackendError, BoardStore, Bus, Presence, RoomStore, StoredBoard};
 use crate::fanout::{self, Envelope};
+use crate::feed::{Feed, FeedSender};
 use crate::limits;
 use crate::room::board::Board;
 use crate::room::machine::{self, Answer, Effect, Frame, Io, Job, Node, Outcome, RoomMachine, Step};
@@ -92,9 +93,10 @@ pub struct Room {
     /// This room, for the timer queue and the publisher task, which must not keep it alive.
     me: Weak<Room>,
     machine: Mutex<RoomMachine>,
-    /// The feed of frames for this node's connections, made with the first connection: its
-    /// ring of `outbound_queue` slots is most of what an open room costs.
-    feed: OnceLock<broadcast::Sender<Outbound>>,
+    /// The feed of frames for this node's connections, made with the first connection. A
+    /// ring is allocated whole, so each slot holds a pointer to a shared frame, not the frame,
+    /// and the ring starts small (see `feed.rs`). Locked only under the machine's lock.
+    feed: Mutex<Option<FeedSender<Outbound>>>,
     cluster: Cluster,
     /// What this node has for the other nodes, on its way to the bus; none with one node.
     outbox: Option<Outbox>,
@@ -165,7 +167,7 @@ impl Room {
     fn new(machine: RoomMachine, cluster: Cluster, timers: Arc<Timers>) -> Arc<Self> {
         Arc::new_cyclic(|me| {
             let id = machine.id().to_owned();
-            let feed = OnceLock::new();
+            let feed = Mutex::new(None);
             let outbox = cluster.bus.reaches_other_nodes().then(|| Outbox::start(&id, &cluster, me.clone()));
             Room {
                 id,
@@ -217,10 +219,10 @@ impl Room {
                             Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }))
                         }
                     };
-                    // No feed yet, or an error, only means nobody is subscribed right now,
-                    // which is fine.
-                    let Some(feed) = self.feed.get() else { continue };
-                    let _ = feed.send(Outbound { origin, audience, message, published: Instant::now() });
+                    // No feed yet only means nobody is subscribed right now, which is fine.
+                    if let Some(feed) = lock(&self.feed).as_mut() {
+                        feed.send(Arc::new(Outbound { origin, audience, message, published: Instant::now() }));
+                    }
                 }
                 Effect::Publish(envelope) => {
                     // It never waits: the room's publisher task sends what is queued. A full
@@ -333,18 +335,12 @@ impl Room {
     /// Registers a connection that passed the link check (a link of `role` and link
     /// generation `generation`) and subscribes it to the feed. It becomes a member with its
     /// first message.
-    pub fn connect(
-        &self,
-        conn: ConnId,
-        role: Role,
-        generation: u64,
-        name: String,
-    ) -> Option<broadcast::Receiver<Outbound>> {
+    pub fn connect(&self, conn: ConnId, role: Role, generation: u64, name: String) -> Option<Feed<Outbound>> {
         let mut machine = self.lock();
-        let queue = self.cluster.options.outbound_queue.max(1);
+        let queue = self.cluster.options.outbound_queue;
         machine
             .connect(conn, role, generation, name)
-            .then(|| self.feed.get_or_init(|| broadcast::channel(queue).0).subscribe())
+            .then(|| lock(&self.feed).get_or_insert_with(|| FeedSender::new(queue)).subscribe())
     }
 
     /// Renews the room's links. Returns the new generation; `None` when the store could not
