@@ -304,10 +304,12 @@ pub async fn join_room(
                 // Counted against the caps until the connection ends.
                 .map(move |()| drop(permit))
                 .instrument(span);
-            // Boxed, and without an async block around it: inline, the connection's future
-            // would sit in axum's upgrade task beside that task's own state for the
-            // connection's whole life, and an async block would keep these captures again.
-            tracker.track_future(Box::pin(serve))
+            // A task of its own, so that axum's upgrade task ends here: awaited in it, the
+            // connection's future would keep that task's state (the upgrade's, the callback's
+            // captures) for the connection's whole life. Without an async block around it,
+            // which would keep these captures again.
+            tracker.spawn(serve);
+            std::future::ready(())
         }))
 }
 
