@@ -13,7 +13,6 @@ use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use tracing::Instrument;
 
 use crate::connection::{self, ConnectionLimits, Participant};
 use crate::error::AppError;
@@ -297,13 +296,13 @@ pub async fn join_room(
         .max_message_size(transport_limit)
         .max_frame_size(transport_limit)
         .on_upgrade(move |socket| {
-            // Every log line of the connection carries the room and connection ids, and nothing else.
-            let span = tracing::info_span!("conn", room = %room.id(), conn = %conn);
+            // No span per connection (one costs about 300 bytes for the connection's life): every
+            // log line of the connection names its room and connection ids itself, and nothing
+            // else.
             let clock = move || rooms.now_ms();
             let serve = connection::serve(socket, room, conn, participant, clock, conn_limits, metrics, shutdown, beat)
                 // Counted against the caps until the connection ends.
-                .map(move |()| drop(permit))
-                .instrument(span);
+                .map(move |()| drop(permit));
             // A task of its own, so that axum's upgrade task ends here: awaited in it, the
             // connection's future would keep that task's state (the upgrade's, the callback's
             // captures) for the connection's whole life. Without an async block around it,
