@@ -820,6 +820,20 @@ mod tests {
         }
     }
 
+    /// The settings of a plain ephemeral room.
+    fn ephemeral_room() -> RoomSettings {
+        RoomSettings {
+            title: None,
+            ephemeral: true,
+            template: Default::default(),
+            lobby: false,
+            sealed: false,
+            link_generation: 0,
+            sealed_title: None,
+            controls: Default::default(),
+        }
+    }
+
     fn rooms(data: &std::path::Path) -> Rooms {
         let embedded = Arc::new(Embedded::default());
         Rooms::new(Cluster {
@@ -899,17 +913,7 @@ mod tests {
     async fn a_connections_task_is_small() {
         let data = tempfile::tempdir().unwrap();
         let rooms = rooms(data.path());
-        let settings = RoomSettings {
-            title: None,
-            ephemeral: true,
-            template: Default::default(),
-            lobby: false,
-            sealed: false,
-            link_generation: 0,
-            sealed_title: None,
-            controls: Default::default(),
-        };
-        let room = rooms.create(settings).await.unwrap();
+        let room = rooms.create(ephemeral_room()).await.unwrap();
         let socket = Large { _size: [0; 368] };
         let participant = Participant { role: Role::Member, link_generation: 0, name: "ada".to_owned(), sealed: false };
         let limits = ConnectionLimits::defaults();
@@ -936,17 +940,7 @@ mod tests {
     async fn what_a_vanished_client_sent_is_applied() {
         let data = tempfile::tempdir().unwrap();
         let rooms = rooms(data.path());
-        let settings = RoomSettings {
-            title: None,
-            ephemeral: true,
-            template: Default::default(),
-            lobby: false,
-            sealed: false,
-            link_generation: 0,
-            sealed_title: None,
-            controls: Default::default(),
-        };
-        let room = rooms.create(settings).await.unwrap();
+        let room = rooms.create(ephemeral_room()).await.unwrap();
 
         // The client's first frame asks for the board; the answer cannot be written, because
         // the client is gone. The edit it sent right after must still count.
