@@ -788,7 +788,6 @@ mod tests {
     use yrs::{Doc, ReadTxn, StateVector, Text, Transact};
 
     use super::*;
-    use crate::backend::embedded::Embedded;
     use crate::backend::files::FileStore;
     use crate::rooms::{Cluster, RoomOptions, RoomSettings, Rooms};
 
@@ -835,15 +834,11 @@ mod tests {
     }
 
     fn rooms(data: &std::path::Path) -> Rooms {
-        let embedded = Arc::new(Embedded::default());
-        Rooms::new(Cluster {
-            store: embedded.clone(),
-            presence: embedded.clone(),
-            bus: embedded,
-            boards: Arc::new(FileStore::new(data)),
-            metrics: Metrics::new(),
-            node: "test".into(),
-            options: RoomOptions {
+        Rooms::new(Cluster::embedded(
+            Arc::new(FileStore::new(data)),
+            Metrics::new(),
+            "test".into(),
+            RoomOptions {
                 outbound_queue: 64,
                 reconnect_grace: Duration::from_secs(120),
                 empty_grace: Duration::from_secs(600),
@@ -854,7 +849,7 @@ mod tests {
                 idle_unload: Duration::from_secs(60),
                 link_ttl: Duration::from_secs(3600),
             },
-        })
+        ))
     }
 
     #[test]

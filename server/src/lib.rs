@@ -56,7 +56,6 @@ use tower_http::services::{ServeDir, ServeFile};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
-use backend::embedded::Embedded;
 use backend::files::FileStore;
 use backend::postgres::PostgresStore;
 use backend::redis::{RedisBackend, SentinelSettings};
@@ -158,9 +157,9 @@ impl AppState {
                 Arc::new(store)
             }
             BoardStoreKind::Redis => {
-                let redis = redis
-                    .as_ref()
-                    .ok_or_else(|| anyhow::anyhow!("the redis board store needs --redis-url (or REDIS_URL)"))?;
+                let redis = redis.as_ref().ok_or_else(|| {
+                    anyhow::anyhow!("the redis board store needs --redis-url (or REDIS_URL) or --redis-sentinels")
+                })?;
                 tracing::warn!(
                     "persistent boards are kept in Redis: it must keep its data on disk, or a Redis restart \
                      loses them; PostgreSQL (--board-store postgres) keeps them apart from the ephemeral Redis"
@@ -169,18 +168,7 @@ impl AppState {
             }
         };
         let rooms = match redis {
-            None => {
-                let embedded = Arc::new(Embedded::default());
-                Rooms::new(Cluster {
-                    store: embedded.clone(),
-                    presence: embedded.clone(),
-                    bus: embedded,
-                    boards,
-                    metrics: metrics.clone(),
-                    node,
-                    options,
-                })
-            }
+            None => Rooms::new(Cluster::embedded(boards, metrics.clone(), node, options)),
             Some(redis) => {
                 let rooms = Rooms::new(Cluster {
                     store: redis.clone(),

@@ -76,6 +76,20 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// A single node's cluster: records, presence and the bus in this process's memory, and
+    /// persistent boards in `boards`.
+    pub fn embedded(
+        boards: Arc<dyn BoardStore>,
+        metrics: crate::metrics::Metrics,
+        node: Arc<str>,
+        options: RoomOptions,
+    ) -> Self {
+        let embedded = Arc::new(crate::backend::embedded::Embedded::default());
+        Cluster { store: embedded.clone(), presence: embedded.clone(), bus: embedded, boards, metrics, node, options }
+    }
+}
+
+impl Cluster {
     /// What a room machine of this node needs to know about it.
     fn machine_node(&self) -> Node {
         Node {
@@ -961,20 +975,15 @@ mod tests {
     use balint_proto::room::ClientMessage;
 
     use super::*;
-    use crate::backend::embedded::Embedded;
     use crate::backend::files::FileStore;
     use crate::metrics::Metrics;
 
     fn rooms(data: &std::path::Path) -> Rooms {
-        let embedded = Arc::new(Embedded::default());
-        Rooms::new(Cluster {
-            store: embedded.clone(),
-            presence: embedded.clone(),
-            bus: embedded,
-            boards: Arc::new(FileStore::new(data)),
-            metrics: Metrics::new(),
-            node: "timers".into(),
-            options: RoomOptions {
+        Rooms::new(Cluster::embedded(
+            Arc::new(FileStore::new(data)),
+            Metrics::new(),
+            "timers".into(),
+            RoomOptions {
                 outbound_queue: 64,
                 reconnect_grace: Duration::from_secs(1),
                 empty_grace: Duration::from_secs(2),
@@ -985,7 +994,7 @@ mod tests {
                 idle_unload: Duration::from_secs(1),
                 link_ttl: Duration::from_secs(3600),
             },
-        })
+        ))
     }
 
     /// The number of rooms woken so far, from the metrics.

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use balint_server::backend::embedded::Embedded;
 use balint_server::backend::files::FileStore;
 use balint_server::backend::redis::RedisBackend;
 use balint_server::metrics::Metrics;
@@ -70,16 +69,7 @@ fn options() -> RoomOptions {
 }
 
 fn embedded(data: &std::path::Path) -> Rooms {
-    let embedded = Arc::new(Embedded::default());
-    Rooms::new(Cluster {
-        store: embedded.clone(),
-        presence: embedded.clone(),
-        bus: embedded,
-        boards: Arc::new(FileStore::new(data)),
-        metrics: Metrics::new(),
-        node: "memory".into(),
-        options: options(),
-    })
+    Rooms::new(Cluster::embedded(Arc::new(FileStore::new(data)), Metrics::new(), "memory".into(), options()))
 }
 
 /// Sets up [`ROOMS`] rooms ahead, as `POST /api/rooms` does, and returns the heap each keeps
