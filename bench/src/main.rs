@@ -77,7 +77,7 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     idle_room_size: usize,
     /// Idle: seconds measured once everyone is in (the server's CPU over it is read in
-    /// nanoseconds, from schedstat).
+    /// nanoseconds, from its CPU-time clock).
     #[arg(long, default_value_t = 10.0)]
     idle_secs: f64,
 
@@ -508,12 +508,12 @@ impl Verdict {
             Verdict::NotMet
         }
     }
-    /// `ratio <= limit`, unless the ratio cannot be read (a CPU figure of no tick at all).
+    /// `ratio <= limit`, unless the ratio cannot be read (a CPU figure of 0 or unreadable).
     fn at_most(ratio: f64, limit: f64) -> Verdict {
         if ratio.is_finite() && ratio > 0.0 {
             Verdict::of(ratio <= limit)
         } else {
-            Verdict::Missing("a CPU figure is 0 or unreadable (under one 10 ms tick: run longer)")
+            Verdict::Missing("a CPU figure is 0 or unreadable")
         }
     }
     fn text(&self) -> String {
@@ -526,7 +526,7 @@ impl Verdict {
 }
 
 /// Idle CPU a node may spend with the rooms set up ahead above what it spends empty, ms/s,
-/// for "no CPU on rooms in which nothing is due" to read as met: schedstat's figures of an idle
+/// for "no CPU on rooms in which nothing is due" to read as met: the CPU-time clock's figures of an idle
 /// process on this machine move by a few hundredths of a ms/s between windows.
 const IDLE_ROOMS_SLACK_MS_PER_S: f64 = 0.1;
 
@@ -749,7 +749,7 @@ fn summary(all: &[ScenarioResults], args: &Args) -> String {
     }
     let _ = writeln!(
         t,
-        "\nOne run's figures: CPU in the traffic and late-join scenarios is counted in 10 ms ticks (see BENCHMARKS.md, Method), and a shared machine moves them by more than that. Read a verdict near its threshold as undecided."
+        "\nOne run's figures: a shared machine moves CPU figures from run to run by more than 10 % (see BENCHMARKS.md, Machine). Read a verdict near its threshold as undecided."
     );
     t
 }

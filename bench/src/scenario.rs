@@ -14,7 +14,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::client::{join, Member, Shared};
-use crate::target::{cpu_secs, cpu_secs_of, redis_commands, rss_kib_of, run_secs_of, Running};
+use crate::target::{cpu_secs, cpu_secs_of, redis_commands, rss_kib_of, Running};
 
 /// Connections opened at once while a scenario sets up.
 const CONNECT_CONCURRENCY: usize = 64;
@@ -277,8 +277,7 @@ pub async fn late_joiner(
     tokio::time::timeout(Duration::from_secs(300), ready_rx).await.context("filling the board took too long")??;
     out.setup_secs = setup.elapsed().as_secs_f64();
     let target_len = board_bytes as u32;
-    // The server is otherwise quiet between joins: its CPU is read once around all of them,
-    // as each join alone may be shorter than the 10 ms tick of /proc's CPU times.
+    // The server is otherwise quiet between joins: its CPU is read once around all of them.
     let (cpu0, bench0) = (cpu_secs_of(&pids), my_cpu());
     let redis0 = server.redis.as_deref().and_then(redis_commands);
     for j in 0..joins {
@@ -381,13 +380,13 @@ pub async fn idle(server: &mut Running, count: usize, room_size: usize, secs: f6
     }
     out.setup_secs = setup.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    // Nanoseconds from schedstat, not 10 ms ticks: an idle server may run for less than one.
-    let (cpu0, bench0) = (run_secs_of(&pids), my_cpu());
+    // Nanoseconds: an idle server may run for less than a millisecond in the window.
+    let (cpu0, bench0) = (cpu_secs_of(&pids), my_cpu());
     let redis0 = server.redis.as_deref().and_then(redis_commands);
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(secs)).await;
     out.secs = t0.elapsed().as_secs_f64();
-    out.server_cpu = run_secs_of(&pids) - cpu0;
+    out.server_cpu = cpu_secs_of(&pids) - cpu0;
     out.redis_commands = redis0.zip(server.redis.as_deref().and_then(redis_commands)).map(|(a, b)| b.saturating_sub(a));
     out.bench_cpu = my_cpu() - bench0;
     out.rss_kib = rss_kib_of(&pids);
@@ -410,9 +409,9 @@ pub async fn idle(server: &mut Running, count: usize, room_size: usize, secs: f6
 pub async fn ahead(server: &mut Running, rooms: usize, secs: f64) -> anyhow::Result<Outcome> {
     let pids = server.pids();
     let window = Duration::from_secs_f64(secs);
-    let (cpu0, t0) = (run_secs_of(&pids), Instant::now());
+    let (cpu0, t0) = (cpu_secs_of(&pids), Instant::now());
     tokio::time::sleep(window).await;
-    let empty_cpu_per_s = (run_secs_of(&pids) - cpu0) / t0.elapsed().as_secs_f64();
+    let empty_cpu_per_s = (cpu_secs_of(&pids) - cpu0) / t0.elapsed().as_secs_f64();
     let mut out = Outcome { connections: rooms, empty_cpu_per_s, ..Outcome::default() };
     out.rss_base_kib = rss_kib_of(&pids);
     let setup = Instant::now();
@@ -426,11 +425,11 @@ pub async fn ahead(server: &mut Running, rooms: usize, secs: f64) -> anyhow::Res
     // Let whatever a creation leaves behind (a write, a first timer) settle before measuring.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let redis0 = server.redis.as_deref().and_then(redis_commands);
-    let (cpu0, bench0) = (run_secs_of(&pids), my_cpu());
+    let (cpu0, bench0) = (cpu_secs_of(&pids), my_cpu());
     let t0 = Instant::now();
     tokio::time::sleep(window).await;
     out.secs = t0.elapsed().as_secs_f64();
-    out.server_cpu = run_secs_of(&pids) - cpu0;
+    out.server_cpu = cpu_secs_of(&pids) - cpu0;
     out.bench_cpu = my_cpu() - bench0;
     out.redis_commands = redis0.zip(server.redis.as_deref().and_then(redis_commands)).map(|(a, b)| b.saturating_sub(a));
     out.rss_kib = rss_kib_of(&pids);
