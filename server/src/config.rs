@@ -158,6 +158,12 @@ pub struct Config {
     #[arg(long, env = "BALINT_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = limits::MAX_CONNECTIONS_PER_ADDRESS)]
     pub max_connections_per_address: usize,
 
+    /// Threads that run rooms' connections, all of a room's on one, each with its own socket
+    /// I/O (`room_threads.rs`); by default one per core. 0 runs connections on the main
+    /// runtime's workers, as any other task.
+    #[arg(long, env = "BALINT_ROOM_THREADS")]
+    pub room_threads: Option<usize>,
+
     /// Frames a connection may fall behind before it is closed as too slow.
     #[arg(long, env = "BALINT_OUTBOUND_QUEUE", default_value_t = limits::OUTBOUND_QUEUE_FRAMES)]
     pub outbound_queue: usize,
@@ -286,6 +292,11 @@ impl Config {
     /// [`Self::reconnect_grace_secs`] as a duration.
     pub fn reconnect_grace(&self) -> Duration {
         Duration::from_secs(self.reconnect_grace_secs)
+    }
+
+    /// How many room threads to start: `--room-threads`, or one per core.
+    pub fn room_threads(&self) -> usize {
+        self.room_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
 
     /// [`Self::token_ttl_secs`] as a duration.

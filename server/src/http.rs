@@ -1,7 +1,10 @@
 //! HTTP routes: the room API, the WebSocket upgrade and the operations endpoints.
 
 use axum::body::Bytes;
-use axum::extract::ws::WebSocketUpgrade;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::linger::Peer;
+use crate::upgrade::{NotAnUpgrade, Serving, WsUpgrade};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -91,11 +94,11 @@ impl Links {
 /// `POST /api/rooms`: creates a room and hands out its links.
 pub async fn create_room(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, AppError> {
-    let client = client_address(&state, peer, &headers);
+    let client = client_address(&state, peer.addr, &headers);
     if state.creation_limit.check_key(&client).is_err() {
         state.metrics.refused("room_creation_rate");
         return Err(AppError::bad_request_status(
@@ -238,11 +241,11 @@ pub struct JoinParams {
 /// Redis nor the disk). The socket caps come next, so a refused connection costs nothing.
 pub async fn join_room(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     Path(room_id): Path<String>,
     Query(params): Query<JoinParams>,
     headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    upgrade: Result<WsUpgrade, NotAnUpgrade>,
 ) -> Result<Response, AppError> {
     let token = params.token.as_deref().unwrap_or_default();
     if !rooms::is_room_id(&room_id) {
@@ -260,7 +263,7 @@ pub async fn join_room(
     }
     let sealed = params.sealed.as_deref() == Some("1");
     let name = validate_name(params.name.as_deref(), sealed)?;
-    let permit = state.sockets.acquire(client_address(&state, peer, &headers)).map_err(|full| {
+    let permit = state.sockets.acquire(client_address(&state, peer.addr, &headers)).map_err(|full| {
         state.metrics.refused(full.reason());
         AppError::Busy(full.message())
     })?;
@@ -283,33 +286,30 @@ pub async fn join_room(
     let metrics = state.metrics.clone();
     let rooms = state.rooms.clone();
     let shutdown = state.shutdown.clone();
-    let tracker = state.tracker.clone();
     let beat = state.keepalive.beat(conn);
     // The transport refuses a frame over the limit from its header, without reading it; the
     // connection closes with 1009, and the listener drains the rest (`linger.rs`).
     let transport_limit = state.config.max_frame_bytes.max(1);
-    Ok(upgrade
+    let serving = Serving {
         // The transport zero-fills its whole read buffer, and its write buffer keeps the most
         // it ever held: both are resident memory for every connection, idle or not.
-        .read_buffer_size(limits::WS_READ_BUFFER_BYTES)
-        .write_buffer_size(limits::WS_WRITE_BUFFER_BYTES)
-        .max_message_size(transport_limit)
-        .max_frame_size(transport_limit)
-        .on_upgrade(move |socket| {
-            // No span per connection (one costs about 300 bytes for the connection's life): every
-            // log line of the connection names its room and connection ids itself, and nothing
-            // else.
-            let clock = move || rooms.now_ms();
-            let serve = connection::serve(socket, room, conn, participant, clock, conn_limits, metrics, shutdown, beat)
-                // Counted against the caps until the connection ends.
-                .map(move |()| drop(permit));
-            // A task of its own, so that axum's upgrade task ends here: awaited in it, the
-            // connection's future would keep that task's state (the upgrade's, the callback's
-            // captures) for the connection's whole life. Without an async block around it,
-            // which would keep these captures again.
-            tracker.spawn(serve);
-            std::future::ready(())
-        }))
+        config: WebSocketConfig::default()
+            .read_buffer_size(limits::WS_READ_BUFFER_BYTES)
+            .write_buffer_size(limits::WS_WRITE_BUFFER_BYTES)
+            .max_message_size(Some(transport_limit))
+            .max_frame_size(Some(transport_limit)),
+        thread: state.room_threads.for_room(&room_id).cloned(),
+        handoff: peer.handoff,
+        tracker: state.tracker.clone(),
+    };
+    // No span per connection (one costs about 300 bytes for the connection's life): every log
+    // line of the connection names its room and connection ids itself, and nothing else.
+    Ok(upgrade.serve(serving, move |socket| {
+        let clock = move || rooms.now_ms();
+        connection::serve(socket, room, conn, participant, clock, conn_limits, metrics, shutdown, beat)
+            // Counted against the caps until the connection ends.
+            .map(move |()| drop(permit))
+    }))
 }
 
 /// Checks a display name: 1 to 64 characters, no control characters. A stock Yjs client that
@@ -704,7 +704,7 @@ mod tests {
         }
         let request = request
             .header(header::CONTENT_TYPE, "application/json")
-            .extension(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 9))))
+            .extension(ConnectInfo(Peer::at(SocketAddr::from(([127, 0, 0, 1], 9)))))
             .body(Body::from(body.to_string()))
             .unwrap();
         let response = app.clone().oneshot(request).await.unwrap();

@@ -35,9 +35,11 @@ pub mod limits;
 pub mod linger;
 pub mod metrics;
 pub mod room;
+pub mod room_threads;
 pub mod rooms;
 pub mod sockets;
 pub mod token;
+pub mod upgrade;
 pub mod wipe;
 
 use std::net::SocketAddr;
@@ -47,7 +49,6 @@ use std::time::Duration;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -86,6 +87,8 @@ pub struct AppState {
     pub creation_limit: Arc<governor::DefaultKeyedRateLimiter<std::net::IpAddr>>,
     /// The clock of every connection's keepalive.
     pub keepalive: keepalive::KeepaliveClock,
+    /// The threads rooms' connections run on (`--room-threads`).
+    pub room_threads: Arc<room_threads::RoomThreads>,
 }
 
 impl AppState {
@@ -198,7 +201,9 @@ impl AppState {
         );
         let sockets = sockets::SocketCaps::new(config.max_connections, config.max_connections_per_address);
         let keepalive = keepalive::KeepaliveClock::start(connection::KEEPALIVE_BEAT);
+        let room_threads = Arc::new(room_threads::RoomThreads::start(config.room_threads())?);
         Ok(AppState {
+            room_threads,
             rooms,
             config: Arc::new(config),
             signer,
@@ -307,15 +312,10 @@ impl Server {
             let rooms = rooms.clone();
             async move { rooms.watch_backend().await }
         });
-        // Frames are small and already coalesced per connection (fed in a batch, written
-        // together up to `WS_WRITE_BUFFER_BYTES`, flushed once): Nagle's algorithm would only
-        // hold them back.
-        let listener = linger::LingeringListener::new(listener).tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "could not set TCP_NODELAY");
-            }
-        });
-        axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
+        // With room threads, each connection can be handed to its room's thread once upgraded.
+        let handoff = !state.room_threads.is_empty();
+        let listener = linger::LingeringListener::new(listener, handoff);
+        axum::serve(listener, app(state).into_make_service_with_connect_info::<linger::Peer>())
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await?;
         timers.abort();

@@ -8,26 +8,58 @@
 //! dropped, its socket is handed to a small task that shuts the sending side (FIN, after
 //! everything written), then reads and discards what the client still sends until the client
 //! closes too, or [`limits::DRAIN_ON_CLOSE`] passes.
+//!
+//! A connection upgraded to a WebSocket may instead be handed to its room's thread
+//! (`rooms_threads.rs`): its [`Handoff`] is armed, and when hyper drops its side the socket
+//! goes there, whole, rather than being drained. It lingers on its close there.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::sync::{Arc, Mutex};
+
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
 
 use crate::limits;
 
 /// A TCP listener whose connections linger on close (see the module's documentation).
 pub struct LingeringListener {
     inner: TcpListener,
+    /// Whether each connection gets a [`Handoff`].
+    handoff: bool,
 }
 
 impl LingeringListener {
-    /// Wraps a bound listener.
-    pub fn new(inner: TcpListener) -> Self {
-        LingeringListener { inner }
+    /// Wraps a bound listener; with `handoff`, its connections can be handed to another
+    /// runtime once upgraded.
+    pub fn new(inner: TcpListener, handoff: bool) -> Self {
+        LingeringListener { inner, handoff }
+    }
+}
+
+/// The client's address and its connection's handoff: the connect info of every request.
+#[derive(Clone)]
+pub struct Peer {
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// Its connection's handoff, if its listener gives one.
+    pub handoff: Option<Handoff>,
+}
+
+impl Peer {
+    /// A peer at `addr` whose connection cannot be handed over.
+    pub fn at(addr: SocketAddr) -> Self {
+        Peer { addr, handoff: None }
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, LingeringListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, LingeringListener>) -> Self {
+        Peer { addr: *stream.remote_addr(), handoff: stream.io().handoff().cloned() }
     }
 }
 
@@ -38,7 +70,16 @@ impl axum::serve::Listener for LingeringListener {
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
             match self.inner.accept().await {
-                Ok((stream, addr)) => return (Lingering { stream: Some(stream) }, addr),
+                Ok((stream, addr)) => {
+                    // Frames are small and already coalesced per connection (fed in a batch,
+                    // written together up to `WS_WRITE_BUFFER_BYTES`, flushed once): Nagle's
+                    // algorithm would only hold them back.
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!(error = %e, "could not set TCP_NODELAY");
+                    }
+                    let handoff = self.handoff.then(Handoff::default);
+                    return (Lingering { stream: Some(stream), handoff }, addr);
+                }
                 Err(e) => {
                     // Out of file descriptors and the like: wait a moment rather than spin, as
                     // axum's own TCP listener does.
@@ -54,15 +95,39 @@ impl axum::serve::Listener for LingeringListener {
     }
 }
 
-/// One accepted connection; drained when dropped.
+/// One accepted connection; drained when dropped, or handed over if its [`Handoff`] is armed.
 pub struct Lingering {
     stream: Option<TcpStream>,
+    handoff: Option<Handoff>,
+}
+
+/// Where a connection's socket goes when its [`Lingering`] is dropped, once armed.
+#[derive(Clone, Default)]
+pub struct Handoff(Arc<Mutex<Option<oneshot::Sender<std::net::TcpStream>>>>);
+
+impl Handoff {
+    /// The socket will be sent on the returned receiver when its [`Lingering`] is dropped,
+    /// taken off this runtime's I/O driver, rather than drained.
+    pub fn arm(&self) -> oneshot::Receiver<std::net::TcpStream> {
+        let (to, from) = oneshot::channel();
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(to);
+        from
+    }
+
+    fn take(&self) -> Option<oneshot::Sender<std::net::TcpStream>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
 }
 
 impl Lingering {
-    /// Sets `TCP_NODELAY` on the socket.
-    pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
-        self.stream.as_ref().map_or(Ok(()), |s| s.set_nodelay(nodelay))
+    /// A connection that lingers on its close, on the current runtime, with no handoff.
+    pub fn new(stream: TcpStream) -> Self {
+        Lingering { stream: Some(stream), handoff: None }
+    }
+
+    /// Its handoff, if its listener gives one.
+    pub fn handoff(&self) -> Option<&Handoff> {
+        self.handoff.as_ref()
     }
 
     fn stream(&mut self) -> &mut TcpStream {
@@ -105,6 +170,13 @@ impl AsyncWrite for Lingering {
 impl Drop for Lingering {
     fn drop(&mut self) {
         let Some(stream) = self.stream.take() else { return };
+        if let Some(to) = self.handoff.as_ref().and_then(Handoff::take) {
+            // Off this runtime's driver, whole; should the receiver be gone, the socket closes.
+            if let Ok(stream) = stream.into_std() {
+                let _ = to.send(stream);
+            }
+            return;
+        }
         // Outside a runtime (the process is going), the socket simply closes.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(drain(stream));

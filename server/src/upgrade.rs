@@ -1,0 +1,323 @@
+//! The WebSocket upgrade of a room connection, and the socket it gives.
+//!
+//! The handshake is checked and answered here (RFC 6455 §4.2) rather than by axum's
+//! `WebSocketUpgrade`, so that the upgraded connection's TCP socket can be moved to its room's
+//! thread (`room_threads.rs`): axum's WebSocket keeps its socket inside hyper's upgraded
+//! connection, on the runtime that accepted it. The transport is the same tungstenite, and
+//! [`Socket`] speaks axum's message types, so the connection's code is the same on both.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use bytes::Bytes;
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use sha1::{Digest, Sha1};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::runtime::Handle;
+use tokio_tungstenite::tungstenite::protocol::{self as ts, Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::task::TaskTracker;
+
+use crate::linger::{Handoff, Lingering};
+
+/// The GUID of RFC 6455 §1.3, appended to the client's key for the accept key.
+const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// At most this much of what the client sent after its handshake is read on the accepting
+/// runtime before its socket moves (a conforming client sends nothing before the answer);
+/// the rest stays in the socket.
+const MAX_PREFIX_BYTES: usize = 64 * 1024;
+
+/// A valid WebSocket upgrade request: its key and the connection's upgrade.
+pub struct WsUpgrade {
+    key: HeaderValue,
+    on_upgrade: OnUpgrade,
+}
+
+/// The request is not a WebSocket upgrade that this server takes (RFC 6455 §4.2.1: a GET
+/// with `Connection: upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Version: 13` and a key).
+#[derive(Debug)]
+pub struct NotAnUpgrade;
+
+impl IntoResponse for NotAnUpgrade {
+    fn into_response(self) -> Response {
+        (StatusCode::UPGRADE_REQUIRED, [(header::UPGRADE, "websocket"), (header::SEC_WEBSOCKET_VERSION, "13")])
+            .into_response()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
+    type Rejection = NotAnUpgrade;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let headers = &parts.headers;
+        let valid = parts.method == Method::GET
+            && has_token(headers, header::CONNECTION, "upgrade")
+            && has_token(headers, header::UPGRADE, "websocket")
+            && headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v.as_bytes() == b"13");
+        let key = headers.get(header::SEC_WEBSOCKET_KEY).filter(|_| valid).cloned().ok_or(NotAnUpgrade)?;
+        let on_upgrade = parts.extensions.remove::<OnUpgrade>().ok_or(NotAnUpgrade)?;
+        Ok(WsUpgrade { key, on_upgrade })
+    }
+}
+
+/// Whether header `name` lists `token` (comma-separated, case-insensitive).
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// The `Sec-WebSocket-Accept` value for a client's key (RFC 6455 §4.2.2).
+fn accept_key(key: &[u8]) -> HeaderValue {
+    let mut sha1 = Sha1::new();
+    sha1.update(key);
+    sha1.update(WEBSOCKET_GUID.as_bytes());
+    let accept = base64::engine::general_purpose::STANDARD.encode(sha1.finalize());
+    HeaderValue::from_str(&accept).expect("base64 is a valid header value")
+}
+
+/// Where and how an upgraded connection is served.
+pub struct Serving {
+    /// The transport's settings.
+    pub config: WebSocketConfig,
+    /// The thread of the connection's room, if the node has room threads.
+    pub thread: Option<Handle>,
+    /// The connection's handoff, if its listener gives one.
+    pub handoff: Option<Handoff>,
+    /// Tracks the connection's task.
+    pub tracker: TaskTracker,
+}
+
+impl WsUpgrade {
+    /// Answers the handshake (101), and once the connection is upgraded, runs `serve` on its
+    /// socket, in a task of its own: on its room's thread when `serving` gives one, with the
+    /// socket moved there, else on this runtime.
+    pub fn serve<F, Fut>(self, serving: Serving, serve: F) -> Response
+    where
+        F: FnOnce(Socket) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let WsUpgrade { key, on_upgrade } = self;
+        tokio::spawn(async move {
+            // The client may be gone before the upgrade completes: then nothing is served.
+            let Ok(upgraded) = on_upgrade.await else { return };
+            let Serving { config, thread, handoff, tracker } = serving;
+            match (thread, handoff) {
+                (Some(thread), Some(handoff)) => {
+                    let mut upgraded = TokioIo::new(upgraded);
+                    let prefix = take_buffered(&mut upgraded);
+                    let socket = handoff.arm();
+                    // Hyper's side lets go of the socket here: it comes off this runtime's driver.
+                    drop(upgraded);
+                    let Some(Ok(socket)) = socket.now_or_never() else {
+                        tracing::debug!("the upgraded socket could not be handed over");
+                        return;
+                    };
+                    thread.spawn(tracker.track_future(async move {
+                        // Registered with the room thread's own I/O driver.
+                        let Ok(tcp) = tokio::net::TcpStream::from_std(socket) else { return };
+                        let io = Io::Moved(Lingering::new(tcp));
+                        let ws = WebSocketStream::from_partially_read(io, prefix, Role::Server, Some(config)).await;
+                        serve(Socket { inner: ws }).await;
+                    }));
+                }
+                _ => {
+                    let io = Io::Upgraded(TokioIo::new(upgraded));
+                    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+                    tracker.spawn(serve(Socket { inner: ws }));
+                }
+            }
+        });
+        (
+            StatusCode::SWITCHING_PROTOCOLS,
+            [
+                (header::CONNECTION, HeaderValue::from_static("upgrade")),
+                (header::UPGRADE, HeaderValue::from_static("websocket")),
+                (header::SEC_WEBSOCKET_ACCEPT, accept_key(key.as_bytes())),
+            ],
+        )
+            .into_response()
+    }
+}
+
+/// What the client already sent after its handshake (hyper may have read it with the
+/// request, or it is waiting in the socket), without waiting for more.
+fn take_buffered(io: &mut TokioIo<Upgraded>) -> Vec<u8> {
+    let mut prefix = Vec::new();
+    let mut chunk = [0u8; 2048];
+    while prefix.len() < MAX_PREFIX_BYTES {
+        match io.read(&mut chunk).now_or_never() {
+            Some(Ok(n)) if n > 0 => prefix.extend_from_slice(&chunk[..n]),
+            // Nothing more now, the end, or an error the socket will give again where it goes.
+            _ => break,
+        }
+    }
+    prefix
+}
+
+/// A connection's byte stream: still inside hyper's upgrade, or moved to its room's thread.
+pub enum Io {
+    /// On the runtime that accepted it.
+    Upgraded(TokioIo<Upgraded>),
+    /// On its room's thread, lingering on close as it did on the listener.
+    Moved(Lingering),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Upgraded(io) => Pin::new(io).poll_read(cx, buf),
+            Io::Moved(io) => Pin::new(io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Upgraded(io) => Pin::new(io).poll_write(cx, buf),
+            Io::Moved(io) => Pin::new(io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Upgraded(io) => Pin::new(io).poll_flush(cx),
+            Io::Moved(io) => Pin::new(io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Upgraded(io) => Pin::new(io).poll_shutdown(cx),
+            Io::Moved(io) => Pin::new(io).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A WebSocket that sends and receives axum's message types, over tungstenite.
+pub struct Socket {
+    inner: WebSocketStream<Io>,
+}
+
+impl Stream for Socket {
+    type Item = Result<Message, axum::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            match ready!(self.inner.poll_next_unpin(cx)) {
+                Some(Ok(message)) => {
+                    if let Some(message) = from_transport(message) {
+                        return Poll::Ready(Some(Ok(message)));
+                    }
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(axum::Error::new(e)))),
+                None => return Poll::Ready(None),
+            }
+        }
+    }
+}
+
+impl Sink<Message> for Socket {
+    type Error = axum::Error;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready_unpin(cx).map_err(axum::Error::new)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+        self.inner.start_send_unpin(to_transport(item)).map_err(axum::Error::new)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_flush_unpin(cx).map_err(axum::Error::new)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_close_unpin(cx).map_err(axum::Error::new)
+    }
+}
+
+/// Text the transport has checked, as axum's type (a check again, never a copy).
+fn text_from_transport(text: ts::frame::Utf8Bytes) -> Utf8Bytes {
+    Utf8Bytes::try_from(Bytes::from(text)).unwrap_or_default()
+}
+
+/// Text axum has checked, as the transport's type (a check again, never a copy).
+fn text_to_transport(text: Utf8Bytes) -> ts::frame::Utf8Bytes {
+    ts::frame::Utf8Bytes::try_from(Bytes::from(text)).unwrap_or_default()
+}
+
+fn from_transport(message: ts::Message) -> Option<Message> {
+    Some(match message {
+        ts::Message::Text(text) => Message::Text(text_from_transport(text)),
+        ts::Message::Binary(data) => Message::Binary(data),
+        ts::Message::Ping(data) => Message::Ping(data),
+        ts::Message::Pong(data) => Message::Pong(data),
+        ts::Message::Close(frame) => {
+            Message::Close(frame.map(|f| CloseFrame { code: f.code.into(), reason: text_from_transport(f.reason) }))
+        }
+        // Raw frames are only given when asked for; none are here.
+        ts::Message::Frame(_) => return None,
+    })
+}
+
+fn to_transport(message: Message) -> ts::Message {
+    match message {
+        Message::Text(text) => ts::Message::Text(text_to_transport(text)),
+        Message::Binary(data) => ts::Message::Binary(data),
+        Message::Ping(data) => ts::Message::Ping(data),
+        Message::Pong(data) => ts::Message::Pong(data),
+        Message::Close(frame) => ts::Message::Close(
+            frame.map(|f| ts::CloseFrame { code: f.code.into(), reason: text_to_transport(f.reason) }),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_accept_key_is_rfc_6455s() {
+        // The example of RFC 6455 §1.3.
+        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn messages_cross_both_ways_unchanged() {
+        let messages = [
+            Message::Text("{\"type\":\"hello\"} ünïcødé".into()),
+            Message::Binary(Bytes::from_static(&[0, 1, 2, 255])),
+            Message::Ping(Bytes::from_static(b"p")),
+            Message::Pong(Bytes::new()),
+            Message::Close(Some(CloseFrame { code: 4508, reason: "too slow".into() })),
+            Message::Close(None),
+        ];
+        for message in messages {
+            let back = from_transport(to_transport(message.clone()));
+            assert_eq!(back, Some(message));
+        }
+    }
+
+    #[test]
+    fn headers_list_tokens() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        assert!(has_token(&headers, header::CONNECTION, "upgrade"));
+        assert!(!has_token(&headers, header::UPGRADE, "websocket"));
+    }
+}
