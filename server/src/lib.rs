@@ -303,6 +303,9 @@ impl Server {
         let rooms = state.rooms.clone();
         let shutdown = state.shutdown.clone();
         let tracker = state.tracker.clone();
+        // The room threads run the connections, which close with 1012 after `serve` returns
+        // (it does not wait for upgraded connections): they stop only once those are done.
+        let room_threads = state.room_threads.clone();
         let awareness_timeout = state.config.awareness_timeout();
         let timers = tokio::spawn({
             let rooms = rooms.clone();
@@ -326,6 +329,7 @@ impl Server {
         }
         // Every persistent board is saved before the process goes.
         rooms.save_all().await;
+        drop(room_threads);
         Ok(())
     }
 }
