@@ -295,8 +295,8 @@ impl Config {
     }
 
     /// How many room threads to start: `--room-threads`; by default one per core on a single
-    /// node, and none with Redis, where a Sentinel failover test does not yet pass reliably
-    /// with them (BENCHMARKS.md, step 9).
+    /// node, and none with Redis until the multi-node tests have been run enough with them
+    /// (BENCHMARKS.md, step 9).
     pub fn room_threads(&self) -> usize {
         self.room_threads.unwrap_or_else(|| {
             if self.uses_redis() {
