@@ -1,10 +1,6 @@
 //! HTTP routes: the room API, the WebSocket upgrade and the operations endpoints.
 
 use axum::body::Bytes;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-
-use crate::linger::Peer;
-use crate::upgrade::{NotAnUpgrade, Serving, WsUpgrade};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -16,12 +12,15 @@ use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::connection::{self, ConnectionLimits, Participant};
 use crate::error::AppError;
 use crate::limits;
+use crate::linger::Peer;
 use crate::room::meeting::TitleChange;
 use crate::rooms::{self, Lookup, RoomSettings};
+use crate::upgrade::{NotAnUpgrade, Serving, WsUpgrade};
 use crate::AppState;
 
 /// The body of `POST /api/rooms`.

@@ -10,15 +10,14 @@
 //! closes too, or [`limits::DRAIN_ON_CLOSE`] passes.
 //!
 //! A connection upgraded to a WebSocket may instead be handed to its room's thread
-//! (`rooms_threads.rs`): its [`Handoff`] is armed, and when hyper drops its side the socket
+//! (`room_threads.rs`): its [`Handoff`] is armed, and when hyper drops its side the socket
 //! goes there, whole, rather than being drained. It lingers on its close there.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};

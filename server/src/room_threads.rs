@@ -50,11 +50,6 @@ impl RoomThreads {
         Ok(RoomThreads { handles, threads: Mutex::new(threads), hasher: std::hash::RandomState::new() })
     }
 
-    /// How many there are.
-    pub fn len(&self) -> usize {
-        self.handles.len()
-    }
-
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.handles.is_empty()
