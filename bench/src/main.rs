@@ -24,11 +24,11 @@ use target::{Kind, Programs, Running, ServerLimits};
 struct Args {
     /// Targets, comma-separated: balint-room, balint-room sealed (or balint-room-sealed; group
     /// and many groups only), balint-room+redis, balint-room×2+redis, relay, lean-relay,
-    /// y-websocket, y-websocket-server, hocuspocus, y-sweet. Unavailable ones are reported and
-    /// skipped.
+    /// lean-relay×2+redis (group and many groups only), y-websocket, y-websocket-server,
+    /// hocuspocus, y-sweet. Unavailable ones are reported and skipped.
     #[arg(
         long,
-        default_value = "balint-room,balint-room sealed,balint-room+redis,balint-room×2+redis,relay,lean-relay,y-websocket,y-websocket-server,hocuspocus,y-sweet",
+        default_value = "balint-room,balint-room sealed,balint-room+redis,balint-room×2+redis,relay,lean-relay,lean-relay×2+redis,y-websocket,y-websocket-server,hocuspocus,y-sweet",
         value_delimiter = ','
     )]
     targets: Vec<String>,
@@ -677,8 +677,19 @@ fn summary(all: &[ScenarioResults], args: &Args) -> String {
             }
             met &= r <= 1.4 && p.ratio() == 1.0;
             measured += 1;
+            // The lean floor's own two nodes against one, measured in the same run: what Redis
+            // costs a relay that does nothing else.
+            let floor = match (of(scenario, Kind::LeanRelay), of(scenario, Kind::LeanPair)) {
+                (Some(l), Some(lp)) if lp.ratio() == 1.0 => format!(
+                    "; the lean floor's two nodes {} its one ({} vs {} µs)",
+                    ratio(lp.cpu_per_delivery_us(), Some(l.cpu_per_delivery_us())),
+                    fmt(lp.cpu_per_delivery_us(), 2),
+                    fmt(l.cpu_per_delivery_us(), 2)
+                ),
+                _ => String::new(),
+            };
             figures.push(format!(
-                "{shape} {} ({} vs {} µs)",
+                "{shape} {} ({} vs {} µs{floor})",
                 ratio(p.cpu_per_delivery_us(), Some(b.cpu_per_delivery_us())),
                 fmt(p.cpu_per_delivery_us(), 2),
                 fmt(b.cpu_per_delivery_us(), 2)

@@ -31,6 +31,10 @@ pub enum Kind {
     Relay,
     /// `balint-lean-relay`, the lean floor (tokio-tungstenite, one thread).
     LeanRelay,
+    /// Two `balint-lean-relay`s on one Redis (`--redis-url`), each room's members split
+    /// between them as for `BalintPair`: the lean floor of two nodes. Group and many groups
+    /// only.
+    LeanPair,
     /// The reference `y-websocket` 1.5.4 server (`bin/server.js`).
     YWebsocket,
     /// The current reference server, `@y/websocket-server` (`src/server.js`).
@@ -44,13 +48,14 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in table order.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Balint,
         Kind::BalintSealed,
         Kind::BalintRedis,
         Kind::BalintPair,
         Kind::Relay,
         Kind::LeanRelay,
+        Kind::LeanPair,
         Kind::YWebsocket,
         Kind::YWebsocketServer,
         Kind::Hocuspocus,
@@ -66,6 +71,7 @@ impl Kind {
             Kind::BalintPair => "balint-room×2+redis",
             Kind::Relay => "relay",
             Kind::LeanRelay => "lean-relay",
+            Kind::LeanPair => "lean-relay×2+redis",
             Kind::YWebsocket => "y-websocket",
             Kind::YWebsocketServer => "y-websocket-server",
             Kind::Hocuspocus => "hocuspocus",
@@ -87,7 +93,7 @@ impl Kind {
 
     /// Whether this target runs only the traffic scenarios (group and many groups).
     pub fn traffic_only(self) -> bool {
-        self == Kind::BalintSealed
+        matches!(self, Kind::BalintSealed | Kind::LeanPair)
     }
 
     /// Parses a name from the command line (`balint-room-sealed` is taken for
@@ -139,6 +145,10 @@ impl Programs {
             }
             Kind::Relay => check(&self.relay),
             Kind::LeanRelay => check(&self.lean_relay),
+            Kind::LeanPair => {
+                check(&self.lean_relay)?;
+                self.redis_url.as_ref().map(|_| ()).ok_or_else(|| "no --redis-url given".to_owned())
+            }
             Kind::YWebsocket => check(&self.y_websocket),
             Kind::YWebsocketServer => check(&self.y_websocket_server),
             Kind::Hocuspocus => {
@@ -221,11 +231,13 @@ impl Running {
         if kind == Kind::BalintSealed {
             return Self::spawn(kind, Kind::Balint, programs, label, limits);
         }
-        if kind != Kind::BalintPair {
-            return Self::spawn(kind, kind, programs, label, limits);
-        }
-        let mut first = Self::spawn(Kind::BalintPair, Kind::BalintRedis, programs, label, limits)?;
-        let second = Self::spawn(Kind::BalintPair, Kind::BalintRedis, programs, &format!("{label}-b"), limits)?;
+        let node = match kind {
+            Kind::BalintPair => Kind::BalintRedis,
+            Kind::LeanPair => Kind::LeanRelay,
+            _ => return Self::spawn(kind, kind, programs, label, limits),
+        };
+        let mut first = Self::spawn(kind, node, programs, label, limits)?;
+        let second = Self::spawn(kind, node, programs, &format!("{label}-b"), limits)?;
         first.peer = Some(Box::new(second));
         Ok(first)
     }
@@ -290,7 +302,7 @@ impl Running {
                     command.args(["--read-buffer-bytes", &bytes.to_string()]);
                 }
             }
-            Kind::LeanRelay => {
+            Kind::LeanRelay | Kind::LeanPair => {
                 command = Command::new(&programs.lean_relay);
                 command.args([
                     "--bind",
@@ -298,6 +310,9 @@ impl Running {
                     "--nodelay",
                     if programs.relay_nodelay { "true" } else { "false" },
                 ]);
+                if kind_shown == Kind::LeanPair {
+                    command.args(["--redis-url", programs.redis_url.as_deref().context("--redis-url")?]);
+                }
             }
             Kind::YWebsocket | Kind::YWebsocketServer | Kind::Hocuspocus => {
                 let port = free_port()?;
@@ -355,7 +370,7 @@ impl Running {
         // Keep draining standard output so the child never blocks on it.
         std::thread::spawn(move || while rx.recv().is_ok() {});
         let http = reqwest::Client::builder().no_proxy().build()?;
-        let redis = programs.redis_url.clone().filter(|_| kind == Kind::BalintRedis);
+        let redis = programs.redis_url.clone().filter(|_| kind == Kind::BalintRedis || kind_shown == Kind::LeanPair);
         Ok(Running { kind: kind_shown, addr, child, http, data_dir, next_room: 0, redis, peer: None })
     }
 
@@ -387,8 +402,10 @@ impl Running {
                 link.other = self.peer.as_ref().map(|p| format!("ws://{}/ws/{room}?token={token}", p.addr));
                 Ok(link)
             }
-            Kind::Relay | Kind::LeanRelay | Kind::YWebsocket | Kind::YWebsocketServer => {
-                Ok(RoomLink::new(format!("ws://{addr}/room-{}", self.next_room), false))
+            Kind::Relay | Kind::LeanRelay | Kind::LeanPair | Kind::YWebsocket | Kind::YWebsocketServer => {
+                let mut link = RoomLink::new(format!("ws://{addr}/room-{}", self.next_room), false);
+                link.other = self.peer.as_ref().map(|p| format!("ws://{}/room-{}", p.addr, self.next_room));
+                Ok(link)
             }
             Kind::Hocuspocus => {
                 // One socket may carry several documents: the URL names none, every message does.

@@ -159,8 +159,9 @@ pub struct Config {
     pub max_connections_per_address: usize,
 
     /// Threads that run rooms' connections, all of a room's on one, each with its own socket
-    /// I/O (`room_threads.rs`); by default one per core without Redis, none with it. 0 runs
-    /// connections on the main runtime's workers, as any other task.
+    /// I/O (`room_threads.rs`), and, with Redis, its Redis connection and bus publisher; by
+    /// default one per core. 0 runs connections on the main runtime's workers, as any other
+    /// task.
     #[arg(long, env = "BALINT_ROOM_THREADS")]
     pub room_threads: Option<usize>,
 
@@ -294,17 +295,9 @@ impl Config {
         Duration::from_secs(self.reconnect_grace_secs)
     }
 
-    /// How many room threads to start: `--room-threads`; by default one per core on a single
-    /// node, and none with Redis until the multi-node tests have been run enough with them
-    /// (BENCHMARKS.md, step 9).
+    /// How many room threads to start: `--room-threads`, by default one per core.
     pub fn room_threads(&self) -> usize {
-        self.room_threads.unwrap_or_else(|| {
-            if self.uses_redis() {
-                0
-            } else {
-                std::thread::available_parallelism().map_or(1, |n| n.get())
-            }
-        })
+        self.room_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
 
     /// [`Self::token_ttl_secs`] as a duration.
@@ -318,7 +311,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn room_threads_are_one_per_core_on_a_single_node_and_off_with_redis_unless_asked() {
+    fn room_threads_are_one_per_core_unless_asked_with_or_without_redis() {
         // Set field by field, so that the environment (REDIS_URL, BALINT_ROOM_THREADS) does
         // not decide.
         let mut config = Config::parse_from(["balint-room"]);
@@ -330,7 +323,7 @@ mod tests {
         assert_eq!(config.room_threads(), 0);
         config.room_threads = None;
         config.redis_url = Some(Confidential::from("redis://127.0.0.1:6379".to_owned()));
-        assert_eq!(config.room_threads(), 0);
+        assert_eq!(config.room_threads(), std::thread::available_parallelism().unwrap().get());
         config.room_threads = Some(3);
         assert_eq!(config.room_threads(), 3);
     }

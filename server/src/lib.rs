@@ -170,9 +170,11 @@ impl AppState {
                 redis.clone()
             }
         };
+        let room_threads = Arc::new(room_threads::RoomThreads::start(config.room_threads())?);
         let rooms = match redis {
             None => Rooms::new(Cluster::embedded(boards, metrics.clone(), node, options)),
             Some(redis) => {
+                redis.run_rooms_on(room_threads.clone());
                 let rooms = Rooms::new(Cluster {
                     store: redis.clone(),
                     presence: redis.clone(),
@@ -181,6 +183,7 @@ impl AppState {
                     metrics: metrics.clone(),
                     node,
                     options,
+                    threads: room_threads.clone(),
                 });
                 let dispatch = rooms.clone();
                 let stop = shutdown.clone();
@@ -201,7 +204,6 @@ impl AppState {
         );
         let sockets = sockets::SocketCaps::new(config.max_connections, config.max_connections_per_address);
         let keepalive = keepalive::KeepaliveClock::start(connection::KEEPALIVE_BEAT);
-        let room_threads = Arc::new(room_threads::RoomThreads::start(config.room_threads())?);
         Ok(AppState {
             room_threads,
             rooms,

@@ -50,6 +50,11 @@ impl RoomThreads {
         Ok(RoomThreads { handles, threads: Mutex::new(threads), hasher: std::hash::RandomState::new() })
     }
 
+    /// No room threads: everything runs on the main runtime.
+    pub fn none() -> Self {
+        RoomThreads { handles: Vec::new(), threads: Mutex::default(), hasher: std::hash::RandomState::new() }
+    }
+
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.handles.is_empty()

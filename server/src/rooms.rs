@@ -42,6 +42,7 @@ use crate::room::meeting::{record, Audience, Meeting, TitleChange, TitleError};
 use crate::room::sealed::SealedLog;
 pub use crate::room::RoomSettings;
 use crate::room::{ConnId, RandomIds};
+use crate::room_threads::RoomThreads;
 
 /// A frame on a room's feed, encoded once and shared by every recipient.
 #[derive(Debug, Clone)]
@@ -73,6 +74,9 @@ pub struct Cluster {
     pub node: Arc<str>,
     /// Settings every room shares.
     pub options: RoomOptions,
+    /// The node's room threads: a room's publisher task runs on its room's thread, beside
+    /// its connections (none: on the runtime that opens the room).
+    pub threads: Arc<RoomThreads>,
 }
 
 impl Cluster {
@@ -85,7 +89,16 @@ impl Cluster {
         options: RoomOptions,
     ) -> Self {
         let embedded = Arc::new(crate::backend::embedded::Embedded::default());
-        Cluster { store: embedded.clone(), presence: embedded.clone(), bus: embedded, boards, metrics, node, options }
+        Cluster {
+            store: embedded.clone(),
+            presence: embedded.clone(),
+            bus: embedded,
+            boards,
+            metrics,
+            node,
+            options,
+            threads: Arc::new(RoomThreads::none()),
+        }
     }
 }
 
@@ -132,10 +145,16 @@ struct Outbox {
 }
 
 impl Outbox {
-    /// Starts the room's publisher task; it ends when the room (the sender) goes.
+    /// Starts the room's publisher task, on the room's thread if it has one (where its
+    /// connections queue the envelopes, and where its Redis connection runs): an edit then
+    /// reaches Redis without waking another thread. It ends when the room (the sender) goes.
     fn start(room: &str, cluster: &Cluster, me: Weak<Room>) -> Self {
         let (queue, pending) = mpsc::channel(limits::BUS_QUEUE_MESSAGES);
-        tokio::spawn(publish_batches(room.to_owned(), cluster.clone(), pending, me));
+        let task = publish_batches(room.to_owned(), cluster.clone(), pending, me);
+        match cluster.threads.for_room(room) {
+            Some(thread) => drop(thread.spawn(task)),
+            None => drop(tokio::spawn(task)),
+        }
         Outbox { queue }
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use balint_server::backend::files::FileStore;
 use balint_server::backend::redis::RedisBackend;
 use balint_server::metrics::Metrics;
+use balint_server::room_threads::RoomThreads;
 use balint_server::rooms::{Cluster, Lookup, RoomOptions, RoomSettings, Rooms};
 
 /// Bytes allocated and not yet freed, by every thread of this test binary.
@@ -157,6 +158,7 @@ fn with_redis_a_room_set_up_ahead_costs_at_most_16_kib_until_someone_joins() {
             metrics: Metrics::new(),
             node: "memory".into(),
             options: options(),
+            threads: Arc::new(RoomThreads::none()),
         });
         let (ahead, open) = per_room(&rooms).await;
         println!("Redis backend, {ROOMS} rooms: {ahead:.2} KiB per room set up ahead, {open:.2} KiB more once open");

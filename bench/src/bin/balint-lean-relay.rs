@@ -12,6 +12,13 @@
 //! room, its bytes shared (`Bytes` clones into each recipient's queue); a recipient feeds
 //! everything queued for it and flushes once. Text frames are ignored. `TCP_NODELAY` is set on
 //! every accepted socket. Rooms are `ws://ADDR/{room}` (any path names a room).
+//!
+//! With `--redis-url`, two or more of these make the lean floor for nodes on Redis: every
+//! binary frame from a member (but a sync step 1) is also published on the room's channel,
+//! behind the node's random 8-byte id, and every message on a room channel from another node
+//! is forwarded to the room's members here, as a member's frame is. One RESP3 connection per
+//! node carries the publishes (whatever is queued, as one pipeline) and, as pushes, the
+//! messages of one pattern subscription to every room channel; it runs on the relay's thread.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -22,6 +29,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
+use redis::AsyncConnectionConfig;
+use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
@@ -45,7 +54,13 @@ struct Args {
     /// Frames a connection may fall behind before it is dropped.
     #[arg(long, default_value_t = 1024)]
     queue: usize,
+    /// A Redis to relay through, to and from the other relays on it.
+    #[arg(long)]
+    redis_url: Option<String>,
 }
+
+/// The prefix of the rooms' channels on Redis.
+const CHANNEL_PREFIX: &str = "lean-relay:";
 
 /// An empty sync step 2: message sync (0), step 2 (1), the empty update `[0, 0]`.
 const EMPTY_STEP2: [u8; 5] = [0, 1, 2, 0, 0];
@@ -64,7 +79,15 @@ struct Relay {
     next_id: Cell<u64>,
     queue: usize,
     config: WebSocketConfig,
+    /// With Redis: what to publish, and the publisher's wake-up.
+    outbox: Option<(RefCell<Outbox>, Notify)>,
 }
+
+/// Frames to publish, each with its room.
+type Outbox = Vec<(String, Bytes)>;
+
+/// The peer id of frames that came from another node.
+const FROM_BUS: u64 = 0;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -79,8 +102,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         // Large enough for a late joiner's whole board in one frame.
         .max_message_size(Some(256 << 20))
         .max_frame_size(Some(256 << 20));
-    let relay =
-        Rc::new(Relay { rooms: RefCell::new(HashMap::new()), next_id: Cell::new(1), queue: args.queue.max(1), config });
+    let relay = Rc::new(Relay {
+        rooms: RefCell::new(HashMap::new()),
+        next_id: Cell::new(1),
+        queue: args.queue.max(1),
+        config,
+        outbox: args.redis_url.as_ref().map(|_| (RefCell::new(Vec::new()), Notify::new())),
+    });
+    if let Some(url) = &args.redis_url {
+        start_bus(url, relay.clone()).await?;
+    }
     let listener = TcpListener::bind(args.bind).await?;
     println!("balint-lean-relay is running on http://{}", listener.local_addr()?);
     loop {
@@ -137,6 +168,12 @@ async fn serve(mut ws: WebSocketStream<TcpStream>, room: &str, me: &Peer, relay:
                         {
                             return;
                         }
+                        if !frame.starts_with(&[0, 0]) {
+                            if let Some((outbox, wake)) = &relay.outbox {
+                                outbox.borrow_mut().push((room.to_owned(), frame.clone()));
+                                wake.notify_one();
+                            }
+                        }
                         fan_out(relay, room, me.id, frame);
                     }
                     Message::Close(_) => return,
@@ -177,4 +214,59 @@ fn fan_out(relay: &Relay, room: &str, from: u64, frame: Bytes) {
         drop(queue);
         peer.ready.notify_one();
     }
+}
+
+/// Connects to Redis, subscribes to every room channel, and starts the two tasks of the bus:
+/// one forwards other nodes' messages to the rooms here, one publishes what is queued.
+async fn start_bus(url: &str, relay: Rc<Relay>) -> anyhow::Result<()> {
+    let info = url.into_connection_info()?;
+    let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+    let client = redis::Client::open(info.set_redis_settings(settings))?;
+    let (pushes, mut pushed) = tokio::sync::mpsc::unbounded_channel::<PushInfo>();
+    let config = AsyncConnectionConfig::new().set_push_sender(pushes);
+    // Opened on this thread: the connection's task runs here too.
+    let mut connection = client.get_multiplexed_async_connection_with_config(&config).await?;
+    connection.psubscribe(format!("{CHANNEL_PREFIX}*")).await?;
+    let node: [u8; 8] = rand::random();
+
+    let incoming = relay.clone();
+    tokio::task::spawn_local(async move {
+        while let Some(push) = pushed.recv().await {
+            // A pattern message: the pattern, the channel, the payload.
+            let (PushKind::PMessage, [_, Value::BulkString(channel), Value::BulkString(payload)]) =
+                (push.kind, push.data.as_slice())
+            else {
+                continue;
+            };
+            if payload.len() < node.len() || payload.starts_with(&node) {
+                continue;
+            }
+            let Some(room) = std::str::from_utf8(channel).ok().and_then(|c| c.strip_prefix(CHANNEL_PREFIX)) else {
+                continue;
+            };
+            fan_out(&incoming, room, FROM_BUS, Bytes::copy_from_slice(&payload[node.len()..]));
+        }
+    });
+
+    tokio::task::spawn_local(async move {
+        let Some((outbox, wake)) = &relay.outbox else { return };
+        loop {
+            wake.notified().await;
+            let queued = std::mem::take(&mut *outbox.borrow_mut());
+            if queued.is_empty() {
+                continue;
+            }
+            let mut pipe = redis::pipe();
+            for (room, frame) in queued {
+                let mut payload = Vec::with_capacity(node.len() + frame.len());
+                payload.extend_from_slice(&node);
+                payload.extend_from_slice(&frame);
+                pipe.publish(format!("{CHANNEL_PREFIX}{room}"), payload).ignore();
+            }
+            if let Err(e) = pipe.query_async::<()>(&mut connection).await {
+                eprintln!("publish: {e}");
+            }
+        }
+    });
+    Ok(())
 }

@@ -45,6 +45,7 @@ use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType}
 use redis::{AsyncCommands, ConnectionAddr, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Script, Value};
 
 use crate::fanout;
+use crate::room_threads::RoomThreads;
 
 use super::{
     room_channel, room_prefix, BackendError, BackendResult, BoardStore, Bus, BusMessage, Presence, RoomStore,
@@ -177,6 +178,8 @@ struct Shared {
     deliver: Arc<OnceLock<Deliver>>,
     /// What this node's own bus messages begin with ([`fanout::sender_prefix`]).
     own: Bytes,
+    /// Where each room's connection runs, once set ([`RedisBackend::run_rooms_on`]).
+    threads: OnceLock<Arc<RoomThreads>>,
 }
 
 /// A node's connections to Redis.
@@ -231,6 +234,7 @@ impl RedisBackend {
                 rooms: Mutex::default(),
                 deliver: Arc::default(),
                 own: fanout::sender_prefix(node),
+                threads: OnceLock::new(),
             }),
             watcher: None,
             cas: Script::new(CAS_SCRIPT),
@@ -248,15 +252,35 @@ impl RedisBackend {
         let _ = self.shared.deliver.set(Arc::new(deliver));
     }
 
+    /// Opens each room's connection on the room's thread in `threads`, where its connections
+    /// and its publisher task run: the task that reads the connection (and hands bus messages
+    /// to the room) then runs there, and so does the one that writes it, so a published edit
+    /// and a received one wake no other thread. Connections opened before this is called stay
+    /// where they are; a second call changes nothing.
+    pub fn run_rooms_on(&self, threads: Arc<RoomThreads>) {
+        let _ = self.shared.threads.set(threads);
+    }
+
     /// The room's own connection, opened on first use.
     async fn room(&self, room: &str) -> BackendResult<ConnectionManager> {
         if let Some(open) = lock(&self.shared.rooms).get(room) {
             return Ok(open.connection.clone());
         }
+        let thread = self.shared.threads.get().and_then(|threads| threads.for_room(room)).cloned();
         loop {
             let epoch = self.shared.epoch.load(Ordering::SeqCst);
             let client = lock(&self.shared.client).clone();
-            let connection = client.get_connection_manager_with_config(self.shared.room_config(room)).await?;
+            let config = self.shared.room_config(room);
+            let connection = match &thread {
+                // redis-rs spawns the connection's task on the runtime that opens it.
+                Some(thread) => thread
+                    .spawn(async move { client.get_connection_manager_with_config(config).await })
+                    .await
+                    .map_err(|_| {
+                        BackendError::Config("the room's thread has stopped (the node is stopping)".to_owned())
+                    })??,
+                None => client.get_connection_manager_with_config(config).await?,
+            };
             let mut rooms = lock(&self.shared.rooms);
             if self.shared.epoch.load(Ordering::SeqCst) != epoch {
                 // Opened on a primary the node has just left: again, on the new one.
