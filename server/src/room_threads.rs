@@ -10,8 +10,10 @@
 //! connection's task is spawned there. A delivery then wakes a task on the sender's own
 //! thread, a push on a local queue, and an incoming frame wakes only the thread that reads it.
 //!
-//! HTTP, rooms' set-up, the backends (Redis, PostgreSQL) and the node's timers stay on the
-//! main runtime; what a connection spawns runs on its room's thread.
+//! With Redis, a room's Redis connection and its bus publisher run on its thread too
+//! (`RedisBackend::run_rooms_on`, `Outbox::start`). HTTP, rooms' set-up, the other backends
+//! and the node's timers stay on the main runtime; what a connection spawns runs on its room's
+//! thread.
 
 use std::hash::BuildHasher;
 use std::sync::Mutex;

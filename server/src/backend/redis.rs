@@ -256,7 +256,8 @@ impl RedisBackend {
     /// and its publisher task run: the task that reads the connection (and hands bus messages
     /// to the room) then runs there, and so does the one that writes it, so a published edit
     /// and a received one wake no other thread. Connections opened before this is called stay
-    /// where they are; a second call changes nothing.
+    /// where they are, and so do those opened again on a new primary after a failover (they
+    /// run where they are first used); a second call changes nothing.
     pub fn run_rooms_on(&self, threads: Arc<RoomThreads>) {
         let _ = self.shared.threads.set(threads);
     }
