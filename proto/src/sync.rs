@@ -68,6 +68,33 @@ pub fn decode_frame(frame: &[u8]) -> Result<Vec<Message>, FrameError> {
     Ok(messages)
 }
 
+/// A frame that holds one sync step 2 or update message and nothing else: the common frame
+/// of a live room (an edit), decoded once.
+pub struct SingleUpdate<'a> {
+    /// Whether the message is a sync step 2 (otherwise it is an update).
+    pub is_step2: bool,
+    /// The Yjs v1 update, as a slice of the frame.
+    pub payload: &'a [u8],
+    /// The update, decoded and checked as [`decode_update`] does.
+    pub update: Update,
+}
+
+/// Decodes `frame` when it holds exactly one sync step 2 or update message, checked as
+/// [`decode_frame`] checks it; `None` for any other frame (see [`decode_frame`]), which this
+/// leaves unread.
+pub fn decode_single_update(frame: &[u8]) -> Option<Result<SingleUpdate<'_>, FrameError>> {
+    let mut cursor = Cursor::new(frame);
+    let tag: u32 = cursor.read_var().ok()?;
+    let kind: u32 = cursor.read_var().ok()?;
+    if tag != MSG_SYNC || !matches!(kind, 1 | 2) {
+        return None;
+    }
+    let len: usize = cursor.read_var().ok()?;
+    // Exactly the rest of the frame.
+    let payload = frame.get(cursor.next..).filter(|rest| rest.len() == len)?;
+    Some(decode_update(payload).map(|update| SingleUpdate { is_step2: kind == 1, payload, update }))
+}
+
 /// Reads one message. The framing is read here rather than through yrs's `Message::decode`,
 /// because that one cannot tell where a message ended nor refuse an unknown type.
 fn decode_message(cursor: &mut Cursor<'_>) -> Result<Message, FrameError> {

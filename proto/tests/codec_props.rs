@@ -154,6 +154,42 @@ proptest! {
         }
     }
 
+    /// The decoder of a frame that holds one update agrees with the whole-frame decoder on
+    /// every frame it takes, and leaves every other frame to it: random bytes, and edits with
+    /// a byte changed, cut short or followed by more.
+    #[test]
+    fn the_single_update_decoder_agrees_with_decode_frame(
+        ops in proptest::collection::vec(op(), 1..8),
+        noise in proptest::collection::vec(any::<u8>(), 0..64),
+        at in any::<usize>(),
+        byte in any::<u8>(),
+        step2 in any::<bool>(),
+    ) {
+        let (_, updates) = play(&ops);
+        let update = updates.last().unwrap();
+        let edit = if step2 { sync::encode_step2(update) } else { sync::encode_update(update) }.to_vec();
+        let mut changed = edit.clone();
+        let i = at % changed.len();
+        changed[i] = byte;
+        let mut more = edit.clone();
+        more.extend_from_slice(&sync::encode_update(update));
+        let frames = [edit.clone(), changed, edit[..at % edit.len()].to_vec(), more, noise];
+        for frame in &frames {
+            let whole = decode_frame(frame);
+            match sync::decode_single_update(frame) {
+                Some(Ok(single)) => {
+                    let payload = single.payload.to_vec();
+                    let expected = if single.is_step2 { SyncMessage::SyncStep2(payload) } else { SyncMessage::Update(payload) };
+                    prop_assert_eq!(whole, Ok(vec![Message::Sync(expected)]));
+                }
+                Some(Err(e)) => prop_assert_eq!(whole, Err(e)),
+                None => prop_assert!(whole.map_or(true, |m| m.len() != 1
+                    || !matches!(m[0], Message::Sync(SyncMessage::SyncStep2(_) | SyncMessage::Update(_))))),
+            }
+        }
+        prop_assert!(matches!(sync::decode_single_update(&edit), Some(Ok(_))));
+    }
+
     #[test]
     fn any_text_parses_or_is_refused(text in "\\PC{0,64}") {
         let _ = ClientMessage::from_json(&text);

@@ -284,7 +284,6 @@ pub async fn join_room(
     };
     let metrics = state.metrics.clone();
     let rooms = state.rooms.clone();
-    let shutdown = state.shutdown.clone();
     let beat = state.keepalive.beat(conn);
     // The transport refuses a frame over the limit from its header, without reading it; the
     // connection closes with 1009, and the listener drains the rest (`linger.rs`).
@@ -305,7 +304,7 @@ pub async fn join_room(
     // line of the connection names its room and connection ids itself, and nothing else.
     Ok(upgrade.serve(serving, move |socket| {
         let clock = move || rooms.now_ms();
-        connection::serve(socket, room, conn, participant, clock, conn_limits, metrics, shutdown, beat)
+        connection::serve(socket, room, conn, participant, clock, conn_limits, metrics, beat)
             // Counted against the caps until the connection ends.
             .map(move |()| drop(permit))
     }))

@@ -9,11 +9,14 @@
 //! busy to await is not lost, it is taken as soon as the connection awaits again. A node with
 //! no connection does not tick.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::{ready, Poll};
 use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 use tokio::time::MissedTickBehavior;
+use tokio_util::sync::{CancellationToken, ReusableBoxFuture};
 
 use crate::room::ConnId;
 
@@ -29,6 +32,9 @@ pub struct KeepaliveClock {
 struct Slots {
     beat: Duration,
     slots: Box<[watch::Sender<()>]>,
+    /// Set when the server shuts down; every slot ticks then, so that each connection sees it
+    /// at once.
+    stopping: AtomicBool,
     /// Wakes the clock's task when it waits for a connection: for a new one, or when the
     /// clock goes.
     wake: Arc<Notify>,
@@ -42,20 +48,24 @@ impl Drop for Slots {
 
 /// One connection's share of the clock: [`Beat::tick`] returns once a beat.
 pub struct Beat {
-    tick: watch::Receiver<()>,
+    /// The wait for the slot's next tick. It outlives each `tick()` call, so that a connection
+    /// registers with its slot once per tick, not on every turn of its loop.
+    tick: ReusableBoxFuture<'static, watch::Receiver<()>>,
     /// Keeps the slots, so that `tick` never finds its sender gone.
     clock: Arc<Slots>,
 }
 
 impl KeepaliveClock {
-    /// Starts the clock (its task) with the connections' beat. Needs a tokio runtime.
-    pub fn start(beat: Duration) -> Self {
+    /// Starts the clock (its task) with the connections' beat. When `shutdown` is cancelled,
+    /// every connection is woken and told (see [`Beat::stopping`]). Needs a tokio runtime.
+    pub fn start(beat: Duration, shutdown: CancellationToken) -> Self {
         let slots = Arc::new(Slots {
             beat,
             slots: (0..SLOTS).map(|_| watch::channel(()).0).collect(),
+            stopping: AtomicBool::new(false),
             wake: Arc::new(Notify::new()),
         });
-        tokio::spawn(run(Arc::downgrade(&slots), slots.wake.clone()));
+        tokio::spawn(run(Arc::downgrade(&slots), slots.wake.clone(), shutdown));
         KeepaliveClock { slots }
     }
 
@@ -65,16 +75,27 @@ impl KeepaliveClock {
         let slot = (conn.0 % SLOTS as u64) as usize;
         let tick = self.slots.slots[slot].subscribe();
         self.slots.wake.notify_one();
-        Beat { tick, clock: self.slots.clone() }
+        Beat { tick: ReusableBoxFuture::new(changed(tick)), clock: self.slots.clone() }
     }
 }
 
 impl Beat {
     /// Waits for the connection's next tick (at most a beat, as the slot's last tick is
     /// consumed when it is missed).
+    /// Cancel-safe: a wait dropped before the tick keeps its place for the next call.
     pub async fn tick(&mut self) {
-        // The sender lives in `self.clock`: it cannot be gone.
-        let _ = self.tick.changed().await;
+        std::future::poll_fn(|cx| {
+            let receiver = ready!(self.tick.poll(cx));
+            self.tick.set(changed(receiver));
+            Poll::Ready(())
+        })
+        .await;
+    }
+
+    /// Whether the server is shutting down: the connection ends. [`Beat::tick`] returns once
+    /// when it starts to; a connection checks this after each tick, and before it waits.
+    pub fn stopping(&self) -> bool {
+        self.clock.stopping.load(Ordering::Acquire)
     }
 
     /// How often [`Beat::tick`] returns.
@@ -83,16 +104,39 @@ impl Beat {
     }
 }
 
+/// Returns `receiver` once its slot has ticked. The sender lives in the [`Beat`]'s clock: it
+/// cannot be gone.
+async fn changed(mut receiver: watch::Receiver<()>) -> watch::Receiver<()> {
+    let _ = receiver.changed().await;
+    receiver
+}
+
 /// Ticks every beat / [`SLOTS`], waking one slot a tick, while any connection listens; ends
-/// when nobody holds the clock.
-async fn run(slots: Weak<Slots>, wake: Arc<Notify>) {
+/// when nobody holds the clock. When `shutdown` is cancelled, ticks every slot at once.
+async fn run(slots: Weak<Slots>, wake: Arc<Notify>, shutdown: CancellationToken) {
     let Some(period) = slots.upgrade().map(|s| (s.beat / SLOTS as u32).max(Duration::from_millis(1))) else {
         return;
     };
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut stopped = false;
+    let stop = |stopped: &mut bool| {
+        *stopped = true;
+        if let Some(clock) = slots.upgrade() {
+            clock.stopping.store(true, Ordering::Release);
+            for slot in clock.slots.iter() {
+                slot.send_replace(());
+            }
+        }
+    };
     for slot in (0..SLOTS).cycle() {
-        ticks.tick().await;
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = shutdown.cancelled(), if !stopped => {
+                stop(&mut stopped);
+                continue;
+            }
+        }
         let Some(clock) = slots.upgrade() else { return };
         clock.slots[slot].send_replace(());
         let listened = clock.slots.iter().any(|s| s.receiver_count() > 0);
@@ -100,7 +144,10 @@ async fn run(slots: Weak<Slots>, wake: Arc<Notify>) {
         if !listened {
             // Nobody listens: wait for a connection (or the clock's end) rather than tick for
             // none. A connection that came meanwhile left a permit: none is missed.
-            wake.notified().await;
+            tokio::select! {
+                () = wake.notified() => {}
+                () = shutdown.cancelled(), if !stopped => stop(&mut stopped),
+            }
             ticks.reset();
         }
     }
@@ -113,7 +160,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn each_connection_is_woken_once_a_beat_a_slot_at_a_time() {
         let beat = Duration::from_millis(2500);
-        let clock = KeepaliveClock::start(beat);
+        let clock = KeepaliveClock::start(beat, CancellationToken::new());
         let start = tokio::time::Instant::now();
         let tasks: Vec<_> = (0..2 * SLOTS as u64)
             .map(|id| {
@@ -143,8 +190,40 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_shutdown_wakes_every_connection_at_once() {
+        let shutdown = CancellationToken::new();
+        let clock = KeepaliveClock::start(Duration::from_millis(2500), shutdown.clone());
+        let beats: Vec<_> = (0..SLOTS as u64).map(|id| clock.beat(ConnId(id))).collect();
+        // Past the first tick of a slot or two: each waits for its next one.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let tasks: Vec<_> = beats
+            .into_iter()
+            .map(|mut beat| {
+                tokio::spawn(async move {
+                    let start = tokio::time::Instant::now();
+                    loop {
+                        beat.tick().await;
+                        if beat.stopping() {
+                            return start.elapsed();
+                        }
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert!(!clock.beat(ConnId(99)).stopping());
+        shutdown.cancel();
+        for task in tasks {
+            let waited = task.await.unwrap();
+            assert_eq!(waited, Duration::from_millis(1000), "woken as the shutdown came, not at a tick");
+        }
+        // A connection that comes after the shutdown is told before it waits.
+        assert!(clock.beat(ConnId(100)).stopping());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_missed_tick_is_taken_at_once() {
-        let clock = KeepaliveClock::start(Duration::from_millis(2500));
+        let clock = KeepaliveClock::start(Duration::from_millis(2500), CancellationToken::new());
         let mut beat = clock.beat(ConnId(3));
         // The connection is busy for two beats: its tick is there when it next waits.
         tokio::time::sleep(Duration::from_millis(5000)).await;
@@ -155,7 +234,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_clock_stops_when_nobody_holds_it() {
-        let clock = KeepaliveClock::start(Duration::from_millis(2500));
+        let clock = KeepaliveClock::start(Duration::from_millis(2500), CancellationToken::new());
         let slots = Arc::downgrade(&clock.slots);
         let beat = clock.beat(ConnId(1));
         drop(clock);
@@ -168,7 +247,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_clock_that_waited_for_connections_ticks_for_the_next() {
-        let clock = KeepaliveClock::start(Duration::from_millis(2500));
+        let clock = KeepaliveClock::start(Duration::from_millis(2500), CancellationToken::new());
         let tasks = || tokio::runtime::Handle::current().metrics().num_alive_tasks();
         assert_eq!(tasks(), 1, "the clock's task");
         // Nobody listens: the clock's task stops ticking, and waits for a connection.

@@ -203,7 +203,7 @@ impl AppState {
             "node started"
         );
         let sockets = sockets::SocketCaps::new(config.max_connections, config.max_connections_per_address);
-        let keepalive = keepalive::KeepaliveClock::start(connection::KEEPALIVE_BEAT);
+        let keepalive = keepalive::KeepaliveClock::start(connection::KEEPALIVE_BEAT, shutdown.clone());
         Ok(AppState {
             room_threads,
             rooms,

@@ -151,6 +151,19 @@ impl Metrics {
         }
     }
 
+    /// A batch of `messages` room frames, `bytes` in all, was written to one connection; each
+    /// frame's fan-out delay is counted with [`Metrics::fanned_out`]. The counters are shared
+    /// by every connection of the node: a batch touches them once, not once a frame.
+    pub fn sent_batch(&self, messages: u64, bytes: u64) {
+        self.inner.messages_out.inc_by(messages);
+        self.inner.bytes_out.inc_by(bytes);
+    }
+
+    /// A room frame reached a connection's socket `delay` after the room sent it.
+    pub fn fanned_out(&self, delay: std::time::Duration) {
+        self.inner.fanout_seconds.observe(delay.as_secs_f64());
+    }
+
     /// Something was refused, for `reason`.
     pub fn refused(&self, reason: &'static str) {
         self.inner.refusals.get_or_create(&Reason { reason }).inc();

@@ -149,8 +149,14 @@ impl Board {
         can_write: bool,
         now_ms: u64,
     ) -> Result<Effects, FrameError> {
-        let messages = sync::decode_frame(frame)?;
         let mut effects = Effects::default();
+        // An edit: one update, decoded once.
+        if let Some(single) = sync::decode_single_update(frame) {
+            let single = single?;
+            self.take_update(&mut effects, single.payload, single.update, can_write)?;
+            return Ok(effects);
+        }
+        let messages = sync::decode_frame(frame)?;
         for message in messages {
             match message {
                 Message::Sync(SyncMessage::SyncStep1(remote)) => {
@@ -163,23 +169,10 @@ impl Board {
                         }
                     }
                 }
-                Message::Sync(SyncMessage::SyncStep2(update) | SyncMessage::Update(update)) => {
-                    if !can_write {
-                        // A reader answers the server's step 1 with a step 2 that carries
-                        // nothing the board lacks; only a real change is a refusal to report.
-                        if self.is_news(&update) {
-                            effects.write_refused = true;
-                        }
-                        continue;
-                    }
-                    if self.applied_bytes.saturating_add(update.len()) > self.max_bytes {
-                        effects.board_full = true;
-                        continue;
-                    }
-                    if let Some(frame) = self.apply_update(&update)? {
-                        effects.broadcast.push(frame);
-                        effects.relay.push(Relay::Update(Bytes::from(update)));
-                    }
+                Message::Sync(SyncMessage::SyncStep2(payload) | SyncMessage::Update(payload)) => {
+                    // `decode_frame` checked it.
+                    let update = Update::decode_v1(&payload).map_err(|_| FrameError::Malformed)?;
+                    self.take_update(&mut effects, &payload, update, can_write)?;
                 }
                 Message::Awareness(update) => {
                     if let Some(changed) = self.awareness.apply(conn, update, now_ms) {
@@ -205,6 +198,34 @@ impl Board {
             }
         }
         Ok(effects)
+    }
+
+    /// Applies a sync step 2 or update from a connection, `payload` decoded as `update`, if it
+    /// may write and the board has room for it.
+    fn take_update(
+        &mut self,
+        effects: &mut Effects,
+        payload: &[u8],
+        update: Update,
+        can_write: bool,
+    ) -> Result<(), FrameError> {
+        if !can_write {
+            // A reader answers the server's step 1 with a step 2 that carries nothing the
+            // board lacks; only a real change is a refusal to report.
+            if self.is_news(&update) {
+                effects.write_refused = true;
+            }
+            return Ok(());
+        }
+        if self.applied_bytes.saturating_add(payload.len()) > self.max_bytes {
+            effects.board_full = true;
+            return Ok(());
+        }
+        if let Some(frame) = self.apply_update(payload, update)? {
+            effects.relay.push(Relay::Update(payload_of(&frame)));
+            effects.broadcast.push(frame);
+        }
+        Ok(())
     }
 
     /// Removes the awareness states `conn` announced. Returns the removal to broadcast.
@@ -310,8 +331,9 @@ impl Board {
 
     /// Applies a board update that another node applied already. Returns the frame to
     /// broadcast here, `None` when the update brought nothing new (see [`Self::apply_update`]).
-    pub fn apply_remote(&mut self, update: &[u8]) -> Result<Option<Bytes>, FrameError> {
-        self.apply_update(update)
+    pub fn apply_remote(&mut self, payload: &[u8]) -> Result<Option<Bytes>, FrameError> {
+        let update = Update::decode_v1(payload).map_err(|_| FrameError::Malformed)?;
+        self.apply_update(payload, update)
     }
 
     /// Applies an awareness update relayed by another node. Returns the frame to broadcast
@@ -329,7 +351,8 @@ impl Board {
     /// Loads a stored board into this (empty) one.
     pub fn load(&mut self, update: &[u8]) -> Result<(), FrameError> {
         self.forget_whole();
-        self.apply(update).map(|_| ())
+        let decoded = Update::decode_v1(update).map_err(|_| FrameError::Malformed)?;
+        self.apply(update, decoded).map(|_| ())
     }
 
     /// The board as Markdown: the notes, then the observation cards grouped by phase in the
@@ -360,8 +383,7 @@ impl Board {
 
     /// Whether `payload` holds anything the board lacks: a block past its state, or a deletion
     /// it has not made. An update that does not decode counts as news (it is refused either way).
-    fn is_news(&self, payload: &[u8]) -> bool {
-        let Ok(update) = Update::decode_v1(payload) else { return true };
+    fn is_news(&self, update: &Update) -> bool {
         if update.is_empty() {
             return false;
         }
@@ -378,9 +400,9 @@ impl Board {
     /// nothing: nothing inserted or deleted, and nothing held back (a peer's step 2 that
     /// carries only what the board has, such as a newcomer's empty answer). Every peer has
     /// such an update already; it is neither broadcast nor relayed.
-    fn apply_update(&mut self, payload: &[u8]) -> Result<Option<Bytes>, FrameError> {
+    fn apply_update(&mut self, payload: &[u8], update: Update) -> Result<Option<Bytes>, FrameError> {
         let held_before = !self.held_back.is_empty();
-        let change = self.apply(payload)?;
+        let change = self.apply(payload, update)?;
         // An update held back (it waits for a missing dependency) changes nothing yet, and is
         // news all the same.
         if !change.changed && self.held_back.is_empty() {
@@ -411,18 +433,20 @@ impl Board {
         }
     }
 
-    fn apply(&mut self, payload: &[u8]) -> Result<Change, FrameError> {
-        let update = Update::decode_v1(payload).map_err(|_| FrameError::Malformed)?;
+    /// Applies `update` (decoded from `payload`) in one transaction.
+    fn apply(&mut self, payload: &[u8], update: Update) -> Result<Change, FrameError> {
         // yrs validates structure while decoding; integration of a hostile update is guarded as
         // well, so no input can take the server down.
         let doc = &self.doc;
         let applied = catch_unwind(AssertUnwindSafe(|| {
             let mut txn = doc.transact_mut();
-            txn.apply_update(update)
-                .map(|()| Change { changed: txn.has_changes(), deleted: !txn.delete_set().is_empty() })
+            txn.apply_update(update).map(|()| {
+                let change = Change { changed: txn.has_changes(), deleted: !txn.delete_set().is_empty() };
+                (change, txn.has_missing_updates())
+            })
         }));
-        let change = match applied {
-            Ok(Ok(change)) => change,
+        let (change, missing) = match applied {
+            Ok(Ok(applied)) => applied,
             _ => {
                 // The document may have changed halfway.
                 self.forget_whole();
@@ -433,7 +457,7 @@ impl Board {
         if change.changed {
             self.size_hint.0 = self.size_hint.0.saturating_add(payload.len());
         }
-        if self.doc.transact().has_missing_updates() {
+        if missing {
             self.held_back.push(Bytes::copy_from_slice(payload));
         } else {
             self.held_back.clear();

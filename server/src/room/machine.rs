@@ -519,6 +519,9 @@ pub struct RoomMachine {
     settings_checked: Option<u64>,
     /// What the meeting's timers need ([`Meeting::due`]), as of [`Meeting::changes`].
     meeting_due: Option<(u64, MeetingDue)>,
+    /// Who may see the board ([`Meeting::board_audience`]), as of [`Meeting::changes`]: an edit
+    /// goes to the same audience as the last one until someone comes, goes or is let in.
+    board_audience: Option<(u64, Audience)>,
     effects: VecDeque<Effect>,
 }
 
@@ -546,6 +549,7 @@ impl RoomMachine {
             last_tick_ms: None,
             settings_checked: None,
             meeting_due: None,
+            board_audience: None,
             effects: VecDeque::new(),
         }
     }
@@ -726,6 +730,19 @@ impl RoomMachine {
         due.get()
     }
 
+    /// [`Meeting::board_audience`], computed again only when the meeting changed.
+    fn board_audience(&mut self) -> Audience {
+        let changes = self.meeting.changes();
+        match &self.board_audience {
+            Some((at, audience)) if *at == changes => audience.clone(),
+            _ => {
+                let audience = self.meeting.board_audience();
+                self.board_audience = Some((changes, audience.clone()));
+                audience
+            }
+        }
+    }
+
     /// [`Meeting::due`], computed again only when the meeting changed.
     fn meeting_due(&mut self) -> MeetingDue {
         let changes = self.meeting.changes();
@@ -799,7 +816,8 @@ impl RoomMachine {
             Envelope::Update(update) => self.apply_remote(&update, now_ms),
             Envelope::Awareness(payload) => {
                 if let Some(frame) = self.board.apply_remote_awareness(&payload, now_ms) {
-                    self.send(None, self.meeting.board_audience(), Frame::Binary(frame));
+                    let audience = self.board_audience();
+                    self.send(None, audience, Frame::Binary(frame));
                 }
             }
             Envelope::SyncRequest { state_vector, mutual } => {
@@ -857,7 +875,8 @@ impl RoomMachine {
             Kind::Name | Kind::Title => None,
         };
         if let Some(frame) = forward {
-            self.send(None, self.meeting.board_audience(), Frame::Binary(frame));
+            let audience = self.board_audience();
+            self.send(None, audience, Frame::Binary(frame));
         }
     }
 
@@ -880,7 +899,8 @@ impl RoomMachine {
             self.board_changed(now_ms);
         }
         if let Some(frame) = forward {
-            self.send(None, self.meeting.board_audience(), Frame::Binary(frame));
+            let audience = self.board_audience();
+            self.send(None, audience, Frame::Binary(frame));
         }
     }
 
@@ -930,7 +950,7 @@ impl RoomMachine {
         if log.changes() != before {
             self.board_changed(now_ms);
         }
-        let audience = self.meeting.board_audience();
+        let audience = self.board_audience();
         for frame in added {
             self.send(None, audience.clone(), Frame::Binary(frame));
         }
@@ -969,7 +989,8 @@ impl RoomMachine {
             Stage::Leave(conn) => {
                 let last_here = self.meeting.forget(conn);
                 if let Some(removal) = self.board.leave(conn) {
-                    self.send(Some(conn), self.meeting.board_audience(), Frame::Binary(removal.frame));
+                    let audience = self.board_audience();
+                    self.send(Some(conn), audience, Frame::Binary(removal.frame));
                     self.publish_bus(Envelope::Awareness(removal.payload));
                 }
                 if let Some(member) = last_here {
@@ -994,7 +1015,8 @@ impl RoomMachine {
                     return Next::Continue;
                 }
                 if let Some(removal) = self.board.sweep(now_ms, timeout_ms) {
-                    self.send(None, self.meeting.board_audience(), Frame::Binary(removal.frame));
+                    let audience = self.board_audience();
+                    self.send(None, audience, Frame::Binary(removal.frame));
                     self.publish_bus(Envelope::Awareness(removal.payload));
                 }
                 Next::Continue
@@ -1372,7 +1394,7 @@ impl RoomMachine {
             self.board_changed(now_ms);
         }
         if !effects.broadcast.is_empty() {
-            let audience = self.meeting.board_audience();
+            let audience = self.board_audience();
             for frame in effects.broadcast {
                 self.send(Some(conn), audience.clone(), Frame::Binary(frame));
             }
@@ -1423,7 +1445,7 @@ impl RoomMachine {
         let Some(sender) = self.meeting.member_of(conn).map(str::to_owned) else { return Ok(outcome) };
         let kind = sealed.kind;
         let entry = Entry { sender, sealed };
-        let audience = self.meeting.board_audience();
+        let audience = self.board_audience();
         match kind {
             Kind::Awareness => {
                 // Forwarded to every reader, here and on the other nodes, never logged.
@@ -1496,7 +1518,8 @@ impl RoomMachine {
     fn apply_remote(&mut self, update: &[u8], now_ms: u64) {
         if let Ok(Some(frame)) = self.board.apply_remote(update) {
             self.board_changed(now_ms);
-            self.send(None, self.meeting.board_audience(), Frame::Binary(frame));
+            let audience = self.board_audience();
+            self.send(None, audience, Frame::Binary(frame));
         }
     }
 

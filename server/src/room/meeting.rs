@@ -1502,10 +1502,12 @@ impl Meeting {
 
     /// Whether `conn` may see the board.
     pub fn can_read(&self, conn: ConnId) -> bool {
-        self.connections
-            .get(&conn)
-            .and_then(|c| c.member.as_ref())
-            .is_some_and(|id| self.shared.members.get(id).is_some_and(|m| m.admitted))
+        self.connections.get(&conn).is_some_and(|c| self.reads(c))
+    }
+
+    /// Whether the connection `c` may see the board.
+    fn reads(&self, c: &Connection) -> bool {
+        c.member.as_ref().is_some_and(|id| self.shared.members.get(id).is_some_and(|m| m.admitted))
     }
 
     /// Whether `conn` opened the room protocol.
@@ -1515,7 +1517,7 @@ impl Meeting {
 
     /// Connections that may see the board.
     pub fn board_audience(&self) -> Audience {
-        Audience::of(self.connections.keys().copied().filter(|&c| self.can_read(c)).collect())
+        Audience::of(self.connections.iter().filter(|(_, c)| self.reads(c)).map(|(&id, _)| id).collect())
     }
 
     /// Every registered connection that opened the room protocol.
