@@ -5,9 +5,11 @@
 //! `connection.rs`). Connections are spread over [`SLOTS`] slots by their id; the clock
 //! ticks every beat / [`SLOTS`] and wakes one slot a tick, so each connection is woken once a
 //! beat, and a node's connections are woken a slot at a time, not all at once. A connection
-//! holds a wait on a watch receiver of its slot (about a hundred bytes, no timer of its own),
-//! kept from one turn of its loop to the next; a tick it was too busy to await is not lost, it
-//! is taken as soon as the connection awaits again. A node with no connection does not tick.
+//! holds a wait on a watch receiver of its slot (about two hundred bytes, no timer of its
+//! own), kept from one turn of its loop to the next and polled only once the slot woke it (a
+//! flag of its own), so that a connection woken by its feed or socket takes no lock it shares
+//! with the slot's other connections; a tick it was too busy to await is not lost, it is taken
+//! as soon as the connection awaits again. A node with no connection does not tick.
 //!
 //! The clock also carries the server's shutdown: when the shutdown token is cancelled, every
 //! slot ticks at once and [`Beat::stopping`] turns true, so a connection's loop waits on no
