@@ -1,11 +1,11 @@
 //! One task per WebSocket connection.
 //!
-//! The task `select!`s over the room's feed, the node's keepalive clock and the socket. The
-//! clock also tells of a shutdown, so no wait of the task's own is made anew on each turn of its
-//! loop but the feed's and the socket's. Frames from the feed are already encoded and shared ([`bytes::Bytes`]); when the
-//! writer is behind, queued frames are fed in a batch and flushed once. A connection that falls
-//! more than the feed's capacity behind, or whose socket blocks a write for too long, is closed
-//! with [`close::TOO_SLOW`]: it is never sent a board with a hole in it, and it resyncs when it
+//! The task `select!`s over the room's feed, the node's keepalive clock and the socket; the
+//! clock also tells of a shutdown, so the loop waits on no shutdown token of its own. Frames
+//! from the feed are already encoded and shared ([`bytes::Bytes`]); when the writer is behind,
+//! queued frames are fed in a batch and flushed once. A connection that falls more than the
+//! feed's capacity behind, or whose socket blocks a write for too long, is closed with
+//! [`close::TOO_SLOW`]: it is never sent a board with a hole in it, and it resyncs when it
 //! reconnects.
 //!
 //! **Stalls.** A laptop that sleeps or Wi-Fi that stops forwarding leaves a TCP connection
@@ -431,7 +431,7 @@ impl Session {
             if let Err(e) = write(socket, heartbeat, limits.write_timeout).await {
                 return Some(e.ending(self));
             }
-            self.metrics.sent(HEARTBEAT.len(), None);
+            self.metrics.sent(HEARTBEAT.len());
             self.last_sent = Instant::now();
         }
         None
@@ -594,7 +594,7 @@ impl Session {
                             return Some(e.ending(self));
                         }
                         self.last_sent = Instant::now();
-                        self.metrics.sent(len, None);
+                        self.metrics.sent(len);
                     }
                     if let Some(refusal) = outcome.refused {
                         debug!(room = room.id(), conn = %self.conn, reason = refusal.reason.as_str(), "board write refused");
@@ -674,7 +674,7 @@ impl Session {
                 if let Message::Close(frame) = &outbound.message {
                     // The room closes this connection (kicked, declined, meeting ended).
                     self.metrics.sent_batch(batched as u64, bytes as u64);
-                    let _ = tokio::time::timeout(limits.write_timeout, socket.flush()).await;
+                    let _ = flush_within(socket, limits.write_timeout).await;
                     return Some(frame.clone().unwrap_or_else(|| closing(close::NORMAL, "closed")));
                 }
                 let len = payload_len(&outbound.message);
@@ -727,7 +727,7 @@ impl Session {
         match write(socket, Message::Text(text.into()), limits.write_timeout).await {
             Ok(()) => {
                 self.last_sent = Instant::now();
-                self.metrics.sent(len, None);
+                self.metrics.sent(len);
                 None
             }
             Err(e) => Some(e.ending(self)),

@@ -19,10 +19,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{ready, Context, Poll, Waker};
-
-use futures_util::task::ArcWake;
 use std::time::Duration;
 
+use futures_util::task::ArcWake;
 use tokio::sync::{watch, Notify};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::{CancellationToken, ReusableBoxFuture};

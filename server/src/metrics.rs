@@ -142,13 +142,11 @@ impl Metrics {
         self.inner.bytes_in.inc_by(bytes as u64);
     }
 
-    /// A message of `bytes` sent, `delay` after its publication.
-    pub fn sent(&self, bytes: usize, delay: Option<std::time::Duration>) {
+    /// A message of `bytes` of the connection's own sent (a reply, a heartbeat, an error);
+    /// room frames are counted with [`Metrics::sent_batch`].
+    pub fn sent(&self, bytes: usize) {
         self.inner.messages_out.inc();
         self.inner.bytes_out.inc_by(bytes as u64);
-        if let Some(delay) = delay {
-            self.inner.fanout_seconds.observe(delay.as_secs_f64());
-        }
     }
 
     /// A batch of `messages` room frames, `bytes` in all, was written to one connection; each

@@ -381,8 +381,8 @@ impl Board {
         &self.held_back
     }
 
-    /// Whether `payload` holds anything the board lacks: a block past its state, or a deletion
-    /// it has not made. An update that does not decode counts as news (it is refused either way).
+    /// Whether `update` holds anything the board lacks: a block past its state, or a deletion
+    /// it has not made.
     fn is_news(&self, update: &Update) -> bool {
         if update.is_empty() {
             return false;
