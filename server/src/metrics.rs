@@ -2,13 +2,15 @@
 //!
 //! Counters and gauges carry no room ids, names or content: only totals and reasons.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 /// The label of a refusal: why something was refused.
@@ -32,7 +34,7 @@ struct Inner {
     messages_out: Counter,
     bytes_in: Counter,
     bytes_out: Counter,
-    fanout_seconds: Histogram,
+    fanout_seconds: DelayHistogram,
     refusals: Family<Reason, Counter>,
     slow_client_closes: Counter,
     backend_errors: Counter,
@@ -57,8 +59,7 @@ impl Metrics {
         let messages_out = Counter::default();
         let bytes_in = Counter::default();
         let bytes_out = Counter::default();
-        // From 50 µs to about 3 s.
-        let fanout_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        let fanout_seconds = DelayHistogram::default();
         let refusals = Family::<Reason, Counter>::default();
         let slow_client_closes = Counter::default();
         let backend_errors = Counter::default();
@@ -158,8 +159,8 @@ impl Metrics {
     }
 
     /// A room frame reached a connection's socket `delay` after the room sent it.
-    pub fn fanned_out(&self, delay: std::time::Duration) {
-        self.inner.fanout_seconds.observe(delay.as_secs_f64());
+    pub fn fanned_out(&self, delay: Duration) {
+        self.inner.fanout_seconds.observe(delay);
     }
 
     /// Something was refused, for `reason`.
@@ -186,5 +187,113 @@ impl Metrics {
     /// A backend call failed.
     pub fn backend_error(&self) {
         self.inner.backend_errors.inc();
+    }
+}
+
+/// Buckets of [`DelayHistogram`] with an upper bound: 50 µs, doubling up to about 1.6 s.
+const DELAY_BUCKETS: usize = 16;
+
+/// The first bucket's upper bound, in nanoseconds.
+const FIRST_DELAY_BOUND_NANOS: u64 = 50_000;
+
+/// A histogram of delays, as Prometheus's classic histogram with the buckets 50 µs × 2^i
+/// (and +Inf).
+///
+/// It is observed once for every frame written to every connection, on every room thread at
+/// once, so an observation is two relaxed atomic additions and no lock; the buckets are
+/// summed when the metrics are read. (prometheus-client's `Histogram` takes a lock and works
+/// in floating point on every observation.)
+/// Cheap to clone: the clones share their counts.
+#[derive(Clone, Debug, Default)]
+struct DelayHistogram(Arc<DelayCounts>);
+
+#[derive(Debug, Default)]
+struct DelayCounts {
+    /// Observations per bucket, not cumulated; the last is +Inf.
+    buckets: [AtomicU64; DELAY_BUCKETS + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl DelayHistogram {
+    fn observe(&self, delay: Duration) {
+        let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
+        self.0.buckets[delay_bucket(nanos)].fetch_add(1, Ordering::Relaxed);
+        self.0.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+/// The bucket of `nanos`: the first whose upper bound (inclusive, as Prometheus's `le`) it
+/// does not exceed.
+fn delay_bucket(nanos: u64) -> usize {
+    // Multiples of the first bound, rounded up: bucket i holds 2^(i-1) < q <= 2^i.
+    let q = nanos.div_ceil(FIRST_DELAY_BOUND_NANOS);
+    if q <= 1 {
+        return 0;
+    }
+    ((u64::BITS - (q - 1).leading_zeros()) as usize).min(DELAY_BUCKETS)
+}
+
+impl EncodeMetric for DelayHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let buckets: Vec<(f64, u64)> = self
+            .0
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, count)| {
+                let bound = if i < DELAY_BUCKETS { (FIRST_DELAY_BOUND_NANOS << i) as f64 / 1e9 } else { f64::INFINITY };
+                (bound, count.load(Ordering::Relaxed))
+            })
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = self.0.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delay_lands_in_the_first_bucket_whose_bound_holds_it() {
+        assert_eq!(delay_bucket(0), 0);
+        assert_eq!(delay_bucket(50_000), 0, "a bound is inclusive");
+        assert_eq!(delay_bucket(50_001), 1);
+        assert_eq!(delay_bucket(100_000), 1);
+        assert_eq!(delay_bucket(100_001), 2);
+        assert_eq!(delay_bucket(50_000 << 15), 15);
+        assert_eq!(delay_bucket((50_000 << 15) + 1), DELAY_BUCKETS, "+Inf");
+        assert_eq!(delay_bucket(u64::MAX), DELAY_BUCKETS);
+    }
+
+    #[test]
+    fn fan_out_delays_are_served_as_a_cumulative_histogram() {
+        let metrics = Metrics::new();
+        for micros in [10, 40, 70, 3_000, 5_000_000] {
+            metrics.fanned_out(Duration::from_micros(micros));
+        }
+        let text = metrics.encode();
+        let line = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("no {name} in {text}"))
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .to_owned()
+        };
+        assert!(text.contains("# TYPE balint_fanout_seconds histogram"), "{text}");
+        assert_eq!(line("balint_fanout_seconds_bucket{le=\"0.00005\"}"), "2");
+        assert_eq!(line("balint_fanout_seconds_bucket{le=\"0.0001\"}"), "3");
+        assert_eq!(line("balint_fanout_seconds_bucket{le=\"0.0032\"}"), "4");
+        assert_eq!(line("balint_fanout_seconds_bucket{le=\"1.6384\"}"), "4");
+        assert_eq!(line("balint_fanout_seconds_bucket{le=\"+Inf\"}"), "5");
+        assert_eq!(line("balint_fanout_seconds_count"), "5");
+        assert_eq!(line("balint_fanout_seconds_sum"), "5.00312");
     }
 }
