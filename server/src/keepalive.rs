@@ -17,15 +17,15 @@
 //! left it again each time: measurable on every delivery).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::task::{ready, Context, Poll, Waker};
+use std::sync::{Arc, Weak};
+use std::task::{ready, Poll};
 use std::time::Duration;
 
-use futures_util::task::ArcWake;
 use tokio::sync::{watch, Notify};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::{CancellationToken, ReusableBoxFuture};
 
+use crate::gate::Gate;
 use crate::room::ConnId;
 
 /// The slots a beat is divided into: with the 2.5 s beat, the clock ticks every 250 ms.
@@ -59,32 +59,12 @@ pub struct Beat {
     /// The wait for the slot's next tick. It outlives each `tick()` call, so that a connection
     /// registers with its slot once per tick, not on every turn of its loop.
     tick: ReusableBoxFuture<'static, watch::Receiver<()>>,
-    /// Whether `tick` may be ready: set when its slot wakes it (and before its first poll).
-    /// Until then `tick()` does not poll it, so a connection woken by its feed or its socket
-    /// does not take the slot's lock, which the slot's other connections share.
-    woken: Arc<Woken>,
-    /// Wakes `woken`, then the connection's task; the waker `tick` is polled with.
-    waker: Waker,
-    /// The task registered in `woken`.
-    task: Option<Waker>,
+    /// `tick` is polled only once its slot woke it (and before its first poll), so a
+    /// connection woken by its feed or its socket does not take the slot's lock, which the
+    /// slot's other connections share.
+    gate: Gate,
     /// Keeps the slots, so that `tick` never finds its sender gone.
     clock: Arc<Slots>,
-}
-
-/// What the slot's wake-up of a [`Beat`] sets, and the task it wakes.
-struct Woken {
-    flag: AtomicBool,
-    /// Locked once a beat to wake the task, and when another task polls: never per turn.
-    task: Mutex<Option<Waker>>,
-}
-
-impl ArcWake for Woken {
-    fn wake_by_ref(arc_self: &Arc<Self>) {
-        arc_self.flag.store(true, Ordering::Release);
-        if let Some(task) = arc_self.task.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
-            task.wake_by_ref();
-        }
-    }
 }
 
 impl KeepaliveClock {
@@ -107,9 +87,7 @@ impl KeepaliveClock {
         let slot = (conn.0 % SLOTS as u64) as usize;
         let tick = self.slots.slots[slot].subscribe();
         self.slots.wake.notify_one();
-        let woken = Arc::new(Woken { flag: AtomicBool::new(true), task: Mutex::new(None) });
-        let waker = futures_util::task::waker(woken.clone());
-        Beat { tick: ReusableBoxFuture::new(changed(tick)), woken, waker, task: None, clock: self.slots.clone() }
+        Beat { tick: ReusableBoxFuture::new(changed(tick)), gate: Gate::new(), clock: self.slots.clone() }
     }
 }
 
@@ -119,19 +97,11 @@ impl Beat {
     /// Cancel-safe: a wait dropped before the tick keeps its place for the next call.
     pub async fn tick(&mut self) {
         std::future::poll_fn(|cx| {
-            // Registered again only when another task polls (a connection's is always the
-            // same): the waker's comparison is two pointers, registering is not free.
-            if !self.task.as_ref().is_some_and(|task| task.will_wake(cx.waker())) {
-                *self.woken.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(cx.waker().clone());
-                self.task = Some(cx.waker().clone());
-            }
-            if !self.woken.flag.swap(false, Ordering::AcqRel) {
-                return Poll::Pending;
-            }
-            let receiver = ready!(self.tick.poll(&mut Context::from_waker(&self.waker)));
-            self.tick.set(changed(receiver));
-            // The next wait is polled at the next call, to register with the slot.
-            self.woken.flag.store(true, Ordering::Release);
+            let Beat { tick, gate, .. } = self;
+            let receiver = ready!(gate.poll(cx, |cx| tick.poll(cx)));
+            // The next wait is polled at the next call (the gate lets it through after a
+            // ready poll), to register with the slot.
+            tick.set(changed(receiver));
             Poll::Ready(())
         })
         .await;

@@ -29,6 +29,7 @@ pub mod connection;
 pub mod error;
 pub mod fanout;
 pub mod feed;
+pub mod gate;
 pub mod http;
 pub mod keepalive;
 pub mod limits;

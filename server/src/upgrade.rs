@@ -27,6 +27,7 @@ use tokio_tungstenite::tungstenite::protocol::{self as ts, Role, WebSocketConfig
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::task::TaskTracker;
 
+use crate::gate::Gate;
 use crate::linger::{Handoff, Lingering};
 
 /// The GUID of RFC 6455 §1.3, appended to the client's key for the accept key.
@@ -131,13 +132,13 @@ impl WsUpgrade {
                         let Ok(tcp) = tokio::net::TcpStream::from_std(socket) else { return };
                         let io = Io::Moved(Lingering::new(tcp));
                         let ws = WebSocketStream::from_partially_read(io, prefix, Role::Server, Some(config)).await;
-                        serve(Socket { inner: ws }).await;
+                        serve(Socket { inner: ws, read: Gate::new() }).await;
                     }));
                 }
                 _ => {
                     let io = Io::Upgraded(TokioIo::new(upgraded));
                     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-                    tracker.spawn(serve(Socket { inner: ws }));
+                    tracker.spawn(serve(Socket { inner: ws, read: Gate::new() }));
                 }
             }
         });
@@ -211,14 +212,19 @@ impl AsyncWrite for Io {
 /// A WebSocket that sends and receives axum's message types, over tungstenite.
 pub struct Socket {
     inner: WebSocketStream<Io>,
+    /// Reading is polled again only once the socket woke the task (or after a frame, as more
+    /// may be buffered): a connection's task is woken mostly by its feed, and a read that
+    /// finds nothing still goes through the codec and the reactor (see `gate.rs`).
+    read: Gate,
 }
 
 impl Stream for Socket {
     type Item = Result<Message, axum::Error>;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let Socket { inner, read } = self.get_mut();
         loop {
-            match ready!(self.inner.poll_next_unpin(cx)) {
+            match ready!(read.poll(cx, |cx| inner.poll_next_unpin(cx))) {
                 Some(Ok(message)) => {
                     if let Some(message) = from_transport(message) {
                         return Poll::Ready(Some(Ok(message)));
