@@ -155,8 +155,8 @@ pub fn decode_update(payload: &[u8]) -> Result<Update, FrameError> {
     check_update(payload)?;
     let update = Update::decode_v1(payload).map_err(|_| FrameError::Malformed)?;
     let again = update.encode_v1();
-    // The same bytes decode again (they just did); an update from a Yjs or yrs client
-    // usually re-encodes into exactly its own bytes, and then needs no second decoding.
+    // The same bytes decode again (they just did): an edit of a yrs client (the web client's,
+    // the bench's) re-encodes into exactly its own bytes, and needs no second decoding.
     if again != payload {
         Update::decode_v1(&again).map_err(|_| FrameError::Malformed)?;
     }
@@ -469,7 +469,7 @@ mod tests {
     #[test]
     fn an_edit_re_encodes_into_its_own_bytes() {
         // `decode_update` decodes an update a second time only when yrs re-encodes it into
-        // other bytes; the edits of a Yjs or yrs client (an insertion after another, a
+        // other bytes; the edits of a yrs client (an insertion after another, a
         // deletion) re-encode into exactly their own.
         let doc = Doc::with_client_id(7);
         let notes = doc.get_or_insert_text("notes");

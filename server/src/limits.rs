@@ -96,8 +96,10 @@ pub const CLOSE_LINGER: Duration = Duration::from_secs(1);
 pub const IDLE_UNLOAD: Duration = Duration::from_secs(60);
 /// Read buffer of each WebSocket: resident per connection (the transport zero-fills it and
 /// keeps it for the socket's life), so small. Larger frames still arrive, over several reads;
-/// in the many-groups benchmark 2 KiB costs no measurable CPU against 8 KiB.
-pub const WS_READ_BUFFER_BYTES: usize = 2 * 1024;
+/// in the benchmarks 2 KiB cost no measurable CPU against 8 KiB, nor 1 KiB against 2 (edits,
+/// and the late joiner's 16 MiB board written in 64 KiB updates), for 1 KiB less per idle
+/// connection (BENCHMARKS.md, step 12).
+pub const WS_READ_BUFFER_BYTES: usize = 1024;
 /// Frames fed to a WebSocket are written to it once they pass this many bytes, and at the
 /// flush that ends a batch: small frames still go out together. The transport's write buffer
 /// keeps the capacity of the most it ever held for the socket's life (with axum's default of
