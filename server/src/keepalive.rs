@@ -7,7 +7,7 @@
 //! beat, and a node's connections are woken a slot at a time, not all at once. A connection
 //! holds a wait on a watch receiver of its slot (about two hundred bytes, no timer of its
 //! own), kept from one turn of its loop to the next and polled only once the slot woke it (a
-//! flag of its own), so that a connection woken by its feed or socket takes no lock it shares
+//! wake gate, `gate.rs`), so that a connection woken by its feed or socket takes no lock it shares
 //! with the slot's other connections; a tick it was too busy to await is not lost, it is taken
 //! as soon as the connection awaits again. A node with no connection does not tick.
 //!
