@@ -203,6 +203,7 @@ const FIRST_DELAY_BOUND_NANOS: u64 = 50_000;
 /// once, so an observation is two relaxed atomic additions and no lock; the buckets are
 /// summed when the metrics are read. (prometheus-client's `Histogram` takes a lock and works
 /// in floating point on every observation.)
+///
 /// Cheap to clone: the clones share their counts.
 #[derive(Clone, Debug, Default)]
 struct DelayHistogram(Arc<DelayCounts>);

@@ -132,13 +132,13 @@ impl WsUpgrade {
                         let Ok(tcp) = tokio::net::TcpStream::from_std(socket) else { return };
                         let io = Io::Moved(Lingering::new(tcp));
                         let ws = WebSocketStream::from_partially_read(io, prefix, Role::Server, Some(config)).await;
-                        serve(Socket { inner: ws, read: Gate::new() }).await;
+                        serve(Socket::new(ws)).await;
                     }));
                 }
                 _ => {
                     let io = Io::Upgraded(TokioIo::new(upgraded));
                     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-                    tracker.spawn(serve(Socket { inner: ws, read: Gate::new() }));
+                    tracker.spawn(serve(Socket::new(ws)));
                 }
             }
         });
@@ -216,6 +216,12 @@ pub struct Socket {
     /// may be buffered): a connection's task is woken mostly by its feed, and a read that
     /// finds nothing still goes through the codec and the reactor (see `gate.rs`).
     read: Gate,
+}
+
+impl Socket {
+    fn new(inner: WebSocketStream<Io>) -> Self {
+        Socket { inner, read: Gate::new() }
+    }
 }
 
 impl Stream for Socket {
