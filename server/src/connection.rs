@@ -9,11 +9,12 @@
 //! reconnects.
 //!
 //! **Stalls.** A laptop that sleeps or Wi-Fi that stops forwarding leaves a TCP connection
-//! open and silent. Once a beat, the keepalive pings a connection that has sent nothing for a while
-//! and sends `heartbeat` to a room-protocol client that has been sent nothing, so that the
-//! client, too, can tell a quiet room from a dead network. A connection that has answered
-//! nothing, not even a pong, for `stall_timeout` is dropped as lost: its member shows as
-//! reconnecting and keeps their place for the grace period.
+//! open and silent. Once a beat, the keepalive pings a connection that has sent nothing for a
+//! third of the stall timeout and sends `heartbeat` to a room-protocol client that has been
+//! sent nothing since the last beat, so that the client, too, can tell a quiet room from a
+//! dead network. A connection that has answered nothing, not even a pong, for `stall_timeout`
+//! is dropped as lost: its member shows as reconnecting and keeps their place for the grace
+//! period.
 //!
 //! **Rates.** Each connection has a rate on messages and on bytes (token buckets). A client
 //! past it is read more slowly: the message that broke the rate waits, and the socket is not
@@ -142,9 +143,18 @@ fn closing(code: u16, reason: &'static str) -> CloseFrame {
 }
 
 /// How often a connection's keepalive runs: half the heartbeat interval, so that a
-/// room-protocol client hears from the server at least every interval, and a quiet client is
-/// pinged as often. The node's [`KeepaliveClock`](crate::keepalive::KeepaliveClock) keeps it.
+/// room-protocol client hears from the server at least every interval, and a stall is found
+/// within a beat of the stall timeout. The node's [`KeepaliveClock`](crate::keepalive::KeepaliveClock) keeps it.
 pub const KEEPALIVE_BEAT: Duration = Duration::from_millis(HEARTBEAT_INTERVAL_MS / 2);
+
+/// How long a connection may be quiet before it is pinged: a third of the stall timeout
+/// (8.3 s at the default 25 s), so that a live connection answers at least twice within every
+/// stall timeout, and an idle one costs a ping every few beats rather than every beat (each
+/// ping is a write, a pong to read and a wake-up: most of an idle node's CPU). Never less than
+/// a beat.
+fn ping_after(beat: Duration, stall_timeout: Duration) -> Duration {
+    (stall_timeout / 3).max(beat * 9 / 10)
+}
 
 /// The `heartbeat` message, encoded once for every connection.
 const HEARTBEAT: &str = r#"{"type":"heartbeat"}"#;
@@ -420,7 +430,7 @@ impl Session {
         }
         // "Nothing since the last tick", with a margin for the timer's own jitter.
         let quiet = beat * 9 / 10;
-        if self.last_received.elapsed() >= quiet {
+        if self.last_received.elapsed() >= ping_after(beat, limits.stall_timeout) {
             // A browser's page never sees a ping, so it does not count as sent for `heartbeat`.
             if let Err(e) = write(socket, Message::Ping(bytes::Bytes::new()), limits.write_timeout).await {
                 return Some(e.ending(self));
@@ -903,6 +913,17 @@ mod tests {
         let reset = tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake);
         assert_eq!(kind(reset), TransportFailure::Lost);
         assert_eq!(kind(std::io::Error::from(std::io::ErrorKind::ConnectionReset).into()), TransportFailure::Lost);
+    }
+
+    #[test]
+    fn a_quiet_connection_is_pinged_a_few_times_per_stall_timeout() {
+        let beat = KEEPALIVE_BEAT;
+        assert_eq!(ping_after(beat, limits::STALL_TIMEOUT), limits::STALL_TIMEOUT / 3);
+        assert!(ping_after(beat, limits::STALL_TIMEOUT) >= beat * 3, "not every beat");
+        // The shortest stall timeout allowed still leaves room for two pings in it.
+        assert!(ping_after(beat, limits::MIN_STALL_TIMEOUT) * 2 < limits::MIN_STALL_TIMEOUT - beat);
+        // Never more often than the keepalive runs.
+        assert_eq!(ping_after(beat, Duration::from_secs(1)), beat * 9 / 10);
     }
 
     #[test]

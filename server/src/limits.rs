@@ -74,12 +74,13 @@ pub const RATE_BURST_SECONDS: u32 = 4;
 /// this long is closed with 4529 (reconnect later). A burst is only slowed.
 pub const FLOOD_TIMEOUT: Duration = Duration::from_secs(30);
 /// A connection that has sent nothing, not even an answer to a ping, for this long is taken
-/// for stalled (a laptop asleep, Wi-Fi that stopped forwarding) and dropped as lost. Idle
-/// connections are pinged every 2.5 s, and the check runs as often, so a stall is found,
-/// and shown to the others as "reconnecting", within this and 2.5 s.
+/// for stalled (a laptop asleep, Wi-Fi that stopped forwarding) and dropped as lost. A
+/// connection quiet for a third of this is pinged; the check runs every 2.5 s, so a stall is
+/// found, and shown to the others as "reconnecting", within this and 2.5 s.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(25);
 /// The shortest stall timeout accepted: four keepalive periods, so that a quiet, healthy
-/// connection is always pinged (and answers) before it could be taken for stalled.
+/// connection is always pinged (and answers) at least twice before it could be taken for
+/// stalled.
 pub const MIN_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Sockets one node serves at once; past it, upgrades are refused with 503.
 pub const MAX_CONNECTIONS: usize = 20_000;

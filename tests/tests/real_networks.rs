@@ -70,6 +70,47 @@ async fn a_stalled_member_shows_as_reconnecting_and_a_quiet_one_stays() {
     drop(stalled);
 }
 
+/// A quiet connection is pinged when it has been quiet for a third of the stall timeout, not on
+/// every keepalive beat (2.5 s): idle members cost a node little. Its pongs keep it in the room
+/// past the stall timeout.
+#[tokio::test]
+async fn a_quiet_client_is_pinged_every_third_of_the_stall_timeout_and_stays() {
+    let server = TestServer::start_with(|c| c.stall_timeout_secs = 12).await;
+    let room = server.create_room(json!({})).await;
+    let url = server.ws_url(&room.id, &room.invite_token, "quiet");
+    // A bare WebSocket that sends nothing: it only answers pings (tungstenite does, as it reads).
+    let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+    let start = Instant::now();
+    let mut pings = Vec::new();
+    let watched = Duration::from_secs(21);
+    while let Ok(message) = tokio::time::timeout(watched.saturating_sub(start.elapsed()), socket.next()).await {
+        match message {
+            Some(Ok(Message::Ping(_))) => pings.push(start.elapsed()),
+            Some(Ok(Message::Close(frame))) => panic!("closed after {:?}: {frame:?}", start.elapsed()),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("the connection failed after {:?}: {e}", start.elapsed()),
+            None => panic!("the connection ended after {:?}", start.elapsed()),
+        }
+    }
+    // Quiet for 4 s (12 / 3) before each ping, the keepalive looking every 2.5 s: a ping every
+    // 5 s, where a ping every beat would make eight.
+    assert!((3..=5).contains(&pings.len()), "pings at {pings:?}");
+    assert!(pings[0] >= Duration::from_millis(3_900), "the first ping came after {:?}", pings[0]);
+    for pair in pings.windows(2) {
+        assert!(pair[1] - pair[0] >= Duration::from_millis(3_900), "pings at {pings:?}");
+    }
+    // Not closed in 21 s, past the 12 s stall timeout (a close would have been read above): the
+    // pongs counted. And it is still served: an edit from it reaches another member.
+    let mut other = YClient::join(&url).await.unwrap();
+    use yrs::{ReadTxn, Text, Transact};
+    let doc = yrs::Doc::new();
+    let notes = doc.get_or_insert_text("notes");
+    notes.insert(&mut doc.transact_mut(), 0, "still here");
+    let update = doc.transact().encode_state_as_update_v1(&yrs::StateVector::default());
+    socket.send(Message::Binary(balint_proto::sync::encode_update(&update))).await.unwrap();
+    other.wait_until(|c| c.notes() == "still here").await.unwrap();
+}
+
 /// Sends one binary frame of `size` bytes and returns the close code the client received.
 async fn close_code_for_a_frame_of(server: &TestServer, url: &str, size: usize) -> Option<u16> {
     let _ = server;
