@@ -702,8 +702,15 @@ impl Session {
             next = match feed.try_recv() {
                 Ok(outbound) => Some(outbound),
                 Err(TryRecvError::Empty) => None,
-                Err(TryRecvError::Lagged(_)) => return Some(self.too_slow("client too slow, resync")),
-                Err(TryRecvError::Closed) => return Some(closing(close::MEETING_ENDED, "this meeting has ended")),
+                // What was fed goes out before the close frame: it is counted as sent.
+                Err(TryRecvError::Lagged(_)) => {
+                    self.metrics.sent_batch(batched as u64, bytes as u64);
+                    return Some(self.too_slow("client too slow, resync"));
+                }
+                Err(TryRecvError::Closed) => {
+                    self.metrics.sent_batch(batched as u64, bytes as u64);
+                    return Some(closing(close::MEETING_ENDED, "this meeting has ended"));
+                }
             };
         }
         if batched > 0 {
@@ -863,6 +870,78 @@ mod tests {
         }
         fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
             Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
+        }
+    }
+
+    /// A client that reads everything: the socket keeps what is written to it.
+    #[derive(Default)]
+    struct Recording {
+        sent: Vec<Message>,
+    }
+
+    impl Sink<Message> for Recording {
+        type Error = std::io::Error;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(mut self: Pin<&mut Self>, message: Message) -> Result<(), Self::Error> {
+            self.sent.push(message);
+            Ok(())
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The value of counter `name` in `metrics`' exposition.
+    fn counter(metrics: &Metrics, name: &str) -> u64 {
+        let text = metrics.encode();
+        let line = text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{text}"));
+        line[name.len() + 1..].parse().unwrap()
+    }
+
+    /// Frames written in a batch that ends on the end of the feed (a meeting that ended, a
+    /// connection that fell too far behind) leave before the close frame: they count as sent.
+    #[tokio::test]
+    async fn frames_written_before_the_feed_ends_are_counted_as_sent() {
+        for ends_by_lag in [false, true] {
+            let metrics = Metrics::new();
+            let limits = ConnectionLimits::defaults();
+            let mut session = Session::new(ConnId(1), &limits, metrics.clone());
+            let mut sender = crate::feed::FeedSender::new(4);
+            let mut feed = sender.subscribe();
+            let frame = |text: &'static str| {
+                Arc::new(Outbound {
+                    origin: None,
+                    audience: crate::room::meeting::Audience::of(vec![ConnId(1)]),
+                    message: Message::Text(Utf8Bytes::from_static(text)),
+                    published: std::time::Instant::now(),
+                })
+            };
+            for text in ["one", "two", "six"] {
+                sender.send(frame(text));
+            }
+            let first = feed.recv().await.unwrap();
+            let expected_close = if ends_by_lag {
+                // The ring (4 frames) wraps past the connection's place: it is behind.
+                for _ in 0..4 {
+                    sender.send(frame("late"));
+                }
+                close::TOO_SLOW
+            } else {
+                drop(sender);
+                close::MEETING_ENDED
+            };
+            let mut socket = Recording::default();
+            let ending = session.forward(&mut socket, &mut feed, first, &limits).await;
+            assert_eq!(ending.map(|c| c.code), Some(expected_close), "ended by lag: {ends_by_lag}");
+            assert!(!socket.sent.is_empty());
+            let written = socket.sent.len() as u64;
+            assert_eq!(counter(&metrics, "balint_messages_out_total"), written, "ended by lag: {ends_by_lag}");
+            assert_eq!(counter(&metrics, "balint_bytes_out_total"), 3 * written, "ended by lag: {ends_by_lag}");
         }
     }
 
