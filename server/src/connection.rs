@@ -9,12 +9,13 @@
 //! reconnects.
 //!
 //! **Stalls.** A laptop that sleeps or Wi-Fi that stops forwarding leaves a TCP connection
-//! open and silent. Once a beat, the keepalive pings a connection that has sent nothing for a
-//! third of the stall timeout and sends `heartbeat` to a room-protocol client that has been
-//! sent nothing since the last beat, so that the client, too, can tell a quiet room from a
+//! open and silent. The keepalive pings a connection that has sent nothing for a third of the
+//! stall timeout and sends `heartbeat` to a room-protocol client that has been sent nothing
+//! for most of the heartbeat interval, so that the client, too, can tell a quiet room from a
 //! dead network. A connection that has answered nothing, not even a pong, for `stall_timeout`
 //! is dropped as lost: its member shows as reconnecting and keeps their place for the grace
-//! period.
+//! period. The keepalive runs on the node's keepalive clock, at the beats at which one of
+//! these can be due, and sleeps through the others.
 //!
 //! **Rates.** Each connection has a rate on messages and on bytes (token buckets). A client
 //! past it is read more slowly: the message that broke the rate waits, and the socket is not
@@ -142,10 +143,12 @@ fn closing(code: u16, reason: &'static str) -> CloseFrame {
     CloseFrame { code, reason: Utf8Bytes::from_static(reason) }
 }
 
-/// How often a connection's keepalive runs: half the heartbeat interval, so that a
-/// room-protocol client hears from the server at least every interval, and a stall is found
-/// within a beat of the stall timeout. The node's [`KeepaliveClock`](crate::keepalive::KeepaliveClock) keeps it.
-pub const KEEPALIVE_BEAT: Duration = Duration::from_millis(HEARTBEAT_INTERVAL_MS / 2);
+/// How often a connection's keepalive may run: a quarter of the heartbeat interval, so that a
+/// room-protocol client is sent a heartbeat within the interval (every three beats, 3.75 s,
+/// when nothing else is sent), and a stall is found within a beat or two of the stall timeout.
+/// A connection is woken only on the beats at which something may be due (see
+/// `keepalive.rs`). The node's [`KeepaliveClock`](crate::keepalive::KeepaliveClock) keeps it.
+pub const KEEPALIVE_BEAT: Duration = Duration::from_millis(HEARTBEAT_INTERVAL_MS / 4);
 
 /// How long a connection may be quiet before it is pinged: a third of the stall timeout
 /// (8.3 s at the default 25 s), so that a live connection answers at least twice within every
@@ -154,6 +157,19 @@ pub const KEEPALIVE_BEAT: Duration = Duration::from_millis(HEARTBEAT_INTERVAL_MS
 /// a beat.
 fn ping_after(beat: Duration, stall_timeout: Duration) -> Duration {
     (stall_timeout / 3).max(beat * 9 / 10)
+}
+
+/// How long after the last frame sent a room-protocol client is sent `heartbeat`: a beat
+/// before the heartbeat interval runs out, so that it hears from the server within the
+/// interval although the keepalive only looks once a beat.
+fn heartbeat_after(beat: Duration) -> Duration {
+    Duration::from_millis(HEARTBEAT_INTERVAL_MS).saturating_sub(beat)
+}
+
+/// The beats that pass before `until` has (the first beat at or after it), at least one.
+fn beats_until(until: Duration, beat: Duration) -> u64 {
+    let beat = beat.as_nanos().max(1);
+    u64::try_from(until.as_nanos().div_ceil(beat)).unwrap_or(u64::MAX).max(1)
 }
 
 /// The `heartbeat` message, encoded once for every connection.
@@ -206,7 +222,14 @@ where
         // The task lives as long as the connection, idle or not, and its future is as large as
         // the largest state it can be in: what is rarely taken (a paused reading, handling a
         // client's frame, the close) is boxed, so that an idle connection does not carry it.
+        // A client that has said hello gets heartbeats: a beat that was resting longer (a
+        // stock client's, until its next ping) comes at once.
+        let mut heartbeats = false;
         let close = loop {
+            if session.said_hello != heartbeats {
+                heartbeats = session.said_hello;
+                beat.wake_at_next();
+            }
             if beat.stopping() {
                 // Frames already received are applied before the goodbye (see `finish`).
                 break Some(closing(close::SERVICE_RESTART, "server restarting"));
@@ -233,8 +256,9 @@ where
                     if beat.stopping() {
                         continue;
                     }
-                    if let Some(frame) = session.keepalive(&mut socket, beat.period(), &limits).await {
-                        break Some(frame);
+                    match session.keepalive(&mut socket, beat.period(), &limits).await {
+                        Ok(rest) => beat.rest(rest),
+                        Err(frame) => break Some(frame),
                     }
                 }
                 _ = pause, if paused_until.is_some() => {
@@ -417,34 +441,56 @@ impl Session {
         closing(close::TOO_SLOW, reason)
     }
 
-    /// The keepalive timer fired: drop a stalled connection, ping a quiet one, and tell a
-    /// room-protocol client that the server is still there.
-    async fn keepalive<S, E>(&mut self, socket: &mut S, beat: Duration, limits: &ConnectionLimits) -> Option<CloseFrame>
+    /// The connection's beat: drop a stalled connection, ping a quiet one, and tell a
+    /// room-protocol client that the server is still there. Then returns how many beats the
+    /// connection may rest before something can be due again.
+    async fn keepalive<S, E>(
+        &mut self,
+        socket: &mut S,
+        beat: Duration,
+        limits: &ConnectionLimits,
+    ) -> Result<u64, CloseFrame>
     where
         S: Sink<Message, Error = E> + Unpin,
     {
         // While the connection is slowed down, the server is the one not reading.
         if self.paused_until.is_none() && self.last_received.elapsed() >= limits.stall_timeout {
             self.metrics.refused("unresponsive");
-            return Some(closing(close::UNRESPONSIVE, "no answer to pings"));
+            return Err(closing(close::UNRESPONSIVE, "no answer to pings"));
         }
-        // "Nothing since the last tick", with a margin for the timer's own jitter.
-        let quiet = beat * 9 / 10;
-        if self.last_received.elapsed() >= ping_after(beat, limits.stall_timeout) {
+        // A margin for the clock's own jitter: what is due a little after this beat is done
+        // now rather than a beat late.
+        let margin = beat / 10;
+        let ping = ping_after(beat, limits.stall_timeout);
+        let mut pinged = false;
+        if self.last_received.elapsed() + margin >= ping {
             // A browser's page never sees a ping, so it does not count as sent for `heartbeat`.
             if let Err(e) = write(socket, Message::Ping(bytes::Bytes::new()), limits.write_timeout).await {
-                return Some(e.ending(self));
+                return Err(e.ending(self));
             }
+            pinged = true;
         }
-        if self.said_hello && self.last_sent.elapsed() >= quiet {
-            let heartbeat = Message::Text(Utf8Bytes::from_static(HEARTBEAT));
-            if let Err(e) = write(socket, heartbeat, limits.write_timeout).await {
-                return Some(e.ending(self));
+        let heartbeat = heartbeat_after(beat);
+        if self.said_hello && self.last_sent.elapsed() + margin >= heartbeat {
+            let message = Message::Text(Utf8Bytes::from_static(HEARTBEAT));
+            if let Err(e) = write(socket, message, limits.write_timeout).await {
+                return Err(e.ending(self));
             }
             self.metrics.sent(HEARTBEAT.len());
             self.last_sent = Instant::now();
         }
-        None
+        if self.paused_until.is_some() {
+            return Ok(1);
+        }
+        // What comes due first: the stall check, the next ping (counted from now after a
+        // ping: its answer makes the connection quiet again), the next heartbeat.
+        let received = self.last_received.elapsed();
+        let mut until = limits.stall_timeout.saturating_sub(received);
+        until = until.min(if pinged { ping } else { ping.saturating_sub(received) }.saturating_sub(margin));
+        if self.said_hello {
+            until = until.min(heartbeat.saturating_sub(self.last_sent.elapsed()).saturating_sub(margin));
+        }
+        Ok(beats_until(until, beat))
     }
 
     /// Takes what the socket yielded.
@@ -1003,6 +1049,22 @@ mod tests {
         assert!(ping_after(beat, limits::MIN_STALL_TIMEOUT) * 2 < limits::MIN_STALL_TIMEOUT - beat);
         // Never more often than the keepalive runs.
         assert_eq!(ping_after(beat, Duration::from_secs(1)), beat * 9 / 10);
+    }
+
+    #[test]
+    fn a_quiet_page_hears_a_heartbeat_within_the_interval() {
+        let beat = KEEPALIVE_BEAT;
+        let interval = Duration::from_millis(HEARTBEAT_INTERVAL_MS);
+        // Right after a heartbeat the connection rests until the beat at which the next is
+        // due (with the keepalive's margin of a tenth of a beat), which is within the interval.
+        let rest = beats_until(heartbeat_after(beat) - beat / 10, beat);
+        assert_eq!(rest, 3);
+        assert!(beat * rest as u32 <= interval - beat / 10);
+        // At worst the last frame went out just after a beat: the heartbeat follows a beat
+        // after it was due.
+        assert!(heartbeat_after(beat) + beat <= interval);
+        assert_eq!(beats_until(Duration::ZERO, beat), 1, "at least one beat");
+        assert_eq!(beats_until(beat * 2 + Duration::from_nanos(1), beat), 3);
     }
 
     #[test]

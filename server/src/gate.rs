@@ -55,6 +55,12 @@ impl Gate {
         Gate { woken, waker, task: None }
     }
 
+    /// Lets the next poll through, as if the inner had woken the gate: for a caller that
+    /// changed what the inner waits for.
+    pub fn open(&mut self) {
+        self.woken.flag.store(true, Ordering::Release);
+    }
+
     /// Polls `inner` with the gate's waker if it may have become ready since its last poll:
     /// it woke the gate, or it was ready then. Otherwise `Pending`, without polling it; the
     /// task of `cx` is woken when `inner` wakes the gate.

@@ -1,34 +1,41 @@
 //! The node's keepalive clock: one timer for the keepalive of every connection, rather than
 //! one each.
 //!
-//! A connection's keepalive runs once a beat (half the heartbeat interval: see
-//! `connection.rs`). Connections are spread over [`SLOTS`] slots by their id; the clock
-//! ticks every beat / [`SLOTS`] and wakes one slot a tick, so each connection is woken once a
-//! beat, and a node's connections are woken a slot at a time, not all at once. A connection
-//! holds a wait on a watch receiver of its slot (about two hundred bytes, no timer of its
-//! own), kept from one turn of its loop to the next and polled only once the slot woke it (a
-//! wake gate, `gate.rs`), so that a connection woken by its feed or socket takes no lock it shares
-//! with the slot's other connections; a tick it was too busy to await is not lost, it is taken
-//! as soon as the connection awaits again. A node with no connection does not tick.
+//! A connection's keepalive runs on its beats, at most once a beat (a quarter of the heartbeat
+//! interval: see `connection.rs`), and only on the beats at which something may be due: a
+//! connection tells its [`Beat`] how many beats it may rest ([`Beat::rest`]) before it next
+//! has to ping, send a heartbeat or check for a stall, and is not woken before then. A quiet
+//! web page, which needs a heartbeat every few seconds, wakes every third beat; a quiet stock
+//! client, which only needs a ping now and then, every seventh.
+//!
+//! Connections are spread over [`SLOTS`] slots by their id; the clock ticks every beat /
+//! [`SLOTS`] and ticks one slot a tick, so each slot ticks once a beat and a node's
+//! connections are woken a slot at a time, not all at once. Each slot counts its ticks
+//! (rounds) and keeps the waits registered with it, each for a round: a tick wakes the waits
+//! whose round has come and leaves the others alone. A wait is registered once per rest, from
+//! the connection's own task, and polled only once the slot woke it (a wake gate, `gate.rs`),
+//! so a connection woken by its feed or socket takes no lock it shares with the slot's other
+//! connections. A round the connection was too busy to await is not lost: it is taken as soon
+//! as the connection awaits again. A node with no connection does not tick.
 //!
 //! The clock also carries the server's shutdown: when the shutdown token is cancelled, every
-//! slot ticks at once and [`Beat::stopping`] turns true, so a connection's loop waits on no
-//! token of its own (a token's wait, made anew on every turn, registered with the token and
-//! left it again each time: measurable on every delivery).
+//! waiting connection is woken at once and [`Beat::stopping`] turns true, so a connection's
+//! loop waits on no token of its own (a token's wait, made anew on every turn, registered with
+//! the token and left it again each time: measurable on every delivery).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
-use std::task::{ready, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use tokio::time::MissedTickBehavior;
-use tokio_util::sync::{CancellationToken, ReusableBoxFuture};
+use tokio_util::sync::CancellationToken;
 
 use crate::gate::Gate;
 use crate::room::ConnId;
 
-/// The slots a beat is divided into: with the 2.5 s beat, the clock ticks every 250 ms.
+/// The slots a beat is divided into: with the 1.25 s beat, the clock ticks every 125 ms.
 pub const SLOTS: usize = 10;
 
 /// The node's clock. Cheap to clone; its task ends when the clock and every [`Beat`] are gone.
@@ -39,13 +46,60 @@ pub struct KeepaliveClock {
 
 struct Slots {
     beat: Duration,
-    slots: Box<[watch::Sender<()>]>,
-    /// Set when the server shuts down; every slot ticks then, so that each connection sees it
-    /// at once.
+    slots: Box<[Slot]>,
+    /// Set when the server shuts down; every waiting connection is woken then.
     stopping: AtomicBool,
+    /// The [`Beat`]s alive: the clock ticks only while there is one.
+    beats: AtomicUsize,
     /// Wakes the clock's task when it waits for a connection: for a new one, or when the
     /// clock goes.
     wake: Arc<Notify>,
+}
+
+/// One slot: its rounds, and the waits registered with it.
+#[derive(Default)]
+struct Slot {
+    /// How many times the slot has ticked. Raised under `waiting`'s lock, so that a wait
+    /// registered for the next round is either seen by the tick or sees the round.
+    round: AtomicU64,
+    waiting: Mutex<Vec<Waiting>>,
+}
+
+/// A connection waiting for `round` of its slot.
+struct Waiting {
+    round: u64,
+    conn: ConnId,
+    waker: Waker,
+}
+
+impl Slot {
+    fn waiting(&self) -> MutexGuard<'_, Vec<Waiting>> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Ticks: the next round, and wakes the waits that were for it (or any before it).
+    fn tick(&self) {
+        let mut due = Vec::new();
+        {
+            let mut waiting = self.waiting();
+            let round = self.round.fetch_add(1, Ordering::AcqRel) + 1;
+            due.extend(waiting.extract_if(.., |w| w.round <= round).map(|w| w.waker));
+        }
+        // Woken outside the lock: a waker may take its task's.
+        due.into_iter().for_each(Waker::wake);
+    }
+
+    /// Wakes every wait, whatever its round.
+    fn wake_all(&self) {
+        let due = std::mem::take(&mut *self.waiting());
+        due.into_iter().for_each(|w| w.waker.wake());
+    }
+}
+
+/// The slot of connection `conn`. `ConnId`s count up: consecutive connections fall in
+/// consecutive slots.
+fn slot_of(conn: ConnId) -> usize {
+    (conn.0 % SLOTS as u64) as usize
 }
 
 impl Drop for Slots {
@@ -54,16 +108,20 @@ impl Drop for Slots {
     }
 }
 
-/// One connection's share of the clock: [`Beat::tick`] returns once a beat.
+/// One connection's share of the clock: [`Beat::tick`] returns at the connection's next beat,
+/// the next one of its slot unless it was told to rest longer ([`Beat::rest`]).
 pub struct Beat {
-    /// The wait for the slot's next tick. It outlives each `tick()` call, so that a connection
-    /// registers with its slot once per tick, not on every turn of its loop.
-    tick: ReusableBoxFuture<'static, watch::Receiver<()>>,
-    /// `tick` is polled only once its slot woke it (and before its first poll), so a
-    /// connection woken by its feed or its socket does not take the slot's lock, which the
-    /// slot's other connections share.
+    conn: ConnId,
+    /// The round of its slot the connection waits for.
+    due: u64,
+    /// The round of the wait registered with the slot, 0 if none is (it is removed when the
+    /// slot reaches it; rounds waited for start at 1).
+    registered: u64,
+    /// Whether a wait for a later round was left registered ([`Beat::wake_at_next`]).
+    left_behind: bool,
+    /// The slot is looked at only once it woke the connection (and before the first look), so
+    /// a connection woken by its feed or its socket does not take the slot's lock.
     gate: Gate,
-    /// Keeps the slots, so that `tick` never finds its sender gone.
     clock: Arc<Slots>,
 }
 
@@ -73,38 +131,80 @@ impl KeepaliveClock {
     pub fn start(beat: Duration, shutdown: CancellationToken) -> Self {
         let slots = Arc::new(Slots {
             beat,
-            slots: (0..SLOTS).map(|_| watch::channel(()).0).collect(),
+            slots: (0..SLOTS).map(|_| Slot::default()).collect(),
             stopping: AtomicBool::new(false),
+            beats: AtomicUsize::new(0),
             wake: Arc::new(Notify::new()),
         });
         tokio::spawn(run(Arc::downgrade(&slots), slots.wake.clone(), shutdown));
         KeepaliveClock { slots }
     }
 
-    /// The beat of connection `conn`.
+    /// The beat of connection `conn`: its first tick is its slot's next.
     pub fn beat(&self, conn: ConnId) -> Beat {
-        // `ConnId`s count up: consecutive connections fall in consecutive slots.
-        let slot = (conn.0 % SLOTS as u64) as usize;
-        let tick = self.slots.slots[slot].subscribe();
+        let slot = slot_of(conn);
+        self.slots.beats.fetch_add(1, Ordering::AcqRel);
         self.slots.wake.notify_one();
-        Beat { tick: ReusableBoxFuture::new(changed(tick)), gate: Gate::new(), clock: self.slots.clone() }
+        let next = self.slots.slots[slot].round.load(Ordering::Acquire) + 1;
+        Beat { conn, due: next, registered: 0, left_behind: false, gate: Gate::new(), clock: self.slots.clone() }
     }
 }
 
 impl Beat {
-    /// Waits for the connection's next tick (at most a beat, as the slot's last tick is
-    /// consumed when it is missed).
-    /// Cancel-safe: a wait dropped before the tick keeps its place for the next call.
+    /// Waits for the connection's next beat: at once if its round has passed while the
+    /// connection was busy. After it, the next is the slot's next tick, unless [`Beat::rest`]
+    /// says otherwise.
+    /// Cancel-safe: a wait dropped before its beat keeps its place for the next call.
     pub async fn tick(&mut self) {
         std::future::poll_fn(|cx| {
-            let Beat { tick, gate, .. } = self;
-            let receiver = ready!(gate.poll(cx, |cx| tick.poll(cx)));
-            // The next wait is polled at the next call (the gate lets it through after a
-            // ready poll), to register with the slot.
-            tick.set(changed(receiver));
-            Poll::Ready(())
+            let Beat { conn, due, registered, gate, clock, .. } = self;
+            let slot = &clock.slots[slot_of(*conn)];
+            let ready = gate.poll(cx, |cx| {
+                if clock.stopping.load(Ordering::Acquire) || slot.round.load(Ordering::Acquire) >= *due {
+                    return Poll::Ready(());
+                }
+                if *registered != *due {
+                    let mut waiting = slot.waiting();
+                    // Read again under the lock a tick raises it under: no tick slips between.
+                    if slot.round.load(Ordering::Acquire) >= *due {
+                        return Poll::Ready(());
+                    }
+                    waiting.push(Waiting { round: *due, conn: *conn, waker: cx.waker().clone() });
+                    *registered = *due;
+                }
+                Poll::Pending
+            });
+            if ready.is_ready() {
+                if *registered <= *due {
+                    // Reached, so removed by the tick (or about to be, a spurious wake-up).
+                    *registered = 0;
+                }
+                *due = slot.round.load(Ordering::Acquire) + 1;
+            }
+            ready
         })
         .await;
+    }
+
+    /// Lets the connection rest: its next beat is `beats` beats after the one it just had
+    /// (at least one). Called once right after [`Beat::tick`] returned, with how long nothing
+    /// can be due.
+    pub fn rest(&mut self, beats: u64) {
+        // `due` is the round after the one just reached.
+        self.due = self.due - 1 + beats.max(1);
+    }
+
+    /// Makes the connection's next beat its slot's next tick, if it was resting longer
+    /// (something became due sooner).
+    pub fn wake_at_next(&mut self) {
+        let next = self.clock.slots[slot_of(self.conn)].round.load(Ordering::Acquire) + 1;
+        if next < self.due {
+            self.due = next;
+            self.left_behind |= self.registered != 0;
+            // The wait registered for the later round stays: it wakes the connection once
+            // more, which then finds nothing due.
+            self.gate.open();
+        }
     }
 
     /// Whether the server is shutting down: the connection ends. [`Beat::tick`] returns once
@@ -113,21 +213,25 @@ impl Beat {
         self.clock.stopping.load(Ordering::Acquire)
     }
 
-    /// How often [`Beat::tick`] returns.
+    /// The time between two ticks of the connection's slot.
     pub fn period(&self) -> Duration {
         self.clock.beat
     }
 }
 
-/// Returns `receiver` once its slot has ticked. The sender lives in the [`Beat`]'s clock: it
-/// cannot be gone.
-async fn changed(mut receiver: watch::Receiver<()>) -> watch::Receiver<()> {
-    let _ = receiver.changed().await;
-    receiver
+impl Drop for Beat {
+    fn drop(&mut self) {
+        if self.registered != 0 || self.left_behind {
+            // Its wait would wake a connection that is gone, and hold its task until then.
+            let conn = self.conn;
+            self.clock.slots[slot_of(conn)].waiting().retain(|w| w.conn != conn);
+        }
+        self.clock.beats.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
-/// Ticks every beat / [`SLOTS`], waking one slot a tick, while any connection listens; ends
-/// when nobody holds the clock. When `shutdown` is cancelled, ticks every slot at once.
+/// Ticks every beat / [`SLOTS`], one slot a tick, while any connection listens; ends when
+/// nobody holds the clock. When `shutdown` is cancelled, wakes every connection at once.
 async fn run(slots: Weak<Slots>, wake: Arc<Notify>, shutdown: CancellationToken) {
     let Some(period) = slots.upgrade().map(|s| (s.beat / SLOTS as u32).max(Duration::from_millis(1))) else {
         return;
@@ -139,9 +243,7 @@ async fn run(slots: Weak<Slots>, wake: Arc<Notify>, shutdown: CancellationToken)
         *stopped = true;
         if let Some(clock) = slots.upgrade() {
             clock.stopping.store(true, Ordering::Release);
-            for slot in clock.slots.iter() {
-                slot.send_replace(());
-            }
+            clock.slots.iter().for_each(Slot::wake_all);
         }
     };
     for slot in (0..SLOTS).cycle() {
@@ -153,8 +255,12 @@ async fn run(slots: Weak<Slots>, wake: Arc<Notify>, shutdown: CancellationToken)
             }
         }
         let Some(clock) = slots.upgrade() else { return };
-        clock.slots[slot].send_replace(());
-        let listened = clock.slots.iter().any(|s| s.receiver_count() > 0);
+        clock.slots[slot].tick();
+        if clock.stopping.load(Ordering::Acquire) {
+            // A connection that registered after the shutdown's wake-up is woken here.
+            clock.slots.iter().for_each(Slot::wake_all);
+        }
+        let listened = clock.beats.load(Ordering::Acquire) > 0;
         drop(clock);
         if !listened {
             // Nobody listens: wait for a connection (or the clock's end) rather than tick for
@@ -234,6 +340,58 @@ mod tests {
         }
         // A connection that comes after the shutdown is told before it waits.
         assert!(clock.beat(ConnId(100)).stopping());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resting_connection_is_woken_only_when_its_rest_is_over() {
+        let beat = Duration::from_millis(1250);
+        let clock = KeepaliveClock::start(beat, CancellationToken::new());
+        // Two connections of one slot: one rests four beats after each tick, one does not.
+        let (mut resting, mut busy) = (clock.beat(ConnId(1)), clock.beat(ConnId(1 + SLOTS as u64)));
+        let start = tokio::time::Instant::now();
+        let resting = tokio::spawn(async move {
+            let mut times = Vec::new();
+            for _ in 0..3 {
+                resting.tick().await;
+                times.push(start.elapsed());
+                resting.rest(4);
+            }
+            times
+        });
+        let busy = tokio::spawn(async move {
+            let mut times = Vec::new();
+            for _ in 0..9 {
+                busy.tick().await;
+                times.push(start.elapsed());
+            }
+            times
+        });
+        let (resting, busy) = (resting.await.unwrap(), busy.await.unwrap());
+        assert!(resting[0] <= beat);
+        assert_eq!(resting[1] - resting[0], beat * 4, "{resting:?}");
+        assert_eq!(resting[2] - resting[1], beat * 4, "{resting:?}");
+        // The slot's other connection still has every beat.
+        assert!(busy.windows(2).all(|w| w[1] - w[0] == beat), "{busy:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rest_is_cut_short_when_something_comes_due() {
+        let beat = Duration::from_millis(1250);
+        let clock = KeepaliveClock::start(beat, CancellationToken::new());
+        let mut b = clock.beat(ConnId(2));
+        b.tick().await;
+        let start = tokio::time::Instant::now();
+        b.rest(7);
+        // Waiting for the seventh beat (polled, so registered with the slot for it).
+        assert!(tokio::time::timeout(beat * 5 / 2, b.tick()).await.is_err());
+        b.wake_at_next();
+        b.tick().await;
+        assert_eq!(start.elapsed(), beat * 3, "the next tick of the slot after the change");
+        // The wait for the seventh beat is still registered: it wakes the connection once
+        // more, which then waits on; it is gone when the connection goes.
+        assert_eq!(clock.slots.slots[2].waiting().len(), 1);
+        drop(b);
+        assert!(clock.slots.slots[2].waiting().is_empty(), "a closed connection leaves no wait behind");
     }
 
     #[tokio::test(start_paused = true)]

@@ -75,10 +75,11 @@ pub const RATE_BURST_SECONDS: u32 = 4;
 pub const FLOOD_TIMEOUT: Duration = Duration::from_secs(30);
 /// A connection that has sent nothing, not even an answer to a ping, for this long is taken
 /// for stalled (a laptop asleep, Wi-Fi that stopped forwarding) and dropped as lost. A
-/// connection quiet for a third of this is pinged; the check runs every 2.5 s, so a stall is
-/// found, and shown to the others as "reconnecting", within this and 2.5 s.
+/// connection quiet for a third of this is pinged; the check runs at the first keepalive beat
+/// (1.25 s) after this has passed, so a stall is found, and shown to the others as
+/// "reconnecting", within this and 2.5 s.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(25);
-/// The shortest stall timeout accepted: four keepalive periods, so that a quiet, healthy
+/// The shortest stall timeout accepted: eight keepalive beats, so that a quiet, healthy
 /// connection is always pinged (and answers) at least twice before it could be taken for
 /// stalled.
 pub const MIN_STALL_TIMEOUT: Duration = Duration::from_secs(10);
