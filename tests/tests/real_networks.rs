@@ -111,6 +111,40 @@ async fn a_quiet_client_is_pinged_every_third_of_the_stall_timeout_and_stays() {
     other.wait_until(|c| c.notes() == "still here").await.unwrap();
 }
 
+/// A client that says `hello` late (a slow page), after the keepalive let its connection rest
+/// as a stock client's until its next ping, still hears from the server within the heartbeat
+/// interval from then on.
+#[tokio::test]
+async fn a_client_that_says_hello_late_hears_from_the_server_within_the_interval() {
+    let server = TestServer::start().await;
+    let room = server.create_room(json!({})).await;
+    let url = server.ws_url(&room.id, &room.invite_token, "slow");
+    let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+    // Silent past the first keepalive beat (1.25 s), then the room protocol.
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    socket.send(Message::text(r#"{"type":"hello"}"#)).await.unwrap();
+    let start = Instant::now();
+    let mut texts = Vec::new();
+    let watched = Duration::from_secs(12);
+    while let Ok(message) = tokio::time::timeout(watched.saturating_sub(start.elapsed()), socket.next()).await {
+        match message {
+            Some(Ok(Message::Text(text))) => texts.push((start.elapsed(), text.to_string())),
+            Some(Ok(Message::Close(frame))) => panic!("closed after {:?}: {frame:?}", start.elapsed()),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("the connection failed after {:?}: {e}", start.elapsed()),
+            None => panic!("the connection ended after {:?}", start.elapsed()),
+        }
+    }
+    assert!(texts.first().is_some_and(|(_, t)| t.contains("welcome")), "{texts:?}");
+    let heartbeats = texts.iter().filter(|(_, t)| t.contains("heartbeat")).count();
+    assert!(heartbeats >= 2, "{texts:?}");
+    // Never more than the heartbeat interval (5 s) without a frame, with a margin for timers.
+    let times: Vec<Duration> = texts.iter().map(|(at, _)| *at).chain([watched]).collect();
+    for pair in times.windows(2) {
+        assert!(pair[1] - pair[0] <= Duration::from_millis(5_300), "server frames at {times:?}");
+    }
+}
+
 /// Sends one binary frame of `size` bytes and returns the close code the client received.
 async fn close_code_for_a_frame_of(server: &TestServer, url: &str, size: usize) -> Option<u16> {
     let _ = server;
