@@ -836,15 +836,7 @@ impl Rooms {
             }
             for room in timers.take_due(self.now_ms()) {
                 let rooms = self.clone();
-                // On the room's thread, where its connections and its Redis connection run:
-                // the tick's reads and writes (a presence reading a second, with members on
-                // other nodes) and the frames it sends then wake no other thread.
-                let thread = self.shared.cluster.threads.for_room(room.id()).cloned();
-                let wake = async move { rooms.wake(room, awareness_timeout).await };
-                match thread {
-                    Some(thread) => drop(thread.spawn(wake)),
-                    None => drop(tokio::spawn(wake)),
-                }
+                tokio::spawn(async move { rooms.wake(room, awareness_timeout).await });
             }
         }
     }
