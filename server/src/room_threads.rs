@@ -11,9 +11,9 @@
 //! thread, a push on a local queue, and an incoming frame wakes only the thread that reads it.
 //!
 //! With Redis, a room's Redis connection and its bus publisher run on its thread too
-//! (`RedisBackend::run_rooms_on`, `Outbox::start`). HTTP, rooms' set-up, the other backends
-//! and the node's timers stay on the main runtime; what a connection spawns runs on its room's
-//! thread.
+//! (`RedisBackend::run_rooms_on`, `Outbox::start`), and so does a due room's tick
+//! (`Rooms::run_timers`). HTTP, rooms' set-up, the other backends and the node's timer queue
+//! stay on the main runtime; what a connection spawns runs on its room's thread.
 
 use std::hash::BuildHasher;
 use std::sync::Mutex;

@@ -134,6 +134,10 @@ pub struct Room {
     due: AtomicU64,
     /// Whether the room's tick is running: it schedules the room again when it is done.
     ticking: AtomicBool,
+    /// Whether the node's timer queue took the room for a tick that has not started yet (it
+    /// runs on the room's thread, once that thread is free): until it starts, the room is
+    /// not queued again, as the tick schedules it when it is done.
+    waking: AtomicBool,
     /// Set when the room leaves this node's registry (retired or unloaded): it waits for
     /// nothing any more.
     gone: AtomicBool,
@@ -212,6 +216,7 @@ impl Room {
                 timers,
                 due: AtomicU64::new(u64::MAX),
                 ticking: AtomicBool::new(false),
+                waking: AtomicBool::new(false),
                 gone: AtomicBool::new(false),
             }
         })
@@ -279,7 +284,10 @@ impl Room {
     /// early, finds nothing to do, and is put back for the right time. While its tick runs,
     /// the tick puts it back when done.
     fn schedule(&self, machine: &mut RoomMachine) {
-        if self.ticking.load(Ordering::Acquire) || self.gone.load(Ordering::Acquire) {
+        if self.ticking.load(Ordering::Acquire)
+            || self.waking.load(Ordering::Acquire)
+            || self.gone.load(Ordering::Acquire)
+        {
             return;
         }
         let now = crate::unix_now_ms();
@@ -409,6 +417,8 @@ impl Room {
     /// time. One tick at a time: a tick asked for while one runs does nothing, since the
     /// running one schedules the room when it is done.
     pub async fn tick(&self, awareness_timeout: Duration) {
+        // Cleared first: a tick that finds another running leaves the scheduling to it.
+        self.waking.store(false, Ordering::Release);
         if self.ticking.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -835,8 +845,17 @@ impl Rooms {
                 }
             }
             for room in timers.take_due(self.now_ms()) {
+                room.waking.store(true, Ordering::Release);
                 let rooms = self.clone();
-                tokio::spawn(async move { rooms.wake(room, awareness_timeout).await });
+                // On the room's thread, where its connections and its Redis connection run:
+                // the tick's reads and writes (a presence reading a second, with members on
+                // other nodes) and the frames it sends then wake no other thread.
+                let thread = self.shared.cluster.threads.for_room(room.id()).cloned();
+                let wake = async move { rooms.wake(room, awareness_timeout).await };
+                match thread {
+                    Some(thread) => drop(thread.spawn(wake)),
+                    None => drop(tokio::spawn(wake)),
+                }
             }
         }
     }
