@@ -83,7 +83,15 @@ impl Slot {
         {
             let mut waiting = self.waiting();
             let round = self.round.fetch_add(1, Ordering::AcqRel) + 1;
-            due.extend(waiting.extract_if(.., |w| w.round <= round).map(|w| w.waker));
+            // (`Vec::extract_if` is newer than the workspace's `rust-version`.)
+            let mut i = 0;
+            while i < waiting.len() {
+                if waiting[i].round <= round {
+                    due.push(waiting.swap_remove(i).waker);
+                } else {
+                    i += 1;
+                }
+            }
         }
         // Woken outside the lock: a waker may take its task's.
         due.into_iter().for_each(Waker::wake);
