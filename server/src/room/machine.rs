@@ -519,6 +519,9 @@ pub struct RoomMachine {
     settings_checked: Option<u64>,
     /// What the meeting's timers need ([`Meeting::due`]), as of [`Meeting::changes`].
     meeting_due: Option<(u64, MeetingDue)>,
+    /// When presence must next be read ([`RoomMachine::presence_read_due`]), as of
+    /// [`Meeting::changes`]; forgotten whenever `seen_elsewhere` changes.
+    presence_due: Option<(u64, Option<u64>)>,
     /// Who may see the board ([`Meeting::board_audience`]), as of [`Meeting::changes`]: an edit
     /// goes to the same audience as the last one until someone comes, goes or is let in.
     board_audience: Option<(u64, Audience)>,
@@ -549,6 +552,7 @@ impl RoomMachine {
             last_tick_ms: None,
             settings_checked: None,
             meeting_due: None,
+            presence_due: None,
             board_audience: None,
             effects: VecDeque::new(),
         }
@@ -694,9 +698,7 @@ impl RoomMachine {
             due.at(now_ms);
         }
         if self.node.clustered {
-            if meeting.present_elsewhere || !self.seen_elsewhere.is_empty() {
-                due.at(now_ms);
-            }
+            due.maybe(self.presence_read_due());
             if meeting.local_members {
                 due.at(self.last_heartbeat_ms.saturating_add(limits::PRESENCE_HEARTBEAT.as_millis() as u64));
             }
@@ -741,6 +743,35 @@ impl RoomMachine {
                 audience
             }
         }
+    }
+
+    /// When this node must next read the room's presence entries to keep its view of the
+    /// other nodes' members true, if ever (Unix ms; 0 means at once):
+    /// - at once while a member is shown present with no connection here and no other node's
+    ///   entry seen for them within an entry's lifetime: they may have just joined on
+    ///   another node (whose entry is written before the record says so), or be gone;
+    /// - otherwise when the first member seen on another node leaves that window
+    ///   ([`limits::PRESENCE_TTL`] after the reading that saw them), to see whether their
+    ///   node renewed the entry. A member whose node died is then shown reconnecting between
+    ///   one and two entry lifetimes after its last heartbeat, as when presence was read at
+    ///   every tick, at one reading per room and entry lifetime instead of one a second.
+    ///
+    /// A member who leaves another node needs no reading here: that node writes the record.
+    /// It changes only with the meeting or with what a reading saw, so it is kept until then.
+    fn presence_read_due(&mut self) -> Option<u64> {
+        let changes = self.meeting.changes();
+        if let Some((at, due)) = self.presence_due {
+            if at == changes {
+                return due;
+            }
+        }
+        let window = limits::PRESENCE_TTL.as_millis() as u64;
+        let unseen = self.meeting_due().present_elsewhere
+            && self.meeting.present_without_connection().any(|member| !self.seen_elsewhere.contains_key(member));
+        let due =
+            if unseen { Some(0) } else { self.seen_elsewhere.values().min().map(|seen| seen.saturating_add(window)) };
+        self.presence_due = Some((changes, due));
+        due
     }
 
     /// [`Meeting::due`], computed again only when the meeting changed.
@@ -1039,6 +1070,13 @@ impl RoomMachine {
                 }
                 Next::Continue
             }
+            Stage::ReadPresence { leaving: None } if self.presence_read_due().is_none_or(|at| at > now_ms) => {
+                // Nothing a reading could change now (see `presence_read_due`): the timers run
+                // on what the last one saw.
+                let intent = self.tick_intent(Vec::new(), None, now_ms);
+                job.stages.push_front(Stage::commit(intent, None));
+                Next::Continue
+            }
             Stage::ReadPresence { leaving } => Next::Wait(Stage::PresenceRead { leaving }, Io::ReadPresence { now_ms }),
             Stage::PresenceRead { leaving } => {
                 let Some(Answer::Live(Ok(live))) = answer else {
@@ -1332,6 +1370,7 @@ impl RoomMachine {
         for member in &elsewhere {
             self.seen_elsewhere.insert(member.clone(), now_ms);
         }
+        self.presence_due = None;
         // As long as an entry lives: a member whose node died shows as reconnecting after the
         // same delay as one whose entry Redis lost.
         let window = limits::PRESENCE_TTL.as_millis() as u64;

@@ -728,55 +728,80 @@ fn with_one_node_presence_is_never_polled_and_disagreements_are_due_at_once() {
 }
 
 #[test]
-fn with_other_nodes_presence_is_read_while_someone_is_elsewhere_and_renewed_while_someone_is_here() {
+fn with_other_nodes_presence_is_read_once_an_entry_lifetime_while_someone_is_elsewhere() {
+    let heartbeat = limits::PRESENCE_HEARTBEAT.as_millis() as u64;
+    let lifetime = limits::PRESENCE_TTL.as_millis() as u64;
+    let tick = || Job::tick(Duration::from_millis(AWARENESS_MS));
+    let reads = |asked: &[Io]| asked.iter().filter(|io| matches!(io, Io::ReadPresence { .. })).count();
+    let heartbeats = |asked: &[Io]| asked.iter().filter(|io| matches!(io, Io::Heartbeat { .. })).count();
+
     let mut a = clustered_room();
     assert_eq!(due(&mut a, START_MS), None, "nobody anywhere: nothing to announce or read");
     let ann = join_at(&mut a, 1, Role::Member, START_MS);
     let asked = tick_at(&mut a, START_MS);
     assert!(asked.iter().any(|io| matches!(io, Io::Heartbeat { entries, .. } if !entries.is_empty())));
-    let heartbeat = START_MS + limits::PRESENCE_HEARTBEAT.as_millis() as u64;
-    assert_eq!(due(&mut a, START_MS + 10), Some(heartbeat), "Ann's entry is renewed every heartbeat");
+    assert_eq!(reads(&asked), 0, "everyone is here: nothing to read");
+    assert_eq!(due(&mut a, START_MS + 10), Some(START_MS + heartbeat), "Ann's entry is renewed every heartbeat");
     let ann_id = member_id(&a, ann);
 
-    // Ben joins on node b: node a reads presence at every tick from then on.
+    // Ben joins on node b: node a reads presence at once, to find his entry.
     let mut b = other_node(&a, "b", true);
     let ben = join_at(&mut b, 7, Role::Member, START_MS + SECOND);
     let record = encode_record(b.meeting().shared()).unwrap();
     a.on_bus("b", Envelope::State { version: b.meeting().version(), record }, START_MS + SECOND);
     assert_eq!(due(&mut a, START_MS + SECOND), Some(START_MS + SECOND));
     let ben_id = member_id(&b, ben);
-    let with_ben = |io: &Io| match io {
+    let both = |io: &Io| match io {
         Io::ReadPresence { .. } => Answer::Live(Ok(vec![format!("{ann_id}@a"), format!("{ben_id}@b")])),
         other => fine(other),
     };
-    let (asked, _) = drive(&mut a, Job::tick(Duration::from_millis(AWARENESS_MS)), START_MS + SECOND, with_ben);
-    assert!(asked.iter().any(|io| matches!(io, Io::ReadPresence { .. })));
-    assert_eq!(due(&mut a, START_MS + SECOND + 10), Some(START_MS + 2 * SECOND), "read again at the next tick");
+    let (asked, _) = drive(&mut a, tick(), START_MS + SECOND, both);
+    assert_eq!(reads(&asked), 1);
+    assert!(a.meeting().shared().is_present(&ben_id));
 
-    // Ben leaves b. Node a saw his entry a moment ago: he counts as connected elsewhere
-    // for an entry's lifetime, and presence is read at every tick until then.
-    let ann_here = |io: &Io| match io {
+    // Then only when that reading is an entry's lifetime old, to see whether b renewed his
+    // entry: Ann's heartbeats meanwhile read nothing.
+    let mut seen = START_MS + SECOND;
+    for round in 0..2 {
+        let mut now = due(&mut a, seen + 10).unwrap();
+        while now < seen + lifetime {
+            let (asked, _) = drive(&mut a, tick(), now, both);
+            assert_eq!((reads(&asked), heartbeats(&asked)), (0, 1), "round {round}: a heartbeat at {now}, no reading");
+            assert!(a.meeting().shared().is_present(&ben_id));
+            now = due(&mut a, now + 10).unwrap();
+        }
+        assert_eq!(now, seen + lifetime, "round {round}: read when the last reading is a lifetime old");
+        let (asked, _) = drive(&mut a, tick(), now, both);
+        assert_eq!(reads(&asked), 1);
+        assert!(a.meeting().shared().is_present(&ben_id), "round {round}: b renewed Ben's entry");
+        seen = now;
+    }
+
+    // Node b dies just after: its entries lapse. The next reading, a lifetime after the last
+    // one that saw Ben, finds his entry gone, and he is shown reconnecting.
+    let ann_only = |io: &Io| match io {
         Io::ReadPresence { .. } => Answer::Live(Ok(vec![format!("{ann_id}@a")])),
         other => fine(other),
     };
-    drive(&mut b, Job::leave(ben), START_MS + 2 * SECOND, ann_here);
-    let record = encode_record(b.meeting().shared()).unwrap();
-    a.on_bus("b", Envelope::State { version: b.meeting().version(), record }, START_MS + 2 * SECOND);
-    assert!(!a.meeting().shared().is_present(&ben_id));
-    assert_eq!(due(&mut a, START_MS + 2 * SECOND), Some(START_MS + 2 * SECOND));
-    let window_over = START_MS + SECOND + limits::PRESENCE_TTL.as_millis() as u64 + SECOND;
-    assert_eq!(due(&mut a, window_over), Some(window_over));
-    tick_at(&mut a, window_over);
-    assert!(!a.meeting().shared().is_present(&ben_id));
-    // His window is over: only Ann's heartbeat and Ben's grace are due.
+    let mut now = due(&mut a, seen + 10).unwrap();
+    while now < seen + lifetime {
+        let (asked, _) = drive(&mut a, tick(), now, ann_only);
+        assert_eq!(reads(&asked), 0);
+        assert!(a.meeting().shared().is_present(&ben_id), "Ben's entry may still live at {now}");
+        now = due(&mut a, now + 10).unwrap();
+    }
+    let (asked, _) = drive(&mut a, tick(), now, ann_only);
+    assert_eq!(reads(&asked), 1);
+    assert!(!a.meeting().shared().is_present(&ben_id), "shown reconnecting when the reading misses him");
     let grace = super::sim::options().reconnect_grace.as_millis() as u64;
-    let heartbeat = window_over + limits::PRESENCE_HEARTBEAT.as_millis() as u64;
-    let ben_lapses = START_MS + 2 * SECOND + grace;
-    assert_eq!(due(&mut a, window_over + 10), Some(heartbeat.min(ben_lapses)));
+    let ben_lapses = now + grace;
+    // Ann's heartbeats have gone every 5 s from the start.
+    let next_heartbeat = START_MS + (now - START_MS).div_ceil(heartbeat) * heartbeat;
+    assert_eq!(due(&mut a, now + 10), Some(next_heartbeat), "nobody elsewhere: nothing more to read");
 
     // Ann leaves too: nobody is here or elsewhere, nothing is announced or read.
-    leave_at(&mut a, ann, window_over + SECOND);
-    assert_eq!(due(&mut a, window_over + SECOND), Some(ben_lapses), "no heartbeat without members here");
+    leave_at(&mut a, ann, now + SECOND);
+    assert_eq!(due(&mut a, now + SECOND), Some(ben_lapses), "no heartbeat without members here");
 }
 
 #[test]

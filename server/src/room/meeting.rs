@@ -1558,6 +1558,16 @@ impl Meeting {
         self.changes
     }
 
+    /// The members shown present with no connection on this node.
+    pub fn present_without_connection(&self) -> impl Iterator<Item = &str> {
+        self.shared
+            .members
+            .iter()
+            .filter(|(_, member)| member.dropped_at_ms.is_none())
+            .map(|(id, _)| id.as_str())
+            .filter(|id| !self.connections.values().any(|c| c.member.as_deref() == Some(*id)))
+    }
+
     /// What the meeting's timers need now: see [`MeetingDue`]. It changes only when
     /// [`Meeting::changes`] does.
     pub fn due(&self) -> MeetingDue {
