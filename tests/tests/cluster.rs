@@ -7,7 +7,7 @@ use balint_client::seal::RoomKey;
 use balint_e2e::process::{NodeProcess, RedisProcess};
 use balint_e2e::sealed_client::SealedClient;
 use balint_e2e::{eventually, YClient};
-use balint_proto::room::{ErrorCode, RoomState};
+use balint_proto::room::{ErrorCode, RoomState, Status};
 use serde_json::{json, Value};
 
 const SECRET: &str = "a shared secret for every node of the test cluster";
@@ -172,6 +172,29 @@ async fn presence_is_the_same_on_every_node() {
     })
     .await
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_who_closes_the_page_on_one_node_stays_reconnecting_on_the_other() {
+    let c = cluster();
+    let (_, _, mut on_a, on_b) = ada_on_a_ben_on_b(&c).await;
+    let ben = on_b.member_id().unwrap().to_owned();
+    let status = move |s: &RoomState| s.members.iter().find(|m| m.id == ben).map(|m| m.status);
+    on_a.wait_state(|s| status(s) == Some(Status::Here)).await.unwrap();
+    // Long enough for node A to read presence and see Ben's entry (at its next tick: ticks
+    // are a second apart at least).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    on_b.close().await;
+    on_a.wait_state(|s| status(s) == Some(Status::Reconnecting)).await.unwrap();
+    // Node A read Ben's presence entry a moment ago; none of its ticks in the next seconds
+    // (its own member's heartbeats among them) may show him here again.
+    let back = on_a
+        .wait_until_within(Duration::from_secs(8), |x| {
+            x.latest_state().is_some_and(|s| status(s) == Some(Status::Here))
+        })
+        .await;
+    let error = back.expect_err("Ben was shown here again after he closed his page");
+    assert!(error.to_string().contains("deadline"), "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -342,7 +342,10 @@ enum Intent {
     /// The meeting's timers at `now_ms`, with the members connected on other nodes.
     Tick {
         now_ms: u64,
+        /// Members seen on other nodes within an entry's lifetime (this tick's reading aside).
         elsewhere: HashSet<String>,
+        /// Members on other nodes in this tick's reading, if it read presence.
+        read: HashSet<String>,
         /// Right after an outage: nobody shown present is marked gone yet.
         settling: bool,
     },
@@ -366,8 +369,17 @@ impl Intent {
             // refuse it.
             Intent::SetTitle(change) => meeting.plan_set_title(change).unwrap_or_default(),
             Intent::End(reason) => meeting.plan_end(reason),
-            Intent::Tick { now_ms, elsewhere, settling } => meeting
-                .plan_tick(*now_ms, |id| elsewhere.contains(id) || (*settling && meeting.shared().is_present(id))),
+            // A member shown present stays so on a recent entry; one shown reconnecting comes
+            // back only on an entry of this tick's reading (normally the node that holds their
+            // connection brings them back), never on one seen earlier: they may have left
+            // that node since, which then wrote them reconnecting.
+            Intent::Tick { now_ms, elsewhere, read, settling } => meeting.plan_tick(*now_ms, |id| {
+                if meeting.shared().is_present(id) {
+                    *settling || elsewhere.contains(id) || read.contains(id)
+                } else {
+                    read.contains(id)
+                }
+            }),
         }
     }
 }
@@ -1349,10 +1361,10 @@ impl RoomMachine {
         Some(Io::Restore { version: self.meeting.version(), record, ttl: self.node.options.record_ttl(shared) })
     }
 
-    /// The meeting's timers, given the live presence entries: a member counts as connected
-    /// elsewhere when another node's entry names them, or named them within an entry's
-    /// lifetime; `leaving` (whose last connection here just closed) counts only on a current
-    /// entry.
+    /// The meeting's timers, given the live presence entries (none when the tick read
+    /// nothing): a member counts as connected elsewhere when another node's entry names
+    /// them, or named them within an entry's lifetime; `leaving` (whose last connection here
+    /// just closed) counts only on a current entry. See [`Intent::plan`] for who comes back.
     fn tick_intent(&mut self, live: Vec<String>, leaving: Option<&str>, now_ms: u64) -> Intent {
         if std::mem::take(&mut self.presence_lost) {
             self.settle_presence(now_ms);
@@ -1362,12 +1374,12 @@ impl RoomMachine {
         // gone (those already gone can still come back, and their grace still runs).
         let settling = now_ms < self.presence_settles_ms;
         let node_suffix = format!("@{}", self.node.id);
-        let mut elsewhere: HashSet<String> = live
+        let read: HashSet<String> = live
             .into_iter()
             .filter(|e| !e.ends_with(&node_suffix))
             .filter_map(|e| e.split_once('@').map(|(m, _)| m.to_owned()))
             .collect();
-        for member in &elsewhere {
+        for member in &read {
             self.seen_elsewhere.insert(member.clone(), now_ms);
         }
         self.presence_due = None;
@@ -1375,8 +1387,8 @@ impl RoomMachine {
         // same delay as one whose entry Redis lost.
         let window = limits::PRESENCE_TTL.as_millis() as u64;
         self.seen_elsewhere.retain(|_, at| now_ms.saturating_sub(*at) < window);
-        elsewhere.extend(self.seen_elsewhere.keys().filter(|m| Some(m.as_str()) != leaving).cloned());
-        Intent::Tick { now_ms, elsewhere, settling }
+        let elsewhere = self.seen_elsewhere.keys().filter(|m| Some(m.as_str()) != leaving).cloned().collect();
+        Intent::Tick { now_ms, elsewhere, read, settling }
     }
 
     /// Gives every node one heartbeat (and a tick) to re-announce its members before a

@@ -805,6 +805,47 @@ fn with_other_nodes_presence_is_read_once_an_entry_lifetime_while_someone_is_els
 }
 
 #[test]
+fn a_member_who_left_another_node_is_not_brought_back_by_an_entry_seen_before() {
+    let mut a = clustered_room();
+    let ann = join_at(&mut a, 1, Role::Member, START_MS);
+    tick_at(&mut a, START_MS);
+    let ann_id = member_id(&a, ann);
+    let mut b = other_node(&a, "b", true);
+    let ben = join_at(&mut b, 7, Role::Member, START_MS + SECOND);
+    let ben_id = member_id(&b, ben);
+    let record = encode_record(b.meeting().shared()).unwrap();
+    a.on_bus("b", Envelope::State { version: b.meeting().version(), record }, START_MS + SECOND);
+    let both = |io: &Io| match io {
+        Io::ReadPresence { .. } => Answer::Live(Ok(vec![format!("{ann_id}@a"), format!("{ben_id}@b")])),
+        other => fine(other),
+    };
+    drive(&mut a, Job::tick(Duration::from_millis(AWARENESS_MS)), START_MS + SECOND, both);
+    assert!(a.meeting().shared().is_present(&ben_id));
+
+    // Ben closes his page on b, which removes his entry and writes him reconnecting.
+    let ann_here = |io: &Io| match io {
+        Io::ReadPresence { .. } => Answer::Live(Ok(vec![format!("{ann_id}@a")])),
+        other => fine(other),
+    };
+    drive(&mut b, Job::leave(ben), START_MS + 2 * SECOND, ann_here);
+    assert!(!b.meeting().shared().is_present(&ben_id));
+    let record = encode_record(b.meeting().shared()).unwrap();
+    a.on_bus("b", Envelope::State { version: b.meeting().version(), record }, START_MS + 2 * SECOND);
+    assert!(!a.meeting().shared().is_present(&ben_id));
+
+    // Node a's ticks within the lifetime of the entry it saw, with a reading or without one,
+    // keep him reconnecting: only a current entry may say he is back.
+    let lifetime = limits::PRESENCE_TTL.as_millis() as u64;
+    let mut now = START_MS + 3 * SECOND;
+    while now <= START_MS + SECOND + lifetime {
+        let (asked, _) = drive(&mut a, Job::tick(Duration::from_millis(AWARENESS_MS)), now, ann_here);
+        assert!(!a.meeting().shared().is_present(&ben_id), "Ben shown back at {now}");
+        assert!(!asked.iter().any(|io| matches!(io, Io::CompareAndSet { .. })), "a write at {now}");
+        now += SECOND;
+    }
+}
+
+#[test]
 fn a_possible_loss_on_the_bus_is_due_at_once_and_a_tick_later_nothing_is() {
     let mut a = clustered_room();
     assert_eq!(due(&mut a, START_MS), None);
