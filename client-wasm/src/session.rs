@@ -2109,7 +2109,7 @@ mod tests {
         s.handle_open(NOW);
         let welcome = json!({"type": "welcome", "member_id": "me", "role": "member", "resume_token": "new",
             "state": state(1, json!({})),
-            "released": {"hand": true, "floor": false, "presenter": true, "role": "leader"}})
+            "released": {"hand": true, "floor": false, "presenter": true, "role": "leader", "grace_secs": 120}})
         .to_string();
         s.handle_text(&welcome, NOW);
         let events = drain_events(&mut s);
@@ -2117,10 +2117,12 @@ mod tests {
             Event::Released(r) => Some(r.clone()),
             _ => None,
         });
-        assert_eq!(released, Some(Released { hand: true, floor: false, presenter: true, role: Some(Role::Leader) }));
+        let expected =
+            Released { hand: true, floor: false, presenter: true, role: Some(Role::Leader), grace_secs: Some(120) };
+        assert_eq!(released, Some(expected));
         assert_eq!(
             serde_json::to_value(Event::Released(released.unwrap())).unwrap(),
-            json!({"type": "released", "hand": true, "floor": false, "presenter": true, "role": "leader"})
+            json!({"type": "released", "hand": true, "floor": false, "presenter": true, "role": "leader", "grace_secs": 120})
         );
         // An ordinary welcome says nothing of the kind.
         let mut s = joined();

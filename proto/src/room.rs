@@ -491,6 +491,10 @@ pub struct Released {
     /// membership has the role of the link instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<Role>,
+    /// The room's reconnect grace period in seconds: how long it kept the place before it was
+    /// released. Absent from servers older than it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_secs: Option<u32>,
 }
 
 /// Stable error codes carried by [`ServerMessage::Error`].

@@ -226,5 +226,7 @@ async fn a_member_back_after_the_grace_period_is_told_what_was_released() {
 
     let back = YClient::join_resuming(&url, Some(&token)).await.unwrap();
     assert_ne!(back.member_id(), Some(ann_id.as_str()));
-    assert_eq!(back.released(), Some(&Released { hand: true, floor: false, presenter: true, role: None }));
+    // With the room's grace period (1 s here), so that the page can say how long a place is kept.
+    let released = Released { hand: true, floor: false, presenter: true, role: None, grace_secs: Some(1) };
+    assert_eq!(back.released(), Some(&released));
 }

@@ -205,3 +205,39 @@ fn every_phase_role_status_and_meeting_end_has_a_sentence() {
     let missing: Vec<&String> = wanted.iter().filter(|key| !english.contains_key(*key)).collect();
     assert!(missing.is_empty(), "room.js has no sentence for {missing:?}");
 }
+
+/// Runs `script` (an ES module) with Node.js and returns what it printed.
+fn node(script: &str) -> String {
+    let out = std::process::Command::new("node")
+        .args(["--input-type=module", "-e", script])
+        .output()
+        .unwrap_or_else(|e| panic!("`node` cannot be run ({e}): run `scripts/test.sh`, which installs Node.js"));
+    assert!(out.status.success(), "node failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+/// The notice for a member back after the grace period says the server's grace period (sent
+/// as `released.grace_secs`) in words of the page's language, through `formatters().span`.
+#[test]
+fn a_length_of_time_is_said_in_words_of_each_language() {
+    let module = web().join("assets/i18n/i18n.js");
+    let url = format!("file://{}", module.display());
+    let printed = node(&format!(
+        "const {{ formatters }} = await import({url:?});
+         for (const lang of ['en', 'de', 'fr']) {{
+           const {{ span }} = formatters(lang);
+           console.log([120, 90, 3600, 1].map(span).join(' | '));
+         }}"
+    ));
+    // French puts a no-break space between number and unit where ICU's data says so.
+    let printed = printed.replace(['\u{a0}', '\u{202f}'], " ");
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "2 minutes | 90 seconds | 1 hour | 1 second",
+            "2 Minuten | 90 Sekunden | 1 Stunde | 1 Sekunde",
+            "2 minutes | 90 secondes | 1 heure | 1 seconde",
+        ]
+    );
+}

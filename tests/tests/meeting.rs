@@ -363,7 +363,7 @@ async fn a_member_away_past_the_grace_period_loses_their_place() {
     let back = YClient::join_resuming(&url, Some(&token)).await.unwrap();
     assert_ne!(back.member_id(), Some(ben));
     // And the welcome says what the lapsed membership released: his raised hand.
-    assert_eq!(back.released(), Some(&Released { hand: true, ..Released::default() }));
+    assert_eq!(back.released(), Some(&Released { hand: true, grace_secs: Some(1), ..Released::default() }));
     all.push(back);
     let state = settle(&mut all, |s| s.members.len() == 3).await;
     assert_eq!(queue(&state), [ann]);

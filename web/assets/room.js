@@ -157,8 +157,7 @@ const en = {
   released_floor: 'your turn on the floor ended',
   released_presenter: 'you are no longer the presenter',
   released_role: 'you had been made {role}, and now have the role of your link',
-  released: 'You were away longer than the room keeps a place (2 minutes unless the server is set otherwise), '
-    + 'so you rejoined as a new member{what}',
+  released: 'You were away longer than the room keeps a place ({grace}), so you rejoined as a new member{what}',
   reflection_me: 'Presenter is outside the circle: that is you. Listen to the group; you can read the board but not write '
     + 'or take the floor until the response.',
   reflection_other: 'Presenter is outside the circle ({name}): listening, not taking part.',
@@ -657,7 +656,9 @@ function showReleased(released) {
   if (released.floor) lost.push(t('released_floor'));
   if (released.presenter) lost.push(t('released_presenter'));
   if (released.role) lost.push(t('released_role', { role: roleName(released.role, true) }));
-  $('released-text').textContent = t('released', { what: lost.length ? `: ${lost.join('; ')}.` : '.' });
+  // The server of this page always says its grace period (`grace_secs`).
+  const grace = fmt.span(released.grace_secs ?? 0);
+  $('released-text').textContent = t('released', { grace, what: lost.length ? `: ${lost.join('; ')}.` : '.' });
   $('released-notice').hidden = false;
   announce($('released-text').textContent);
 }

@@ -561,6 +561,7 @@ impl Shared {
             floor: self.floor.as_ref().is_some_and(|t| t.member == member_id),
             presenter: self.presenter.as_deref() == Some(member_id),
             role: Some(member.role),
+            grace_secs: None,
         };
         self.lapsed.push(Lapsed { token: resume_digest(&member.resume_token), released });
         let excess = self.lapsed.len().saturating_sub(limits::MAX_LAPSED_MEMBERSHIPS);
@@ -568,13 +569,15 @@ impl Shared {
     }
 
     /// Takes what a lapsed membership with resume token digest `digest` released, for a
-    /// newcomer whose link gives `link_role`. The role is told only if it differs.
+    /// newcomer whose link gives `link_role`, with the room's grace period. The role is told
+    /// only if it differs.
     fn take_lapsed(&mut self, digest: &str, link_role: Role) -> Option<Released> {
         let index = self.lapsed.iter().position(|l| l.token == digest)?;
         let mut released = self.lapsed.remove(index).released;
         if released.role == Some(link_role) {
             released.role = None;
         }
+        released.grace_secs = Some(u32::try_from(self.reconnect_grace_ms / 1000).unwrap_or(u32::MAX));
         Some(released)
     }
 

@@ -450,7 +450,8 @@ fn after_the_grace_period_a_dropped_member_is_gone_their_hand_lowered_and_the_fl
         ServerMessage::Welcome { released, .. } => released.clone(),
         _ => None,
     });
-    assert_eq!(released, Some(Released { floor: true, ..Released::default() }));
+    let grace_secs = Some(u32::try_from(GRACE_MS / 1000).unwrap());
+    assert_eq!(released, Some(Released { floor: true, grace_secs, ..Released::default() }));
 }
 
 #[test]
@@ -1528,7 +1529,8 @@ fn a_member_back_after_the_grace_period_is_told_what_was_released() {
     let ann_back = sim.connect(Role::Member, "Ann");
     let out = sim.hello(ann_back, Some(&ann_token));
     let released = released_in_welcome(&out, ann_back).expect("a welcome");
-    assert_eq!(released, Some(Released { hand: false, floor: true, presenter: true, role: None }));
+    let grace_secs = Some(u32::try_from(GRACE_MS / 1000).unwrap());
+    assert_eq!(released, Some(Released { hand: false, floor: true, presenter: true, role: None, grace_secs }));
     assert_ne!(introduced_id(&out, ann_back), Some(ann.id.clone()), "a new membership");
 
     let ben_back = sim.connect(Role::Member, "Ben");
@@ -1536,7 +1538,7 @@ fn a_member_back_after_the_grace_period_is_told_what_was_released() {
     let released = released_in_welcome(&out, ben_back).expect("a welcome");
     assert_eq!(
         released,
-        Some(Released { hand: true, floor: false, presenter: false, role: Some(Role::Leader) }),
+        Some(Released { hand: true, floor: false, presenter: false, role: Some(Role::Leader), grace_secs }),
         "the co-leader role is told, since the member link gives another"
     );
     assert_eq!(sim.view(ben_back).members.iter().find(|m| m.name == "Ben").unwrap().role, Role::Member);
@@ -1558,7 +1560,8 @@ fn released_is_told_once_and_only_to_a_lapsed_membership() {
     sim.advance(GRACE_MS);
     let late = sim.connect(Role::Member, "Ann");
     let out = sim.hello(late, Some(&token));
-    assert_eq!(released_in_welcome(&out, late), Some(Some(Released::default())));
+    let grace_secs = Some(u32::try_from(GRACE_MS / 1000).unwrap());
+    assert_eq!(released_in_welcome(&out, late), Some(Some(Released { grace_secs, ..Released::default() })));
     // The same old token again: nothing more to tell.
     let again = sim.connect(Role::Member, "Ann");
     let out = sim.hello(again, Some(&token));
@@ -1584,7 +1587,8 @@ fn released_waits_for_admission_when_the_lobby_holds_the_returning_member() {
     let id = introduced_id(&waiting, back).unwrap();
     assert_eq!(released_in_welcome(&waiting, back), None, "no welcome while in the lobby");
     let out = sim.ok(lena.conn, C::Admit { member: id });
-    assert_eq!(released_in_welcome(&out, back), Some(Some(Released { hand: true, ..Released::default() })));
+    let grace_secs = Some(u32::try_from(GRACE_MS / 1000).unwrap());
+    assert_eq!(released_in_welcome(&out, back), Some(Some(Released { hand: true, grace_secs, ..Released::default() })));
 }
 
 #[test]

@@ -586,7 +586,8 @@ impl From<RemovalV1> for Removal {
 impl From<&Lapsed> for LapsedV1 {
     fn from(lapsed: &Lapsed) -> Self {
         let Lapsed { token, released } = lapsed;
-        let Released { hand, floor, presenter, role } = *released;
+        // The grace period is the room's, told when the membership is taken back.
+        let Released { hand, floor, presenter, role, grace_secs: _ } = *released;
         LapsedV1 { token: token.clone(), released: ReleasedV1 { hand, floor, presenter, role } }
     }
 }
@@ -594,7 +595,7 @@ impl From<&Lapsed> for LapsedV1 {
 impl From<LapsedV1> for Lapsed {
     fn from(lapsed: LapsedV1) -> Self {
         let LapsedV1 { token, released: ReleasedV1 { hand, floor, presenter, role } } = lapsed;
-        Lapsed { token, released: Released { hand, floor, presenter, role } }
+        Lapsed { token, released: Released { hand, floor, presenter, role, grace_secs: None } }
     }
 }
 

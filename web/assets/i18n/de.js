@@ -96,7 +96,7 @@ export const room = {
   released_floor: 'Ihr Wortbeitrag wurde beendet',
   released_presenter: 'Sie sind nicht mehr Fallgeber(in)',
   released_role: 'Sie hatten die Rolle {role} erhalten und haben jetzt wieder die Rolle Ihres Links',
-  released: 'Sie waren länger weg, als der Raum einen Platz freihält (2 Minuten, sofern der Server nicht anders eingestellt ist), '
+  released: 'Sie waren länger weg, als der Raum einen Platz freihält ({grace}), '
     + 'und sind daher als neues Mitglied wieder beigetreten{what}',
   reflection_me: 'Die Fallgeberin oder der Fallgeber sitzt außerhalb des Kreises: Das sind Sie. Hören Sie der Gruppe zu; '
     + 'Sie können die Tafel lesen, aber bis zur Rückmeldung weder schreiben noch das Wort ergreifen.',

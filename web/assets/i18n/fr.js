@@ -98,7 +98,7 @@ export const room = {
   released_floor: 'votre prise de parole a pris fin',
   released_presenter: 'vous n’êtes plus présentateur·rice du cas',
   released_role: 'vous aviez reçu le rôle {role} et avez de nouveau celui de votre lien',
-  released: 'Vous avez été absent·e plus longtemps que la salle ne garde une place (2 minutes, sauf réglage différent du serveur) ; '
+  released: 'Vous avez été absent·e plus longtemps que la salle ne garde une place ({grace}) ; '
     + 'vous êtes donc revenu·e comme nouveau membre{what}',
   reflection_me: 'Le présentateur·rice du cas est hors du cercle : c’est vous. Écoutez le groupe ; vous pouvez lire le tableau, '
     + 'mais ni écrire ni prendre la parole jusqu’au retour.',

@@ -78,5 +78,12 @@ export function formatters(lang) {
     },
     /** "in 5 seconds" / "in 5 Sekunden" / "dans 5 secondes". */
     inSeconds: (secs) => relative.format(secs, 'second'),
+    /** A length of time in words, in whole hours, minutes or else seconds: "2 minutes" /
+     * "2 Minuten" / "2 minutes", "90 seconds". */
+    span: (secs) => {
+      const [n, unit] = secs % 3600 === 0 && secs > 0 ? [secs / 3600, 'hour']
+        : secs % 60 === 0 && secs > 0 ? [secs / 60, 'minute'] : [secs, 'second'];
+      return new Intl.NumberFormat(lang, { style: 'unit', unit, unitDisplay: 'long' }).format(n);
+    },
   };
 }
