@@ -149,7 +149,16 @@ impl AppState {
             (None, None) => None,
         };
         let boards: Arc<dyn backend::BoardStore> = match board_kind {
-            BoardStoreKind::Files => Arc::new(FileStore::new(&config.data_dir)),
+            BoardStoreKind::Files => {
+                let store = FileStore::new(&config.data_dir);
+                // A crash mid-save leaves a temporary copy of a board: gone at the next start.
+                match store.remove_leftovers(LEFTOVER_AGE) {
+                    Ok(0) => {}
+                    Ok(removed) => tracing::info!(removed, "removed temporary files of saves a crash interrupted"),
+                    Err(e) => tracing::warn!(error = %e, "could not look for temporary files of interrupted saves"),
+                }
+                Arc::new(store)
+            }
             BoardStoreKind::Postgres => {
                 let url = config.postgres_url.as_ref().map(config::Confidential::expose).ok_or_else(|| {
                     anyhow::anyhow!("the postgres board store needs --postgres-url (or DATABASE_URL)")
@@ -263,6 +272,10 @@ pub fn app(state: AppState) -> Router {
         )
         .with_state(state)
 }
+
+/// How old a board store's temporary file must be for the start to take it for a crash's
+/// leftover rather than a save in progress.
+const LEFTOVER_AGE: Duration = Duration::from_secs(60);
 
 /// The Content-Security-Policy of every response: this origin only, WebAssembly allowed to
 /// compile, no inline script or style, never framed, no `<base>`.

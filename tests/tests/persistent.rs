@@ -441,3 +441,32 @@ async fn a_persistent_sealed_room_survives_restarts_on_the_postgres_store() {
     let url = fresh_postgres_schema().await.unwrap();
     a_sealed_log_survives_restarts(Store::Postgres(&redis, &url)).await;
 }
+
+/// A crash in the middle of a save leaves its temporary file, a copy of the board: the next
+/// start removes it, and leaves the boards and tombstones alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_removes_the_temporary_files_a_crash_left_mid_save() {
+    let data = tempfile::tempdir().unwrap();
+    let rooms = data.path().join("rooms");
+    std::fs::create_dir_all(&rooms).unwrap();
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for name in ["abcdefgh.board", "abcdefgh.board.x1Y2z3.tmp", "ijklmnop.deleted"] {
+        std::fs::write(rooms.join(name), b"BRB1").unwrap();
+        std::fs::File::options().write(true).open(rooms.join(name)).unwrap().set_modified(an_hour_ago).unwrap();
+    }
+    let node = start(data.path(), Store::Files);
+    let mut names: Vec<String> =
+        std::fs::read_dir(&rooms).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["abcdefgh.board", "ijklmnop.deleted"]);
+    // The node says how many it removed (its log is read on another thread: wait for it).
+    let said = |node: &NodeProcess| {
+        let logs = node.logs.lock().unwrap();
+        logs.iter().any(|line| line.contains("removed temporary files") && line.contains("removed=1"))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !said(&node) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(said(&node), "the node says what it removed");
+}

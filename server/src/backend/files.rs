@@ -9,6 +9,10 @@
 //!
 //! A deleted room leaves `<room>.deleted`, an empty file: its tombstone, the id only. A save
 //! of a room with a tombstone does nothing.
+//!
+//! A crash in the middle of a save leaves its temporary file behind, holding a copy of the
+//! board, perhaps of a room deleted since: the node removes such files when it starts
+//! ([`FileStore::remove_leftovers`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -29,6 +33,32 @@ impl FileStore {
     /// A store under `data_dir`.
     pub fn new(data_dir: &Path) -> Self {
         FileStore { dir: data_dir.join("rooms") }
+    }
+
+    /// Removes the temporary files (`*.tmp`) of saves that a crash interrupted: those last
+    /// written more than `older_than` ago, so that a save of another process still writing
+    /// into the directory is left alone. Returns how many went. A directory that does not
+    /// exist yet holds none.
+    pub fn remove_leftovers(&self, older_than: std::time::Duration) -> std::io::Result<usize> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut removed = 0;
+        for entry in entries {
+            let entry = entry?;
+            if !entry.file_name().to_string_lossy().ends_with(".tmp") {
+                continue;
+            }
+            let metadata = entry.metadata()?;
+            let age = metadata.modified()?.elapsed().unwrap_or_default();
+            if metadata.is_file() && age > older_than {
+                std::fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     fn path(&self, room: &str) -> PathBuf {
@@ -133,6 +163,30 @@ impl BoardStore for FileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_temporary_files_of_interrupted_saves_are_removed_and_nothing_else() {
+        let data = tempfile::tempdir().unwrap();
+        let store = FileStore::new(data.path());
+        assert_eq!(store.remove_leftovers(std::time::Duration::from_secs(60)).unwrap(), 0, "no directory yet");
+        std::fs::create_dir_all(&store.dir).unwrap();
+        let file = |name: &str, age_secs: u64| {
+            let path = store.dir.join(name);
+            std::fs::write(&path, b"BRB1 a board").unwrap();
+            let modified = std::time::SystemTime::now() - std::time::Duration::from_secs(age_secs);
+            std::fs::File::options().write(true).open(&path).unwrap().set_modified(modified).unwrap();
+        };
+        file("room1.board", 3600);
+        file("room2.deleted", 3600);
+        file("room1.board.a1B2c3.tmp", 3600);
+        file("room3.board.d4E5f6.tmp", 3600);
+        file("room2.board.g7H8i9.tmp", 1);
+        assert_eq!(store.remove_leftovers(std::time::Duration::from_secs(60)).unwrap(), 2);
+        let mut names: Vec<_> =
+            std::fs::read_dir(&store.dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        assert_eq!(names, ["room1.board", "room2.board.g7H8i9.tmp", "room2.deleted"], "a save in progress stays");
+    }
 
     #[tokio::test]
     async fn a_save_leaves_the_board_alone_in_the_directory_with_the_usual_mode() {
