@@ -351,9 +351,11 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// `GET /readyz`: the node can serve rooms: its room backend (Redis, when configured) and its
-/// board store answer, each within a short deadline so that a load balancer's check never
-/// hangs. The body says which part is not ready.
+/// `GET /readyz`: the node can serve meetings: its room backend (Redis, when configured)
+/// answers, within a short deadline so that a load balancer's check never hangs. The board
+/// store (persistent rooms only) is checked too and reported in the body, but does not make
+/// the node unready: it is shared by every node, so a load balancer would take them all out
+/// together and stop the ephemeral meetings, which never need it.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let backend =
         matches!(tokio::time::timeout(limits::READINESS_TIMEOUT, state.rooms.check_backend()).await, Ok(Ok(())));
@@ -361,14 +363,14 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         matches!(tokio::time::timeout(limits::READINESS_TIMEOUT, state.rooms.check_board_store()).await, Ok(Ok(())));
     let name = if state.config.uses_redis() { "redis" } else { "embedded" };
     let body = serde_json::json!({
-        "ready": backend && store,
+        "ready": backend,
         "backend": { "kind": name, "ok": backend },
         "store": { "kind": state.config.board_store_kind().name(), "ok": store },
     });
-    let status = if backend && store { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    if status != StatusCode::OK {
-        tracing::warn!(backend, store, "not ready");
+    if !backend || !store {
+        tracing::warn!(backend, store, "not ready, or persistent rooms cannot be loaded or saved");
     }
+    let status = if backend { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body))
 }
 

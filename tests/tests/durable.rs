@@ -102,6 +102,15 @@ async fn without_postgres_persistent_rooms_say_so_keep_their_boards_and_ephemera
 
     postgres.stop();
 
+    // The node stays ready for meetings (a load balancer keeps it), and says the store is away.
+    let readyz = || async {
+        let response = reqwest::get(format!("{}/readyz", node.base())).await.unwrap();
+        (response.status().as_u16(), response.json::<Value>().await.unwrap())
+    };
+    let (status, body) = readyz().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((body["ready"].as_bool(), body["store"]["ok"].as_bool()), (Some(true), Some(false)), "{body}");
+
     // The unloaded persistent room answers 503 board_unreadable, never "ended" or empty.
     assert_eq!(error_code(&node, &kept, &kept_invite).await, (503, "board_unreadable".to_owned()));
     assert_eq!(handshake_status(&node.ws_url(&kept, &kept_invite, "ada")).await, 503);
@@ -114,6 +123,7 @@ async fn without_postgres_persistent_rooms_say_so_keep_their_boards_and_ephemera
     create_room(&node, true).await;
 
     postgres.restart().unwrap();
+    balint_e2e::eventually(|| async { readyz().await.1["store"]["ok"].as_bool() == Some(true) }).await.unwrap();
 
     // Nothing was overwritten: the unloaded room opens with its board, and the room in use
     // saves what was written meanwhile.
