@@ -1301,15 +1301,14 @@ impl Meeting {
     pub fn forget(&mut self, conn: ConnId) -> Option<String> {
         self.changes += 1;
         let member = self.connections.remove(&conn)?.member?;
-        (!self.connections.values().any(|c| c.member.as_deref() == Some(&member))).then_some(member)
+        (!self.has_connection(&member)).then_some(member)
     }
 
     /// Plans the timers up to `now_ms`. `elsewhere` says whether a member is connected on
     /// another node.
     pub fn plan_tick(&self, now_ms: u64, elsewhere: impl Fn(&str) -> bool) -> Plan {
         let mut next = self.shared.clone();
-        let local = |id: &str| self.connections.values().any(|c| c.member.as_deref() == Some(id));
-        if next.tick(now_ms, |id| local(id) || elsewhere(id)) {
+        if next.tick(now_ms, |id| self.has_connection(id) || elsewhere(id)) {
             Plan { next: Some(next), ..Plan::default() }
         } else {
             Plan::default()
@@ -1568,17 +1567,21 @@ impl Meeting {
             .iter()
             .filter(|(_, member)| member.dropped_at_ms.is_none())
             .map(|(id, _)| id.as_str())
-            .filter(|id| !self.connections.values().any(|c| c.member.as_deref() == Some(*id)))
+            .filter(|id| !self.has_connection(id))
+    }
+
+    /// Whether `member` has a connection on this node.
+    fn has_connection(&self, member: &str) -> bool {
+        self.connections.values().any(|c| c.member.as_deref() == Some(member))
     }
 
     /// What the meeting's timers need now: see [`MeetingDue`]. It changes only when
     /// [`Meeting::changes`] does.
     pub fn due(&self) -> MeetingDue {
-        let local = |id: &str| self.connections.values().any(|c| c.member.as_deref() == Some(id));
         let mut due = MeetingDue { timer: self.shared.next_timer(), ..MeetingDue::default() };
         due.local_members = self.connections.values().any(|c| c.member.is_some());
         for (id, member) in &self.shared.members {
-            match (member.dropped_at_ms.is_none(), local(id)) {
+            match (member.dropped_at_ms.is_none(), self.has_connection(id)) {
                 (true, false) => due.present_elsewhere = true,
                 (false, true) => due.local_shown_away = true,
                 _ => {}
