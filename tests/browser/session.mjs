@@ -15,19 +15,15 @@
 // German session with a French member who picks her language in the header.
 
 import { mkdir, readFile } from 'node:fs/promises';
-import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import {
+  TIMEOUT, accessible as axeCheck, check, launchChromium, loopbackOnly, waitIn, watchPolicy as watchContextPolicy,
+} from './harness.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const base = process.argv[2];
 const shotDir = process.argv[3] || path.join(here, '..', '..', 'target', 'browser-screenshots');
-const chromiumPath = process.env.BALINT_CHROMIUM || '/usr/bin/chromium';
-const TIMEOUT = 10_000;
-// axe-core's browser bundle. It is evaluated through the DevTools protocol, which the page's
-// Content-Security-Policy does not govern, so the policy stays as strict as in production.
-const axeSource = await readFile(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
 // The three sizes the room must work at: a laptop, a window beside the video call, a phone.
 const SIZES = [
   { name: 'laptop', width: 1440, height: 900 },
@@ -47,19 +43,6 @@ const socketUrls = [];
 const framesSent = [];
 const consoleErrors = [];
 let step = 'launch';
-
-function check(condition, message) {
-  if (!condition) throw new Error(message);
-}
-
-/** Waits until `fn(arg)` is truthy in the page, failing with `what` after the deadline. */
-async function waitIn(page, what, fn, arg, timeout = TIMEOUT) {
-  try {
-    await page.waitForFunction(fn, arg, { timeout, polling: 50 });
-  } catch (error) {
-    throw new Error(`${what}: not true within ${timeout} ms (${error.message.split('\n')[0]})`);
-  }
-}
 
 // Ben's WebSockets go through a relay that can stall like a real network: it stops forwarding in
 // both directions without closing either side, for the sockets open at that moment and for those
@@ -94,15 +77,9 @@ async function shoot(name) {
   }
 }
 
-/** Runs axe-core on the page as it stands; any violation is a problem of the run. */
-async function accessible(page, screen) {
-  if (!(await page.evaluate(() => Boolean(window.axe)))) await page.evaluate(axeSource);
-  const violations = await page.evaluate(async () => {
-    const result = await window.axe.run(document, { resultTypes: ['violations'] });
-    return result.violations.map((v) => `${v.id} (${v.impact}): ${v.help} at ${v.nodes.map((n) => n.target.join(' ')).slice(0, 4).join(', ')}`);
-  });
-  for (const violation of violations) problems.push(`axe on ${screen}: ${violation}`);
-  check(violations.length === 0, `axe found violations on ${screen}:\n${violations.join('\n')}`);
+/** Runs axe-core on the page as it stands; any violation fails the run. */
+function accessible(page, screen) {
+  return axeCheck(page, screen, problems);
 }
 
 /** Opens the leader tools panel if it is closed. */
@@ -205,20 +182,9 @@ function leftovers(page) {
   });
 }
 
-/**
- * Reports every Content-Security-Policy violation of the context's pages as a problem, from the
- * first script on, across navigations.
- */
-async function watchPolicy(context, who) {
-  await context.exposeBinding('__reportPolicyViolation', (source, violation) => {
-    problems.push(`${who}: CSP violation on ${source.page?.url().split('#')[0]}: ${violation}`);
-  });
-  await context.addInitScript(() => {
-    document.addEventListener('securitypolicyviolation', (event) => {
-      const where = event.sourceFile ? ` at ${event.sourceFile}:${event.lineNumber}` : '';
-      window.__reportPolicyViolation(`${event.effectiveDirective} blocked ${event.blockedURI || 'inline'}${where}`);
-    });
-  });
+/** Reports every Content-Security-Policy violation of the context's pages as a problem. */
+function watchPolicy(context, who) {
+  return watchContextPolicy(context, who, problems);
 }
 
 /** Uncaught errors are problems; console errors are kept, and a CSP one is a problem too. */
@@ -236,13 +202,7 @@ function watchPage(page, who) {
   });
 }
 
-const browser = await chromium.launch({
-  executablePath: chromiumPath,
-  args: [
-    '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync',
-  ],
-});
+const browser = await launchChromium();
 
 try {
   // A laptop for the leader, a tablet in portrait for Ann, a small laptop for Ben.
@@ -254,12 +214,7 @@ try {
   for (const [who, viewport] of Object.entries(viewports)) {
     const context = await browser.newContext({ viewport });
     context.setDefaultTimeout(TIMEOUT);
-    await context.route('**/*', (route) => {
-      const host = new URL(route.request().url()).hostname;
-      if (['127.0.0.1', 'localhost', '[::1]'].includes(host)) return route.continue();
-      problems.push(`${who}: a request left loopback: ${route.request().url()}`);
-      return route.abort();
-    });
+    await loopbackOnly(context, who, problems);
     await watchPolicy(context, who);
     if (who === 'ben') await context.routeWebSocket(/\/ws\//, relayWebSocket);
     const page = await context.newPage();
@@ -892,12 +847,7 @@ try {
   async function newPage(who, options) {
     const context = await browser.newContext(options);
     context.setDefaultTimeout(TIMEOUT);
-    await context.route('**/*', (route) => {
-      const host = new URL(route.request().url()).hostname;
-      if (['127.0.0.1', 'localhost', '[::1]'].includes(host)) return route.continue();
-      problems.push(`${who}: a request left loopback: ${route.request().url()}`);
-      return route.abort();
-    });
+    await loopbackOnly(context, who, problems);
     await watchPolicy(context, who);
     const page = await context.newPage();
     watchPage(page, who);

@@ -5,7 +5,9 @@
 //! meeting for all. On the way the room is looked at on a laptop, beside a call and on a phone
 //! (the essentials in view without scrolling), two writers see each other's carets, the queue
 //! explains fair order, a phase change lowers the hands, two newcomers come in with one click,
-//! the leader downloads the attendance sheet, and axe-core checks every screen.
+//! the leader downloads the attendance sheet, and axe-core checks every screen. Then, on a server
+//! that keeps a place for 2 s, a member offline past it comes back by herself and is told what the
+//! room let go of (`tests/browser/released.mjs`).
 //!
 //! Needs `node`, `tests/browser/node_modules` (`npm ci`), Debian's `chromium` and the built wasm
 //! client in `web/assets/pkg`. `scripts/test.sh` provides all four. When one is missing this
@@ -53,18 +55,17 @@ fn require_browser_setup(root: &Path) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_in_three_browsers() {
+/// Runs `script` (in `tests/browser`) with `args` after the server's base URL, and fails the test
+/// with its output unless it reports success within `deadline`.
+async fn run_script(script: &str, server: &TestServer, args: &[&str], deadline: Duration) {
     let root = repo_root();
     require_browser_setup(&root);
-    let web = root.join("web");
-    let server = TestServer::start_with(|config| config.web_dir = web).await;
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
     let screenshots = target.join("browser-screenshots");
-
     let node = tokio::process::Command::new("node")
-        .arg("session.mjs")
+        .arg(script)
         .arg(server.base())
+        .args(args)
         .arg(&screenshots)
         .current_dir(root.join("tests/browser"))
         .env("BALINT_CHROMIUM", chromium())
@@ -74,19 +75,40 @@ async fn a_session_in_three_browsers() {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn node");
-    let output = tokio::time::timeout(SESSION_DEADLINE, node.wait_with_output())
+    let output = tokio::time::timeout(deadline, node.wait_with_output())
         .await
-        .unwrap_or_else(|_| panic!("the browser session did not finish within {SESSION_DEADLINE:?}"))
+        .unwrap_or_else(|_| panic!("{script} did not finish within {deadline:?}"))
         .expect("node output");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "the browser session failed ({}); screenshots in {}\nstdout: {stdout}\nstderr: {stderr}",
+        "{script} failed ({}); screenshots in {}\nstdout: {stdout}\nstderr: {stderr}",
         output.status,
         screenshots.display()
     );
     assert!(stdout.contains(r#""ok":true"#), "unexpected report: {stdout}\nstderr: {stderr}");
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_in_three_browsers() {
+    let web = repo_root().join("web");
+    let server = TestServer::start_with(|config| config.web_dir = web).await;
+    run_script("session.mjs", &server, &[], SESSION_DEADLINE).await;
+    server.stop().await;
+}
+
+/// A member offline longer than the room keeps a place comes back by herself, and her page says
+/// how long the place was kept and that her raised hand was lowered (`tests/browser/released.mjs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_back_after_the_grace_is_told_what_the_room_let_go_of() {
+    const GRACE_SECS: u64 = 2;
+    let web = repo_root().join("web");
+    let server = TestServer::start_with(|config| {
+        config.web_dir = web;
+        config.reconnect_grace_secs = GRACE_SECS;
+    })
+    .await;
+    run_script("released.mjs", &server, &[&GRACE_SECS.to_string()], Duration::from_secs(60)).await;
     server.stop().await;
 }
