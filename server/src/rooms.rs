@@ -651,9 +651,11 @@ impl Rooms {
         &self.shared.cluster.node
     }
 
-    /// Whether this node serves as many rooms as it may.
+    /// Whether this node holds as many rooms as it may: rooms open here, or, with the
+    /// embedded backend, room records in its memory (rooms set up ahead among them).
     pub fn is_full(&self) -> bool {
-        self.len() >= self.shared.cluster.options.max_rooms
+        let held = self.shared.cluster.store.held_in_memory().unwrap_or(0);
+        self.len().max(held) >= self.shared.cluster.options.max_rooms
     }
 
     /// Sets a room up with a fresh random id: its record (and a persistent room's empty

@@ -231,6 +231,29 @@ async fn room_creation_is_limited_per_address() {
 }
 
 #[tokio::test]
+async fn rooms_set_up_ahead_count_against_the_nodes_room_limit() {
+    // A single node keeps the records of rooms set up ahead in its memory until their links
+    // lapse: they count, or anyone could fill it with rooms nobody opens.
+    let server = TestServer::start_with(|c| c.max_rooms = 3).await;
+    let rooms: Vec<_> = futures_util::future::join_all((0..3).map(|_| server.create_room(json!({})))).await;
+    let response =
+        reqwest::Client::new().post(format!("{}/api/rooms", server.base())).json(&json!({})).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "too_many_rooms");
+    // The rooms set up are unharmed, and one that ends gives its place back.
+    let room = &rooms[0];
+    let ended = reqwest::Client::new()
+        .delete(format!("{}/api/rooms/{}", server.base(), room.id))
+        .bearer_auth(&room.leader_token)
+        .send()
+        .await
+        .unwrap();
+    assert!(ended.status().is_success(), "{}", ended.status());
+    server.create_room(json!({})).await;
+}
+
+#[tokio::test]
 async fn a_full_room_turns_newcomers_away() {
     let server = TestServer::start_with(|c| c.max_members = 3).await;
     let room = server.create_room(json!({})).await;

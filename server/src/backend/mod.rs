@@ -94,6 +94,13 @@ pub trait RoomStore: Send + Sync + 'static {
     /// Whether the backend answers.
     fn ping(&self) -> BoxFuture<'_, BackendResult<()>>;
 
+    /// How many room records this store holds in this process's memory, if it holds them
+    /// there (the embedded store; not Redis, whose memory is its own). A node counts them
+    /// against `--max-rooms`, so that rooms set up ahead cannot fill it.
+    fn held_in_memory(&self) -> Option<usize> {
+        None
+    }
+
     /// A number that changes each time the backend moves to another primary (a Redis
     /// Sentinel failover): what the old one had not handed to its replica may be lost, so the
     /// nodes write their rooms' state again. Always 0 for a backend with one server.

@@ -125,6 +125,29 @@ async fn presence_entries_expire_unless_refreshed() {
 }
 
 #[tokio::test]
+async fn a_record_expires_after_its_time_to_live_unless_written_again() {
+    let ttl = Duration::from_millis(1_000);
+    for (name, store, _) in backends().await {
+        let kept = unique_room();
+        let left = unique_room();
+        let started = tokio::time::Instant::now();
+        store.create(&kept, Bytes::from_static(b"v1"), ttl).await.unwrap();
+        store.create(&left, Bytes::from_static(b"v1"), ttl).await.unwrap();
+        // Each write sets the time to live again.
+        tokio::time::sleep_until(started + ttl / 2).await;
+        assert!(store.compare_and_set(&kept, 1, Bytes::from_static(b"v2"), Bytes::new(), ttl).await.unwrap(), "{name}");
+        tokio::time::sleep_until(started + ttl * 6 / 5).await;
+        assert!(store.load(&left).await.unwrap().is_none(), "{name}: a record nobody wrote to is gone");
+        assert_eq!(store.load(&kept).await.unwrap().map(|v| v.version), Some(2), "{name}: the written one stays");
+        tokio::time::sleep_until(started + ttl * 2).await;
+        assert!(store.load(&kept).await.unwrap().is_none(), "{name}: and goes a time to live after its write");
+        // An expired room is no room: its id may be set up again (it is not ended).
+        assert!(store.create(&left, Bytes::from_static(b"new"), ttl).await.unwrap(), "{name}");
+        assert!(!store.is_ended(&left).await.unwrap(), "{name}");
+    }
+}
+
+#[tokio::test]
 async fn restore_puts_back_a_lost_record_but_never_an_older_one() {
     for (name, store, _) in backends().await {
         let room = unique_room();
