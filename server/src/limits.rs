@@ -113,6 +113,9 @@ pub const WS_WRITE_BUFFER_BYTES: usize = 512;
 /// Revoked resume tokens (of members a leader removed) a room's record remembers, as
 /// digests; the oldest go first. A bound on the record's size, not a setting.
 pub const MAX_REVOKED_RESUMES: usize = 256;
+/// Removals by a leader a room's record remembers (so that every node closes the removed
+/// member's connections); the oldest go first. A bound on the record's size, not a setting.
+pub const MAX_REMOVALS: usize = 256;
 /// Lapsed memberships a room's record remembers, so that a member who returns after the grace
 /// period is told what was released; the oldest go first. A bound, not a setting.
 pub const MAX_LAPSED_MEMBERSHIPS: usize = 64;

@@ -177,6 +177,57 @@ pub enum Removal {
     Declined,
 }
 
+/// The members a leader removed, oldest first, at most [`limits::MAX_REMOVALS`]: every node
+/// closes their connections when it installs the record that removed them, and a removal old
+/// enough to fall off has long been seen by every node (their resume tokens stay refused by
+/// the revoked list). Bounded, so that a room whose leader turns away newcomer after newcomer
+/// does not grow its record with each.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Removals(Vec<(String, Removal)>);
+
+impl Removals {
+    /// Why `member` was removed, if they were.
+    pub fn get(&self, member: &str) -> Option<Removal> {
+        self.0.iter().find(|(id, _)| id == member).map(|(_, removal)| *removal)
+    }
+
+    /// Records that `member` was removed, as the newest removal.
+    pub fn insert(&mut self, member: String, removal: Removal) {
+        self.0.retain(|(id, _)| *id != member);
+        self.0.push((member, removal));
+        let excess = self.0.len().saturating_sub(limits::MAX_REMOVALS);
+        self.0.drain(..excess);
+    }
+
+    /// The removals, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Removal)> {
+        self.0.iter().map(|(id, removal)| (id.as_str(), *removal))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+impl FromIterator<(String, Removal)> for Removals {
+    /// Removals from oldest to newest; a member named twice counts at the later place.
+    fn from_iter<I: IntoIterator<Item = (String, Removal)>>(removals: I) -> Self {
+        let mut out = Removals::default();
+        for (member, removal) in removals {
+            out.insert(member, removal);
+        }
+        out
+    }
+}
+
 impl Removal {
     fn reason(self) -> &'static str {
         match self {
@@ -267,9 +318,8 @@ pub struct Shared {
     phase_reset: bool,
     board_locked: bool,
     next_seq: u64,
-    /// Members a leader removed, by id, so every node closes their connections and their
-    /// resume tokens stay dead.
-    removed: BTreeMap<String, Removal>,
+    /// Members a leader removed, so every node closes their connections.
+    removed: Removals,
     /// Set once the meeting has ended, with the reason.
     ended: Option<String>,
     /// The version at which the floor last changed, for `if_version` on floor commands.
@@ -420,7 +470,7 @@ impl Shared {
             phase_reset: settings.controls.phase_reset,
             board_locked: settings.controls.board_locked,
             next_seq: 0,
-            removed: BTreeMap::new(),
+            removed: Removals::default(),
             ended: None,
             floor_version: 0,
             link_generation: settings.link_generation,
@@ -1367,7 +1417,7 @@ impl Meeting {
         let removed: Vec<(ConnId, Removal)> = self
             .connections
             .iter()
-            .filter_map(|(&conn, c)| Some((conn, *self.shared.removed.get(c.member.as_ref()?)?)))
+            .filter_map(|(&conn, c)| Some((conn, self.shared.removed.get(c.member.as_ref()?)?)))
             .collect();
         for (conn, removal) in removed {
             self.connections.remove(&conn);

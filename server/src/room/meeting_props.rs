@@ -167,7 +167,7 @@ pub(crate) fn assert_invariants(meeting: &Meeting) {
         speaker(presenter, "the presenter");
     }
     assert!(s.members.len() <= s.max_members, "more members than the room holds");
-    assert!(s.removed.keys().all(|id| !s.members.contains_key(id)), "a removed member is still a member");
+    assert!(s.removed.iter().all(|(id, _)| !s.members.contains_key(id)), "a removed member is still a member");
     if s.ended.is_some() {
         assert!(s.members.is_empty() && s.queue.is_empty() && s.floor.is_none() && s.presenter.is_none());
         assert!(s.title.is_none(), "an ended meeting keeps its title");

@@ -1401,6 +1401,29 @@ fn the_revoked_list_keeps_only_digests_and_stays_bounded() {
     assert!(sim.meeting.shared().members.contains_key(&oldest.id));
 }
 
+#[test]
+fn the_removed_list_stays_bounded_and_keeps_the_newest() {
+    let mut sim = Sim::balint();
+    let lena = sim.join(Role::Leader, "Lena");
+    let mut removed = Vec::new();
+    for i in 0..limits::MAX_REMOVALS + 3 {
+        let ann = sim.join(Role::Member, &format!("Ann {i}"));
+        sim.ok(lena.conn, C::Kick { member: ann.id.clone() });
+        removed.push(ann.id);
+    }
+    let size = record::encode(sim.meeting.shared()).unwrap().len();
+    let shared = sim.meeting.shared();
+    assert_eq!(shared.removed.len(), limits::MAX_REMOVALS);
+    let kept: Vec<&str> = shared.removed.iter().map(|(id, _)| id).collect();
+    assert_eq!(kept, removed[3..].iter().map(String::as_str).collect::<Vec<_>>(), "the newest, oldest first");
+    // More removals no longer grow the record.
+    for i in 0..10 {
+        let ben = sim.join(Role::Member, &format!("Ben {i}"));
+        sim.ok(lena.conn, C::Kick { member: ben.id });
+    }
+    assert!(record::encode(sim.meeting.shared()).unwrap().len() <= size + 64, "the record stays the same size");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Link generations
 // ---------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ use balint_proto::room::{Phase, PhaseState, Released, Role, Template};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{Hand, Lapsed, Member, Removal, Shared, Turn};
+use super::{Hand, Lapsed, Member, Removal, Removals, Shared, Turn};
 use crate::room::{Controls, RoomSettings};
 
 /// The format this build writes.
@@ -202,7 +202,7 @@ struct RecordV1 {
     phase_reset: bool,
     board_locked: bool,
     next_seq: u64,
-    removed: BTreeMap<String, RemovalV1>,
+    removed: RemovalsV1,
     ended: Option<String>,
     floor_version: u64,
     #[serde(default)]
@@ -261,7 +261,38 @@ struct PhaseV1 {
     duration_secs: u32,
 }
 
-#[derive(Serialize, Deserialize)]
+/// The removals, a JSON object from member id to removal written oldest first, as the
+/// bound drops the oldest. Read in the object's order; an object written by an earlier build
+/// (a sorted map) reads in its key order, which only makes the bound drop other removals first.
+struct RemovalsV1(Vec<(String, RemovalV1)>);
+
+impl Serialize for RemovalsV1 {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(id, removal)| (id, removal)))
+    }
+}
+
+impl<'de> Deserialize<'de> for RemovalsV1 {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct InOrder;
+        impl<'de> serde::de::Visitor<'de> for InOrder {
+            type Value = RemovalsV1;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of removals")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RemovalsV1, A::Error> {
+                let mut removals = Vec::new();
+                while let Some(entry) = map.next_entry::<String, RemovalV1>()? {
+                    removals.push(entry);
+                }
+                Ok(RemovalsV1(removals))
+            }
+        }
+        deserializer.deserialize_map(InOrder)
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy)]
 #[serde(rename_all = "snake_case")]
 enum RemovalV1 {
     Kicked,
@@ -373,7 +404,7 @@ impl From<&Shared> for RecordV1 {
             phase_reset: *phase_reset,
             board_locked: *board_locked,
             next_seq: *next_seq,
-            removed: removed.iter().map(|(id, r)| (id.clone(), RemovalV1::from(*r))).collect(),
+            removed: RemovalsV1(removed.iter().map(|(id, r)| (id.to_owned(), RemovalV1::from(r))).collect()),
             ended: ended.clone(),
             floor_version: *floor_version,
             link_generation: *link_generation,
@@ -439,7 +470,7 @@ impl From<RecordV1> for Shared {
             phase_reset,
             board_locked,
             next_seq,
-            removed: removed.into_iter().map(|(id, r)| (id, r.into())).collect(),
+            removed: removed.0.into_iter().map(|(id, r)| (id, r.into())).collect::<Removals>(),
             ended,
             floor_version,
             link_generation,

@@ -73,7 +73,7 @@ fn records_written_before_formats_were_numbered_read_whole() {
     let floor = live.floor.as_ref().unwrap();
     assert_eq!((floor.limit_secs, floor.time_up_sent, floor.seq), (Some(90), true, 9));
     assert_eq!(live.phase.name, Phase::Questions);
-    assert_eq!(live.removed.values().collect::<Vec<_>>(), [&Removal::Kicked]);
+    assert_eq!(live.removed.iter().map(|(_, r)| r).collect::<Vec<_>>(), [Removal::Kicked]);
     assert_eq!(live.revoked, ["93Oak5rM0Z1QLpJ_E_EBbA"]);
     let released = &live.lapsed[0].released;
     assert!(released.hand && !released.floor && released.presenter);
@@ -82,13 +82,25 @@ fn records_written_before_formats_were_numbered_read_whole() {
     let lobby = decode(LOBBY.as_bytes()).unwrap();
     assert!(lobby.lobby() && lobby.board_locked);
     assert!(lobby.members.values().any(|m| m.name == "Wes" && !m.admitted));
-    assert_eq!(lobby.removed.values().collect::<Vec<_>>(), [&Removal::Declined]);
+    assert_eq!(lobby.removed.iter().map(|(_, r)| r).collect::<Vec<_>>(), [Removal::Declined]);
     assert!(lobby.presenter.is_some());
 
     let ended = decode(ENDED.as_bytes()).unwrap();
     assert!(ended.is_ended());
     assert!(ended.members.is_empty() && ended.title().is_none());
     assert_eq!(ended.ended.as_deref(), Some("ended_by_leader"));
+}
+
+#[test]
+fn removals_keep_their_order_through_the_record() {
+    // Newest last, whatever the ids' order: the bound drops the oldest.
+    let record =
+        LOBBY.replace(r#""removed":{"g6S2wzcPR2nA":"declined"}"#, r#""removed":{"zz":"kicked","aa":"declined"}"#);
+    let shared = decode(record.as_bytes()).unwrap();
+    assert_eq!(shared.removed.iter().collect::<Vec<_>>(), [("zz", Removal::Kicked), ("aa", Removal::Declined)]);
+    let written = String::from_utf8(encode(&shared).unwrap().to_vec()).unwrap();
+    assert!(written.contains(r#""removed":{"zz":"kicked","aa":"declined"}"#), "{written}");
+    assert_eq!(decode(written.as_bytes()).unwrap(), shared);
 }
 
 #[test]
