@@ -37,6 +37,20 @@ pub struct Config {
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<Confidential>,
 
+    /// For a `rediss://` `--redis-url` (TLS): a PEM file of the certificate authority that
+    /// signed Redis's certificate, trusted instead of the system's authorities.
+    #[arg(long, env = "REDIS_CA_FILE", requires = "redis_url")]
+    pub redis_ca_file: Option<PathBuf>,
+
+    /// For a `rediss://` `--redis-url`: a PEM certificate this node shows Redis, with its key
+    /// in `--redis-key-file`, for a Redis that asks its clients for one (`tls-auth-clients`).
+    #[arg(long, env = "REDIS_CERT_FILE", requires_all = ["redis_url", "redis_key_file"])]
+    pub redis_cert_file: Option<PathBuf>,
+
+    /// The key of `--redis-cert-file` (PEM). Never logged.
+    #[arg(long, env = "REDIS_KEY_FILE", requires = "redis_cert_file")]
+    pub redis_key_file: Option<PathBuf>,
+
     /// Redis Sentinels to find the Redis primary through, instead of `--redis-url`:
     /// comma-separated `host:port` addresses (for example `10.0.0.1:26379,10.0.0.2:26379`).
     /// Needs `--redis-sentinel-master`. Every connection to Redis, and every reconnection,
@@ -375,5 +389,21 @@ mod tests {
         assert!(!both.contains("hunter2"), "{both}");
         let name_alone = refused(&["balint-room", "--redis-sentinel-master", "balint"]);
         assert!(name_alone.contains("--redis-sentinels"), "{name_alone}");
+    }
+
+    #[test]
+    fn tls_files_go_with_a_redis_url_and_a_certificate_with_its_key() {
+        let refused = |args: &[&str]| Config::try_parse_from(args).expect_err("refused").to_string();
+        let without_url = refused(&["balint-room", "--redis-ca-file", "ca.pem"]);
+        assert!(without_url.contains("--redis-url"), "{without_url}");
+        let url = ["balint-room", "--redis-url", "rediss://10.0.0.1:6380"];
+        let without_key = refused(&[&url[..], &["--redis-cert-file", "node.pem"]].concat());
+        assert!(without_key.contains("--redis-key-file"), "{without_key}");
+        let ok = Config::try_parse_from(
+            [&url[..], &["--redis-ca-file", "ca.pem", "--redis-cert-file", "n.pem", "--redis-key-file", "k.pem"]]
+                .concat(),
+        )
+        .unwrap();
+        assert_eq!(ok.redis_key_file.as_deref(), Some(std::path::Path::new("k.pem")));
     }
 }

@@ -126,12 +126,16 @@ impl AppState {
             (Some(_), Some(_)) => anyhow::bail!("give either --redis-url or the Sentinel flags, not both"),
             (Some(url), None) => {
                 // The URL may carry a password: the error says what failed, never where.
-                let redis = RedisBackend::connect(url.expose(), &node)
+                let tls = redis_tls(&config)?;
+                let redis = RedisBackend::connect(url.expose(), &node, &tls)
                     .await
                     .map_err(|e| anyhow::anyhow!("cannot reach Redis: {e}"))?;
                 Some(Arc::new(redis))
             }
             (None, Some(master)) => {
+                if config.redis_ca_file.is_some() || config.redis_cert_file.is_some() {
+                    anyhow::bail!("TLS to Redis works with --redis-url (rediss://), not yet through Sentinel");
+                }
                 let settings = SentinelSettings {
                     sentinels: config.redis_sentinels.clone(),
                     master: master.clone(),
@@ -358,4 +362,19 @@ pub fn unix_now() -> u64 {
 /// Milliseconds since the Unix epoch, the clock of the room cores.
 pub fn unix_now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default()
+}
+
+/// The PEM files of `--redis-ca-file`, `--redis-cert-file` and `--redis-key-file`. A file that
+/// cannot be read stops the start, named by its flag and path (never its content).
+fn redis_tls(config: &Config) -> anyhow::Result<backend::redis::RedisTls> {
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {flag} {}: {e}", path.display()))
+    };
+    let ca = config.redis_ca_file.as_deref().map(|path| read("--redis-ca-file", path)).transpose()?;
+    let client = match (&config.redis_cert_file, &config.redis_key_file) {
+        (Some(cert), Some(key)) => Some((read("--redis-cert-file", cert)?, read("--redis-key-file", key)?)),
+        (None, None) => None,
+        _ => anyhow::bail!("--redis-cert-file and --redis-key-file go together"),
+    };
+    Ok(backend::redis::RedisTls { ca, client })
 }

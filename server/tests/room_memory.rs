@@ -148,7 +148,9 @@ fn with_redis_a_room_set_up_ahead_costs_at_most_16_kib_until_someone_joins() {
     let redis = Redis::start();
     measure(async {
         let data = tempfile::tempdir().unwrap();
-        let backend = RedisBackend::connect(&format!("redis://127.0.0.1:{}", redis.1), "memory").await.unwrap();
+        let backend = RedisBackend::connect(&format!("redis://127.0.0.1:{}", redis.1), "memory", &Default::default())
+            .await
+            .unwrap();
         let backend = Arc::new(backend);
         let rooms = Rooms::new(Cluster {
             store: backend.clone(),

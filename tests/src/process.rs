@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -66,6 +66,32 @@ impl RedisProcess {
     pub fn start_with(extra: &[&str]) -> anyhow::Result<Self> {
         let extra = extra.iter().map(|arg| (*arg).to_owned()).collect();
         let mut redis = RedisProcess { port: free_port(), child: None, extra, dir: tempfile::tempdir()? };
+        redis.restart()?;
+        Ok(redis)
+    }
+
+    /// Starts a Redis that speaks only TLS on its port, with the certificate and key in PEM
+    /// files `cert` and `key`, and that asks every client for a certificate signed by `ca`.
+    pub fn start_tls(cert: &Path, key: &Path, ca: &Path) -> anyhow::Result<Self> {
+        let port = free_port();
+        let (port_arg, cert, key, ca) =
+            (port.to_string(), cert.display().to_string(), key.display().to_string(), ca.display().to_string());
+        let extra = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port_arg,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "yes",
+        ];
+        let extra = extra.iter().map(|arg| (*arg).to_owned()).collect();
+        let mut redis = RedisProcess { port, child: None, extra, dir: tempfile::tempdir()? };
         redis.restart()?;
         Ok(redis)
     }

@@ -100,6 +100,30 @@ const SENTINEL_POLL: Duration = Duration::from_millis(500);
 /// The longest one question to the Sentinels may take.
 const SENTINEL_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// What a node needs for TLS to Redis (a `rediss://` URL) beyond the system's trusted roots,
+/// as PEM. `Debug` shows which parts are set, never their bytes.
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    /// The certificate authority that signed Redis's certificate, trusted instead of the
+    /// system's.
+    pub ca: Option<Vec<u8>>,
+    /// The certificate and key this node shows Redis, for a Redis that asks its clients for
+    /// one (`tls-auth-clients yes`).
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTls").field("ca", &self.ca.is_some()).field("client", &self.client.is_some()).finish()
+    }
+}
+
+impl RedisTls {
+    fn is_empty(&self) -> bool {
+        self.ca.is_none() && self.client.is_none()
+    }
+}
+
 /// Where the nodes find Redis through Sentinel. `Debug` never shows the passwords.
 #[derive(Clone, Default)]
 pub struct SentinelSettings {
@@ -202,11 +226,39 @@ impl Drop for RedisBackend {
 }
 
 impl RedisBackend {
-    /// Connects to `url`, for node `node`.
-    pub async fn connect(url: &str, node: &str) -> BackendResult<Self> {
+    /// Connects to `url`, for node `node`. A `rediss://` URL speaks TLS, checking Redis's
+    /// certificate against `tls.ca` or else the system's roots, and showing `tls.client` when
+    /// given; a check cannot be turned off (`#insecure` is refused).
+    pub async fn connect(url: &str, node: &str, tls: &RedisTls) -> BackendResult<Self> {
         let info = url.into_connection_info()?;
+        let over_tls = match info.addr() {
+            ConnectionAddr::TcpTls { insecure: true, .. } => {
+                return Err(BackendError::Config(
+                    "a rediss:// URL may not turn the certificate check off (#insecure)".to_owned(),
+                ))
+            }
+            ConnectionAddr::TcpTls { .. } => true,
+            _ => false,
+        };
+        if !over_tls && !tls.is_empty() {
+            return Err(BackendError::Config(
+                "--redis-ca-file and --redis-cert-file are for a rediss:// URL (TLS)".to_owned(),
+            ));
+        }
         let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(settings))?;
+        let info = info.set_redis_settings(settings);
+        let client = if tls.is_empty() {
+            redis::Client::open(info)?
+        } else {
+            let certificates = redis::TlsCertificates {
+                client_tls: tls
+                    .client
+                    .clone()
+                    .map(|(client_cert, client_key)| redis::ClientTlsConfig { client_cert, client_key }),
+                root_cert: tls.ca.clone(),
+            };
+            redis::Client::build_with_tls(info, certificates)?
+        };
         Self::open(client, node, RETRIES).await
     }
 

@@ -53,7 +53,7 @@ const TTL: Duration = Duration::from_secs(60);
 
 async fn backends() -> Vec<(&'static str, Arc<dyn RoomStore>, Arc<dyn Presence>)> {
     let embedded = Arc::new(Embedded::default());
-    let redis = RedisBackend::connect(&test_redis_url(), "suite").await.unwrap_or_else(|e| {
+    let redis = RedisBackend::connect(&test_redis_url(), "suite", &Default::default()).await.unwrap_or_else(|e| {
         panic!("Redis at {} is needed for this test (scripts/test.sh starts one): {e}", test_redis_url())
     });
     let redis = Arc::new(redis);
@@ -165,7 +165,9 @@ async fn restore_puts_back_a_lost_record_but_never_an_older_one() {
 }
 
 async fn board_stores(dir: &std::path::Path) -> Vec<(&'static str, Arc<dyn super::BoardStore>)> {
-    let redis = RedisBackend::connect(&test_redis_url(), "suite").await.expect("Redis for the board store suite");
+    let redis = RedisBackend::connect(&test_redis_url(), "suite", &Default::default())
+        .await
+        .expect("Redis for the board store suite");
     vec![
         ("files", Arc::new(super::files::FileStore::new(dir))),
         ("redis", Arc::new(redis)),
