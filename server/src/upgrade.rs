@@ -209,18 +209,52 @@ impl AsyncWrite for Io {
     }
 }
 
+/// Binary messages longer than this go out in frames of this size (RFC 6455 §5.4), fed to the
+/// transport one at a time as its buffer drains.
+pub const FRAGMENT_BYTES: usize = 16 * 1024;
+
 /// A WebSocket that sends and receives axum's message types, over tungstenite.
+///
+/// A long binary message (a newcomer's whole board) is sent in fragments of
+/// [`FRAGMENT_BYTES`]: tungstenite copies each frame whole into its write buffer, which then
+/// keeps that capacity for the socket's life and moves what is left to its front after each
+/// partial write. In fragments, a connection that once received a 16 MiB board keeps a buffer
+/// of tens of KiB, not 16 MiB, and nothing large is moved. Every client reassembles them.
 pub struct Socket {
     inner: WebSocketStream<Io>,
     /// Reading is polled again only once the socket woke the task (or after a frame, as more
     /// may be buffered): a connection's task is woken mostly by its feed, and a read that
     /// finds nothing still goes through the codec and the reactor (see `gate.rs`).
     read: Gate,
+    /// What is left of a long binary message, sent as continuation frames before anything
+    /// else: the socket is ready for the next message only once it is all handed over.
+    rest: Option<Bytes>,
 }
 
 impl Socket {
     fn new(inner: WebSocketStream<Io>) -> Self {
-        Socket { inner, read: Gate::new() }
+        Socket { inner, read: Gate::new(), rest: None }
+    }
+
+    /// Hands the transport the rest of a long message, a fragment each time it is ready.
+    fn poll_fragments(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
+        while let Some(rest) = self.rest.take() {
+            if let Poll::Pending = self.inner.poll_ready_unpin(cx).map_err(axum::Error::new)? {
+                self.rest = Some(rest);
+                return Poll::Pending;
+            }
+            let last = rest.len() <= FRAGMENT_BYTES;
+            let (frame, rest) =
+                if last { (rest, None) } else { (rest.slice(..FRAGMENT_BYTES), Some(rest.slice(FRAGMENT_BYTES..))) };
+            self.rest = rest;
+            let frame = ts::frame::Frame::message(
+                frame,
+                ts::frame::coding::OpCode::Data(ts::frame::coding::Data::Continue),
+                last,
+            );
+            self.inner.start_send_unpin(ts::Message::Frame(frame)).map_err(axum::Error::new)?;
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -228,7 +262,7 @@ impl Stream for Socket {
     type Item = Result<Message, axum::Error>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let Socket { inner, read } = self.get_mut();
+        let Socket { inner, read, .. } = self.get_mut();
         loop {
             match ready!(read.poll(cx, |cx| inner.poll_next_unpin(cx))) {
                 Some(Ok(message)) => {
@@ -247,18 +281,32 @@ impl Sink<Message> for Socket {
     type Error = axum::Error;
 
     fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        ready!(self.poll_fragments(cx))?;
         self.inner.poll_ready_unpin(cx).map_err(axum::Error::new)
     }
 
     fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
-        self.inner.start_send_unpin(to_transport(item)).map_err(axum::Error::new)
+        let item = match item {
+            Message::Binary(data) if data.len() > FRAGMENT_BYTES => {
+                // The first fragment now; the rest as the transport takes it (`poll_ready`).
+                self.rest = Some(data.slice(FRAGMENT_BYTES..));
+                let first = data.slice(..FRAGMENT_BYTES);
+                let opcode = ts::frame::coding::OpCode::Data(ts::frame::coding::Data::Binary);
+                ts::Message::Frame(ts::frame::Frame::message(first, opcode, false))
+            }
+            item => to_transport(item),
+        };
+        self.inner.start_send_unpin(item).map_err(axum::Error::new)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        ready!(self.poll_fragments(cx))?;
         self.inner.poll_flush_unpin(cx).map_err(axum::Error::new)
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // A close frame may not cut a message in two.
+        ready!(self.poll_fragments(cx))?;
         self.inner.poll_close_unpin(cx).map_err(axum::Error::new)
     }
 }
@@ -323,6 +371,86 @@ mod tests {
             let back = from_transport(to_transport(message.clone()));
             assert_eq!(back, Some(message));
         }
+    }
+
+    /// A server-side [`Socket`] on a loopback connection, and the client's raw end.
+    async fn socket_pair() -> (Socket, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let io = Io::Moved(Lingering::new(server));
+        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(WebSocketConfig::default())).await;
+        (Socket::new(ws), client)
+    }
+
+    #[tokio::test]
+    async fn a_long_binary_message_goes_out_in_fragments_and_nothing_cuts_in() {
+        let (mut socket, mut client) = socket_pair().await;
+        let board: Bytes = (0..FRAGMENT_BYTES * 5 / 2).map(|i| (i % 251) as u8).collect::<Vec<_>>().into();
+        let sending = async {
+            socket.send(Message::Binary(board.clone())).await.unwrap();
+            socket.send(Message::Text("after".into())).await.unwrap();
+        };
+        // Frames as they are on the wire (a server's are unmasked): opcode, fin, payload.
+        let reading = async {
+            let mut wire = Vec::new();
+            let mut frames = Vec::new();
+            let mut chunk = vec![0u8; 64 * 1024];
+            loop {
+                let mut cursor = std::io::Cursor::new(&wire[..]);
+                if let Ok(Some((header, len))) = ts::frame::FrameHeader::parse(&mut cursor) {
+                    let start = cursor.position() as usize;
+                    if wire.len() >= start + len as usize {
+                        frames.push((header.opcode, header.is_final, wire[start..start + len as usize].to_vec()));
+                        wire.drain(..start + len as usize);
+                        if frames
+                            .last()
+                            .is_some_and(|f| f.0 == ts::frame::coding::OpCode::Data(ts::frame::coding::Data::Text))
+                        {
+                            return frames;
+                        }
+                        continue;
+                    }
+                }
+                let n = client.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "the connection closed early");
+                wire.extend_from_slice(&chunk[..n]);
+            }
+        };
+        let ((), frames) = tokio::join!(sending, reading);
+        use ts::frame::coding::{Data, OpCode};
+        let kinds: Vec<(OpCode, bool, usize)> = frames.iter().map(|(op, fin, p)| (*op, *fin, p.len())).collect();
+        assert_eq!(
+            kinds,
+            [
+                (OpCode::Data(Data::Binary), false, FRAGMENT_BYTES),
+                (OpCode::Data(Data::Continue), false, FRAGMENT_BYTES),
+                (OpCode::Data(Data::Continue), true, FRAGMENT_BYTES / 2),
+                (OpCode::Data(Data::Text), true, 5),
+            ]
+        );
+        let whole: Vec<u8> = frames[..3].iter().flat_map(|(_, _, p)| p.clone()).collect();
+        assert_eq!(whole, board, "the fragments are the message, in order");
+    }
+
+    #[tokio::test]
+    async fn a_client_reads_a_fragmented_message_whole() {
+        let (mut socket, client) = socket_pair().await;
+        let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        let board: Bytes = (0..FRAGMENT_BYTES * 3 + 1).map(|i| (i % 13) as u8).collect::<Vec<_>>().into();
+        let short = Bytes::from_static(b"short");
+        let sending = async {
+            socket.send(Message::Binary(board.clone())).await.unwrap();
+            socket.send(Message::Binary(short.clone())).await.unwrap();
+        };
+        let reading = async {
+            let first = client.next().await.unwrap().unwrap();
+            let second = client.next().await.unwrap().unwrap();
+            (first, second)
+        };
+        let ((), (first, second)) = tokio::join!(sending, reading);
+        assert_eq!(first, ts::Message::Binary(board));
+        assert_eq!(second, ts::Message::Binary(short));
     }
 
     #[test]
