@@ -239,7 +239,7 @@ impl Socket {
     /// Hands the transport the rest of a long message, a fragment each time it is ready.
     fn poll_fragments(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
         while let Some(rest) = self.rest.take() {
-            if let Poll::Pending = self.inner.poll_ready_unpin(cx).map_err(axum::Error::new)? {
+            if self.inner.poll_ready_unpin(cx).map_err(axum::Error::new)?.is_pending() {
                 self.rest = Some(rest);
                 return Poll::Pending;
             }
