@@ -37,14 +37,15 @@ pub struct Config {
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<Confidential>,
 
-    /// For a `rediss://` `--redis-url` (TLS): a PEM file of the certificate authority that
-    /// signed Redis's certificate, trusted instead of the system's authorities.
-    #[arg(long, env = "REDIS_CA_FILE", requires = "redis_url")]
+    /// For TLS to Redis (a `rediss://` `--redis-url`, or `--redis-tls` with Sentinel): a PEM
+    /// file of the certificate authority that signed the servers' certificates, trusted
+    /// instead of the system's authorities.
+    #[arg(long, env = "REDIS_CA_FILE")]
     pub redis_ca_file: Option<PathBuf>,
 
-    /// For a `rediss://` `--redis-url`: a PEM certificate this node shows Redis, with its key
-    /// in `--redis-key-file`, for a Redis that asks its clients for one (`tls-auth-clients`).
-    #[arg(long, env = "REDIS_CERT_FILE", requires_all = ["redis_url", "redis_key_file"])]
+    /// For TLS to Redis: a PEM certificate this node shows the servers, with its key in
+    /// `--redis-key-file`, for servers that ask their clients for one (`tls-auth-clients`).
+    #[arg(long, env = "REDIS_CERT_FILE", requires = "redis_key_file")]
     pub redis_cert_file: Option<PathBuf>,
 
     /// The key of `--redis-cert-file` (PEM). Never logged.
@@ -67,6 +68,12 @@ pub struct Config {
     /// The name the Sentinels monitor the Redis primary under (`sentinel monitor NAME ...`).
     #[arg(long, env = "REDIS_SENTINEL_MASTER", requires = "redis_sentinels")]
     pub redis_sentinel_master: Option<String>,
+
+    /// With Sentinel: speak TLS to the Sentinels and to the servers they name (their
+    /// `tls-port`), checked against the system's authorities or `--redis-ca-file`. With
+    /// `--redis-url`, TLS is its `rediss://` scheme.
+    #[arg(long, env = "REDIS_TLS", requires = "redis_sentinels")]
+    pub redis_tls: bool,
 
     /// Password of the Redis primary and replicas found through Sentinel (`requirepass`).
     /// Never logged.
@@ -394,8 +401,8 @@ mod tests {
     #[test]
     fn tls_files_go_with_a_redis_url_and_a_certificate_with_its_key() {
         let refused = |args: &[&str]| Config::try_parse_from(args).expect_err("refused").to_string();
-        let without_url = refused(&["balint-room", "--redis-ca-file", "ca.pem"]);
-        assert!(without_url.contains("--redis-url"), "{without_url}");
+        let tls_without_sentinels = refused(&["balint-room", "--redis-tls"]);
+        assert!(tls_without_sentinels.contains("--redis-sentinels"), "{tls_without_sentinels}");
         let url = ["balint-room", "--redis-url", "rediss://10.0.0.1:6380"];
         let without_key = refused(&[&url[..], &["--redis-cert-file", "node.pem"]].concat());
         assert!(without_key.contains("--redis-key-file"), "{without_key}");

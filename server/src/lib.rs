@@ -133,14 +133,16 @@ impl AppState {
                 Some(Arc::new(redis))
             }
             (None, Some(master)) => {
-                if config.redis_ca_file.is_some() || config.redis_cert_file.is_some() {
-                    anyhow::bail!("TLS to Redis works with --redis-url (rediss://), not yet through Sentinel");
+                let tls = redis_tls(&config)?;
+                if !config.redis_tls && (tls.ca.is_some() || tls.client.is_some()) {
+                    anyhow::bail!("with Sentinel, --redis-ca-file and --redis-cert-file go with --redis-tls");
                 }
                 let settings = SentinelSettings {
                     sentinels: config.redis_sentinels.clone(),
                     master: master.clone(),
                     password: config.redis_password.as_ref().map(|p| p.expose().to_owned()),
                     sentinel_password: config.redis_sentinel_password.as_ref().map(|p| p.expose().to_owned()),
+                    tls: config.redis_tls.then_some(tls),
                 };
                 let redis = RedisBackend::connect_via_sentinel(&settings, &node)
                     .await
@@ -149,6 +151,11 @@ impl AppState {
             }
             (None, None) if !config.redis_sentinels.is_empty() => {
                 anyhow::bail!("--redis-sentinels needs --redis-sentinel-master")
+            }
+            (None, None) if config.redis_ca_file.is_some() || config.redis_cert_file.is_some() => {
+                anyhow::bail!(
+                    "--redis-ca-file and --redis-cert-file are for TLS to Redis: give --redis-url or --redis-sentinels"
+                )
             }
             (None, None) => None,
         };

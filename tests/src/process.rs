@@ -170,11 +170,28 @@ impl SentinelProcess {
     /// `master` (quorum 2), with short timeouts: the primary is taken for down after 1 s
     /// without an answer. `auth` is the primary's password, if it has one.
     pub fn start(master: &str, primary: u16, auth: Option<&str>) -> anyhow::Result<Self> {
+        Self::start_conf(master, primary, auth, 2, "")
+    }
+
+    /// Starts a Sentinel, alone in its quorum, that speaks only TLS on its port and to the
+    /// servers (with the certificate and key in PEM files `cert` and `key`, trusting `ca`).
+    pub fn start_tls(master: &str, primary: u16, cert: &Path, key: &Path, ca: &Path) -> anyhow::Result<Self> {
+        let tls = format!(
+            "tls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\ntls-replication yes\ntls-auth-clients yes\n",
+            cert.display(),
+            key.display(),
+            ca.display()
+        );
+        Self::start_conf(master, primary, None, 1, &tls)
+    }
+
+    fn start_conf(master: &str, primary: u16, auth: Option<&str>, quorum: u8, tls: &str) -> anyhow::Result<Self> {
         let port = free_port();
         let dir = tempfile::tempdir()?;
+        let ports = if tls.is_empty() { format!("port {port}\n") } else { format!("port 0\ntls-port {port}\n{tls}") };
         let mut conf = format!(
-            "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {}\n\
-             sentinel monitor {master} 127.0.0.1 {primary} 2\n\
+            "{ports}bind 127.0.0.1\ndaemonize no\ndir {}\n\
+             sentinel monitor {master} 127.0.0.1 {primary} {quorum}\n\
              sentinel down-after-milliseconds {master} 1000\n\
              sentinel failover-timeout {master} 5000\n\
              sentinel parallel-syncs {master} 1\n",

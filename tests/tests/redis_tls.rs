@@ -1,12 +1,13 @@
 //! TLS to Redis: two real `balint-room` nodes on a `redis-server` that speaks only TLS and asks
 //! every client for a certificate (`rediss://`, `--redis-ca-file`, `--redis-cert-file`,
-//! `--redis-key-file`). The board and the meeting cross between the nodes as over plain Redis;
+//! `--redis-key-file`), directly and through a `redis-sentinel` that speaks only TLS too
+//! (`--redis-tls`). The board and the meeting cross between the nodes as over plain Redis;
 //! a node that cannot check Redis's certificate, or that would turn the check off, does not
 //! start, and says why.
 
 use std::path::{Path, PathBuf};
 
-use balint_e2e::process::{redis_cli, NodeProcess, RedisProcess};
+use balint_e2e::process::{redis_cli, NodeProcess, RedisProcess, SentinelProcess};
 use balint_e2e::YClient;
 use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
 use serde_json::{json, Value};
@@ -102,7 +103,13 @@ async fn two_nodes_share_a_redis_that_speaks_only_tls() {
     let ready = reqwest::get(format!("{}/readyz", a.base())).await.unwrap();
     assert_eq!(ready.status(), 200, "{}", ready.text().await.unwrap());
 
-    let room = create_room(&a).await;
+    board_and_meeting_cross(&a, &b).await;
+}
+
+/// Ada on node A and Ben on node B write in the notes and see each other's words, and a hand
+/// raised on B is in the queue A shows.
+async fn board_and_meeting_cross(a: &NodeProcess, b: &NodeProcess) {
+    let room = create_room(a).await;
     let (id, invite) = (room["room"].as_str().unwrap(), room["invite_token"].as_str().unwrap());
     let mut ada = YClient::join(&a.ws_url(id, invite, "ada")).await.unwrap();
     let mut ben = YClient::join(&b.ws_url(id, invite, "ben")).await.unwrap();
@@ -110,9 +117,40 @@ async fn two_nodes_share_a_redis_that_speaks_only_tls() {
     ben.wait_until(|c| c.notes().contains("written on A. ")).await.unwrap();
     ben.type_text("and on B.").await.unwrap();
     ada.wait_until(|c| c.notes().contains("and on B.")).await.unwrap();
-    // The meeting too: a hand raised on B is in the queue A shows.
     ben.command(json!({"type": "raise_hand"})).await.unwrap();
     ada.wait_state(|s| s.queue.len() == 1).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_find_a_tls_primary_through_a_tls_sentinel() {
+    let pki = Pki::new();
+    let redis = pki.redis();
+    let (cert, key, ca) = (pki.path("redis.pem"), pki.path("redis-key.pem"), pki.path("ca.pem"));
+    let sentinel = SentinelProcess::start_tls("balint", redis.port, &cert, &key, &ca).unwrap();
+    let sentinels = format!("127.0.0.1:{}", sentinel.port);
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let start = |dir: &Path| {
+        NodeProcess::start(&[
+            "--redis-sentinels",
+            &sentinels,
+            "--redis-sentinel-master",
+            "balint",
+            "--redis-tls",
+            "--redis-ca-file",
+            &pki.arg("ca.pem"),
+            "--redis-cert-file",
+            &pki.arg("node.pem"),
+            "--redis-key-file",
+            &pki.arg("node-key.pem"),
+            "--secret",
+            SECRET,
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ])
+        .unwrap()
+    };
+    let (a, b) = (start(dir_a.path()), start(dir_b.path()));
+    board_and_meeting_cross(&a, &b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,7 +186,7 @@ async fn a_node_that_cannot_check_redis_or_would_not_does_not_start() {
         // An unreadable file is named by its flag.
         ("a missing file", with("missing.pem", true), &url, "cannot read --redis-ca-file"),
     ];
-    // Not yet through Sentinel: refused rather than ignored.
+    // With Sentinel, the files without --redis-tls: refused rather than ignored.
     let sentinel = [
         "--redis-sentinels",
         "127.0.0.1:1",
@@ -162,7 +200,7 @@ async fn a_node_that_cannot_check_redis_or_would_not_does_not_start() {
         data.path().to_str().unwrap(),
     ];
     let error = format!("{:#}", NodeProcess::start(&sentinel).err().expect("the node must not start"));
-    assert!(error.contains("not yet through Sentinel"), "{error}");
+    assert!(error.contains("go with --redis-tls"), "{error}");
     // Each refused start waits out the node's retries (a few seconds): side by side.
     std::thread::scope(|scope| {
         for (case, tls, url, says) in &cases {

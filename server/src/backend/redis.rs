@@ -122,6 +122,16 @@ impl RedisTls {
     fn is_empty(&self) -> bool {
         self.ca.is_none() && self.client.is_none()
     }
+
+    fn certificates(&self) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: self
+                .client
+                .clone()
+                .map(|(client_cert, client_key)| redis::ClientTlsConfig { client_cert, client_key }),
+            root_cert: self.ca.clone(),
+        }
+    }
 }
 
 /// Where the nodes find Redis through Sentinel. `Debug` never shows the passwords.
@@ -135,6 +145,8 @@ pub struct SentinelSettings {
     pub password: Option<String>,
     /// The Sentinels' own password, if any.
     pub sentinel_password: Option<String>,
+    /// TLS to the Sentinels and to the servers they name, checked as with a `rediss://` URL.
+    pub tls: Option<RedisTls>,
 }
 
 impl std::fmt::Debug for SentinelSettings {
@@ -159,7 +171,10 @@ impl SentinelSettings {
                 .ok_or_else(|| {
                     BackendError::Config(format!("a Sentinel address is host:port, not {:?}", sentinel.trim()))
                 })?;
-            addresses.push(ConnectionAddr::Tcp(host.to_owned(), port));
+            addresses.push(match self.tls {
+                Some(_) => ConnectionAddr::TcpTls { host: host.to_owned(), port, insecure: false, tls_params: None },
+                None => ConnectionAddr::Tcp(host.to_owned(), port),
+            });
         }
         if addresses.is_empty() {
             return Err(BackendError::Config("no Sentinel address given".to_owned()));
@@ -174,6 +189,16 @@ impl SentinelSettings {
         }
         if let Some(password) = &self.sentinel_password {
             builder = builder.set_client_to_sentinel_password(password);
+        }
+        if let Some(tls) = &self.tls {
+            builder = builder
+                .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure)
+                .set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+            if !tls.is_empty() {
+                builder = builder
+                    .set_client_to_sentinel_certificates(tls.certificates())
+                    .set_client_to_redis_certificates(tls.certificates());
+            }
         }
         Ok(builder.build()?)
     }
@@ -250,14 +275,7 @@ impl RedisBackend {
         let client = if tls.is_empty() {
             redis::Client::open(info)?
         } else {
-            let certificates = redis::TlsCertificates {
-                client_tls: tls
-                    .client
-                    .clone()
-                    .map(|(client_cert, client_key)| redis::ClientTlsConfig { client_cert, client_key }),
-                root_cert: tls.ca.clone(),
-            };
-            redis::Client::build_with_tls(info, certificates)?
+            redis::Client::build_with_tls(info, tls.certificates())?
         };
         Self::open(client, node, RETRIES).await
     }
@@ -825,6 +843,7 @@ mod tests {
             master: master.to_owned(),
             password: Some("hunter2".to_owned()),
             sentinel_password: Some("swordfish".to_owned()),
+            ..SentinelSettings::default()
         }
     }
 
