@@ -40,6 +40,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{AsyncCommands, ConnectionAddr, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Script, Value};
@@ -94,8 +95,14 @@ const SENTINEL_RETRIES: usize = 1;
 /// How many rooms subscribe on a new primary at once.
 const RESUBSCRIBE_AT_ONCE: usize = 64;
 
-/// How often the Sentinels are asked which server is the primary.
+/// How often the Sentinels are asked which server is the primary while something is
+/// unsettled: the last question found no primary (a failover under way), rooms are not yet
+/// subscribed on a new primary, or no Sentinel can be heard announcing a failover.
 const SENTINEL_POLL: Duration = Duration::from_millis(500);
+
+/// How often they are asked otherwise: a failover is announced (`+switch-master`) and the
+/// question asked at once; this is the safety net under the announcements.
+const SENTINEL_CHECK: Duration = Duration::from_secs(5);
 
 /// The longest one question to the Sentinels may take.
 const SENTINEL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -161,24 +168,7 @@ impl std::fmt::Debug for SentinelSettings {
 impl SentinelSettings {
     /// The Sentinel client of the crate, asking for the primary with RESP3 connections.
     fn client(&self) -> BackendResult<SentinelClient> {
-        let mut addresses = Vec::with_capacity(self.sentinels.len());
-        for sentinel in &self.sentinels {
-            let (host, port) = sentinel
-                .trim()
-                .rsplit_once(':')
-                .and_then(|(host, port)| Some((host.trim_matches(['[', ']']), port.parse::<u16>().ok()?)))
-                .filter(|(host, _)| !host.is_empty())
-                .ok_or_else(|| {
-                    BackendError::Config(format!("a Sentinel address is host:port, not {:?}", sentinel.trim()))
-                })?;
-            addresses.push(match self.tls {
-                Some(_) => ConnectionAddr::TcpTls { host: host.to_owned(), port, insecure: false, tls_params: None },
-                None => ConnectionAddr::Tcp(host.to_owned(), port),
-            });
-        }
-        if addresses.is_empty() {
-            return Err(BackendError::Config("no Sentinel address given".to_owned()));
-        }
+        let addresses = self.addresses()?;
         if self.master.trim().is_empty() {
             return Err(BackendError::Config("the Sentinel master name is empty".to_owned()));
         }
@@ -201,6 +191,51 @@ impl SentinelSettings {
             }
         }
         Ok(builder.build()?)
+    }
+
+    /// A subscription to the failover announcements (`+switch-master`) of the `index`-th
+    /// Sentinel (counted round the list), or `None` when it cannot be had now.
+    async fn watch(&self, index: usize) -> Option<std::pin::Pin<Box<redis::aio::PubSubStream>>> {
+        let addresses = self.addresses().ok()?;
+        let address = addresses.get(index % addresses.len())?.clone();
+        let mut info = address.into_connection_info().ok()?;
+        if let Some(password) = &self.sentinel_password {
+            let settings = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(settings);
+        }
+        let client = match &self.tls {
+            Some(tls) if !tls.is_empty() => redis::Client::build_with_tls(info, tls.certificates()).ok()?,
+            _ => redis::Client::open(info).ok()?,
+        };
+        let subscribe = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe("+switch-master").await?;
+            Ok::<_, redis::RedisError>(Box::pin(pubsub.into_on_message()))
+        };
+        tokio::time::timeout(SENTINEL_TIMEOUT, subscribe).await.ok()?.ok()
+    }
+
+    /// The Sentinels' addresses, TLS ones with `--redis-tls`.
+    fn addresses(&self) -> BackendResult<Vec<ConnectionAddr>> {
+        let mut addresses = Vec::with_capacity(self.sentinels.len());
+        for sentinel in &self.sentinels {
+            let (host, port) = sentinel
+                .trim()
+                .rsplit_once(':')
+                .and_then(|(host, port)| Some((host.trim_matches(['[', ']']), port.parse::<u16>().ok()?)))
+                .filter(|(host, _)| !host.is_empty())
+                .ok_or_else(|| {
+                    BackendError::Config(format!("a Sentinel address is host:port, not {:?}", sentinel.trim()))
+                })?;
+            addresses.push(match self.tls {
+                Some(_) => ConnectionAddr::TcpTls { host: host.to_owned(), port, insecure: false, tls_params: None },
+                None => ConnectionAddr::Tcp(host.to_owned(), port),
+            });
+        }
+        if addresses.is_empty() {
+            return Err(BackendError::Config("no Sentinel address given".to_owned()));
+        }
+        Ok(addresses)
     }
 }
 
@@ -289,7 +324,8 @@ impl RedisBackend {
             .map_err(|_| BackendError::Config("no Sentinel answered in time".to_owned()))??;
         let mut backend = Self::open(client, node, SENTINEL_RETRIES).await?;
         let shared = Arc::downgrade(&backend.shared);
-        backend.watcher = Some(tokio::spawn(follow_primary(sentinel, shared)).abort_handle());
+        let follow = follow_primary(sentinel, settings.clone(), shared);
+        backend.watcher = Some(tokio::spawn(follow).abort_handle());
         Ok(backend)
     }
 
@@ -435,15 +471,37 @@ impl Shared {
     }
 }
 
-/// Asks the Sentinels for the primary every [`SENTINEL_POLL`], and moves the backend's
-/// connections when they name another one, until the backend is dropped.
-async fn follow_primary(mut sentinel: SentinelClient, shared: Weak<Shared>) {
-    let mut interval = tokio::time::interval(SENTINEL_POLL);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Asks the Sentinels for the primary when one of them announces a failover
+/// (`+switch-master`, heard on a subscription kept to one Sentinel at a time), every
+/// [`SENTINEL_CHECK`] in any case, and every [`SENTINEL_POLL`] while something is unsettled;
+/// moves the backend's connections when they name another primary, until the backend is
+/// dropped. Each question opens connections anew (the crate's Sentinel client): asked twice a
+/// second always, that was most of an idle node's CPU with TLS.
+async fn follow_primary(mut sentinel: SentinelClient, settings: SentinelSettings, shared: Weak<Shared>) {
     // Rooms whose channel could not be subscribed on the new primary yet.
     let mut pending = Vec::new();
+    let mut watch = None;
+    let mut next_sentinel = 0;
+    // Whether the last question found no primary: a failover may be under way.
+    let mut unsettled = false;
     loop {
-        interval.tick().await;
+        if watch.is_none() {
+            watch = settings.watch(next_sentinel).await;
+            next_sentinel += 1;
+        }
+        let wait = if unsettled || !pending.is_empty() || watch.is_none() { SENTINEL_POLL } else { SENTINEL_CHECK };
+        match &mut watch {
+            Some(announcements) => tokio::select! {
+                announcement = announcements.next() => {
+                    if announcement.is_none() {
+                        // The Sentinel went away: another one is watched from the next turn.
+                        watch = None;
+                    }
+                }
+                () = tokio::time::sleep(wait) => {}
+            },
+            None => tokio::time::sleep(wait).await,
+        }
         if !pending.is_empty() {
             let Some(shared) = shared.upgrade() else { return };
             let epoch = shared.epoch.load(Ordering::SeqCst);
@@ -452,8 +510,10 @@ async fn follow_primary(mut sentinel: SentinelClient, shared: Weak<Shared>) {
         // While the Sentinels have not yet promoted a replica, the crate finds no primary
         // (the old one is down, or no longer answers as primary): the connections stay.
         let Ok(Ok(client)) = tokio::time::timeout(SENTINEL_TIMEOUT, sentinel.async_get_client()).await else {
+            unsettled = true;
             continue;
         };
+        unsettled = false;
         let Some(shared) = shared.upgrade() else { return };
         let current = lock(&shared.client).get_connection_info().addr().clone();
         if client.get_connection_info().addr() == &current {
