@@ -362,8 +362,9 @@ impl RedisBackend {
     /// and its publisher task run: the task that reads the connection (and hands bus messages
     /// to the room) then runs there, and so does the one that writes it, so a published edit
     /// and a received one wake no other thread. Connections opened before this is called stay
-    /// where they are, and so do those opened again on a new primary after a failover (they
-    /// run where they are first used); a second call changes nothing.
+    /// where they are; those opened again on a new primary after a failover run where they
+    /// are first used (on the room's thread: `Shared::resubscribe`, or the room's own
+    /// commands); a second call changes nothing.
     pub fn run_rooms_on(&self, threads: Arc<RoomThreads>) {
         let _ = self.shared.threads.set(threads);
     }
@@ -433,7 +434,11 @@ impl Shared {
             // Under the lock, so that a room subscribing meanwhile is either moved with its
             // subscription or subscribes on the new connection.
             let mut rooms = lock(&self.rooms);
+            let threads = self.threads.get();
             for (room, open) in rooms.iter_mut() {
+                // Made in the room thread's runtime, as the room's first connection was: redis-rs
+                // spawns a connection's tasks on the runtime current where it is made and used.
+                let _on_its_thread = threads.and_then(|threads| threads.for_room(room)).map(|thread| thread.enter());
                 open.connection = ConnectionManager::new_lazy_with_config(client.clone(), self.room_config(room))?;
                 if open.subscribed {
                     resubscribe.push((room.clone(), open.connection.clone()));
@@ -446,17 +451,30 @@ impl Shared {
 
     /// Subscribes each room's channel on its connection, a few at a time; returns those that
     /// failed, to be tried again, but only rooms still open on this connection's primary.
+    /// The connections are new and lazy: each is first used, and so opened, on its room's
+    /// thread, where redis-rs then runs its task (as `RedisBackend::room` does), not on the
+    /// runtime that follows the Sentinels.
     async fn resubscribe(
         &self,
         rooms: Vec<(String, ConnectionManager)>,
         epoch: u64,
     ) -> Vec<(String, ConnectionManager)> {
         use futures_util::stream::{self, StreamExt};
+        let threads = self.threads.get().cloned();
         let failed: Vec<_> = stream::iter(rooms)
-            .map(|(room, mut connection)| async move {
-                match connection.subscribe(room_channel(&room)).await {
-                    Ok(()) => None,
-                    Err(_) => Some((room, connection)),
+            .map(|(room, connection)| {
+                let thread = threads.as_ref().and_then(|threads| threads.for_room(&room)).cloned();
+                async move {
+                    let channel = room_channel(&room);
+                    let mut subscriber = connection.clone();
+                    let subscribed = match thread {
+                        Some(thread) => thread
+                            .spawn(async move { subscriber.subscribe(channel).await.is_ok() })
+                            .await
+                            .unwrap_or(false),
+                        None => subscriber.subscribe(channel).await.is_ok(),
+                    };
+                    (!subscribed).then_some((room, connection))
                 }
             })
             .buffer_unordered(RESUBSCRIBE_AT_ONCE)
@@ -920,5 +938,46 @@ mod tests {
         }
         let shown = format!("{:?}", settings(&["10.0.0.1:26379"], "balint"));
         assert!(shown.contains("10.0.0.1:26379") && !shown.contains("hunter2") && !shown.contains("swordfish"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn after_a_move_to_another_primary_the_rooms_connections_run_on_their_thread() {
+        const ROOMS: usize = 20;
+        let url = crate::backend::suite::test_redis_url();
+        let backend = RedisBackend::connect(&url, "moving", &RedisTls::default()).await.expect("the test Redis");
+        let threads = Arc::new(RoomThreads::start(1).unwrap());
+        backend.run_rooms_on(threads.clone());
+        let rooms: Vec<String> = (0..ROOMS).map(|i| format!("tmoving{i}{}", std::process::id())).collect();
+        for room in &rooms {
+            backend.subscribe(room).await.unwrap();
+        }
+        let thread = threads.for_room(&rooms[0]).unwrap().clone();
+        let main = tokio::runtime::Handle::current();
+        let (on_thread, on_main) = (thread.metrics().num_alive_tasks(), main.metrics().num_alive_tasks());
+        assert!(on_thread >= ROOMS, "each room's connection runs on its thread: {on_thread} tasks there");
+
+        // What the Sentinel watcher does when they name another primary (here the same server).
+        let client = lock(&backend.shared.client).clone();
+        let moved = backend.shared.switch_to(client).await.unwrap();
+        assert_eq!(moved.len(), ROOMS);
+        let epoch = backend.shared.epoch.load(Ordering::SeqCst);
+        assert!(backend.shared.resubscribe(moved, epoch).await.is_empty(), "every room subscribed again");
+        // The old connections' tasks end; the new ones run where the old ones did.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let (now_thread, now_main) = (thread.metrics().num_alive_tasks(), main.metrics().num_alive_tasks());
+            if now_thread >= ROOMS && now_main < on_main + ROOMS / 2 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "after the move: {now_thread} tasks on the room thread (were {on_thread}), {now_main} on the main \
+                 runtime (were {on_main})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for room in &rooms {
+            backend.unsubscribe(room).await.unwrap();
+        }
     }
 }
