@@ -134,7 +134,7 @@ impl AppState {
             }
             (None, Some(master)) => {
                 let tls = redis_tls(&config)?;
-                if !config.redis_tls && (tls.ca.is_some() || tls.client.is_some()) {
+                if !config.redis_tls && !tls.is_empty() {
                     anyhow::bail!("with Sentinel, --redis-ca-file and --redis-cert-file go with --redis-tls");
                 }
                 let settings = SentinelSettings {

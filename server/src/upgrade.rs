@@ -23,6 +23,7 @@ use hyper_util::rt::TokioIo;
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::runtime::Handle;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::{self as ts, Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::task::TaskTracker;
@@ -247,12 +248,7 @@ impl Socket {
             let (frame, rest) =
                 if last { (rest, None) } else { (rest.slice(..FRAGMENT_BYTES), Some(rest.slice(FRAGMENT_BYTES..))) };
             self.rest = rest;
-            let frame = ts::frame::Frame::message(
-                frame,
-                ts::frame::coding::OpCode::Data(ts::frame::coding::Data::Continue),
-                last,
-            );
-            self.inner.start_send_unpin(ts::Message::Frame(frame)).map_err(axum::Error::new)?;
+            self.inner.start_send_unpin(fragment(frame, Data::Continue, last)).map_err(axum::Error::new)?;
         }
         Poll::Ready(Ok(()))
     }
@@ -290,9 +286,7 @@ impl Sink<Message> for Socket {
             Message::Binary(data) if data.len() > FRAGMENT_BYTES => {
                 // The first fragment now; the rest as the transport takes it (`poll_ready`).
                 self.rest = Some(data.slice(FRAGMENT_BYTES..));
-                let first = data.slice(..FRAGMENT_BYTES);
-                let opcode = ts::frame::coding::OpCode::Data(ts::frame::coding::Data::Binary);
-                ts::Message::Frame(ts::frame::Frame::message(first, opcode, false))
+                fragment(data.slice(..FRAGMENT_BYTES), Data::Binary, false)
             }
             item => to_transport(item),
         };
@@ -309,6 +303,11 @@ impl Sink<Message> for Socket {
         ready!(self.poll_fragments(cx))?;
         self.inner.poll_close_unpin(cx).map_err(axum::Error::new)
     }
+}
+
+/// One frame of a fragmented message: the first is `Binary`, the others `Continue`.
+fn fragment(payload: Bytes, kind: Data, last: bool) -> ts::Message {
+    ts::Message::Frame(ts::frame::Frame::message(payload, OpCode::Data(kind), last))
 }
 
 /// Text the transport has checked, as axum's type (a check again, never a copy).

@@ -107,8 +107,9 @@ const SENTINEL_CHECK: Duration = Duration::from_secs(5);
 /// The longest one question to the Sentinels may take.
 const SENTINEL_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What a node needs for TLS to Redis (a `rediss://` URL) beyond the system's trusted roots,
-/// as PEM. `Debug` shows which parts are set, never their bytes.
+/// What a node needs for TLS to Redis (a `rediss://` URL, or `--redis-tls` with Sentinel)
+/// beyond the system's trusted roots, as PEM. `Debug` shows which parts are set, never their
+/// bytes.
 #[derive(Clone, Default)]
 pub struct RedisTls {
     /// The certificate authority that signed Redis's certificate, trusted instead of the
@@ -126,8 +127,19 @@ impl std::fmt::Debug for RedisTls {
 }
 
 impl RedisTls {
-    fn is_empty(&self) -> bool {
+    /// Whether neither an authority nor a client certificate is given.
+    pub fn is_empty(&self) -> bool {
         self.ca.is_none() && self.client.is_none()
+    }
+
+    /// A client for `info`, with these certificates when there are any (a TLS address
+    /// without them checks the server against the system's roots).
+    fn open(&self, info: redis::ConnectionInfo) -> redis::RedisResult<redis::Client> {
+        if self.is_empty() {
+            redis::Client::open(info)
+        } else {
+            redis::Client::build_with_tls(info, self.certificates())
+        }
     }
 
     fn certificates(&self) -> redis::TlsCertificates {
@@ -203,10 +215,7 @@ impl SentinelSettings {
             let settings = info.redis_settings().clone().set_password(password);
             info = info.set_redis_settings(settings);
         }
-        let client = match &self.tls {
-            Some(tls) if !tls.is_empty() => redis::Client::build_with_tls(info, tls.certificates()).ok()?,
-            _ => redis::Client::open(info).ok()?,
-        };
+        let client = self.tls.clone().unwrap_or_default().open(info).ok()?;
         let subscribe = async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe("+switch-master").await?;
@@ -307,11 +316,7 @@ impl RedisBackend {
         }
         let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
         let info = info.set_redis_settings(settings);
-        let client = if tls.is_empty() {
-            redis::Client::open(info)?
-        } else {
-            redis::Client::build_with_tls(info, tls.certificates())?
-        };
+        let client = tls.open(info)?;
         Self::open(client, node, RETRIES).await
     }
 
