@@ -131,13 +131,13 @@ impl WsUpgrade {
                     thread.spawn(tracker.track_future(async move {
                         // Registered with the room thread's own I/O driver.
                         let Ok(tcp) = tokio::net::TcpStream::from_std(socket) else { return };
-                        let io = Io::Moved(Lingering::new(tcp));
+                        let io = Wire::new(Io::Moved(Lingering::new(tcp)));
                         let ws = WebSocketStream::from_partially_read(io, prefix, Role::Server, Some(config)).await;
                         serve(Socket::new(ws)).await;
                     }));
                 }
                 _ => {
-                    let io = Io::Upgraded(TokioIo::new(upgraded));
+                    let io = Wire::new(Io::Upgraded(TokioIo::new(upgraded)));
                     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
                     tracker.spawn(serve(Socket::new(ws)));
                 }
@@ -210,37 +210,170 @@ impl AsyncWrite for Io {
     }
 }
 
-/// Binary messages longer than this go out in frames of this size (RFC 6455 §5.4), fed to the
-/// transport one at a time as its buffer drains.
+/// Binary messages longer than this go out in frames of this size (RFC 6455 §5.4), queued one
+/// at a time as the write buffer drains.
 pub const FRAGMENT_BYTES: usize = 16 * 1024;
 
-/// A WebSocket that sends and receives axum's message types, over tungstenite.
+/// A sender waits (`Socket::poll_ready`) while more than this is queued for the kernel.
+const WRITE_HIGH_WATER: usize = FRAGMENT_BYTES;
+
+/// A write buffer keeps its capacity between bursts up to this much; a larger one is let go
+/// of once it is empty, so that an idle connection holds little.
+const WRITE_KEPT_CAPACITY: usize = 4 * 1024;
+
+/// A connection's byte stream with its write buffer in front of it.
+///
+/// Every frame goes through this one ordered buffer whole, whoever encoded it: the data frames
+/// that [`Socket`] frames itself, and the control frames of the transport (pings, the pongs it
+/// answers while reading, the close). The transport's writes are taken whole (into the buffer
+/// when the kernel does not take them at once), so its own buffer never holds part of a frame
+/// that a frame queued here could cut in two.
+pub struct Wire<T = Io> {
+    io: T,
+    out: Vec<u8>,
+    /// How much of `out` the kernel has taken.
+    written: usize,
+}
+
+impl<T: AsyncWrite + Unpin> Wire<T> {
+    fn new(io: T) -> Self {
+        Wire { io, out: Vec::new(), written: 0 }
+    }
+
+    /// Bytes queued and not yet taken by the kernel.
+    fn queued(&self) -> usize {
+        self.out.len() - self.written
+    }
+
+    /// Queues one whole data frame (a server's frames are not masked).
+    fn push_frame(&mut self, kind: Data, is_final: bool, payload: &[u8]) {
+        let header = ts::frame::FrameHeader { is_final, opcode: OpCode::Data(kind), ..Default::default() };
+        self.out.reserve(header.len(payload.len() as u64) + payload.len());
+        // Formatting into a vector cannot fail.
+        let _ = header.format(payload.len() as u64, &mut self.out);
+        self.out.extend_from_slice(payload);
+    }
+
+    /// Writes what is queued, until the kernel takes no more.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.written < self.out.len() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[self.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
+        self.out.clear();
+        self.written = 0;
+        if self.out.capacity() > WRITE_KEPT_CAPACITY {
+            self.out = Vec::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Wire<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+/// The transport's side: its writes are taken whole or not at all.
+impl<T: AsyncWrite + Unpin> AsyncWrite for Wire<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let wire = self.get_mut();
+        if wire.queued() > 0 {
+            // Behind what is queued; past the high water the transport keeps its frame and
+            // tries again (a pong it answers while the client does not read, say).
+            if wire.poll_drain(cx)?.is_pending() && wire.queued() > WRITE_HIGH_WATER {
+                return Poll::Pending;
+            }
+            if wire.queued() > 0 {
+                wire.out.extend_from_slice(buf);
+                return Poll::Ready(Ok(buf.len()));
+            }
+        }
+        let n = match Pin::new(&mut wire.io).poll_write(cx, buf)? {
+            Poll::Ready(n) => n,
+            Poll::Pending => 0,
+        };
+        if n < buf.len() {
+            wire.out.extend_from_slice(&buf[n..]);
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let wire = self.get_mut();
+        ready!(wire.poll_drain(cx))?;
+        Pin::new(&mut wire.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let wire = self.get_mut();
+        ready!(wire.poll_drain(cx))?;
+        Pin::new(&mut wire.io).poll_shutdown(cx)
+    }
+}
+
+/// A WebSocket that sends and receives axum's message types.
+///
+/// Reading, and the control frames (pings, pongs, the close), are tungstenite's. Data frames
+/// are framed here, straight into the connection's write buffer ([`Wire`]), and written at the
+/// flush that ends a batch: a delivery is a header, a copy of a few dozen bytes and, once a
+/// batch, one write, without the transport's layers around each frame.
 ///
 /// A long binary message (a newcomer's whole board) is sent in fragments of
-/// [`FRAGMENT_BYTES`]: tungstenite copies each frame whole into its write buffer, which then
-/// keeps that capacity for the socket's life and moves what is left to its front after each
-/// partial write. In fragments, a connection that once received a 16 MiB board keeps a buffer
-/// of tens of KiB, not 16 MiB, and nothing large is moved. Every client reassembles them.
+/// [`FRAGMENT_BYTES`], each queued as the buffer drains: a connection that once received a
+/// 16 MiB board keeps a buffer of a few KiB, not 16 MiB, and nothing large is moved. Every
+/// client reassembles them.
 pub struct Socket {
-    inner: WebSocketStream<Io>,
+    inner: WebSocketStream<Wire>,
     /// Reading is polled again only once the socket woke the task (or after a frame, as more
     /// may be buffered): a connection's task is woken mostly by its feed, and a read that
     /// finds nothing still goes through the codec and the reactor (see `gate.rs`).
     read: Gate,
     /// What is left of a long binary message, sent as continuation frames before anything
-    /// else: the socket is ready for the next message only once it is all handed over.
+    /// else: the socket is ready for the next message only once it is all queued.
     rest: Option<Bytes>,
+    /// A control frame was handed to the transport, which holds it until its next flush: it
+    /// is flushed into the write buffer before any data frame is queued behind it.
+    transport_holds: bool,
+    /// A close frame was sent or received: no data frame may follow (RFC 6455 §5.5.1).
+    closed: bool,
 }
 
 impl Socket {
-    fn new(inner: WebSocketStream<Io>) -> Self {
-        Socket { inner, read: Gate::new(), rest: None }
+    fn new(inner: WebSocketStream<Wire>) -> Self {
+        Socket { inner, read: Gate::new(), rest: None, transport_holds: false, closed: false }
     }
 
-    /// Hands the transport the rest of a long message, a fragment each time it is ready.
+    fn wire(&mut self) -> &mut Wire {
+        self.inner.get_mut()
+    }
+
+    /// Waits until the write buffer is at most at its high water.
+    fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
+        let wire = self.wire();
+        if wire.queued() > WRITE_HIGH_WATER && wire.poll_drain(cx).map_err(axum::Error::new)?.is_pending() {
+            return Poll::Pending;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Flushes the control frames the transport holds into the write buffer, in their order.
+    fn poll_transport(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
+        if self.transport_holds {
+            ready!(self.inner.poll_flush_unpin(cx)).map_err(axum::Error::new)?;
+            self.transport_holds = false;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Queues the rest of a long message, a fragment each time the buffer has room.
     fn poll_fragments(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
         while let Some(rest) = self.rest.take() {
-            if self.inner.poll_ready_unpin(cx).map_err(axum::Error::new)?.is_pending() {
+            if self.poll_room(cx)?.is_pending() {
                 self.rest = Some(rest);
                 return Poll::Pending;
             }
@@ -248,7 +381,7 @@ impl Socket {
             let (frame, rest) =
                 if last { (rest, None) } else { (rest.slice(..FRAGMENT_BYTES), Some(rest.slice(FRAGMENT_BYTES..))) };
             self.rest = rest;
-            self.inner.start_send_unpin(fragment(frame, Data::Continue, last)).map_err(axum::Error::new)?;
+            self.wire().push_frame(Data::Continue, last, &frame);
         }
         Poll::Ready(Ok(()))
     }
@@ -258,11 +391,13 @@ impl Stream for Socket {
     type Item = Result<Message, axum::Error>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let Socket { inner, read, .. } = self.get_mut();
+        let Socket { inner, read, closed, .. } = self.get_mut();
         loop {
             match ready!(read.poll(cx, |cx| inner.poll_next_unpin(cx))) {
                 Some(Ok(message)) => {
                     if let Some(message) = from_transport(message) {
+                        // The transport answers a close with its own: nothing may follow it.
+                        *closed |= matches!(message, Message::Close(_));
                         return Poll::Ready(Some(Ok(message)));
                     }
                 }
@@ -277,37 +412,52 @@ impl Sink<Message> for Socket {
     type Error = axum::Error;
 
     fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        ready!(self.poll_transport(cx))?;
         ready!(self.poll_fragments(cx))?;
-        self.inner.poll_ready_unpin(cx).map_err(axum::Error::new)
+        self.poll_room(cx)
     }
 
     fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
-        let item = match item {
-            Message::Binary(data) if data.len() > FRAGMENT_BYTES => {
-                // The first fragment now; the rest as the transport takes it (`poll_ready`).
-                self.rest = Some(data.slice(FRAGMENT_BYTES..));
-                fragment(data.slice(..FRAGMENT_BYTES), Data::Binary, false)
+        match item {
+            Message::Binary(_) | Message::Text(_) if self.closed => {
+                Err(axum::Error::new(tokio_tungstenite::tungstenite::Error::Protocol(
+                    tokio_tungstenite::tungstenite::error::ProtocolError::SendAfterClosing,
+                )))
             }
-            item => to_transport(item),
-        };
-        self.inner.start_send_unpin(item).map_err(axum::Error::new)
+            Message::Binary(data) if data.len() > FRAGMENT_BYTES => {
+                // The first fragment now; the rest as the buffer drains (`poll_ready`).
+                self.wire().push_frame(Data::Binary, false, &data[..FRAGMENT_BYTES]);
+                self.rest = Some(data.slice(FRAGMENT_BYTES..));
+                Ok(())
+            }
+            Message::Binary(data) => {
+                self.wire().push_frame(Data::Binary, true, &data);
+                Ok(())
+            }
+            Message::Text(text) => {
+                self.wire().push_frame(Data::Text, true, text.as_bytes());
+                Ok(())
+            }
+            control => {
+                self.closed |= matches!(control, Message::Close(_));
+                self.transport_holds = true;
+                self.inner.start_send_unpin(to_transport(control)).map_err(axum::Error::new)
+            }
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        ready!(self.poll_transport(cx))?;
         ready!(self.poll_fragments(cx))?;
-        self.inner.poll_flush_unpin(cx).map_err(axum::Error::new)
+        Pin::new(self.wire()).poll_flush(cx).map_err(axum::Error::new)
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // A close frame may not cut a message in two.
         ready!(self.poll_fragments(cx))?;
+        self.closed = true;
         self.inner.poll_close_unpin(cx).map_err(axum::Error::new)
     }
-}
-
-/// One frame of a fragmented message: the first is `Binary`, the others `Continue`.
-fn fragment(payload: Bytes, kind: Data, last: bool) -> ts::Message {
-    ts::Message::Frame(ts::frame::Frame::message(payload, OpCode::Data(kind), last))
 }
 
 /// Text the transport has checked, as axum's type (a check again, never a copy).
@@ -377,7 +527,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let io = Io::Moved(Lingering::new(server));
+        let io = Wire::new(Io::Moved(Lingering::new(server)));
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(WebSocketConfig::default())).await;
         (Socket::new(ws), client)
     }
@@ -450,6 +600,145 @@ mod tests {
         let ((), (first, second)) = tokio::join!(sending, reading);
         assert_eq!(first, ts::Message::Binary(board));
         assert_eq!(second, ts::Message::Binary(short));
+    }
+
+    #[tokio::test]
+    async fn pongs_and_data_never_cut_into_each_other_while_the_client_does_not_read() {
+        let (mut socket, client) = socket_pair().await;
+        let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        // Enough to fill the kernel's buffers on both sides, so that frames wait in the
+        // server's write buffer, some of them half written, while pongs join them.
+        let messages: Vec<Bytes> =
+            (0..1000u32).map(|i| Bytes::from(vec![(i % 251) as u8; 8 * 1024 + i as usize])).collect();
+        let sending = async {
+            for message in &messages {
+                // The client's pings, read as they come: each is answered with a pong.
+                while let Some(Some(Ok(_))) = socket.next().now_or_never() {}
+                socket.send(Message::Binary(message.clone())).await.unwrap();
+            }
+            socket.send(Message::Close(None)).await.unwrap();
+        };
+        let reading = async {
+            for _ in 0..20 {
+                client.send(ts::Message::Ping(Bytes::from_static(b"are you there"))).await.unwrap();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let (mut data, mut pongs) = (Vec::new(), 0);
+            while let Some(message) = client.next().await {
+                match message.expect("every frame the client reads is well formed") {
+                    ts::Message::Binary(b) => data.push(b),
+                    ts::Message::Pong(p) => {
+                        assert_eq!(p, "are you there");
+                        pongs += 1;
+                    }
+                    ts::Message::Close(_) => break,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            (data, pongs)
+        };
+        let ((), (data, pongs)) = tokio::join!(sending, reading);
+        assert_eq!(data, messages, "every message, whole and in order");
+        assert!(pongs > 0, "the pings were answered");
+    }
+
+    #[tokio::test]
+    async fn no_data_frame_follows_a_close() {
+        let (mut socket, client) = socket_pair().await;
+        let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        socket.send(Message::Binary(Bytes::from_static(b"before"))).await.unwrap();
+        socket.send(Message::Close(Some(CloseFrame { code: 4400, reason: "bye".into() }))).await.unwrap();
+        assert!(socket.send(Message::Binary(Bytes::from_static(b"after"))).await.is_err());
+        assert!(socket.send(Message::Text("after".into())).await.is_err());
+        assert_eq!(client.next().await.unwrap().unwrap(), ts::Message::Binary(Bytes::from_static(b"before")));
+        assert!(matches!(client.next().await.unwrap().unwrap(), ts::Message::Close(Some(f)) if f.reason == "bye"));
+    }
+
+    /// A socket whose kernel takes at most `per_write` bytes a write, and every other write
+    /// nothing (it would block).
+    struct Trickle {
+        taken: Vec<u8>,
+        per_write: usize,
+        blocked: bool,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            self.blocked = !self.blocked;
+            if self.blocked {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let n = buf.len().min(self.per_write);
+            self.taken.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The frames in `wire`, as (opcode, fin, payload); panics on a malformed one.
+    fn frames_of(mut wire: &[u8]) -> Vec<(OpCode, bool, Vec<u8>)> {
+        let mut frames = Vec::new();
+        while !wire.is_empty() {
+            let mut cursor = std::io::Cursor::new(wire);
+            let (header, len) = ts::frame::FrameHeader::parse(&mut cursor).unwrap().expect("a whole header");
+            assert!(header.mask.is_none(), "a server's frames are not masked");
+            let start = cursor.position() as usize;
+            let end = start + len as usize;
+            assert!(end <= wire.len(), "a whole payload");
+            frames.push((header.opcode, header.is_final, wire[start..end].to_vec()));
+            wire = &wire[end..];
+        }
+        frames
+    }
+
+    #[tokio::test]
+    async fn a_transport_write_goes_behind_a_half_written_frame_never_into_it() {
+        let mut wire = Wire::new(Trickle { taken: Vec::new(), per_write: 7, blocked: false });
+        let first = vec![1u8; 100];
+        let second = vec![2u8; 300];
+        wire.push_frame(Data::Binary, true, &first);
+        wire.push_frame(Data::Binary, true, &second);
+        // Part of the first frame goes out, then the transport writes a pong (whole frames).
+        let pong = {
+            let header = ts::frame::FrameHeader {
+                opcode: OpCode::Control(ts::frame::coding::Control::Pong),
+                ..Default::default()
+            };
+            let mut pong = Vec::new();
+            header.format(1, &mut pong).unwrap();
+            pong.push(b'p');
+            pong
+        };
+        std::future::poll_fn(|cx| {
+            let _ = wire.poll_drain(cx);
+            let _ = wire.poll_drain(cx);
+            Poll::Ready(())
+        })
+        .await;
+        assert!(wire.io.taken.len() < first.len(), "the first frame is half written");
+        let accepted = std::future::poll_fn(|cx| Pin::new(&mut wire).poll_write(cx, &pong)).await.unwrap();
+        assert_eq!(accepted, pong.len(), "the transport's write is taken whole");
+        wire.push_frame(Data::Text, true, b"third");
+        std::future::poll_fn(|cx| Pin::new(&mut wire).poll_flush(cx)).await.unwrap();
+        assert_eq!(wire.queued(), 0);
+        let frames = frames_of(&wire.io.taken);
+        assert_eq!(
+            frames,
+            [
+                (OpCode::Data(Data::Binary), true, first),
+                (OpCode::Data(Data::Binary), true, second),
+                (OpCode::Control(ts::frame::coding::Control::Pong), true, b"p".to_vec()),
+                (OpCode::Data(Data::Text), true, b"third".to_vec()),
+            ]
+        );
     }
 
     #[test]
