@@ -102,12 +102,9 @@ pub const IDLE_UNLOAD: Duration = Duration::from_secs(60);
 /// and the late joiner's 16 MiB board written in 64 KiB updates), for 1 KiB less per idle
 /// connection (BENCHMARKS.md, step 12).
 pub const WS_READ_BUFFER_BYTES: usize = 1024;
-/// Frames fed to a WebSocket are written to it once they pass this many bytes, and at the
-/// flush that ends a batch: small frames still go out together. The transport's write buffer
-/// keeps the capacity of the most it ever held for the socket's life (with axum's default of
-/// 128 KiB, a whole batch: 6 KiB per idle member in rooms of 10). 512 bytes hold several
-/// updates and cost 0.5 KiB per idle connection less than 1 KiB (as little as 0, which
-/// would write every frame on its own).
+/// The transport's write buffer, which holds only control frames (pings, pongs, the close)
+/// until they go into the connection's own write buffer (`upgrade::Wire`, where data frames
+/// are queued): it keeps the capacity of the most it ever held for the socket's life, so small.
 pub const WS_WRITE_BUFFER_BYTES: usize = 512;
 
 /// Revoked resume tokens (of members a leader removed) a room's record remembers, as
