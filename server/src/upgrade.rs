@@ -23,6 +23,7 @@ use hyper_util::rt::TokioIo;
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::runtime::Handle;
+use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::{self as ts, Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
@@ -282,16 +283,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for Wire<T> {
 impl<T: AsyncWrite + Unpin> AsyncWrite for Wire<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let wire = self.get_mut();
-        if wire.queued() > 0 {
+        if wire.queued() > 0 && wire.poll_drain(cx)?.is_pending() {
             // Behind what is queued; past the high water the transport keeps its frame and
             // tries again (a pong it answers while the client does not read, say).
-            if wire.poll_drain(cx)?.is_pending() && wire.queued() > WRITE_HIGH_WATER {
+            if wire.queued() > WRITE_HIGH_WATER {
                 return Poll::Pending;
             }
-            if wire.queued() > 0 {
-                wire.out.extend_from_slice(buf);
-                return Poll::Ready(Ok(buf.len()));
-            }
+            wire.out.extend_from_slice(buf);
+            return Poll::Ready(Ok(buf.len()));
         }
         let n = match Pin::new(&mut wire.io).poll_write(cx, buf)? {
             Poll::Ready(n) => n,
@@ -420,9 +419,7 @@ impl Sink<Message> for Socket {
     fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
         match item {
             Message::Binary(_) | Message::Text(_) if self.closed => {
-                Err(axum::Error::new(tokio_tungstenite::tungstenite::Error::Protocol(
-                    tokio_tungstenite::tungstenite::error::ProtocolError::SendAfterClosing,
-                )))
+                Err(axum::Error::new(WsError::Protocol(ProtocolError::SendAfterClosing)))
             }
             Message::Binary(data) if data.len() > FRAGMENT_BYTES => {
                 // The first fragment now; the rest as the buffer drains (`poll_ready`).
