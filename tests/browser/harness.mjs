@@ -63,13 +63,29 @@ export async function watchPolicy(context, who, problems) {
   });
 }
 
-/** Runs axe-core on the page as it stands; any violation is a problem of the run. */
+/**
+ * Runs axe-core on the page as it stands, in its colour scheme and then in the other one (the
+ * page follows the system's light or dark setting); any violation is a problem of the run.
+ */
 export async function accessible(page, screen, problems) {
   if (!(await page.evaluate(() => Boolean(window.axe)))) await page.evaluate(axeSource);
-  const violations = await page.evaluate(async () => {
+  const run = () => page.evaluate(async () => {
     const result = await window.axe.run(document, { resultTypes: ['violations'] });
     return result.violations.map((v) => `${v.id} (${v.impact}): ${v.help} at ${v.nodes.map((n) => n.target.join(' ')).slice(0, 4).join(', ')}`);
   });
+  const media = () => page.evaluate(() => ({
+    colorScheme: matchMedia('(prefers-color-scheme: dark)').matches ? 'dark' : 'light',
+    reducedMotion: matchMedia('(prefers-reduced-motion: reduce)').matches ? 'reduce' : 'no-preference',
+  }));
+  const before = await media();
+  const violations = (await run()).map((v) => `${before.colorScheme}: ${v}`);
+  // The other scheme, with no transitions, so that axe reads the colours they end at.
+  const other = before.colorScheme === 'dark' ? 'light' : 'dark';
+  await page.emulateMedia({ colorScheme: other, reducedMotion: 'reduce' });
+  const switched = await media();
+  check(switched.colorScheme === other, `${screen}: the page did not switch to its ${other} scheme`);
+  violations.push(...(await run()).map((v) => `${other}: ${v}`));
+  await page.emulateMedia(before);
   for (const violation of violations) problems.push(`axe on ${screen}: ${violation}`);
   check(violations.length === 0, `axe found violations on ${screen}:\n${violations.join('\n')}`);
 }
