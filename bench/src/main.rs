@@ -686,24 +686,24 @@ fn summary(all: &[ScenarioResults], args: &Args) -> String {
             // A pair that lost deliveries is not met, whatever the floor.
             beyond_floor &= p.ratio() == 1.0;
             measured += 1;
-            // The lean floor's own two nodes against one, measured in the same run: what Redis
-            // costs a relay that does nothing else.
-            // Its second node (the pair's CPU per delivery less the one node's) is what the hop
-            // through Redis costs a relay that does nothing else; 1.4× leaves Balint Room's
-            // second node 0.4× its one node.
+            // The lean floor's own two nodes against one, measured in the same run. Its second
+            // node (the pair's CPU per delivery less the one node's) is what the hop through
+            // Redis costs a relay that does nothing else; 1.4× leaves Balint Room's second node
+            // 0.4× its one node.
             let floor = match (of(scenario, Kind::LeanRelay), of(scenario, Kind::LeanPair)) {
                 (Some(l), Some(lp)) if lp.ratio() == 1.0 && l.ratio() == 1.0 => {
-                    let hop = lp.cpu_per_delivery_us() - l.cpu_per_delivery_us();
-                    let budget = 0.4 * b.cpu_per_delivery_us();
-                    beyond_floor &= hop > budget;
+                    let (one, two) = (l.cpu_per_delivery_us(), lp.cpu_per_delivery_us());
+                    let (hop, budget) = (two - one, 0.4 * b.cpu_per_delivery_us());
+                    let above = hop > budget;
+                    beyond_floor &= above;
                     format!(
                         "; the lean floor's two nodes {} its one ({} vs {} µs): its second node alone adds {} µs \
                          per delivery, {} the {} µs that 1.4× leaves",
-                        ratio(lp.cpu_per_delivery_us(), Some(l.cpu_per_delivery_us())),
-                        fmt(lp.cpu_per_delivery_us(), 2),
-                        fmt(l.cpu_per_delivery_us(), 2),
+                        ratio(two, Some(one)),
+                        fmt(two, 2),
+                        fmt(one, 2),
                         fmt(hop, 2),
-                        if hop > budget { "above" } else { "within" },
+                        if above { "above" } else { "within" },
                         fmt(budget, 2)
                     )
                 }

@@ -5,9 +5,9 @@
 //! meeting for all. On the way the room is looked at on a laptop, beside a call and on a phone
 //! (the essentials in view without scrolling), two writers see each other's carets, the queue
 //! explains fair order, a phase change lowers the hands, two newcomers come in with one click,
-//! the leader downloads the attendance sheet, and axe-core checks every screen, light and dark. Then, on a server
-//! that keeps a place for 2 s, a member offline past it comes back by herself and is told what the
-//! room let go of (`tests/browser/released.mjs`).
+//! the leader downloads the attendance sheet, and axe-core checks every screen, light and dark.
+//! Then, on a server that keeps a place for 2 s, a member offline past it comes back by herself
+//! and is told what the room let go of (`tests/browser/released.mjs`).
 //!
 //! Needs `node`, `tests/browser/node_modules` (`npm ci`), Debian's `chromium` and the built wasm
 //! client in `web/assets/pkg`. `scripts/test.sh` provides all four. When one is missing this
