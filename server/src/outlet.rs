@@ -139,9 +139,18 @@ impl Outlet {
             return;
         }
         if state.idle && state.stream.is_some() && state.queue.is_empty() && state.buffer.queued() == 0 {
-            let direct: Vec<&Arc<Outbound>> = frames.iter().filter(|f| self.wants(f)).collect();
-            if direct.len() <= DIRECT_FRAMES && direct.iter().all(|f| writes_whole(&f.message)) {
-                let woken = write_now(&mut state, &direct, metrics);
+            let mut direct = [None; DIRECT_FRAMES];
+            let mut count = 0;
+            let fits = frames.iter().filter(|f| self.wants(f)).all(|frame| {
+                let fits = count < DIRECT_FRAMES && writes_whole(&frame.message);
+                if fits {
+                    direct[count] = Some(&**frame);
+                    count += 1;
+                }
+                fits
+            });
+            if fits {
+                let woken = write_now(&mut state, &direct[..count], metrics);
                 drop(state);
                 if woken {
                     self.task.wake();
@@ -226,27 +235,30 @@ fn writes_whole(message: &Message) -> bool {
 
 /// Writes `frames` to the socket in one vectored write; what the kernel does not take stays in
 /// the write buffer. Returns whether the task must be woken to write the rest.
-fn write_now(state: &mut State, frames: &[&Arc<Outbound>], metrics: &Metrics) -> bool {
+fn write_now(state: &mut State, frames: &[Option<&Outbound>], metrics: &Metrics) -> bool {
     let State { buffer, stream, last_sent, .. } = state;
     let Some(stream) = stream.as_deref() else { return false };
     let mut headers = [[0u8; 4]; DIRECT_FRAMES];
-    let mut lens = [0usize; DIRECT_FRAMES];
-    let mut total = 0;
-    for (i, frame) in frames.iter().enumerate() {
+    let mut lens = [0; DIRECT_FRAMES];
+    let mut payloads = 0;
+    for ((frame, head), len) in frames.iter().flatten().zip(&mut headers).zip(&mut lens) {
         let (opcode, payload) = data_of(&frame.message);
-        lens[i] = header(opcode, payload.len(), &mut headers[i]);
-        total += lens[i] + payload.len();
+        // At most a fragment long (`writes_whole`).
+        *len = header(opcode, payload.len() as u16, head);
+        payloads += payload.len();
     }
-    let slices: Vec<IoSlice<'_>> = frames
-        .iter()
-        .enumerate()
-        .flat_map(|(i, frame)| [IoSlice::new(&headers[i][..lens[i]]), IoSlice::new(data_of(&frame.message).1)])
-        .collect();
+    let mut slices = [IoSlice::new(&[]); 2 * DIRECT_FRAMES];
+    for (i, frame) in frames.iter().flatten().enumerate() {
+        slices[2 * i] = IoSlice::new(&headers[i][..lens[i]]);
+        slices[2 * i + 1] = IoSlice::new(data_of(&frame.message).1);
+    }
+    let slices = &slices[..2 * frames.len()];
+    let total: usize = slices.iter().map(|s| s.len()).sum();
     // An error other than a full buffer is the task's to find: it writes what is left.
-    let taken = stream.try_write_vectored(&slices).unwrap_or(0);
+    let taken = stream.try_write_vectored(slices).unwrap_or(0);
     let now = Instant::now();
     let mut skip = taken;
-    for slice in &slices {
+    for slice in slices {
         let len = slice.len();
         if skip >= len {
             skip -= len;
@@ -255,10 +267,10 @@ fn write_now(state: &mut State, frames: &[&Arc<Outbound>], metrics: &Metrics) ->
         buffer.out.extend_from_slice(&slice[skip..]);
         skip = 0;
     }
-    for frame in frames {
+    for frame in frames.iter().flatten() {
         metrics.fanned_out(now.saturating_duration_since(frame.published));
     }
-    metrics.sent_batch(frames.len() as u64, frames.iter().map(|f| data_of(&f.message).1.len() as u64).sum());
+    metrics.sent_batch(frames.len() as u64, payloads as u64);
     *last_sent = Some(now);
     taken < total
 }
@@ -272,24 +284,22 @@ fn data_of(message: &Message) -> (u8, &[u8]) {
     }
 }
 
-/// Writes the header of a final, unmasked frame of `len` bytes (at most 65,535) into `out`;
-/// returns its length (RFC 6455 §5.2).
-fn header(opcode: u8, len: usize, out: &mut [u8; 4]) -> usize {
+/// Writes the header of a final, unmasked frame of `len` bytes into `out`; returns its
+/// length (RFC 6455 §5.2).
+fn header(opcode: u8, len: u16, out: &mut [u8; 4]) -> usize {
     out[0] = 0x80 | opcode;
-    match u16::try_from(len) {
-        Ok(len) if len < 126 => {
-            out[1] = len as u8;
-            2
-        }
-        Ok(len) => {
-            out[1] = 126;
-            out[2..4].copy_from_slice(&len.to_be_bytes());
-            4
-        }
-        // Longer frames are never written here (`writes_whole`).
-        Err(_) => unreachable!("frames longer than a fragment go through the task"),
+    if len < 126 {
+        out[1] = len as u8;
+        2
+    } else {
+        out[1] = 126;
+        out[2..4].copy_from_slice(&len.to_be_bytes());
+        4
     }
 }
+
+// A frame the room writes itself has a 16-bit length (`writes_whole`).
+const _: () = assert!(FRAGMENT_BYTES <= u16::MAX as usize);
 
 /// A socket on its room's thread, which its room may also write to ([`Outlet::deliver`]).
 /// It lingers on its close when the last of them lets go.
@@ -355,5 +365,112 @@ impl Drop for SharedStream {
         if let Some(Ok(stream)) = self.stream.take().map(Arc::try_unwrap) {
             drop(Lingering::new(stream));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use axum::extract::ws::Utf8Bytes;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+
+    use super::*;
+    use crate::room::meeting::Audience;
+
+    fn frame(origin: Option<ConnId>, audience: &[ConnId], text: &'static str) -> Arc<Outbound> {
+        Arc::new(Outbound {
+            origin,
+            audience: Audience::of(audience.to_vec()),
+            message: Message::Text(Utf8Bytes::from_static(text)),
+            published: Instant::now(),
+        })
+    }
+
+    fn texts(outlet: &Outlet) -> Vec<String> {
+        let mut texts = Vec::new();
+        while let Waiting::Frame(frame) = outlet.next() {
+            texts.push(frame.message.to_text().unwrap().to_owned());
+        }
+        texts
+    }
+
+    /// The headers the room writes are the ones tungstenite writes for the same frames.
+    #[test]
+    fn a_frames_header_is_rfc_6455s() {
+        for (opcode, kind) in [(0x1, Data::Text), (0x2, Data::Binary)] {
+            for len in [0u16, 1, 125, 126, 127, 1000, FRAGMENT_BYTES as u16] {
+                let mut ours = [0u8; 4];
+                let n = header(opcode, len, &mut ours);
+                let mut theirs = Vec::new();
+                let head = FrameHeader { is_final: true, opcode: OpCode::Data(kind), ..Default::default() };
+                head.format(u64::from(len), &mut theirs).unwrap();
+                assert_eq!(&ours[..n], &theirs[..], "{kind:?}, {len} bytes");
+            }
+        }
+    }
+
+    /// A connection gets what is for it, not its own frames nor other connections'.
+    #[test]
+    fn a_connection_gets_only_what_is_for_it() {
+        let me = ConnId(7);
+        let outlet = Outlet::detached(me);
+        let metrics = Metrics::new();
+        let frames = [
+            frame(None, &[me, ConnId(8)], "for both"),
+            frame(Some(me), &[me, ConnId(8)], "its own echo"),
+            frame(None, &[ConnId(8)], "for another"),
+            frame(Some(ConnId(8)), &[me], "for it"),
+        ];
+        outlet.deliver(&frames, 64, &metrics);
+        assert_eq!(texts(&outlet), ["for both", "for it"]);
+    }
+
+    /// While the task is busy, or once the connection closes, the room writes nothing itself;
+    /// after a close it keeps nothing either.
+    #[tokio::test]
+    async fn the_room_writes_itself_only_to_an_idle_open_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let me = ConnId(1);
+        let outlet = Outlet::new(me, Some(Arc::new(server)));
+        let metrics = Metrics::new();
+        let idle = || Outlet::poll_waiting(&outlet, &mut Context::from_waker(Waker::noop())).is_pending();
+
+        // Not yet idle (the task has not waited): queued.
+        outlet.deliver(&[frame(None, &[me], "one")], 64, &metrics);
+        assert!(!idle(), "a frame waits for the task");
+        assert_eq!(texts(&outlet), ["one"]);
+        // Idle: written, nothing left for the task.
+        assert!(idle());
+        outlet.deliver(&[frame(None, &[me], "two")], 64, &metrics);
+        assert!(idle());
+        assert_eq!(texts(&outlet), Vec::<String>::new());
+        // Busy: queued again.
+        outlet.busy();
+        outlet.deliver(&[frame(None, &[me], "three")], 64, &metrics);
+        assert_eq!(texts(&outlet), ["three"]);
+        // Closed: neither written nor kept.
+        assert!(idle());
+        outlet.close();
+        outlet.deliver(&[frame(None, &[me], "four")], 64, &metrics);
+        assert!(idle());
+        assert_eq!(texts(&outlet), Vec::<String>::new());
+        assert!(outlet.last_sent().is_some(), "the room's write counts as sent");
+
+        // The client got the one frame the room wrote itself, whole.
+        use tokio::io::AsyncReadExt;
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 256];
+        while let Ok(Ok(n)) = tokio::time::timeout(std::time::Duration::from_millis(200), client.read(&mut chunk)).await
+        {
+            got.extend_from_slice(&chunk[..n]);
+            if n == 0 {
+                break;
+            }
+        }
+        assert_eq!(got, [&[0x81, 3][..], b"two"].concat());
     }
 }

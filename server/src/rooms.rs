@@ -686,7 +686,7 @@ impl Rooms {
     /// board) goes to the stores, and nothing stays in this node's memory. The room opens, on
     /// this node as on any other, when someone first asks for it ([`Rooms::lookup`]), so a
     /// room set up ahead costs its record in the store and nothing on any node: no machine,
-    /// no feed, no subscription to the bus, no connection to Redis.
+    /// no outlets, no subscription to the bus, no connection to Redis.
     pub async fn set_up(&self, settings: RoomSettings) -> Result<SetUp, BackendError> {
         let cluster = &self.shared.cluster;
         let id = Alphanumeric.sample_string(&mut rand::thread_rng(), 16).to_ascii_lowercase();

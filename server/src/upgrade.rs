@@ -355,7 +355,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Wire<T> {
 pub struct Socket {
     inner: WebSocketStream<Wire>,
     /// Reading is polled again only once the socket woke the task (or after a frame, as more
-    /// may be buffered): a connection's task is woken mostly by its feed, and a read that
+    /// may be buffered): a connection's task is woken by its outlet too, and a read that
     /// finds nothing still goes through the codec and the reactor (see `gate.rs`).
     read: Gate,
     /// What is left of a long binary message, sent as continuation frames before anything
