@@ -952,14 +952,20 @@ mod tests {
         })
     }
 
+    /// Connection 1's session with default limits, its metrics, and an outlet that only its
+    /// task writes from.
+    fn session_with_outlet() -> (Metrics, ConnectionLimits, Session, Arc<Outlet>) {
+        let metrics = Metrics::new();
+        let limits = ConnectionLimits::defaults();
+        let session = Session::new(ConnId(1), &limits, metrics.clone());
+        (metrics, limits, session, Outlet::detached(ConnId(1)))
+    }
+
     /// Frames that waited in the outlet ahead of a close frame from the room (a meeting that
     /// ended, a member removed) go out before it, in order, and count as sent.
     #[tokio::test]
     async fn frames_queued_before_the_rooms_close_go_out_first_and_count_as_sent() {
-        let metrics = Metrics::new();
-        let limits = ConnectionLimits::defaults();
-        let mut session = Session::new(ConnId(1), &limits, metrics.clone());
-        let outlet = Outlet::detached(ConnId(1));
+        let (metrics, limits, mut session, outlet) = session_with_outlet();
         let close = Message::Close(Some(closing(close::MEETING_ENDED, "this meeting has ended")));
         let frames: Vec<_> = ["one", "two", "six"]
             .into_iter()
@@ -980,10 +986,7 @@ mod tests {
     /// and nothing past the bound is kept for it.
     #[tokio::test]
     async fn a_connection_past_the_outlets_bound_is_closed_as_too_slow() {
-        let metrics = Metrics::new();
-        let limits = ConnectionLimits::defaults();
-        let mut session = Session::new(ConnId(1), &limits, metrics.clone());
-        let outlet = Outlet::detached(ConnId(1));
+        let (metrics, limits, mut session, outlet) = session_with_outlet();
         let frames: Vec<_> = (0..5).map(|_| outbound(Message::Text(Utf8Bytes::from_static("x")))).collect();
         outlet.deliver(&frames[..4], 4, &metrics);
         let mut socket = Recording::default();

@@ -29,6 +29,8 @@ use axum::extract::ws::Message;
 use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
 use crate::linger::Lingering;
 use crate::metrics::Metrics;
@@ -141,13 +143,13 @@ impl Outlet {
         if state.idle && state.stream.is_some() && state.queue.is_empty() && state.buffer.queued() == 0 {
             let mut direct = [None; DIRECT_FRAMES];
             let mut count = 0;
-            let fits = frames.iter().filter(|f| self.wants(f)).all(|frame| {
-                let fits = count < DIRECT_FRAMES && writes_whole(&frame.message);
-                if fits {
-                    direct[count] = Some(&**frame);
+            let fits = wanted.clone().all(|frame| match (direct.get_mut(count), Whole::of(frame)) {
+                (Some(slot), Some(whole)) => {
+                    *slot = Some(whole);
                     count += 1;
+                    true
                 }
-                fits
+                _ => false,
             });
             if fits {
                 let woken = write_now(&mut state, &direct[..count], metrics);
@@ -224,33 +226,48 @@ impl Outlet {
     }
 }
 
-/// Whether `message` goes out as one frame that the room may write itself.
-fn writes_whole(message: &Message) -> bool {
-    match message {
-        Message::Binary(data) => data.len() <= FRAGMENT_BYTES,
-        Message::Text(text) => text.len() <= FRAGMENT_BYTES,
-        _ => false,
+/// A frame the room may write itself: one whole data frame, at most a fragment long.
+#[derive(Clone, Copy)]
+struct Whole<'a> {
+    frame: &'a Outbound,
+    kind: Data,
+    payload: &'a [u8],
+}
+
+impl<'a> Whole<'a> {
+    fn of(frame: &'a Outbound) -> Option<Self> {
+        let (kind, payload) = match &frame.message {
+            Message::Binary(data) => (Data::Binary, &data[..]),
+            Message::Text(text) => (Data::Text, text.as_bytes()),
+            _ => return None,
+        };
+        (payload.len() <= FRAGMENT_BYTES).then_some(Whole { frame, kind, payload })
     }
 }
 
+/// The longest header of a frame the room writes itself: a 16-bit length.
+const HEADER_BYTES: usize = 4;
+const _: () = assert!(FRAGMENT_BYTES <= u16::MAX as usize);
+
 /// Writes `frames` to the socket in one vectored write; what the kernel does not take stays in
 /// the write buffer. Returns whether the task must be woken to write the rest.
-fn write_now(state: &mut State, frames: &[Option<&Outbound>], metrics: &Metrics) -> bool {
+fn write_now(state: &mut State, frames: &[Option<Whole<'_>>], metrics: &Metrics) -> bool {
     let State { buffer, stream, last_sent, .. } = state;
     let Some(stream) = stream.as_deref() else { return false };
-    let mut headers = [[0u8; 4]; DIRECT_FRAMES];
+    let mut headers = [[0u8; HEADER_BYTES]; DIRECT_FRAMES];
     let mut lens = [0; DIRECT_FRAMES];
-    let mut payloads = 0;
-    for ((frame, head), len) in frames.iter().flatten().zip(&mut headers).zip(&mut lens) {
-        let (opcode, payload) = data_of(&frame.message);
-        // At most a fragment long (`writes_whole`).
-        *len = header(opcode, payload.len() as u16, head);
-        payloads += payload.len();
+    for ((whole, head), len) in frames.iter().flatten().zip(&mut headers).zip(&mut lens) {
+        // A server's frames are not masked.
+        let header = FrameHeader { is_final: true, opcode: OpCode::Data(whole.kind), ..Default::default() };
+        let length = whole.payload.len() as u64;
+        // The header fits (a payload of at most a fragment): formatting cannot fail.
+        let _ = header.format(length, &mut &mut head[..]);
+        *len = header.len(length);
     }
     let mut slices = [IoSlice::new(&[]); 2 * DIRECT_FRAMES];
-    for (i, frame) in frames.iter().flatten().enumerate() {
+    for (i, whole) in frames.iter().flatten().enumerate() {
         slices[2 * i] = IoSlice::new(&headers[i][..lens[i]]);
-        slices[2 * i + 1] = IoSlice::new(data_of(&frame.message).1);
+        slices[2 * i + 1] = IoSlice::new(whole.payload);
     }
     let slices = &slices[..2 * frames.len()];
     let total: usize = slices.iter().map(|s| s.len()).sum();
@@ -267,39 +284,14 @@ fn write_now(state: &mut State, frames: &[Option<&Outbound>], metrics: &Metrics)
         buffer.out.extend_from_slice(&slice[skip..]);
         skip = 0;
     }
-    for frame in frames.iter().flatten() {
-        metrics.fanned_out(now.saturating_duration_since(frame.published));
+    for whole in frames.iter().flatten() {
+        metrics.fanned_out(now.saturating_duration_since(whole.frame.published));
     }
-    metrics.sent_batch(frames.len() as u64, payloads as u64);
+    let payloads = frames.iter().flatten().map(|whole| whole.payload.len() as u64).sum();
+    metrics.sent_batch(frames.len() as u64, payloads);
     *last_sent = Some(now);
     taken < total
 }
-
-/// A data frame's opcode and payload (a server's frames are not masked).
-fn data_of(message: &Message) -> (u8, &[u8]) {
-    match message {
-        Message::Text(text) => (0x1, text.as_bytes()),
-        Message::Binary(data) => (0x2, data),
-        _ => (0x2, &[]),
-    }
-}
-
-/// Writes the header of a final, unmasked frame of `len` bytes into `out`; returns its
-/// length (RFC 6455 §5.2).
-fn header(opcode: u8, len: u16, out: &mut [u8; 4]) -> usize {
-    out[0] = 0x80 | opcode;
-    if len < 126 {
-        out[1] = len as u8;
-        2
-    } else {
-        out[1] = 126;
-        out[2..4].copy_from_slice(&len.to_be_bytes());
-        4
-    }
-}
-
-// A frame the room writes itself has a 16-bit length (`writes_whole`).
-const _: () = assert!(FRAGMENT_BYTES <= u16::MAX as usize);
 
 /// A socket on its room's thread, which its room may also write to ([`Outlet::deliver`]).
 /// It lingers on its close when the last of them lets go.
@@ -373,8 +365,6 @@ mod tests {
     use std::task::Waker;
 
     use axum::extract::ws::Utf8Bytes;
-    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-    use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
     use super::*;
     use crate::room::meeting::Audience;
@@ -394,21 +384,6 @@ mod tests {
             texts.push(frame.message.to_text().unwrap().to_owned());
         }
         texts
-    }
-
-    /// The headers the room writes are the ones tungstenite writes for the same frames.
-    #[test]
-    fn a_frames_header_is_rfc_6455s() {
-        for (opcode, kind) in [(0x1, Data::Text), (0x2, Data::Binary)] {
-            for len in [0u16, 1, 125, 126, 127, 1000, FRAGMENT_BYTES as u16] {
-                let mut ours = [0u8; 4];
-                let n = header(opcode, len, &mut ours);
-                let mut theirs = Vec::new();
-                let head = FrameHeader { is_final: true, opcode: OpCode::Data(kind), ..Default::default() };
-                head.format(u64::from(len), &mut theirs).unwrap();
-                assert_eq!(&ours[..n], &theirs[..], "{kind:?}, {len} bytes");
-            }
-        }
     }
 
     /// A connection gets what is for it, not its own frames nor other connections'.
