@@ -129,15 +129,12 @@ pub struct Room {
     outbox: Option<Outbox>,
     /// The node's timer queue, where this room waits for its next due time.
     timers: Arc<Timers>,
-    /// When this room is due in the timer queue (Unix ms); `u64::MAX` when it waits there
-    /// for nothing.
+    /// Where the room stands with the timer queue, in one word so that the queue's claim and
+    /// a step's scheduling cannot interleave: [`NOT_DUE`] when it waits there for nothing, the
+    /// Unix ms it is due at while it waits, or [`CLAIMED`] from the moment the queue takes it
+    /// for a tick until that tick is done (which schedules it again): a room is never queued
+    /// twice, nor woken twice for one due time.
     due: AtomicU64,
-    /// Whether the room's tick is running: it schedules the room again when it is done.
-    ticking: AtomicBool,
-    /// Whether the node's timer queue took the room for a tick that has not started yet (it
-    /// runs on the room's thread, once that thread is free): until it starts, the room is
-    /// not queued again, as the tick schedules it when it is done.
-    waking: AtomicBool,
     /// Set when the room leaves this node's registry (retired or unloaded): it waits for
     /// nothing any more.
     gone: AtomicBool,
@@ -214,9 +211,7 @@ impl Room {
                 cluster,
                 outbox,
                 timers,
-                due: AtomicU64::new(u64::MAX),
-                ticking: AtomicBool::new(false),
-                waking: AtomicBool::new(false),
+                due: AtomicU64::new(NOT_DUE),
                 gone: AtomicBool::new(false),
             }
         })
@@ -282,16 +277,15 @@ impl Room {
     /// Puts the room in the timer queue for its machine's next due time, if that is earlier
     /// than the time it waits for there already. A later one needs nothing: the room is woken
     /// early, finds nothing to do, and is put back for the right time. While its tick runs,
-    /// the tick puts it back when done.
+    /// the tick puts it back when done. Called with the machine locked, so that no two steps
+    /// schedule from different states at once.
     fn schedule(&self, machine: &mut RoomMachine) {
-        if self.ticking.load(Ordering::Acquire)
-            || self.waking.load(Ordering::Acquire)
-            || self.gone.load(Ordering::Acquire)
-        {
+        if self.gone.load(Ordering::Acquire) || self.due.load(Ordering::Acquire) == CLAIMED {
             return;
         }
         let now = crate::unix_now_ms();
         let Some(at) = machine.next_due(now, self.timers.awareness_timeout_ms()) else { return };
+        // Never over a claim made since the check above: `CLAIMED` is below every due time.
         let earlier = self
             .due
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |scheduled| (at < scheduled).then_some(at))
@@ -413,17 +407,11 @@ impl Room {
         self.run(Job::leave(conn)).await;
     }
 
-    /// Runs the room's timers, and puts the room back in the timer queue for its next due
-    /// time. One tick at a time: a tick asked for while one runs does nothing, since the
-    /// running one schedules the room when it is done.
-    pub async fn tick(&self, awareness_timeout: Duration) {
-        // Cleared first: a tick that finds another running leaves the scheduling to it.
-        self.waking.store(false, Ordering::Release);
-        if self.ticking.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        // Whatever the room waited for in the queue, this tick takes care of it.
-        self.due.store(u64::MAX, Ordering::Release);
+    /// Runs the room's timers, then puts the room back in the timer queue for its next due
+    /// time. Only the timer queue's claim calls it ([`Rooms::wake`]): while the claim holds,
+    /// nothing else queues the room, so one tick runs at a time.
+    async fn tick(&self, awareness_timeout: Duration) {
+        debug_assert_eq!(self.due.load(Ordering::Acquire), CLAIMED, "a tick without the queue's claim");
         let _done = TickDone(self);
         self.run(Job::tick(awareness_timeout)).await;
     }
@@ -460,6 +448,13 @@ impl Room {
     }
 }
 
+/// [`Room::due`] when the room waits in the timer queue for nothing.
+const NOT_DUE: u64 = u64::MAX;
+
+/// [`Room::due`] while the timer queue's claim on the room holds: from the moment the queue
+/// takes it until its tick is done. Below every due time, so that no scheduling replaces it.
+const CLAIMED: u64 = 0;
+
 /// Ends a job, even one dropped half way: the room is scheduled for its next due time.
 struct Scheduled<'a>(&'a Room);
 
@@ -475,10 +470,11 @@ struct TickDone<'a>(&'a Room);
 
 impl Drop for TickDone<'_> {
     fn drop(&mut self) {
-        self.0.ticking.store(false, Ordering::Release);
         let mut machine = self.0.lock();
-        // An ended room is retired right after its tick: nothing more to wait for.
+        // An ended room is retired right after its tick: it keeps the claim, as there is
+        // nothing more to wait for.
         if !machine.is_ended() {
+            self.0.due.store(NOT_DUE, Ordering::Release);
             self.0.schedule(&mut machine);
         }
     }
@@ -567,7 +563,7 @@ impl Timers {
         while queue.peek().is_some_and(|Reverse(wake)| wake.at <= now) {
             let Some(Reverse(wake)) = queue.pop() else { break };
             let Some(room) = wake.room.upgrade() else { continue };
-            let claimed = room.due.compare_exchange(wake.at, u64::MAX, Ordering::AcqRel, Ordering::Acquire).is_ok();
+            let claimed = room.due.compare_exchange(wake.at, CLAIMED, Ordering::AcqRel, Ordering::Acquire).is_ok();
             if claimed {
                 due.push(room);
             } else {
@@ -847,7 +843,6 @@ impl Rooms {
                 }
             }
             for room in timers.take_due(self.now_ms()) {
-                room.waking.store(true, Ordering::Release);
                 let rooms = self.clone();
                 // On the room's thread, where its connections and its Redis connection run:
                 // the tick's reads and writes (a presence reading a second, with members on
@@ -1108,6 +1103,29 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(wakes(&rooms), woken, "a room with nothing due was woken");
         timers.abort();
+    }
+
+    #[tokio::test]
+    async fn a_room_claimed_for_a_tick_is_woken_once() {
+        let data = tempfile::tempdir().unwrap();
+        let rooms = rooms(data.path());
+        let room = rooms.create(ephemeral()).await.unwrap();
+        join(&rooms, &room).await;
+        // The meeting's start is due at once; the timer queue takes the room for its tick.
+        let claimed = rooms.shared.timers.take_due(rooms.now_ms());
+        assert_eq!(claimed.len(), 1, "the room is due to record its start");
+        // Before the tick starts (it waits for the room's thread), the room takes another
+        // step, which still finds the start due: the room is not queued for it again.
+        room.mark_resync();
+        room.handle_text(ConnId(u64::MAX), ClientMessage::Hello { resume: None }, rooms.now_ms()).await;
+        let far = rooms.now_ms() + 60_000;
+        assert!(rooms.shared.timers.take_due(far).is_empty(), "queued again while its tick was pending");
+        // The tick records the start and puts the room back for its next due time, hours away.
+        rooms.wake(claimed.into_iter().next().unwrap(), Duration::from_secs(30)).await;
+        assert_eq!(wakes(&rooms), 1);
+        assert!(rooms.shared.timers.take_due(far).is_empty(), "nothing is due within a minute");
+        let next = rooms.shared.timers.earliest().expect("the meeting's maximum length is due");
+        assert!(next > rooms.now_ms() + 3_600_000, "due {} ms from now", next - rooms.now_ms());
     }
 
     #[tokio::test]
