@@ -1,12 +1,13 @@
 //! One task per WebSocket connection.
 //!
-//! The task `select!`s over the room's feed, the node's keepalive clock and the socket; the
-//! clock also tells of a shutdown, so the loop waits on no shutdown token of its own. Frames
-//! from the feed are already encoded and shared ([`bytes::Bytes`]); when the writer is behind,
-//! queued frames are fed in a batch and flushed once. A connection that falls more than the
-//! feed's capacity behind, or whose socket blocks a write for too long, is closed with
-//! [`close::TOO_SLOW`]: it is never sent a board with a hole in it, and it resyncs when it
-//! reconnects.
+//! The task `select!`s over its outlet, the node's keepalive clock and the socket; the clock
+//! also tells of a shutdown, so the loop waits on no shutdown token of its own. While the task
+//! waits, its room writes the frames it sends straight to the socket (`outlet.rs`), and the
+//! task is not woken for them; frames that had to wait for it (it was busy, the kernel did not
+//! take everything) are already encoded and shared ([`bytes::Bytes`]), fed in a batch and
+//! flushed once. A connection that falls more than the outlet's bound behind, or whose socket
+//! blocks a write for too long, is closed with [`close::TOO_SLOW`]: it is never sent a board
+//! with a hole in it, and it resyncs when it reconnects.
 //!
 //! **Stalls.** A laptop that sleeps or Wi-Fi that stops forwarding leaves a TCP connection
 //! open and silent. The keepalive pings a connection that has sent nothing for a third of the
@@ -41,16 +42,15 @@ use futures_util::future::OptionFuture;
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use crate::feed::Feed;
 use crate::keepalive::Beat;
 use crate::limits;
 use crate::metrics::Metrics;
+use crate::outlet::{Outlet, Waiting};
 use crate::room::ConnId;
-use crate::rooms::{Outbound, Room};
+use crate::rooms::Room;
 
 /// Who is on the other end, as established before the upgrade.
 #[derive(Debug, Clone)]
@@ -181,7 +181,7 @@ const HEARTBEAT: &str = r#"{"type":"heartbeat"}"#;
 pub fn serve<S, E>(
     mut socket: S,
     room: Arc<Room>,
-    conn: ConnId,
+    outlet: Arc<Outlet>,
     participant: Participant,
     clock: impl Fn() -> u64,
     limits: ConnectionLimits,
@@ -195,6 +195,7 @@ where
     // An async block rather than an async fn: an async fn moves its arguments into locals,
     // and its future keeps room for both, the socket twice. Here the block owns them once.
     async move {
+        let conn = outlet.conn();
         let role = participant.role;
         if participant.sealed != room.is_sealed() {
             // A stock Yjs client cannot read a sealed room, nor a sealed client a plain one; a
@@ -210,7 +211,9 @@ where
                     .await;
             return;
         }
-        let Some(mut feed) = room.connect(conn, participant.role, participant.link_generation, participant.name) else {
+        let subscription =
+            room.connect(participant.role, participant.link_generation, participant.name, outlet.clone());
+        let Some(_subscription) = subscription else {
             let frame = closing(close::MEETING_ENDED, "this meeting has ended");
             let _ = write(&mut socket, Message::Close(Some(frame)), limits.write_timeout).await;
             return;
@@ -238,30 +241,30 @@ where
             // The timer exists only while reading is paused.
             let pause: OptionFuture<_> = paused_until.map(|until| Box::pin(tokio::time::sleep_until(until))).into();
             tokio::select! {
-                // The feed before the socket, so that a client sending fast cannot starve its own
-                // feed into a false "too slow". A shutdown comes as a beat (checked above, before
-                // every turn), so that the loop waits on no token of its own.
+                // The outlet before the socket, so that a client sending fast cannot starve its
+                // own frames into a false "too slow". A shutdown comes as a beat (checked above,
+                // before every turn), so that the loop waits on no token of its own. While the
+                // outlet is pending, the task is idle and the room writes to the socket itself;
+                // every other branch first makes the task busy, so that what the room sends
+                // meanwhile waits behind what the task writes.
                 biased;
-                outbound = feed.recv() => {
-                    let result = match outbound {
-                        Ok(first) => session.forward(&mut socket, &mut feed, first, &limits).await,
-                        Err(RecvError::Lagged(_)) => Some(session.too_slow("client too slow, resync")),
-                        Err(RecvError::Closed) => Some(closing(close::MEETING_ENDED, "this meeting has ended")),
-                    };
-                    if let Some(frame) = result {
+                () = std::future::poll_fn(|cx| outlet.poll_waiting(cx)) => {
+                    if let Some(frame) = session.forward(&mut socket, &outlet, &limits).await {
                         break Some(frame);
                     }
                 }
                 () = beat.tick() => {
+                    outlet.busy();
                     if beat.stopping() {
                         continue;
                     }
-                    match session.keepalive(&mut socket, beat.period(), &limits).await {
+                    match session.keepalive(&mut socket, &outlet, beat.period(), &limits).await {
                         Ok(rest) => beat.rest(rest),
                         Err(frame) => break Some(frame),
                     }
                 }
                 _ = pause, if paused_until.is_some() => {
+                    outlet.busy();
                     match Box::pin(session.resume(&mut socket, &room, &clock, &limits)).await {
                         Next::Continue => {}
                         Next::Close(frame) => break Some(frame),
@@ -269,6 +272,7 @@ where
                     }
                 }
                 incoming = socket.next(), if paused_until.is_none() => {
+                    outlet.busy();
                     match Box::pin(session.receive(&mut socket, &room, incoming, &clock, &limits)).await {
                         Next::Continue => {}
                         Next::Close(frame) => break Some(frame),
@@ -278,6 +282,8 @@ where
             }
         };
 
+        // The room writes nothing more: the close frame is the last one.
+        outlet.close();
         Box::pin(finish(socket, session, &room, conn, close, &clock, &limits)).await;
         metrics.connection(-1);
     }
@@ -447,6 +453,7 @@ impl Session {
     async fn keepalive<S, E>(
         &mut self,
         socket: &mut S,
+        outlet: &Outlet,
         beat: Duration,
         limits: &ConnectionLimits,
     ) -> Result<u64, CloseFrame>
@@ -471,6 +478,10 @@ impl Session {
             pinged = true;
         }
         let heartbeat = heartbeat_after(beat);
+        // The room's own writes count as sent, as the task's do.
+        if let Some(direct) = outlet.last_sent().map(Instant::from_std) {
+            self.last_sent = self.last_sent.max(direct);
+        }
         if self.said_hello && self.last_sent.elapsed() + margin >= heartbeat {
             let message = Message::Text(Utf8Bytes::from_static(HEARTBEAT));
             if let Err(e) = write(socket, message, limits.write_timeout).await {
@@ -708,69 +719,51 @@ impl Session {
         }
     }
 
-    /// Writes the frame that woke the task and whatever else is queued for this connection,
-    /// then flushes once.
-    async fn forward<S, E>(
-        &mut self,
-        socket: &mut S,
-        feed: &mut Feed<Outbound>,
-        first: Arc<Outbound>,
-        limits: &ConnectionLimits,
-    ) -> Option<CloseFrame>
+    /// Writes what waits in the outlet for this connection (a batch at most), then flushes
+    /// once: the room's bytes that the kernel did not take go out too.
+    async fn forward<S, E>(&mut self, socket: &mut S, outlet: &Outlet, limits: &ConnectionLimits) -> Option<CloseFrame>
     where
         S: Sink<Message, Error = E> + Unpin,
     {
-        let mut next = Some(first);
         let mut batched = 0;
         let mut bytes = 0;
         // One reading of the clock for the batch: its frames go out within microseconds.
         let now = Instant::now();
-        while let Some(outbound) = next.take() {
-            if self.wants(&outbound) {
-                if let Message::Close(frame) = &outbound.message {
-                    // The room closes this connection (kicked, declined, meeting ended).
-                    self.metrics.sent_batch(batched as u64, bytes as u64);
-                    let _ = flush_within(socket, limits.write_timeout).await;
-                    return Some(frame.clone().unwrap_or_else(|| closing(close::NORMAL, "closed")));
-                }
-                let len = payload_len(&outbound.message);
-                // A clone of the shared frame is a reference count.
-                if let Err(e) = feed_within(socket, outbound.message.clone(), limits.write_timeout).await {
-                    return Some(e.ending(self));
-                }
-                self.metrics.fanned_out(now.into_std().saturating_duration_since(outbound.published));
-                batched += 1;
-                bytes += len;
-            }
-            if batched >= limits::WRITE_BATCH_FRAMES {
-                break;
-            }
-            next = match feed.try_recv() {
-                Ok(outbound) => Some(outbound),
-                Err(TryRecvError::Empty) => None,
+        while batched < limits::WRITE_BATCH_FRAMES {
+            let outbound = match outlet.next() {
+                Waiting::Frame(outbound) => outbound,
+                Waiting::Empty => break,
                 // What was fed goes out before the close frame: it is counted as sent.
-                Err(TryRecvError::Lagged(_)) => {
+                Waiting::Lagged => {
                     self.metrics.sent_batch(batched as u64, bytes as u64);
                     return Some(self.too_slow("client too slow, resync"));
                 }
-                Err(TryRecvError::Closed) => {
-                    self.metrics.sent_batch(batched as u64, bytes as u64);
-                    return Some(closing(close::MEETING_ENDED, "this meeting has ended"));
-                }
             };
+            if let Message::Close(frame) = &outbound.message {
+                // The room closes this connection (kicked, declined, meeting ended).
+                self.metrics.sent_batch(batched as u64, bytes as u64);
+                let _ = flush_within(socket, limits.write_timeout).await;
+                return Some(frame.clone().unwrap_or_else(|| closing(close::NORMAL, "closed")));
+            }
+            let len = payload_len(&outbound.message);
+            // A clone of the shared frame is a reference count.
+            if let Err(e) = feed_within(socket, outbound.message.clone(), limits.write_timeout).await {
+                return Some(e.ending(self));
+            }
+            self.metrics.fanned_out(now.into_std().saturating_duration_since(outbound.published));
+            batched += 1;
+            bytes += len;
         }
         if batched > 0 {
             self.metrics.sent_batch(batched as u64, bytes as u64);
-            if let Err(e) = flush_within(socket, limits.write_timeout).await {
-                return Some(e.ending(self));
-            }
+        }
+        if let Err(e) = flush_within(socket, limits.write_timeout).await {
+            return Some(e.ending(self));
+        }
+        if batched > 0 {
             self.last_sent = now;
         }
         None
-    }
-
-    fn wants(&self, outbound: &Outbound) -> bool {
-        outbound.origin != Some(self.conn) && outbound.audience.contains(self.conn)
     }
 
     async fn send_error<S, E>(
@@ -949,46 +942,61 @@ mod tests {
         line[name.len() + 1..].parse().unwrap()
     }
 
-    /// Frames written in a batch that ends on the end of the feed (a meeting that ended, a
-    /// connection that fell too far behind) leave before the close frame: they count as sent.
+    /// A frame for connection 1 alone.
+    fn outbound(message: Message) -> Arc<crate::rooms::Outbound> {
+        Arc::new(crate::rooms::Outbound {
+            origin: None,
+            audience: crate::room::meeting::Audience::of(vec![ConnId(1)]),
+            message,
+            published: std::time::Instant::now(),
+        })
+    }
+
+    /// Connection 1's session with default limits, its metrics, and an outlet that only its
+    /// task writes from.
+    fn session_with_outlet() -> (Metrics, ConnectionLimits, Session, Arc<Outlet>) {
+        let metrics = Metrics::new();
+        let limits = ConnectionLimits::defaults();
+        let session = Session::new(ConnId(1), &limits, metrics.clone());
+        (metrics, limits, session, Outlet::detached(ConnId(1)))
+    }
+
+    /// Frames that waited in the outlet ahead of a close frame from the room (a meeting that
+    /// ended, a member removed) go out before it, in order, and count as sent.
     #[tokio::test]
-    async fn frames_written_before_the_feed_ends_are_counted_as_sent() {
-        for ends_by_lag in [false, true] {
-            let metrics = Metrics::new();
-            let limits = ConnectionLimits::defaults();
-            let mut session = Session::new(ConnId(1), &limits, metrics.clone());
-            let mut sender = crate::feed::FeedSender::new(4);
-            let mut feed = sender.subscribe();
-            let frame = |text: &'static str| {
-                Arc::new(Outbound {
-                    origin: None,
-                    audience: crate::room::meeting::Audience::of(vec![ConnId(1)]),
-                    message: Message::Text(Utf8Bytes::from_static(text)),
-                    published: std::time::Instant::now(),
-                })
-            };
-            for text in ["one", "two", "six"] {
-                sender.send(frame(text));
-            }
-            let first = feed.recv().await.unwrap();
-            let expected_close = if ends_by_lag {
-                // The ring (4 frames) wraps past the connection's place: it is behind.
-                for _ in 0..4 {
-                    sender.send(frame("late"));
-                }
-                close::TOO_SLOW
-            } else {
-                drop(sender);
-                close::MEETING_ENDED
-            };
-            let mut socket = Recording::default();
-            let ending = session.forward(&mut socket, &mut feed, first, &limits).await;
-            assert_eq!(ending.map(|c| c.code), Some(expected_close), "ended by lag: {ends_by_lag}");
-            assert!(!socket.sent.is_empty());
-            let written = socket.sent.len() as u64;
-            assert_eq!(counter(&metrics, "balint_messages_out_total"), written, "ended by lag: {ends_by_lag}");
-            assert_eq!(counter(&metrics, "balint_bytes_out_total"), 3 * written, "ended by lag: {ends_by_lag}");
-        }
+    async fn frames_queued_before_the_rooms_close_go_out_first_and_count_as_sent() {
+        let (metrics, limits, mut session, outlet) = session_with_outlet();
+        let close = Message::Close(Some(closing(close::MEETING_ENDED, "this meeting has ended")));
+        let frames: Vec<_> = ["one", "two", "six"]
+            .into_iter()
+            .map(|text| outbound(Message::Text(Utf8Bytes::from_static(text))))
+            .chain([outbound(close), outbound(Message::Text(Utf8Bytes::from_static("late")))])
+            .collect();
+        outlet.deliver(&frames, 64, &metrics);
+        let mut socket = Recording::default();
+        let ending = session.forward(&mut socket, &outlet, &limits).await;
+        assert_eq!(ending.map(|c| c.code), Some(close::MEETING_ENDED));
+        let texts: Vec<_> = socket.sent.iter().map(|m| m.to_text().unwrap().to_owned()).collect();
+        assert_eq!(texts, ["one", "two", "six"]);
+        assert_eq!(counter(&metrics, "balint_messages_out_total"), 3);
+        assert_eq!(counter(&metrics, "balint_bytes_out_total"), 9);
+    }
+
+    /// A connection that falls more frames behind than its outlet holds is closed as too slow,
+    /// and nothing past the bound is kept for it.
+    #[tokio::test]
+    async fn a_connection_past_the_outlets_bound_is_closed_as_too_slow() {
+        let (metrics, limits, mut session, outlet) = session_with_outlet();
+        let frames: Vec<_> = (0..5).map(|_| outbound(Message::Text(Utf8Bytes::from_static("x")))).collect();
+        outlet.deliver(&frames[..4], 4, &metrics);
+        let mut socket = Recording::default();
+        assert_eq!(session.forward(&mut socket, &outlet, &limits).await, None, "within the bound");
+        assert_eq!(socket.sent.len(), 4);
+        outlet.deliver(&frames, 4, &metrics);
+        let ending = session.forward(&mut socket, &outlet, &limits).await;
+        assert_eq!(ending.map(|c| c.code), Some(close::TOO_SLOW));
+        assert_eq!(socket.sent.len(), 4, "nothing more is written once behind");
+        assert_eq!(counter(&metrics, "balint_slow_client_closes_total"), 1);
     }
 
     /// The settings of a plain ephemeral room.
@@ -1112,7 +1120,16 @@ mod tests {
         let participant = Participant { role: Role::Member, link_generation: 0, name: "ada".to_owned(), sealed: false };
         let limits = ConnectionLimits::defaults();
         let beat = crate::keepalive::KeepaliveClock::start(KEEPALIVE_BEAT, CancellationToken::new()).beat(ConnId(1));
-        let task = serve(socket, room, ConnId(1), participant, crate::unix_now_ms, limits, Metrics::new(), beat);
+        let task = serve(
+            socket,
+            room,
+            Outlet::detached(ConnId(1)),
+            participant,
+            crate::unix_now_ms,
+            limits,
+            Metrics::new(),
+            beat,
+        );
         // Beside the socket; 1,232 with the socket held twice, about 2,650 with every state
         // inline too.
         let size = std::mem::size_of_val(&task) - std::mem::size_of::<Large>();
@@ -1144,7 +1161,7 @@ mod tests {
         serve(
             socket,
             room.clone(),
-            conn,
+            Outlet::detached(conn),
             participant,
             crate::unix_now_ms,
             limits,

@@ -1,8 +1,8 @@
 //! A wake gate: something a task waits on is polled again only once it woke the task.
 //!
-//! A connection's task waits on several things at once (its room's feed, its socket, its
-//! keepalive beat) and is woken by any of them: most turns of its loop come from the feed, one
-//! for each frame delivered. Polling everything else again on each of those turns is not free:
+//! A connection's task waits on several things at once (its outlet, its socket, its
+//! keepalive beat) and is woken by any of them: many turns of its loop come from the outlet
+//! (frames its room sent while the task was busy, or that the kernel did not take at once). Polling everything else again on each of those turns is not free:
 //! a socket read that finds nothing still goes through the WebSocket codec and the reactor
 //! (which takes a lock to register the waker again), and the keepalive beat's wait takes a lock
 //! its slot's connections share. A [`Gate`] skips those polls: it hands the inner poll a waker

@@ -289,6 +289,7 @@ pub async fn join_room(
     // connection closes with 1009, and the listener drains the rest (`linger.rs`).
     let transport_limit = state.config.max_frame_bytes.max(1);
     let serving = Serving {
+        conn,
         // The transport zero-fills its whole read buffer, and its write buffer keeps the most
         // it ever held: both are resident memory for every connection, idle or not.
         config: WebSocketConfig::default()
@@ -304,7 +305,8 @@ pub async fn join_room(
     // line of the connection names its room and connection ids itself, and nothing else.
     Ok(upgrade.serve(serving, move |socket| {
         let clock = move || rooms.now_ms();
-        connection::serve(socket, room, conn, participant, clock, conn_limits, metrics, beat)
+        let outlet = socket.outlet();
+        connection::serve(socket, room, outlet, participant, clock, conn_limits, metrics, beat)
             // Counted against the caps until the connection ends.
             .map(move |()| drop(permit))
     }))

@@ -14,7 +14,7 @@
 //! (rounds) and keeps the waits registered with it, each for a round: a tick wakes the waits
 //! whose round has come and leaves the others alone. A wait is registered once per rest, from
 //! the connection's own task, and polled only once the slot woke it (a wake gate, `gate.rs`),
-//! so a connection woken by its feed or socket takes no lock it shares with the slot's other
+//! so a connection woken by its outlet or socket takes no lock it shares with the slot's other
 //! connections. A round the connection was too busy to await is not lost: it is taken as soon
 //! as the connection awaits again. A node with no connection does not tick.
 //!
@@ -128,7 +128,7 @@ pub struct Beat {
     /// Whether a wait for a later round was left registered ([`Beat::wake_at_next`]).
     left_behind: bool,
     /// The slot is looked at only once it woke the connection (and before the first look), so
-    /// a connection woken by its feed or its socket does not take the slot's lock.
+    /// a connection woken by its outlet or its socket does not take the slot's lock.
     gate: Gate,
     clock: Arc<Slots>,
 }

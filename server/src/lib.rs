@@ -11,7 +11,8 @@
 //! - [`backend`]: where shared state lives: embedded in memory, or Redis; and where
 //!   persistent boards live: files, PostgreSQL or Redis.
 //! - [`fanout`]: the messages nodes exchange on a room's bus channel.
-//! - [`feed`]: a room's feed of frames for this node's connections, on a ring that starts small.
+//! - [`outlet`]: a connection's one ordered way out, which its room writes to itself while the
+//!   connection's task is idle.
 //! - [`connection`]: the task that serves one WebSocket.
 //! - [`keepalive`]: the node's one clock for every connection's keepalive.
 //! - [`sockets`]: the caps on open sockets, per node and per client address.
@@ -28,13 +29,13 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod fanout;
-pub mod feed;
 pub mod gate;
 pub mod http;
 pub mod keepalive;
 pub mod limits;
 pub mod linger;
 pub mod metrics;
+pub mod outlet;
 pub mod room;
 pub mod room_threads;
 pub mod rooms;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 /// Largest WebSocket frame a client may send.
 pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
-/// Frames a connection may fall behind the room's feed before it is closed as too slow.
+/// Frames a connection may fall behind (waiting in its outlet) before it is closed as too slow.
 pub const OUTBOUND_QUEUE_FRAMES: usize = 1024;
 /// How long one write to a socket may block before the client counts as too slow.
 pub const SOCKET_WRITE_TIMEOUT: Duration = Duration::from_secs(10);

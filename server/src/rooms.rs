@@ -3,14 +3,15 @@
 //! [`Rooms`] is a cheap-clone handle to every room this node serves. Each [`Room`] drives a
 //! sans-IO [`RoomMachine`] (board, meeting, presence tracking, saves, the bus outbox; every
 //! rule lives there) and carries out what it asks for:
-//! - its effects: frames for this node's connections, on a broadcast feed of already-encoded
-//!   frames, and envelopes for the other nodes, on the room's bus queue;
+//! - its effects: frames for this node's connections, already encoded and shared, handed to
+//!   each connection's outlet (written to its socket at once when its task is idle, see
+//!   `outlet.rs`), and envelopes for the other nodes, on the room's bus queue;
 //! - its store requests, for jobs that wait on the backends: [`Room::run`] loops
 //!   "advance the job, perform its request" until the job is done.
 //!
 //! The machine sits behind a std `Mutex` that is never held across an `.await`: a caller
 //! locks, feeds the machine, publishes its effects and unlocks; backend calls happen outside.
-//! Publishing under the lock gives every subscriber one order of frames. A std `Mutex` rather
+//! Delivering under the lock gives every connection one order of frames. A std `Mutex` rather
 //! than tokio's, because no critical section awaits (the mini-redis `db.rs` reasoning): it is
 //! cheaper, and clippy's `await_holding_lock` keeps it that way.
 //!
@@ -33,8 +34,8 @@ use tracing::{debug, info, warn};
 
 use crate::backend::{BackendError, BoardStore, Bus, Presence, RoomStore, StoredBoard};
 use crate::fanout::{self, Envelope};
-use crate::feed::{Feed, FeedSender};
 use crate::limits;
+use crate::outlet::Outlet;
 use crate::room::board::Board;
 use crate::room::machine::{self, Answer, Effect, Frame, Io, Job, Node, Outcome, RoomMachine, Step};
 pub use crate::room::machine::{BinaryOutcome, RoomOptions};
@@ -44,7 +45,7 @@ pub use crate::room::RoomSettings;
 use crate::room::{ConnId, RandomIds};
 use crate::room_threads::RoomThreads;
 
-/// A frame on a room's feed, encoded once and shared by every recipient.
+/// A frame for this node's connections, encoded once and shared by every recipient.
 #[derive(Debug, Clone)]
 pub struct Outbound {
     /// The connection whose input produced the frame; it does not get its own echo.
@@ -55,6 +56,18 @@ pub struct Outbound {
     pub message: Message,
     /// When the frame was published, for the fan-out latency metric.
     pub published: Instant,
+}
+
+/// A connection's place among its room's outlets ([`Room::connect`]), left when dropped.
+pub struct Subscription {
+    room: Arc<Room>,
+    conn: ConnId,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        lock(&self.room.outlets).retain(|outlet| outlet.conn() != self.conn);
+    }
 }
 
 /// The backends and identity this node shares with its rooms. Cheap to clone.
@@ -120,10 +133,9 @@ pub struct Room {
     /// This room, for the timer queue and the publisher task, which must not keep it alive.
     me: Weak<Room>,
     machine: Mutex<RoomMachine>,
-    /// The feed of frames for this node's connections, made with the first connection. A
-    /// ring is allocated whole, so each slot holds a pointer to a shared frame, not the frame,
-    /// and the ring starts small (see `feed.rs`). Locked only under the machine's lock.
-    feed: Mutex<Option<FeedSender<Outbound>>>,
+    /// The outlets of this node's connections to the room, which its frames are handed to.
+    /// Locked under the machine's lock, or alone when a connection goes.
+    outlets: Mutex<Vec<Arc<Outlet>>>,
     cluster: Cluster,
     /// What this node has for the other nodes, on its way to the bus; none with one node.
     outbox: Option<Outbox>,
@@ -201,13 +213,12 @@ impl Room {
     fn new(machine: RoomMachine, cluster: Cluster, timers: Arc<Timers>) -> Arc<Self> {
         Arc::new_cyclic(|me| {
             let id = machine.id().to_owned();
-            let feed = Mutex::new(None);
             let outbox = cluster.bus.reaches_other_nodes().then(|| Outbox::start(&id, &cluster, me.clone()));
             Room {
                 id,
                 me: me.clone(),
                 machine: Mutex::new(machine),
-                feed,
+                outlets: Mutex::new(Vec::new()),
                 cluster,
                 outbox,
                 timers,
@@ -242,6 +253,8 @@ impl Room {
     fn step_then<T>(&self, input: impl FnOnce(&mut RoomMachine) -> T, schedule: bool) -> T {
         let mut machine = self.lock();
         let result = input(&mut machine);
+        // The step's frames, handed to the connections together: each gets them in one write.
+        let mut frames = Vec::new();
         while let Some(effect) = machine.poll_effect() {
             match effect {
                 Effect::Send { origin, audience, frame } => {
@@ -252,10 +265,7 @@ impl Room {
                             Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }))
                         }
                     };
-                    // No feed yet only means nobody is subscribed right now, which is fine.
-                    if let Some(feed) = lock(&self.feed).as_mut() {
-                        feed.send(Arc::new(Outbound { origin, audience, message, published: Instant::now() }));
-                    }
+                    frames.push(Arc::new(Outbound { origin, audience, message, published: Instant::now() }));
                 }
                 Effect::Publish(envelope) => {
                     // It never waits: the room's publisher task sends what is queued. A full
@@ -266,6 +276,12 @@ impl Room {
                     }
                 }
                 Effect::BackendFailed => self.cluster.metrics.backend_error(),
+            }
+        }
+        if !frames.is_empty() {
+            let bound = self.cluster.options.outbound_queue;
+            for outlet in lock(&self.outlets).iter() {
+                outlet.deliver(&frames, bound, &self.cluster.metrics);
             }
         }
         if schedule {
@@ -368,14 +384,22 @@ impl Room {
     }
 
     /// Registers a connection that passed the link check (a link of `role` and link
-    /// generation `generation`) and subscribes it to the feed. It becomes a member with its
-    /// first message.
-    pub fn connect(&self, conn: ConnId, role: Role, generation: u64, name: String) -> Option<Feed<Outbound>> {
+    /// generation `generation`), whose frames go to `outlet` from now on. It becomes a member
+    /// with its first message. The outlet is let go of when the subscription is dropped.
+    pub fn connect(
+        self: &Arc<Self>,
+        role: Role,
+        generation: u64,
+        name: String,
+        outlet: Arc<Outlet>,
+    ) -> Option<Subscription> {
+        let conn = outlet.conn();
         let mut machine = self.lock();
-        let queue = self.cluster.options.outbound_queue;
-        machine
-            .connect(conn, role, generation, name)
-            .then(|| lock(&self.feed).get_or_insert_with(|| FeedSender::new(queue)).subscribe())
+        if !machine.connect(conn, role, generation, name) {
+            return None;
+        }
+        lock(&self.outlets).push(outlet);
+        Some(Subscription { room: self.clone(), conn })
     }
 
     /// Renews the room's links. Returns the new generation; `None` when the store could not
@@ -658,7 +682,7 @@ impl Rooms {
     /// board) goes to the stores, and nothing stays in this node's memory. The room opens, on
     /// this node as on any other, when someone first asks for it ([`Rooms::lookup`]), so a
     /// room set up ahead costs its record in the store and nothing on any node: no machine,
-    /// no feed, no subscription to the bus, no connection to Redis.
+    /// no outlets, no subscription to the bus, no connection to Redis.
     pub async fn set_up(&self, settings: RoomSettings) -> Result<SetUp, BackendError> {
         let cluster = &self.shared.cluster;
         let id = Alphanumeric.sample_string(&mut rand::thread_rng(), 16).to_ascii_lowercase();
@@ -1044,10 +1068,10 @@ mod tests {
     }
 
     /// A member who said hello in `room`.
-    async fn join(rooms: &Rooms, room: &Room) -> ConnId {
+    async fn join(rooms: &Rooms, room: &Arc<Room>) -> ConnId {
         let conn = rooms.next_conn_id();
-        let feed = room.connect(conn, Role::Member, 0, "ada".into());
-        assert!(feed.is_some());
+        let subscription = room.connect(Role::Member, 0, "ada".into(), Outlet::detached(conn));
+        assert!(subscription.is_some());
         room.handle_text(conn, ClientMessage::Hello { resume: None }, rooms.now_ms()).await;
         conn
     }

@@ -8,6 +8,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
@@ -30,7 +31,9 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::task::TaskTracker;
 
 use crate::gate::Gate;
-use crate::linger::{Handoff, Lingering};
+use crate::linger::Handoff;
+use crate::outlet::{Outlet, SharedStream, WriteBuffer};
+use crate::room::ConnId;
 
 /// The GUID of RFC 6455 §1.3, appended to the client's key for the accept key.
 const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -94,6 +97,8 @@ fn accept_key(key: &[u8]) -> HeaderValue {
 
 /// Where and how an upgraded connection is served.
 pub struct Serving {
+    /// The connection.
+    pub conn: ConnId,
     /// The transport's settings.
     pub config: WebSocketConfig,
     /// The thread of the connection's room, if the node has room threads.
@@ -117,7 +122,7 @@ impl WsUpgrade {
         tokio::spawn(async move {
             // The client may be gone before the upgrade completes: then nothing is served.
             let Ok(upgraded) = on_upgrade.await else { return };
-            let Serving { config, thread, handoff, tracker } = serving;
+            let Serving { conn, config, thread, handoff, tracker } = serving;
             match (thread, handoff) {
                 (Some(thread), Some(handoff)) => {
                     let mut upgraded = TokioIo::new(upgraded);
@@ -132,13 +137,16 @@ impl WsUpgrade {
                     thread.spawn(tracker.track_future(async move {
                         // Registered with the room thread's own I/O driver.
                         let Ok(tcp) = tokio::net::TcpStream::from_std(socket) else { return };
-                        let io = Wire::new(Io::Moved(Lingering::new(tcp)));
+                        // Its room writes to it too, when the connection's task is idle.
+                        let (shared, stream) = SharedStream::new(tcp);
+                        let io = Wire::new(Io::Moved(shared), Outlet::new(conn, Some(stream)));
                         let ws = WebSocketStream::from_partially_read(io, prefix, Role::Server, Some(config)).await;
                         serve(Socket::new(ws)).await;
                     }));
                 }
                 _ => {
-                    let io = Wire::new(Io::Upgraded(TokioIo::new(upgraded)));
+                    // Inside hyper, the socket is written by the connection's task alone.
+                    let io = Wire::new(Io::Upgraded(TokioIo::new(upgraded)), Outlet::detached(conn));
                     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
                     tracker.spawn(serve(Socket::new(ws)));
                 }
@@ -175,8 +183,9 @@ fn take_buffered(io: &mut TokioIo<Upgraded>) -> Vec<u8> {
 pub enum Io {
     /// On the runtime that accepted it.
     Upgraded(TokioIo<Upgraded>),
-    /// On its room's thread, lingering on close as it did on the listener.
-    Moved(Lingering),
+    /// On its room's thread, shared with its outlet, lingering on close as it did on the
+    /// listener.
+    Moved(SharedStream),
 }
 
 impl AsyncRead for Io {
@@ -225,51 +234,66 @@ const WRITE_KEPT_CAPACITY: usize = 4 * 1024;
 /// A connection's byte stream with its write buffer in front of it.
 ///
 /// Every frame goes through this one ordered buffer whole, whoever encoded it: the data frames
-/// that [`Socket`] frames itself, and the control frames of the transport (pings, the pongs it
-/// answers while reading, the close). The transport's writes are taken whole (into the buffer
-/// when the kernel does not take them at once), so its own buffer never holds part of a frame
-/// that a frame queued here could cut in two.
+/// that [`Socket`] frames itself, the control frames of the transport (pings, the pongs it
+/// answers while reading, the close), and the frames its room writes itself when the task is
+/// idle (`outlet.rs`). The buffer is the connection's [`Outlet`]'s, and every write happens
+/// under its lock. The transport's writes are taken whole (into the buffer when the kernel
+/// does not take them at once), so its own buffer never holds part of a frame that a frame
+/// queued here could cut in two.
 pub struct Wire<T = Io> {
     io: T,
-    out: Vec<u8>,
-    /// How much of `out` the kernel has taken.
-    written: usize,
+    outlet: Arc<Outlet>,
 }
 
 impl<T: AsyncWrite + Unpin> Wire<T> {
-    fn new(io: T) -> Self {
-        Wire { io, out: Vec::new(), written: 0 }
+    fn new(io: T, outlet: Arc<Outlet>) -> Self {
+        Wire { io, outlet }
     }
 
     /// Bytes queued and not yet taken by the kernel.
     fn queued(&self) -> usize {
-        self.out.len() - self.written
+        self.outlet.lock().buffer.queued()
     }
 
     /// Queues one whole data frame (a server's frames are not masked).
     fn push_frame(&mut self, kind: Data, is_final: bool, payload: &[u8]) {
         let header = ts::frame::FrameHeader { is_final, opcode: OpCode::Data(kind), ..Default::default() };
-        self.out.reserve(header.len(payload.len() as u64) + payload.len());
+        let mut state = self.outlet.lock();
+        let out = &mut state.buffer.out;
+        out.reserve(header.len(payload.len() as u64) + payload.len());
         // Formatting into a vector cannot fail.
-        let _ = header.format(payload.len() as u64, &mut self.out);
-        self.out.extend_from_slice(payload);
+        let _ = header.format(payload.len() as u64, out);
+        out.extend_from_slice(payload);
     }
 
     /// Writes what is queued, until the kernel takes no more.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.written < self.out.len() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[self.written..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.written += n;
+        let mut state = self.outlet.lock();
+        drain(&mut self.io, &mut state.buffer, cx)
+    }
+}
+
+/// Writes what `buffer` holds to `io`, until the kernel takes no more.
+fn drain<T: AsyncWrite + Unpin>(io: &mut T, buffer: &mut WriteBuffer, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    while buffer.written < buffer.out.len() {
+        let n = ready!(Pin::new(&mut *io).poll_write(cx, &buffer.out[buffer.written..]))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }
-        self.out.clear();
-        self.written = 0;
-        if self.out.capacity() > WRITE_KEPT_CAPACITY {
-            self.out = Vec::new();
-        }
-        Poll::Ready(Ok(()))
+        buffer.written += n;
+    }
+    buffer.out.clear();
+    buffer.written = 0;
+    if buffer.out.capacity() > WRITE_KEPT_CAPACITY {
+        buffer.out = Vec::new();
+    }
+    Poll::Ready(Ok(()))
+}
+
+impl<T> Drop for Wire<T> {
+    fn drop(&mut self) {
+        // The room lets go of the socket before it goes (and lingers on its close).
+        self.outlet.detach();
     }
 }
 
@@ -283,13 +307,15 @@ impl<T: AsyncRead + Unpin> AsyncRead for Wire<T> {
 impl<T: AsyncWrite + Unpin> AsyncWrite for Wire<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let wire = self.get_mut();
-        if wire.queued() > 0 && wire.poll_drain(cx)?.is_pending() {
+        let mut state = wire.outlet.lock();
+        let buffer = &mut state.buffer;
+        if buffer.queued() > 0 && drain(&mut wire.io, buffer, cx)?.is_pending() {
             // Behind what is queued; past the high water the transport keeps its frame and
             // tries again (a pong it answers while the client does not read, say).
-            if wire.queued() > WRITE_HIGH_WATER {
+            if buffer.queued() > WRITE_HIGH_WATER {
                 return Poll::Pending;
             }
-            wire.out.extend_from_slice(buf);
+            buffer.out.extend_from_slice(buf);
             return Poll::Ready(Ok(buf.len()));
         }
         let n = match Pin::new(&mut wire.io).poll_write(cx, buf)? {
@@ -297,7 +323,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Wire<T> {
             Poll::Pending => 0,
         };
         if n < buf.len() {
-            wire.out.extend_from_slice(&buf[n..]);
+            buffer.out.extend_from_slice(&buf[n..]);
         }
         Poll::Ready(Ok(buf.len()))
     }
@@ -329,7 +355,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Wire<T> {
 pub struct Socket {
     inner: WebSocketStream<Wire>,
     /// Reading is polled again only once the socket woke the task (or after a frame, as more
-    /// may be buffered): a connection's task is woken mostly by its feed, and a read that
+    /// may be buffered): a connection's task is woken by its outlet too, and a read that
     /// finds nothing still goes through the codec and the reactor (see `gate.rs`).
     read: Gate,
     /// What is left of a long binary message, sent as continuation frames before anything
@@ -349,6 +375,11 @@ impl Socket {
 
     fn wire(&mut self) -> &mut Wire {
         self.inner.get_mut()
+    }
+
+    /// The connection's outlet: its room hands it frames there.
+    pub fn outlet(&self) -> Arc<Outlet> {
+        self.inner.get_ref().outlet.clone()
     }
 
     /// Waits until the write buffer is at most at its high water.
@@ -395,8 +426,12 @@ impl Stream for Socket {
             match ready!(read.poll(cx, |cx| inner.poll_next_unpin(cx))) {
                 Some(Ok(message)) => {
                     if let Some(message) = from_transport(message) {
-                        // The transport answers a close with its own: nothing may follow it.
-                        *closed |= matches!(message, Message::Close(_));
+                        // The transport answers a close with its own: nothing may follow it,
+                        // from the room either.
+                        if matches!(message, Message::Close(_)) {
+                            *closed = true;
+                            inner.get_ref().outlet.close();
+                        }
                         return Poll::Ready(Some(Ok(message)));
                     }
                 }
@@ -436,7 +471,11 @@ impl Sink<Message> for Socket {
                 Ok(())
             }
             control => {
-                self.closed |= matches!(control, Message::Close(_));
+                if matches!(control, Message::Close(_)) {
+                    // Nothing may follow a close frame, from the room either.
+                    self.closed = true;
+                    self.wire().outlet.close();
+                }
                 self.transport_holds = true;
                 self.inner.start_send_unpin(to_transport(control)).map_err(axum::Error::new)
             }
@@ -453,6 +492,7 @@ impl Sink<Message> for Socket {
         // A close frame may not cut a message in two.
         ready!(self.poll_fragments(cx))?;
         self.closed = true;
+        self.wire().outlet.close();
         self.inner.poll_close_unpin(cx).map_err(axum::Error::new)
     }
 }
@@ -496,6 +536,7 @@ fn to_transport(message: Message) -> ts::Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outlet::Waiting;
 
     #[test]
     fn the_accept_key_is_rfc_6455s() {
@@ -524,7 +565,8 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let io = Wire::new(Io::Moved(Lingering::new(server)));
+        let (shared, stream) = SharedStream::new(server);
+        let io = Wire::new(Io::Moved(shared), Outlet::new(ConnId(1), Some(stream)));
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(WebSocketConfig::default())).await;
         (Socket::new(ws), client)
     }
@@ -696,9 +738,127 @@ mod tests {
         frames
     }
 
+    /// A frame for connection 1, as its room sends it.
+    fn from_room(payload: Vec<u8>) -> Arc<crate::rooms::Outbound> {
+        Arc::new(crate::rooms::Outbound {
+            origin: None,
+            audience: crate::room::meeting::Audience::one(ConnId(1)),
+            message: Message::Binary(payload.into()),
+            published: std::time::Instant::now(),
+        })
+    }
+
+    /// Polls the outlet as the connection's task does when it waits: ready when something
+    /// waits for the task, else the task is idle.
+    fn waits_for_task(outlet: &Outlet) -> bool {
+        let waker = futures_util::task::noop_waker();
+        outlet.poll_waiting(&mut Context::from_waker(&waker)).is_ready()
+    }
+
+    /// The room writes to an idle connection's socket itself, and the task's frames, the
+    /// room's frames that waited for it and the rest of a write the kernel did not take whole
+    /// all reach the client whole and in the order they were sent, even while the client stops
+    /// reading for a while.
+    #[tokio::test]
+    async fn the_rooms_writes_and_the_tasks_reach_the_client_whole_and_in_order() {
+        let (mut socket, mut client) = socket_pair().await;
+        let outlet = socket.outlet();
+        let metrics = crate::metrics::Metrics::new();
+        // Every payload, in the order the client must get them.
+        let mut sent = Vec::new();
+        let payload = |tag: u8, len: usize, sent: &mut Vec<Vec<u8>>| {
+            let p: Vec<u8> = std::iter::once(tag).chain((0..len - 1).map(|i| (i % 251) as u8)).collect();
+            sent.push(p.clone());
+            p
+        };
+
+        // Idle: written at once, with no task involved.
+        assert!(!waits_for_task(&outlet));
+        outlet.deliver(&[from_room(payload(1, 10, &mut sent)), from_room(payload(2, 300, &mut sent))], 64, &metrics);
+        assert!(!waits_for_task(&outlet), "the kernel took it all: nothing for the task");
+
+        // Busy: the task writes its own frame; the room's waits behind it.
+        outlet.busy();
+        let rooms = payload(3, 20, &mut Vec::new());
+        outlet.deliver(&[from_room(rooms.clone())], 64, &metrics);
+        socket.send(Message::Binary(payload(4, 40, &mut sent).into())).await.unwrap();
+        sent.push(rooms);
+        assert!(waits_for_task(&outlet));
+        let Waiting::Frame(waiting) = outlet.next() else { panic!("the room's frame waits") };
+        socket.send(waiting.message.clone()).await.unwrap();
+
+        // The client stops reading: the room's writes fill the kernel's buffers, the rest is
+        // kept for the task, and what the room sends next waits behind it.
+        assert!(!waits_for_task(&outlet));
+        let mut rounds = 0;
+        while socket.wire().queued() == 0 {
+            outlet.deliver(&[from_room(payload(5, FRAGMENT_BYTES, &mut sent))], 1 << 20, &metrics);
+            rounds += 1;
+            assert!(rounds < 10_000, "the kernel never pushed back");
+        }
+        // The client reads what the kernel holds, so that the socket is writable again;
+        // before the task got to what is left, the room's next frame goes behind it, not
+        // into the room just made.
+        let mut wire = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        let quiet = std::time::Duration::from_millis(50);
+        while let Ok(n) = tokio::time::timeout(quiet, client.read(&mut chunk)).await {
+            wire.extend_from_slice(&chunk[..n.unwrap()]);
+        }
+        outlet.deliver(&[from_room(payload(6, 7, &mut sent))], 1 << 20, &metrics);
+        assert!(waits_for_task(&outlet));
+        let writing = async {
+            outlet.busy();
+            socket.flush().await.unwrap();
+            while let Waiting::Frame(frame) = outlet.next() {
+                socket.send(frame.message.clone()).await.unwrap();
+            }
+        };
+        let expected = sent.len();
+        let reading = async {
+            let mut chunk = vec![0u8; 64 * 1024];
+            loop {
+                let n = client.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "the connection closed early");
+                wire.extend_from_slice(&chunk[..n]);
+                // Whole frames only, and every header parses where the last frame ended.
+                let mut cursor = &wire[..];
+                let mut frames = 0;
+                while let Ok(Some((header, len))) = ts::frame::FrameHeader::parse(&mut std::io::Cursor::new(cursor)) {
+                    let start = header.len(len);
+                    if cursor.len() < start + len as usize {
+                        break;
+                    }
+                    frames += 1;
+                    cursor = &cursor[start + len as usize..];
+                }
+                if frames == expected && cursor.is_empty() {
+                    return frames_of(&wire);
+                }
+            }
+        };
+        // A frame cut into or put out of order leaves the client waiting for bytes that never
+        // come: that fails here rather than hangs.
+        let ((), frames) =
+            tokio::time::timeout(std::time::Duration::from_secs(10), async { tokio::join!(writing, reading) })
+                .await
+                .expect("the client got whole frames, all of them");
+        let payloads: Vec<Vec<u8>> = frames
+            .into_iter()
+            .map(|(op, fin, p)| {
+                assert_eq!((op, fin), (OpCode::Data(Data::Binary), true));
+                p
+            })
+            .collect();
+        assert_eq!(payloads.len(), sent.len());
+        assert!(payloads == sent, "every frame whole, in the order it was sent");
+        assert!(rounds > 1);
+    }
+
     #[tokio::test]
     async fn a_transport_write_goes_behind_a_half_written_frame_never_into_it() {
-        let mut wire = Wire::new(Trickle { taken: Vec::new(), per_write: 7, blocked: false });
+        let mut wire =
+            Wire::new(Trickle { taken: Vec::new(), per_write: 7, blocked: false }, Outlet::detached(ConnId(1)));
         let first = vec![1u8; 100];
         let second = vec![2u8; 300];
         wire.push_frame(Data::Binary, true, &first);

@@ -196,7 +196,7 @@ fn a_stock_clients_first_frame_gets_the_greeting_before_the_answer() {
         decoded.iter().any(|m| matches!(m, yrs::sync::Message::Sync(yrs::sync::SyncMessage::SyncStep2(_)))),
         "the answer to the client's step 1 follows: {decoded:?}"
     );
-    // Nothing of the greeting also went out on the feed: it would arrive twice.
+    // Nothing of the greeting also went out to the room's connections: it would arrive twice.
     assert!(effects(&mut m).iter().all(|e| !matches!(e, Effect::Send { frame: Frame::Binary(_), .. })));
 }
 
