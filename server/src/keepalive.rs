@@ -8,35 +8,43 @@
 //! web page, which needs a heartbeat every few seconds, wakes every third beat; a quiet stock
 //! client, which only needs a ping now and then, every seventh.
 //!
-//! Connections are spread over [`SLOTS`] slots by their id; the clock ticks every beat /
-//! [`SLOTS`] and ticks one slot a tick, so each slot ticks once a beat and a node's
-//! connections are woken a slot at a time, not all at once. Each slot counts its ticks
-//! (rounds) and keeps the waits registered with it, each for a round: a tick wakes the waits
-//! whose round has come and leaves the others alone. A wait is registered once per rest, from
-//! the connection's own task, and polled only once the slot woke it (a wake gate, `gate.rs`),
-//! so a connection woken by its outlet or socket takes no lock it shares with the slot's other
-//! connections. A round the connection was too busy to await is not lost: it is taken as soon
-//! as the connection awaits again. A node with no connection does not tick.
+//! Connections are spread over [`SLOTS`] slots by their id, and the slots' beats are spread
+//! over the beat: slot `s`'s round `r` (its `r`-th beat) comes at `start + spacing × (s + 1) +
+//! beat × (r − 1)`, with `spacing` a tenth of the beat, so a node's connections are woken a slot
+//! at a time, not all at once. Rounds are read from the time, so the clock's task wakes only
+//! when a wait is due: each slot keeps the waits registered with it, each for a round, and the
+//! earliest round any slot waits for; the task sleeps until the earliest of those, wakes the
+//! waits whose round has come and leaves the others alone. A node whose connections all rest
+//! (or that has none) wakes for nothing in between: where the clock used to tick ten times a
+//! beat, it now wakes as often as its connections' keepalives are due, at most ten times a beat.
+//!
+//! A wait is registered once per rest, from the connection's own task, and polled only once
+//! the slot woke it (a wake gate, `gate.rs`), so a connection woken by its outlet or socket
+//! takes no lock it shares with the slot's other connections. A round the connection was too
+//! busy to await is not lost: it is taken as soon as the connection awaits again.
 //!
 //! The clock also carries the server's shutdown: when the shutdown token is cancelled, every
 //! waiting connection is woken at once and [`Beat::stopping`] turns true, so a connection's
 //! loop waits on no token of its own (a token's wait, made anew on every turn, registered with
 //! the token and left it again each time: measurable on every delivery).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use tokio::time::MissedTickBehavior;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::gate::Gate;
 use crate::room::ConnId;
 
-/// The slots a beat is divided into: with the 1.25 s beat, the clock ticks every 125 ms.
+/// The slots a beat is divided into: with the 1.25 s beat, slots' beats are 125 ms apart.
 pub const SLOTS: usize = 10;
+
+/// No wait registered: [`Slots::next`] and [`Waits::earliest`] then.
+const NONE: u64 = u64::MAX;
 
 /// The node's clock. Cheap to clone; its task ends when the clock and every [`Beat`] are gone.
 #[derive(Clone)]
@@ -46,23 +54,36 @@ pub struct KeepaliveClock {
 
 struct Slots {
     beat: Duration,
+    /// The time between two slots' beats: a tenth of the beat.
+    spacing: Duration,
+    /// Where the rounds are counted from.
+    start: Instant,
     slots: Box<[Slot]>,
     /// Set when the server shuts down; every waiting connection is woken then.
     stopping: AtomicBool,
-    /// The [`Beat`]s alive: the clock ticks only while there is one.
-    beats: AtomicUsize,
-    /// Wakes the clock's task when it waits for a connection: for a new one, or when the
-    /// clock goes.
+    /// When the earliest registered wait is due (nanoseconds after `start`), [`NONE`] if
+    /// no wait is registered: the clock's task sleeps until then.
+    next: AtomicU64,
+    /// Wakes the clock's task when a wait is registered for earlier than it sleeps until, or
+    /// when the clock goes.
     wake: Arc<Notify>,
+    /// How many times the clock's task woke to wake connections.
+    #[cfg(test)]
+    wakes: AtomicU64,
 }
 
-/// One slot: its rounds, and the waits registered with it.
+/// One slot: the waits registered with it.
 #[derive(Default)]
 struct Slot {
-    /// How many times the slot has ticked. Raised under `waiting`'s lock, so that a wait
-    /// registered for the next round is either seen by the tick or sees the round.
-    round: AtomicU64,
-    waiting: Mutex<Vec<Waiting>>,
+    waits: Mutex<Waits>,
+}
+
+#[derive(Default)]
+struct Waits {
+    waiting: Vec<Waiting>,
+    /// The earliest round in `waiting`, or lower ([`NONE`] if it is empty): a wait removed
+    /// early leaves it lower, which costs the clock one look at the slot.
+    earliest: u64,
 }
 
 /// A connection waiting for `round` of its slot.
@@ -73,33 +94,45 @@ struct Waiting {
 }
 
 impl Slot {
-    fn waiting(&self) -> MutexGuard<'_, Vec<Waiting>> {
-        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    fn waits(&self) -> MutexGuard<'_, Waits> {
+        self.waits.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Ticks: the next round, and wakes the waits that were for it (or any before it).
-    fn tick(&self) {
+    /// Wakes the waits for `round` or any before it; returns the earliest round still waited
+    /// for, if any.
+    fn wake_until(&self, round: u64) -> Option<u64> {
         let mut due = Vec::new();
-        {
-            let mut waiting = self.waiting();
-            let round = self.round.fetch_add(1, Ordering::AcqRel) + 1;
+        let earliest = {
+            let mut waits = self.waits();
+            if waits.earliest > round {
+                return (waits.earliest != NONE).then_some(waits.earliest);
+            }
+            let mut earliest = NONE;
             // (`Vec::extract_if` is newer than the workspace's `rust-version`.)
             let mut i = 0;
-            while i < waiting.len() {
-                if waiting[i].round <= round {
-                    due.push(waiting.swap_remove(i).waker);
+            while i < waits.waiting.len() {
+                if waits.waiting[i].round <= round {
+                    due.push(waits.waiting.swap_remove(i).waker);
                 } else {
+                    earliest = earliest.min(waits.waiting[i].round);
                     i += 1;
                 }
             }
-        }
+            waits.earliest = earliest;
+            earliest
+        };
         // Woken outside the lock: a waker may take its task's.
         due.into_iter().for_each(Waker::wake);
+        (earliest != NONE).then_some(earliest)
     }
 
     /// Wakes every wait, whatever its round.
     fn wake_all(&self) {
-        let due = std::mem::take(&mut *self.waiting());
+        let due = {
+            let mut waits = self.waits();
+            waits.earliest = NONE;
+            std::mem::take(&mut waits.waiting)
+        };
         due.into_iter().for_each(|w| w.waker.wake());
     }
 }
@@ -108,6 +141,50 @@ impl Slot {
 /// consecutive slots.
 fn slot_of(conn: ConnId) -> usize {
     (conn.0 % SLOTS as u64) as usize
+}
+
+impl Slots {
+    /// When `slot`'s first round comes, in nanoseconds after `start`.
+    fn first_ns(&self, slot: usize) -> u64 {
+        self.spacing.as_nanos() as u64 * (slot as u64 + 1)
+    }
+
+    /// How many rounds `slot` has had by `now`.
+    fn round_at(&self, slot: usize, now: Instant) -> u64 {
+        let elapsed = now.saturating_duration_since(self.start).as_nanos() as u64;
+        match elapsed.checked_sub(self.first_ns(slot)) {
+            None => 0,
+            Some(since_first) => since_first / self.beat.as_nanos().max(1) as u64 + 1,
+        }
+    }
+
+    /// When `slot`'s `round` comes (rounds start at 1), in nanoseconds after `start`.
+    fn due_ns(&self, slot: usize, round: u64) -> u64 {
+        let beats = (self.beat.as_nanos() as u64).saturating_mul(round.saturating_sub(1));
+        self.first_ns(slot).saturating_add(beats)
+    }
+
+    /// Notes a wait due at `at` (nanoseconds after `start`): the clock's task is woken to
+    /// sleep for less if it is the earliest.
+    fn waits_for(&self, at: u64) {
+        if at < self.next.fetch_min(at, Ordering::AcqRel) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Wakes the waits due at `now`, in every slot, and notes when the next is due.
+    fn wake_due(&self, now: Instant) {
+        #[cfg(test)]
+        self.wakes.fetch_add(1, Ordering::Relaxed);
+        // Cleared first: a wait registered meanwhile is either seen below or notes itself
+        // after this.
+        self.next.store(NONE, Ordering::Release);
+        for (slot, waits) in self.slots.iter().enumerate() {
+            if let Some(round) = waits.wake_until(self.round_at(slot, now)) {
+                self.waits_for(self.due_ns(slot, round));
+            }
+        }
+    }
 }
 
 impl Drop for Slots {
@@ -139,10 +216,14 @@ impl KeepaliveClock {
     pub fn start(beat: Duration, shutdown: CancellationToken) -> Self {
         let slots = Arc::new(Slots {
             beat,
+            spacing: (beat / SLOTS as u32).max(Duration::from_millis(1)),
+            start: Instant::now(),
             slots: (0..SLOTS).map(|_| Slot::default()).collect(),
             stopping: AtomicBool::new(false),
-            beats: AtomicUsize::new(0),
+            next: AtomicU64::new(NONE),
             wake: Arc::new(Notify::new()),
+            #[cfg(test)]
+            wakes: AtomicU64::new(0),
         });
         tokio::spawn(run(Arc::downgrade(&slots), slots.wake.clone(), shutdown));
         KeepaliveClock { slots }
@@ -151,43 +232,47 @@ impl KeepaliveClock {
     /// The beat of connection `conn`: its first tick is its slot's next.
     pub fn beat(&self, conn: ConnId) -> Beat {
         let slot = slot_of(conn);
-        self.slots.beats.fetch_add(1, Ordering::AcqRel);
-        self.slots.wake.notify_one();
-        let next = self.slots.slots[slot].round.load(Ordering::Acquire) + 1;
+        let next = self.slots.round_at(slot, Instant::now()) + 1;
         Beat { conn, due: next, registered: 0, left_behind: false, gate: Gate::new(), clock: self.slots.clone() }
     }
 }
 
 impl Beat {
     /// Waits for the connection's next beat: at once if its round has passed while the
-    /// connection was busy. After it, the next is the slot's next tick, unless [`Beat::rest`]
+    /// connection was busy. After it, the next is the slot's next round, unless [`Beat::rest`]
     /// says otherwise.
     /// Cancel-safe: a wait dropped before its beat keeps its place for the next call.
     pub async fn tick(&mut self) {
         std::future::poll_fn(|cx| {
             let Beat { conn, due, registered, gate, clock, .. } = self;
-            let slot = &clock.slots[slot_of(*conn)];
+            let slot_index = slot_of(*conn);
+            let slot = &clock.slots[slot_index];
             let ready = gate.poll(cx, |cx| {
-                if clock.stopping.load(Ordering::Acquire) || slot.round.load(Ordering::Acquire) >= *due {
+                if clock.stopping.load(Ordering::Acquire) || clock.round_at(slot_index, Instant::now()) >= *due {
                     return Poll::Ready(());
                 }
                 if *registered != *due {
-                    let mut waiting = slot.waiting();
-                    // Read again under the lock a tick raises it under: no tick slips between.
-                    if slot.round.load(Ordering::Acquire) >= *due {
+                    {
+                        let mut waits = slot.waits();
+                        waits.waiting.push(Waiting { round: *due, conn: *conn, waker: cx.waker().clone() });
+                        waits.earliest = waits.earliest.min(*due);
+                    }
+                    *registered = *due;
+                    clock.waits_for(clock.due_ns(slot_index, *due));
+                    // A shutdown whose wake-up went through the slot before the wait was in it
+                    // had already said so: read under the slot's lock, it is seen here.
+                    if clock.stopping.load(Ordering::Acquire) {
                         return Poll::Ready(());
                     }
-                    waiting.push(Waiting { round: *due, conn: *conn, waker: cx.waker().clone() });
-                    *registered = *due;
                 }
                 Poll::Pending
             });
             if ready.is_ready() {
                 if *registered <= *due {
-                    // Reached, so removed by the tick (or about to be, a spurious wake-up).
+                    // Reached, so removed by the clock (or about to be, a spurious wake-up).
                     *registered = 0;
                 }
-                *due = slot.round.load(Ordering::Acquire) + 1;
+                *due = clock.round_at(slot_index, Instant::now()) + 1;
             }
             ready
         })
@@ -202,10 +287,11 @@ impl Beat {
         self.due = self.due - 1 + beats.max(1);
     }
 
-    /// Makes the connection's next beat its slot's next tick, if it was resting longer
+    /// Makes the connection's next beat its slot's next round, if it was resting longer
     /// (something became due sooner).
     pub fn wake_at_next(&mut self) {
-        let next = self.clock.slots[slot_of(self.conn)].round.load(Ordering::Acquire) + 1;
+        let slot = slot_of(self.conn);
+        let next = self.clock.round_at(slot, Instant::now()) + 1;
         if next < self.due {
             self.due = next;
             self.left_behind |= self.registered != 0;
@@ -221,7 +307,7 @@ impl Beat {
         self.clock.stopping.load(Ordering::Acquire)
     }
 
-    /// The time between two ticks of the connection's slot.
+    /// The time between two beats of the connection's slot.
     pub fn period(&self) -> Duration {
         self.clock.beat
     }
@@ -232,52 +318,42 @@ impl Drop for Beat {
         if self.registered != 0 || self.left_behind {
             // Its wait would wake a connection that is gone, and hold its task until then.
             let conn = self.conn;
-            self.clock.slots[slot_of(conn)].waiting().retain(|w| w.conn != conn);
+            self.clock.slots[slot_of(conn)].waits().waiting.retain(|w| w.conn != conn);
         }
-        self.clock.beats.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// Ticks every beat / [`SLOTS`], one slot a tick, while any connection listens; ends when
-/// nobody holds the clock. When `shutdown` is cancelled, wakes every connection at once.
+/// Sleeps until the earliest registered wait is due and wakes the waits then due, until
+/// nobody holds the clock; with no wait registered, sleeps until one is. When `shutdown` is
+/// cancelled, wakes every connection at once.
 async fn run(slots: Weak<Slots>, wake: Arc<Notify>, shutdown: CancellationToken) {
-    let Some(period) = slots.upgrade().map(|s| (s.beat / SLOTS as u32).max(Duration::from_millis(1))) else {
-        return;
-    };
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut stopped = false;
-    let stop = |stopped: &mut bool| {
-        *stopped = true;
-        if let Some(clock) = slots.upgrade() {
-            clock.stopping.store(true, Ordering::Release);
-            clock.slots.iter().for_each(Slot::wake_all);
-        }
-    };
-    for slot in (0..SLOTS).cycle() {
+    loop {
+        // A wait registered after this reading notifies `wake`, which is not missed: its
+        // permit is kept for the `notified` below.
+        let Some(next) = slots.upgrade().map(|clock| {
+            let next = clock.next.load(Ordering::Acquire);
+            (next != NONE).then(|| clock.start + Duration::from_nanos(next))
+        }) else {
+            return;
+        };
         tokio::select! {
-            _ = ticks.tick() => {}
+            () = async { tokio::time::sleep_until(next.unwrap_or_else(Instant::now)).await }, if next.is_some() => {}
+            () = wake.notified() => continue,
             () = shutdown.cancelled(), if !stopped => {
-                stop(&mut stopped);
+                stopped = true;
+                if let Some(clock) = slots.upgrade() {
+                    clock.stopping.store(true, Ordering::Release);
+                    clock.slots.iter().for_each(Slot::wake_all);
+                }
                 continue;
             }
         }
         let Some(clock) = slots.upgrade() else { return };
-        clock.slots[slot].tick();
+        clock.wake_due(Instant::now());
         if clock.stopping.load(Ordering::Acquire) {
             // A connection that registered after the shutdown's wake-up is woken here.
             clock.slots.iter().for_each(Slot::wake_all);
-        }
-        let listened = clock.beats.load(Ordering::Acquire) > 0;
-        drop(clock);
-        if !listened {
-            // Nobody listens: wait for a connection (or the clock's end) rather than tick for
-            // none. A connection that came meanwhile left a permit: none is missed.
-            tokio::select! {
-                () = wake.notified() => {}
-                () = shutdown.cancelled(), if !stopped => stop(&mut stopped),
-            }
-            ticks.reset();
         }
     }
 }
@@ -397,9 +473,46 @@ mod tests {
         assert_eq!(start.elapsed(), beat * 3, "the next tick of the slot after the change");
         // The wait for the seventh beat is still registered: it wakes the connection once
         // more, which then waits on; it is gone when the connection goes.
-        assert_eq!(clock.slots.slots[2].waiting().len(), 1);
+        assert_eq!(clock.slots.slots[2].waits().waiting.len(), 1);
         drop(b);
-        assert!(clock.slots.slots[2].waiting().is_empty(), "a closed connection leaves no wait behind");
+        assert!(clock.slots.slots[2].waits().waiting.is_empty(), "a closed connection leaves no wait behind");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_clock_wakes_only_when_a_wait_is_due() {
+        let beat = Duration::from_millis(1250);
+        let clock = KeepaliveClock::start(beat, CancellationToken::new());
+        // Nobody waits: the clock sleeps, however long.
+        let idle = clock.beat(ConnId(0));
+        tokio::time::sleep(beat * 20).await;
+        assert_eq!(clock.slots.wakes.load(Ordering::Relaxed), 0, "woken with no wait registered");
+        drop(idle);
+        // Three connections in three slots, each resting four beats after each beat, for
+        // twenty beats: the clock wakes for their beats alone (it used to tick ten times a
+        // beat, 200 times), and each beat comes on time.
+        let start = tokio::time::Instant::now();
+        let tasks: Vec<_> = [1, 2, 3]
+            .map(|conn| {
+                let mut b = clock.beat(ConnId(conn));
+                tokio::spawn(async move {
+                    let mut times = Vec::new();
+                    while start.elapsed() < beat * 20 {
+                        b.tick().await;
+                        times.push(start.elapsed());
+                        b.rest(4);
+                    }
+                    times
+                })
+            })
+            .into_iter()
+            .collect();
+        for task in tasks {
+            let times = task.await.unwrap();
+            assert!(times.len() >= 5, "{times:?}");
+            assert!(times.windows(2).all(|w| w[1] - w[0] == beat * 4), "{times:?}");
+        }
+        let wakes = clock.slots.wakes.load(Ordering::Relaxed);
+        assert!((5..=3 * 6).contains(&wakes), "{wakes} wakes for 3 connections' 5 or 6 beats each");
     }
 
     #[tokio::test(start_paused = true)]
