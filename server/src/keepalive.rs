@@ -260,7 +260,8 @@ impl Beat {
                     *registered = *due;
                     clock.waits_for(clock.due_ns(slot_index, *due));
                     // A shutdown whose wake-up went through the slot before the wait was in it
-                    // had already said so: read under the slot's lock, it is seen here.
+                    // set `stopping` before taking the slot's lock, which this wait took after:
+                    // it is seen here.
                     if clock.stopping.load(Ordering::Acquire) {
                         return Poll::Ready(());
                     }
