@@ -65,6 +65,16 @@ pub fn sync_frame(data: &[u8]) {
         // What was decoded encodes back into a frame that decodes to the same messages.
         let again = sync::decode_frame(&sync::encode_all(messages)).expect("a re-encoded frame decodes");
         assert_eq!(&again, messages, "re-encoding changed the messages");
+        // An update said to re-encode as it is (so spared the round trip) does.
+        for message in messages {
+            if let Message::Sync(SyncMessage::SyncStep2(update) | SyncMessage::Update(update)) = message {
+                if sync::re_encodes_as_is(update) {
+                    use yrs::updates::{decoder::Decode, encoder::Encode};
+                    let again = yrs::Update::decode_v1(update).expect("a decoded update decodes").encode_v1();
+                    assert_eq!(&again, update, "an update said to re-encode as it is did not");
+                }
+            }
+        }
     }
 
     // A connection that may not write never changes the board, whatever it sends.
