@@ -682,6 +682,43 @@ mod tests {
         assert!(!re_encodes_as_is(&doc.transact().encode_state_as_update_v1(&StateVector::default())));
     }
 
+    /// The same keystrokes as Yjs writes them (13.6 and 14.0 write the same bytes here): the
+    /// updates of a browser running y-websocket or any stock Yjs provider.
+    #[test]
+    fn keystrokes_of_yjs_are_known_to_re_encode_as_they_are() {
+        let yjs = [
+            "010107000401056e6f7465730d4469652050617469656e74696e00",
+            "0101070d84070c02206b00",
+            "0101070f84070e016100",
+            "0101071084070f016d00",
+            "01010711840710012000",
+            "0101071284071102c3a900",
+            "0101071384071204f09f998200",
+            "01010715840714010a00",
+            "0101ffffffffffffff0f0044070002c2bb00",
+            "0101ffffffffffffff0f01c407030704017800",
+            "0101ffffffffffffff0f02c4ffffffffffffff0f01070406e697a5e69cac00",
+            "000107010002",
+            "0002ffffffffffffff0f01000107010202",
+            "01010716c4ffffffffffffff0f03070402c39c01ffffffffffffff0f010301",
+            "01010717840715012100",
+        ];
+        let bytes = |hex: &str| -> Vec<u8> {
+            (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
+        };
+        let as_is: Vec<bool> = yjs.iter().map(|hex| re_encodes_as_is(&bytes(hex))).collect();
+        for hex in yjs {
+            let update = bytes(hex);
+            decode_update(&update).unwrap();
+            if re_encodes_as_is(&update) {
+                assert_eq!(Update::decode_v1(&update).unwrap().encode_v1(), update);
+            }
+        }
+        // All but the first insertion and the deletion of both members' text.
+        let others: Vec<usize> = (0..yjs.len()).filter(|&i| !as_is[i]).collect();
+        assert_eq!(others, [0, 12]);
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::test_runner::Config { cases: 4096, ..Default::default() })]
 
