@@ -3,7 +3,8 @@
 # they are missing, and runs every scenario against every available target side by side
 # (balint-room, balint-room with sealed rooms in the group and many-groups scenarios,
 # balint-room on Redis, two balint-room nodes on Redis, the two floors (the bare relay and the
-# lean relay), y-websocket 1.5.4, @y/websocket-server, Hocuspocus, and y-sweet when `y-sweet`
+# lean relay, also as two nodes and as a relay that applies each edit to a yrs board),
+# y-websocket 1.5.4, @y/websocket-server, Hocuspocus, and y-sweet when `y-sweet`
 # is on PATH; `BENCH_INSTALL_Y_SWEET=1` installs it first with `cargo install y-sweet --locked`,
 # which takes a while). The report ends with a summary of issue 16's targets. Extra arguments
 # go to balint-bench, e.g. `bench/run.sh --rooms 1000 --idle 10000` for the issue's full

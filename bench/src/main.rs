@@ -24,11 +24,11 @@ use target::{Kind, Programs, Running, ServerLimits};
 struct Args {
     /// Targets, comma-separated: balint-room, balint-room sealed (or balint-room-sealed; group
     /// and many groups only), balint-room+redis, balint-room×2+redis, relay, lean-relay,
-    /// lean-relay×2+redis (group and many groups only), y-websocket, y-websocket-server,
-    /// hocuspocus, y-sweet. Unavailable ones are reported and skipped.
+    /// lean-relay×2+redis and lean-relay+yrs (group and many groups only), y-websocket,
+    /// y-websocket-server, hocuspocus, y-sweet. Unavailable ones are reported and skipped.
     #[arg(
         long,
-        default_value = "balint-room,balint-room sealed,balint-room+redis,balint-room×2+redis,relay,lean-relay,lean-relay×2+redis,y-websocket,y-websocket-server,hocuspocus,y-sweet",
+        default_value = "balint-room,balint-room sealed,balint-room+redis,balint-room×2+redis,relay,lean-relay,lean-relay×2+redis,lean-relay+yrs,y-websocket,y-websocket-server,hocuspocus,y-sweet",
         value_delimiter = ','
     )]
     targets: Vec<String>,
@@ -559,12 +559,20 @@ fn summary(all: &[ScenarioResults], args: &Args) -> String {
         match (of(scenario, Kind::Balint), of(scenario, Kind::LeanRelay)) {
             (Some(b), Some(l)) if b.ratio() == 1.0 && l.ratio() == 1.0 => {
                 let r = b.cpu_per_delivery_us() / l.cpu_per_delivery_us();
-                let figure = format!(
+                let mut figure = format!(
                     "{} ({} vs {} µs)",
                     ratio(b.cpu_per_delivery_us(), Some(l.cpu_per_delivery_us())),
                     fmt(b.cpu_per_delivery_us(), 2),
                     fmt(l.cpu_per_delivery_us(), 2)
                 );
+                // What keeping a board costs a relay that does nothing else, beside it.
+                if let Some(y) = of(scenario, Kind::LeanYrs).filter(|y| y.ratio() == 1.0) {
+                    figure.push_str(&format!(
+                        "; the lean floor applying each edit to a yrs board: {} ({} µs)",
+                        ratio(y.cpu_per_delivery_us(), Some(l.cpu_per_delivery_us())),
+                        fmt(y.cpu_per_delivery_us(), 2)
+                    ));
+                }
                 rows.push((target, figure, Verdict::at_most(r, 1.25)));
             }
             (Some(_), Some(_)) => {

@@ -35,6 +35,10 @@ pub enum Kind {
     /// between them as for `BalintPair`: the lean floor of two nodes. Group and many groups
     /// only.
     LeanPair,
+    /// `balint-lean-relay --apply-updates`: the lean floor that also applies every edit to a
+    /// yrs document of its room, the least per-edit work of a server that keeps the board.
+    /// Group and many groups only.
+    LeanYrs,
     /// The reference `y-websocket` 1.5.4 server (`bin/server.js`).
     YWebsocket,
     /// The current reference server, `@y/websocket-server` (`src/server.js`).
@@ -48,7 +52,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in table order.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Balint,
         Kind::BalintSealed,
         Kind::BalintRedis,
@@ -56,6 +60,7 @@ impl Kind {
         Kind::Relay,
         Kind::LeanRelay,
         Kind::LeanPair,
+        Kind::LeanYrs,
         Kind::YWebsocket,
         Kind::YWebsocketServer,
         Kind::Hocuspocus,
@@ -72,6 +77,7 @@ impl Kind {
             Kind::Relay => "relay",
             Kind::LeanRelay => "lean-relay",
             Kind::LeanPair => "lean-relay×2+redis",
+            Kind::LeanYrs => "lean-relay+yrs",
             Kind::YWebsocket => "y-websocket",
             Kind::YWebsocketServer => "y-websocket-server",
             Kind::Hocuspocus => "hocuspocus",
@@ -93,7 +99,7 @@ impl Kind {
 
     /// Whether this target runs only the traffic scenarios (group and many groups).
     pub fn traffic_only(self) -> bool {
-        matches!(self, Kind::BalintSealed | Kind::LeanPair)
+        matches!(self, Kind::BalintSealed | Kind::LeanPair | Kind::LeanYrs)
     }
 
     /// Parses a name from the command line (`balint-room-sealed` is taken for
@@ -144,7 +150,7 @@ impl Programs {
                 self.redis_url.as_ref().map(|_| ()).ok_or_else(|| "no --redis-url given".to_owned())
             }
             Kind::Relay => check(&self.relay),
-            Kind::LeanRelay => check(&self.lean_relay),
+            Kind::LeanRelay | Kind::LeanYrs => check(&self.lean_relay),
             Kind::LeanPair => {
                 check(&self.lean_relay)?;
                 self.redis_url.as_ref().map(|_| ()).ok_or_else(|| "no --redis-url given".to_owned())
@@ -302,7 +308,7 @@ impl Running {
                     command.args(["--read-buffer-bytes", &bytes.to_string()]);
                 }
             }
-            Kind::LeanRelay | Kind::LeanPair => {
+            Kind::LeanRelay | Kind::LeanPair | Kind::LeanYrs => {
                 command = Command::new(&programs.lean_relay);
                 command.args([
                     "--bind",
@@ -312,6 +318,9 @@ impl Running {
                 ]);
                 if kind_shown == Kind::LeanPair {
                     command.args(["--redis-url", programs.redis_url.as_deref().context("--redis-url")?]);
+                }
+                if kind_shown == Kind::LeanYrs {
+                    command.arg("--apply-updates");
                 }
             }
             Kind::YWebsocket | Kind::YWebsocketServer | Kind::Hocuspocus => {
@@ -402,7 +411,12 @@ impl Running {
                 link.other = self.peer.as_ref().map(|p| format!("ws://{}/ws/{room}?token={token}", p.addr));
                 Ok(link)
             }
-            Kind::Relay | Kind::LeanRelay | Kind::LeanPair | Kind::YWebsocket | Kind::YWebsocketServer => {
+            Kind::Relay
+            | Kind::LeanRelay
+            | Kind::LeanPair
+            | Kind::LeanYrs
+            | Kind::YWebsocket
+            | Kind::YWebsocketServer => {
                 let mut link = RoomLink::new(format!("ws://{addr}/room-{}", self.next_room), false);
                 link.other = self.peer.as_ref().map(|p| format!("ws://{}/room-{}", p.addr, self.next_room));
                 Ok(link)

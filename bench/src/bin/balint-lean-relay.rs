@@ -13,6 +13,11 @@
 //! everything queued for it and flushes once. Text frames are ignored. `TCP_NODELAY` is set on
 //! every accepted socket. Rooms are `ws://ADDR/{room}` (any path names a room).
 //!
+//! With `--apply-updates`, the relay also keeps a yrs document for each room and applies every
+//! update and sync step 2 to it before forwarding (a frame whose update yrs cannot decode or
+//! apply is dropped): the least a server that keeps each room's board does per edit, with no
+//! check beyond yrs's own. It still answers a sync step 1 with an empty step 2.
+//!
 //! With `--redis-url`, two or more of these make the lean floor for nodes on Redis: every
 //! binary frame from a member (but a sync step 1) is also published on the room's channel,
 //! behind the node's random 8-byte id, and every message on a room channel from another node
@@ -57,6 +62,9 @@ struct Args {
     /// A Redis to relay through, to and from the other relays on it.
     #[arg(long)]
     redis_url: Option<String>,
+    /// Apply every update to a yrs document of its room before forwarding it.
+    #[arg(long)]
+    apply_updates: bool,
 }
 
 /// The prefix of the rooms' channels on Redis.
@@ -81,6 +89,8 @@ struct Relay {
     config: WebSocketConfig,
     /// With Redis: what to publish, and the publisher's wake-up.
     outbox: Option<(RefCell<Outbox>, Notify)>,
+    /// With `--apply-updates`: each room's document.
+    boards: Option<RefCell<HashMap<String, yrs::Doc>>>,
 }
 
 /// Frames to publish, each with its room.
@@ -108,6 +118,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         queue: args.queue.max(1),
         config,
         outbox: args.redis_url.as_ref().map(|_| (RefCell::new(Vec::new()), Notify::new())),
+        boards: args.apply_updates.then(|| RefCell::new(HashMap::new())),
     });
     if let Some(url) = &args.redis_url {
         start_bus(url, relay.clone()).await?;
@@ -152,6 +163,9 @@ async fn connection(tcp: TcpStream, relay: Rc<Relay>) {
         members.retain(|p| p.id != id);
         if members.is_empty() {
             rooms.remove(&room);
+            if let Some(boards) = &relay.boards {
+                boards.borrow_mut().remove(&room);
+            }
         }
     }
 }
@@ -167,6 +181,9 @@ async fn serve(mut ws: WebSocketStream<TcpStream>, room: &str, me: &Peer, relay:
                             && ws.send(Message::Binary(Bytes::from_static(&EMPTY_STEP2))).await.is_err()
                         {
                             return;
+                        }
+                        if !applied(relay, room, &frame) {
+                            continue;
                         }
                         if !frame.starts_with(&[0, 0]) {
                             if let Some((outbox, wake)) = &relay.outbox {
@@ -198,6 +215,25 @@ async fn serve(mut ws: WebSocketStream<TcpStream>, room: &str, me: &Peer, relay:
             }
         }
     }
+}
+
+/// With `--apply-updates`, applies the update of a sync step 2 or update frame to its room's
+/// document; `false` when yrs could not decode or apply it. Any other frame passes.
+fn applied(relay: &Relay, room: &str, frame: &[u8]) -> bool {
+    use yrs::encoding::read::{Cursor, Read};
+    use yrs::updates::decoder::Decode;
+    use yrs::Transact;
+    let Some(boards) = &relay.boards else { return true };
+    if !(frame.starts_with(&[0, 1]) || frame.starts_with(&[0, 2])) {
+        return true;
+    }
+    let mut cursor = Cursor::new(&frame[2..]);
+    let Ok(payload) = cursor.read_buf() else { return false };
+    let Ok(update) = yrs::Update::decode_v1(payload) else { return false };
+    let mut boards = boards.borrow_mut();
+    let doc = boards.entry(room.to_owned()).or_default();
+    let mut txn = doc.transact_mut();
+    txn.apply_update(update).is_ok()
 }
 
 /// Queues `frame` (a reference, not a copy) for every other member of `room` and wakes them.
